@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""PyTorch reference benchmarks for cactus (the PyTorch side of the comparison).
+
+Runs, on the CPU and in float32, the same workloads as the cactus criterion
+benches `benches/kernels.rs` (group "kernels") and `benches/steps.rs`
+(group "steps"), and writes their median timings as JSON for
+`scripts/compare_report.py`. Normally run through `scripts/compare_pytorch.sh`.
+
+Usage:
+    .venv-bench/bin/python scripts/bench_torch.py [--threads 2] [--quick]
+        [--only matmul_1024,cnn7_mnist_std_b32] [--out target/compare/torch.json]
+
+Workloads (random data, seed 0, NCHW, float32):
+  kernels
+    matmul_1024           1024x1024 @ 1024x1024                 batch 1 (one matmul = one sample)
+    conv_fwd_32x64x28x28  F.conv2d x[32,64,28,28] w[64,64,3,3] + bias, stride 1, pad 1, no_grad
+    conv_bwd_32x64x28x28  torch.autograd.grad(out, (x, w), grad_out) of that convolution
+  steps (one training step: zero_grad, forward, cross-entropy, backward, Adam(lr=1e-3) step)
+    small_mnist_std_b32, small_mnist_std_b128     model `small`, input 1x28x28
+    cnn7_mnist_std_b32,  cnn7_mnist_std_b128      model `cnn7`,  input 1x28x28
+    cnn7_cifar_std_b128                           model `cnn7`,  input 3x32x32
+
+Timing: `warm-up` reps (3, or only 1 if a rep takes more than 1 s), then reps until
+at least 5 reps AND at least 1 s of timed work; the median rep is reported
+(`--quick`: 1 warm-up rep, at least 3 reps and 0.2 s).
+
+conv_bwd choice: each rep first runs the forward pass with autograd enabled
+(untimed), then times ONLY `torch.autograd.grad(out, (x, w), grad_out)`, i.e. the
+two backward convolutions (grad w.r.t. input and w.r.t. weight; the bias
+gradient is not requested). Its GFLOP/s count is twice the forward's.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    p.add_argument("--only", default="", help="comma-separated workload names to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="fewer reps (smoke test, noisier)")
+    p.add_argument("--out", default="", help="write the JSON results here ('-' = stdout)")
+    p.add_argument("--list", action="store_true", help="list workload names and exit")
+    return p.parse_args()
+
+
+ARGS = parse_args()
+
+# Thread settings must be in place before torch initialises its thread pools.
+for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[var] = str(ARGS.threads)
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+torch.set_num_threads(ARGS.threads)
+try:
+    torch.set_num_interop_threads(1)
+except RuntimeError:
+    pass  # already set; harmless
+
+
+# --------------------------------------------------------------------------- models
+
+def cnn7(in_ch, hw, width=1.0):
+    layers, c, size = [], in_ch, hw
+    for out, s in zip((64, 64, 128, 128, 128), (1, 1, 2, 1, 1)):
+        out = int(out * width)  # cactus uses round(); keep widths integral
+        layers += [nn.Conv2d(c, out, 3, stride=s, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+        c = out
+        size = (size + 2 - 3) // s + 1
+    fc = int(512 * width)
+    layers += [nn.Flatten(), nn.Linear(c * size * size, fc), nn.BatchNorm1d(fc), nn.ReLU(),
+               nn.Linear(fc, 10)]
+    return nn.Sequential(*layers)
+
+
+def small(in_ch, hw):
+    s1 = (hw + 2 - 4) // 2 + 1
+    s2 = (s1 + 2 - 4) // 1 + 1
+    return nn.Sequential(nn.Conv2d(in_ch, 16, 4, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 32, 4, stride=1, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(32 * s2 * s2, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+# --------------------------------------------------------------------------- workloads
+# Each workload factory returns (batch, flops_or_None, rep) where rep() runs one
+# repetition and returns the seconds of timed work in it.
+
+def timed(fn):
+    def rep():
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return rep
+
+
+def w_matmul(n=1024):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g)
+    b = torch.randn(n, n, generator=g)
+    return 1, 2.0 * n ** 3, timed(lambda: torch.mm(a, b))
+
+
+CONV = dict(n=32, ci=64, co=64, h=28, w=28, k=3)
+
+
+def conv_flops():
+    c = CONV
+    return 2.0 * c["n"] * c["co"] * c["h"] * c["w"] * c["ci"] * c["k"] * c["k"]
+
+
+def conv_tensors(requires_grad):
+    c = CONV
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(c["n"], c["ci"], c["h"], c["w"], generator=g)
+    w = torch.randn(c["co"], c["ci"], c["k"], c["k"], generator=g) * 0.05
+    b = torch.randn(c["co"], generator=g)
+    gy = torch.randn(c["n"], c["co"], c["h"], c["w"], generator=g)
+    if requires_grad:
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+    return x, w, b, gy
+
+
+def w_conv_fwd():
+    x, w, b, _ = conv_tensors(False)
+
+    def fwd():
+        with torch.no_grad():
+            F.conv2d(x, w, b, stride=1, padding=1)
+    return CONV["n"], conv_flops(), timed(fwd)
+
+
+def w_conv_bwd():
+    x, w, b, gy = conv_tensors(True)
+
+    def rep():
+        out = F.conv2d(x, w, b, stride=1, padding=1)  # untimed forward, builds the graph
+        t0 = time.perf_counter()
+        torch.autograd.grad(out, (x, w), gy)
+        return time.perf_counter() - t0
+    return CONV["n"], 2.0 * conv_flops(), rep
+
+
+def w_step(model_fn, in_ch, hw, batch):
+    torch.manual_seed(0)
+    model = model_fn(in_ch, hw)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, in_ch, hw, hw, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return batch, None, timed(step)
+
+
+WORKLOADS = [
+    # name, group, factory
+    ("matmul_1024", "kernels", w_matmul),
+    ("conv_fwd_32x64x28x28", "kernels", w_conv_fwd),
+    ("conv_bwd_32x64x28x28", "kernels", w_conv_bwd),
+    ("small_mnist_std_b32", "steps", lambda: w_step(small, 1, 28, 32)),
+    ("small_mnist_std_b128", "steps", lambda: w_step(small, 1, 28, 128)),
+    ("cnn7_mnist_std_b32", "steps", lambda: w_step(cnn7, 1, 28, 32)),
+    ("cnn7_mnist_std_b128", "steps", lambda: w_step(cnn7, 1, 28, 128)),
+    ("cnn7_cifar_std_b128", "steps", lambda: w_step(cnn7, 3, 32, 128)),
+]
+
+
+# --------------------------------------------------------------------------- timing
+
+def measure(rep, quick):
+    warmup, min_reps, min_time = (1, 3, 0.2) if quick else (3, 5, 1.0)
+    first = rep()
+    if first <= 1.0:
+        for _ in range(warmup - 1):
+            rep()
+    times = []
+    while len(times) < min_reps or sum(times) < min_time:
+        times.append(rep())
+    return times
+
+
+# --------------------------------------------------------------------------- environment
+
+def cpu_info():
+    model, flags = "unknown", set()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "Model name":
+                model = val.strip()
+            elif key.strip() == "Flags":
+                flags = set(val.split())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        if model == "unknown":
+            m = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+            model = m.group(1).strip() if m else model
+        if not flags:
+            m = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+            flags = set(m.group(1).split()) if m else flags
+    except OSError:
+        pass
+    return model, {f: f in flags for f in ("avx2", "fma", "avx512f")}
+
+
+def environment():
+    model, flags = cpu_info()
+    cpu_cap = None
+    try:
+        cpu_cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # older torch
+        pass
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_model": model,
+        "cpu_flags": flags,
+        "avx2": flags["avx2"],
+        "avx512f": flags["avx512f"],
+        "torch_cpu_capability": cpu_cap,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "threads": ARGS.threads,
+        "torch_num_threads": torch.get_num_threads(),
+        "quick": ARGS.quick,
+        "loadavg_1m_before": round(os.getloadavg()[0], 2),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+def main():
+    names = [w[0] for w in WORKLOADS]
+    if ARGS.list:
+        print("\n".join(names))
+        return 0
+    only = [s.strip() for s in ARGS.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in names]
+    if unknown:
+        print(f"bench_torch.py: note: no PyTorch workload named {', '.join(unknown)} "
+              f"(known: {', '.join(names)})", file=sys.stderr)
+    selected = [w for w in WORKLOADS if not only or w[0] in only]
+
+    env = environment()
+    print(f"# PyTorch {env['torch']} | CPU {env['cpu_model']} | threads {env['torch_num_threads']}"
+          f" | avx2={env['avx2']} avx512f={env['avx512f']} | capability {env['torch_cpu_capability']}",
+          file=sys.stderr)
+    print(f"{'workload':<24} {'batch':>5} {'median ms':>11} {'samples/s':>12} {'GFLOP/s':>9} {'reps':>5}",
+          file=sys.stderr)
+
+    rows = []
+    for name, group, factory in selected:
+        batch, flops, rep = factory()
+        times = measure(rep, ARGS.quick)
+        med = statistics.median(times)
+        row = {
+            "name": name,
+            "group": group,
+            "batch": batch,
+            "median_ms": med * 1e3,
+            "min_ms": min(times) * 1e3,
+            "reps": len(times),
+            "samples_per_s": batch / med,
+        }
+        if flops is not None:
+            row["flops"] = flops
+            row["gflops"] = flops / med / 1e9
+        rows.append(row)
+        gf = f"{row['gflops']:9.1f}" if "gflops" in row else f"{'-':>9}"
+        print(f"{name:<24} {batch:>5} {row['median_ms']:>11.3f} {row['samples_per_s']:>12.1f} {gf} "
+              f"{len(times):>5}", file=sys.stderr, flush=True)
+
+    env["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+    if env["loadavg_1m_before"] > 0.5 * (os.cpu_count() or 1):
+        print(f"# WARNING: the machine was busy before the run (1-min load average "
+              f"{env['loadavg_1m_before']} on {os.cpu_count()} CPUs): timings are unreliable",
+              file=sys.stderr)
+    result = {"env": env, "rows": rows}
+    if ARGS.out == "-":
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    elif ARGS.out:
+        os.makedirs(os.path.dirname(os.path.abspath(ARGS.out)), exist_ok=True)
+        with open(ARGS.out, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        print(f"# wrote {ARGS.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+//! Reverse-mode automatic differentiation.
+//!
+//! Every op that has an input needing a gradient records a [`Node`] on its output: the inputs and
+//! a backward closure that maps the output's gradient to the inputs' gradients. The recorded
+//! graph is the tape: [`backward`] orders it (reverse topological order from the loss) and walks
+//! it once. The graph lives in the tensors themselves, so it is freed as soon as the values that
+//! hold it are dropped, and there is no global tape to clear between steps.
+
+use crate::tensor::{Tensor, TensorId};
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+
+/// Maps the output's gradient to one optional gradient per input. The flags say which inputs
+/// need a gradient, so that work for the others (say, the input of the first conv) is skipped.
+pub type BackwardFn = dyn Fn(&Tensor, &[bool]) -> Vec<Option<Tensor>> + Send + Sync;
+
+pub struct Node {
+    inputs: Vec<Tensor>,
+    backward: Box<BackwardFn>,
+}
+
+impl Node {
+    pub(crate) fn new<F>(inputs: Vec<Tensor>, backward: F) -> Node
+    where
+        F: Fn(&Tensor, &[bool]) -> Vec<Option<Tensor>> + Send + Sync + 'static,
+    {
+        Node {
+            inputs,
+            backward: Box::new(backward),
+        }
+    }
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops on this thread record the graph.
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// While alive, ops on this thread record no graph (inference, attacks' inner bookkeeping,
+/// backward closures). Restores the previous mode when dropped.
+pub struct NoGradGuard {
+    previous: bool,
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.previous));
+    }
+}
+
+pub fn no_grad() -> NoGradGuard {
+    let previous = GRAD_ENABLED.with(|g| g.replace(false));
+    NoGradGuard { previous }
+}
+
+/// Run `f` without recording a graph.
+pub fn with_no_grad<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = no_grad();
+    f()
+}
+
+/// Gradients of a scalar with respect to the leaves that require them.
+#[derive(Default)]
+pub struct Gradients {
+    grads: HashMap<TensorId, Tensor>,
+}
+
+impl Gradients {
+    /// The gradient of the loss with respect to `leaf`, or None if the loss does not depend on it.
+    pub fn get(&self, leaf: &Tensor) -> Option<&Tensor> {
+        self.grads.get(&leaf.id())
+    }
+
+    pub fn remove(&mut self, leaf: &Tensor) -> Option<Tensor> {
+        self.grads.remove(&leaf.id())
+    }
+
+    pub fn len(&self) -> usize {
+        self.grads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.grads.is_empty()
+    }
+}
+
+/// The nodes reachable from `root`, inputs before the values computed from them.
+fn topological_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative post-order DFS: (tensor, children already pushed?).
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        let node = t.node().map(|n| n.inputs.clone());
+        stack.push((t, true));
+        for input in node.into_iter().flatten() {
+            if input.tracks_grad() && !seen.contains(&input.id()) {
+                stack.push((input, false));
+            }
+        }
+    }
+    order
+}
+
+fn accumulate(grads: &mut HashMap<TensorId, Tensor>, id: TensorId, g: Tensor) {
+    match grads.remove(&id) {
+        None => {
+            grads.insert(id, g);
+        }
+        Some(prev) => {
+            let shape = prev.shape().to_vec();
+            let mut sum = prev.into_vec();
+            for (s, x) in sum.iter_mut().zip(g.data()) {
+                *s += x;
+            }
+            grads.insert(id, Tensor::from_vec(sum, &shape));
+        }
+    }
+}
+
+/// Gradients of the scalar `loss` with respect to every leaf it depends on that requires one.
+pub fn backward(loss: &Tensor) -> Gradients {
+    assert_eq!(
+        loss.numel(),
+        1,
+        "backward() needs a scalar loss, got shape {:?}",
+        loss.shape()
+    );
+    let _guard = no_grad();
+    let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+    if !loss.tracks_grad() {
+        return Gradients { grads };
+    }
+    grads.insert(loss.id(), Tensor::full(loss.shape(), 1.0));
+    for t in topological_order(loss).iter().rev() {
+        let Some(node) = t.node() else { continue };
+        // An intermediate's gradient is complete once every consumer ran: use it and free it.
+        let Some(g) = grads.remove(&t.id()) else {
+            continue;
+        };
+        let needs: Vec<bool> = node.inputs.iter().map(Tensor::tracks_grad).collect();
+        let input_grads = (node.backward)(&g, &needs);
+        debug_assert_eq!(input_grads.len(), node.inputs.len());
+        for ((input, gi), need) in node.inputs.iter().zip(input_grads).zip(needs) {
+            if let (Some(gi), true) = (gi, need) {
+                assert_eq!(
+                    gi.shape(),
+                    input.shape(),
+                    "backward produced a gradient of the wrong shape"
+                );
+                accumulate(&mut grads, input.id(), gi);
+            }
+        }
+    }
+    Gradients { grads }
+}
+
+impl Tensor {
+    /// Gradients of this scalar with respect to the leaves it depends on.
+    pub fn backward(&self) -> Gradients {
+        backward(self)
+    }
+}

@@ -1,0 +1,18 @@
+//! cactus: certified training of neural networks that stay certified after compression.
+//!
+//! The crate is a small tensor engine with reverse-mode autodiff (`tensor`, `autodiff`, `ops`,
+//! `backend`), neural-network layers and models (`nn`), the optimiser (`train`) and
+//! checkpoints PyTorch can load (`io`).
+
+pub mod autodiff;
+pub mod backend;
+pub mod error;
+pub mod io;
+pub mod nn;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use tensor::{Device, Tensor};

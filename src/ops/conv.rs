@@ -1,0 +1,80 @@
+//! 2-D convolution (NCHW), forward and both gradients, on the CPU im2col + GEMM kernels.
+
+use crate::backend::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeometry};
+use crate::tensor::Tensor;
+
+/// Stride and zero padding, per spatial axis (height, width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+}
+
+impl Conv2dParams {
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Conv2dParams {
+            stride: (stride, stride),
+            padding: (padding, padding),
+        }
+    }
+
+    /// The geometry of convolving `input` [n, c, h, w] with `weight` [o, c, kh, kw].
+    pub fn geometry(&self, input: &[usize], weight: &[usize]) -> ConvGeometry {
+        assert!(
+            input.len() == 4 && weight.len() == 4 && input[1] == weight[1],
+            "conv2d: input {input:?} with weight {weight:?}"
+        );
+        assert!(
+            input[2] + 2 * self.padding.0 >= weight[2] && input[3] + 2 * self.padding.1 >= weight[3],
+            "conv2d: kernel {:?} larger than padded input {input:?}",
+            &weight[2..]
+        );
+        assert!(self.stride.0 > 0 && self.stride.1 > 0, "conv2d: stride 0");
+        ConvGeometry {
+            n: input[0],
+            c_in: input[1],
+            h: input[2],
+            w: input[3],
+            c_out: weight[0],
+            kh: weight[2],
+            kw: weight[3],
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+
+    /// Output spatial size for an input of `h × w` and a `kh × kw` kernel.
+    pub fn output_hw(&self, h: usize, w: usize, kh: usize, kw: usize) -> (usize, usize) {
+        (
+            (h + 2 * self.padding.0 - kh) / self.stride.0 + 1,
+            (w + 2 * self.padding.1 - kw) / self.stride.1 + 1,
+        )
+    }
+}
+
+impl Tensor {
+    /// Convolve `self` [n, c, h, w] with `weight` [o, c, kh, kw] (+ `bias` [o]).
+    pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Tensor {
+        let geo = params.geometry(self.shape(), weight.shape());
+        if let Some(b) = bias {
+            assert_eq!(b.shape(), &[geo.c_out], "conv2d: bias shape");
+        }
+        let out = conv2d_forward(self.data(), weight.data(), bias.map(Tensor::data), &geo);
+        let shape = [geo.n, geo.c_out, geo.out_h(), geo.out_w()];
+        let (x, w) = (self.detach(), weight.detach());
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Tensor::from_op(out, &shape, &inputs, move |g, needs| {
+            let need_bias = needs.get(2).copied().unwrap_or(false);
+            let grads = conv2d_backward(x.data(), w.data(), g.data(), &geo, needs[0], needs[1], need_bias);
+            let mut out = vec![
+                grads.input.map(|d| Tensor::from_vec(d, x.shape())),
+                grads.weight.map(|d| Tensor::from_vec(d, w.shape())),
+            ];
+            if needs.len() == 3 {
+                out.push(grads.bias.map(|d| Tensor::from_vec(d, &[geo.c_out])));
+            }
+            out
+        })
+    }
+}
