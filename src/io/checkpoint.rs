@@ -1,0 +1,219 @@
+//! `model.safetensors`: the weights under the names and layouts of PyTorch's `state_dict` for
+//! the same `nn.Sequential` (`0.weight` [out, in, kh, kw], `1.running_mean`, ...,
+//! `num_batches_tracked` as int64), and in the metadata the model's description (architecture,
+//! input shape, classes, width, normalisation), its layer list, and free-form training notes.
+
+use crate::io::atomic::write_atomic;
+use crate::nn::{Layer, Model, ModelSpec};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+const FORMAT: &str = "cactus-model";
+const VERSION: &str = "1";
+
+/// A loaded checkpoint: the model and the free-form metadata stored beside it.
+pub struct Checkpoint {
+    pub model: Model,
+    /// Extra metadata the writer recorded (training settings, for instance).
+    pub extra: BTreeMap<String, String>,
+}
+
+/// One entry of the state dict.
+enum Entry<'a> {
+    F32(&'a Tensor),
+    I64(i64),
+}
+
+/// The state dict in PyTorch's order and naming.
+fn state_dict(model: &Model) -> Vec<(String, Entry<'_>)> {
+    let mut out = Vec::new();
+    for (i, layer) in model.net.layers.iter().enumerate() {
+        for (name, t) in layer.parameters() {
+            out.push((format!("{i}.{name}"), Entry::F32(t)));
+        }
+        if let Layer::BatchNorm(bn) = layer {
+            out.push((format!("{i}.running_mean"), Entry::F32(&bn.running_mean)));
+            out.push((format!("{i}.running_var"), Entry::F32(&bn.running_var)));
+            out.push((
+                format!("{i}.num_batches_tracked"),
+                Entry::I64(bn.num_batches_tracked as i64),
+            ));
+        }
+    }
+    out
+}
+
+/// Write `model` to `path` atomically, with `extra` metadata (keys must not start with `cactus.`).
+pub fn save_checkpoint(path: &Path, model: &Model, extra: &BTreeMap<String, String>) -> Result<()> {
+    let entries = state_dict(model);
+    let bytes: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = entries
+        .iter()
+        .map(|(name, e)| match e {
+            Entry::F32(t) => (
+                name.clone(),
+                t.data().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Dtype::F32,
+                t.shape().to_vec(),
+            ),
+            Entry::I64(v) => (name.clone(), v.to_le_bytes().to_vec(), Dtype::I64, vec![]),
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, data, dtype, shape)| {
+            TensorView::new(*dtype, shape.clone(), data).map(|v| (name.as_str(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?;
+    let mut meta: HashMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    meta.insert("format".into(), FORMAT.into());
+    meta.insert("cactus.version".into(), VERSION.into());
+    meta.insert(
+        "cactus.model".into(),
+        serde_json::to_string(&model.spec).expect("model spec serialises"),
+    );
+    meta.insert(
+        "cactus.layers".into(),
+        serde_json::to_string(&model.net.describe()).expect("layer list serialises"),
+    );
+    let buf = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?;
+    write_atomic(path, &buf)
+}
+
+/// Read a checkpoint written by `save_checkpoint` (or by anyone following its layout).
+pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::bad_file(path, msg);
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        bad(format!(
+            "not a readable safetensors file (truncated or corrupt?): {e}"
+        ))
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let spec_json = meta.get("cactus.model").ok_or_else(|| {
+        bad("no model description in the metadata (key 'cactus.model'): not a cactus checkpoint".into())
+    })?;
+    let spec: ModelSpec = serde_json::from_str(spec_json)
+        .map_err(|e| bad(format!("model description in the metadata is invalid: {e}")))?;
+    let mut model = Model::new(spec, &mut Rng::seed(0)).map_err(|e| bad(format!("{e}")))?;
+    if let Some(layers_json) = meta.get("cactus.layers") {
+        let stored: Vec<String> = serde_json::from_str(layers_json)
+            .map_err(|e| bad(format!("layer list in the metadata is invalid: {e}")))?;
+        let built = model.net.describe();
+        if stored != built {
+            let at = stored
+                .iter()
+                .zip(&built)
+                .position(|(a, b)| a != b)
+                .unwrap_or(stored.len().min(built.len()));
+            return Err(bad(format!(
+                "architecture differs from what this version builds for {} at layer {at}: file has {:?}, expected {:?}",
+                model.spec.arch.name(),
+                stored.get(at),
+                built.get(at)
+            )));
+        }
+    }
+    fill_state(&mut model, &st).map_err(bad)?;
+    let extra = meta
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("cactus.") && k != "format")
+        .collect();
+    Ok(Checkpoint { model, extra })
+}
+
+/// Copy every state-dict tensor from the file into `model`, checking names, dtypes and shapes.
+fn fill_state(model: &mut Model, st: &SafeTensors<'_>) -> std::result::Result<(), String> {
+    let expected: Vec<String> = state_dict(model).into_iter().map(|(n, _)| n).collect();
+    for name in st.names() {
+        if !expected.iter().any(|e| e == name) {
+            return Err(format!("unexpected tensor '{name}' for this architecture"));
+        }
+    }
+    let read_f32 = |name: &str, shape: &[usize]| -> std::result::Result<Tensor, String> {
+        let view = st
+            .tensor(name)
+            .map_err(|_| format!("missing tensor '{name}'"))?;
+        if view.dtype() != Dtype::F32 {
+            return Err(format!("tensor '{name}' is {:?}, expected F32", view.dtype()));
+        }
+        if view.shape() != shape {
+            return Err(format!(
+                "tensor '{name}' has shape {:?}, expected {shape:?}",
+                view.shape()
+            ));
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(format!("tensor '{name}' contains NaN or infinite values"));
+        }
+        Ok(Tensor::from_vec(values, shape))
+    };
+    for (i, layer) in model.net.layers.iter_mut().enumerate() {
+        for (name, t) in layer.parameters_mut() {
+            *t = read_f32(&format!("{i}.{name}"), t.shape())?.requires_grad();
+        }
+        if let Layer::BatchNorm(bn) = layer {
+            bn.running_mean = read_f32(&format!("{i}.running_mean"), bn.running_mean.shape())?;
+            bn.running_var = read_f32(&format!("{i}.running_var"), bn.running_var.shape())?;
+            let name = format!("{i}.num_batches_tracked");
+            bn.num_batches_tracked = match st.tensor(&name) {
+                Ok(v) if v.dtype() == Dtype::I64 && v.data().len() == 8 => {
+                    let n = i64::from_le_bytes(v.data().try_into().expect("8 bytes"));
+                    u64::try_from(n).map_err(|_| format!("tensor '{name}' is negative"))?
+                }
+                Ok(v) => {
+                    return Err(format!(
+                        "tensor '{name}' should be one int64, got {:?} {:?}",
+                        v.dtype(),
+                        v.shape()
+                    ))
+                }
+                Err(_) => return Err(format!("missing tensor '{name}'")),
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Load a checkpoint that must hold the architecture `expected` describes (resuming a run,
+/// evaluating with a given model): any difference is an error that names it.
+pub fn load_checkpoint_for(path: &Path, expected: &ModelSpec) -> Result<Checkpoint> {
+    let ckpt = load_checkpoint(path)?;
+    let got = &ckpt.model.spec;
+    let mut diffs = Vec::new();
+    if got.arch != expected.arch {
+        diffs.push(format!("architecture {} (expected {})", got.arch.name(), expected.arch.name()));
+    }
+    if got.input_shape != expected.input_shape {
+        diffs.push(format!("input shape {:?} (expected {:?})", got.input_shape, expected.input_shape));
+    }
+    if got.num_classes != expected.num_classes {
+        diffs.push(format!("{} classes (expected {})", got.num_classes, expected.num_classes));
+    }
+    if got.width != expected.width {
+        diffs.push(format!("width {} (expected {})", got.width, expected.width));
+    }
+    if !diffs.is_empty() {
+        return Err(Error::bad_file(
+            path,
+            format!("checkpoint does not match the requested model: {}", diffs.join(", ")),
+        ));
+    }
+    Ok(ckpt)
+}

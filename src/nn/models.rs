@@ -1,0 +1,225 @@
+//! The named architectures, built from a name, an input shape and a width multiplier.
+//!
+//! - `mlp`:   Flatten, FC 256, ReLU, FC 256, ReLU, FC classes (widths × width).
+//! - `small`: Conv 16 k4 s2 p1, ReLU, Conv 32 k4 s1 p1, ReLU, Flatten, FC 100, ReLU, FC classes.
+//! - `cnn7`:  Conv 64,64,128,128,128 (k3 p1, strides 1,1,2,1,1), each + BN + ReLU; Flatten,
+//!   FC 512 + BN + ReLU, FC classes (channel counts × width, `--width 0.25` gives
+//!   16,16,32,32,32 and FC 128).
+
+use crate::nn::{BatchNorm, Conv2d, Init, Layer, Linear, Mode, Sequential};
+use crate::ops::Conv2dParams;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Mlp,
+    Small,
+    Cnn7,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Mlp => "mlp",
+            Arch::Small => "small",
+            Arch::Cnn7 => "cnn7",
+        }
+    }
+}
+
+/// Per-channel input normalisation `(x − mean) / std`, applied before the first layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// Everything needed to rebuild a model's structure (stored in checkpoints).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    /// [channels, height, width] of one input.
+    pub input_shape: [usize; 3],
+    pub num_classes: usize,
+    pub width: f32,
+    pub normalization: Option<Normalization>,
+    pub init: Init,
+}
+
+impl ModelSpec {
+    pub fn new(arch: Arch, input_shape: [usize; 3], num_classes: usize) -> ModelSpec {
+        ModelSpec {
+            arch,
+            input_shape,
+            num_classes,
+            width: 1.0,
+            normalization: None,
+            init: Init::Pytorch,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let [c, h, w] = self.input_shape;
+        if c == 0 || h == 0 || w == 0 || self.num_classes < 2 {
+            return Err(Error::Invalid(format!(
+                "model {}: input shape {:?} and {} classes are not a classification problem",
+                self.arch.name(),
+                self.input_shape,
+                self.num_classes
+            )));
+        }
+        if !(self.width.is_finite() && self.width > 0.0) {
+            return Err(Error::Invalid(format!("model width must be positive, got {}", self.width)));
+        }
+        let min_side = match self.arch {
+            Arch::Mlp => 1,
+            Arch::Small => 4,
+            Arch::Cnn7 => 2,
+        };
+        if h < min_side || w < min_side {
+            return Err(Error::Invalid(format!(
+                "model {} needs inputs of at least {min_side}x{min_side}, got {h}x{w}",
+                self.arch.name()
+            )));
+        }
+        if let Some(n) = &self.normalization {
+            if n.mean.len() != c || n.std.len() != c || n.std.iter().any(|&s| !(s > 0.0)) {
+                return Err(Error::Invalid(format!(
+                    "normalisation needs {c} means and {c} positive stds, got {:?} / {:?}",
+                    n.mean, n.std
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A named architecture with its weights.
+pub struct Model {
+    pub spec: ModelSpec,
+    pub net: Sequential,
+}
+
+fn scaled(channels: usize, width: f32) -> usize {
+    ((channels as f32 * width).round() as usize).max(1)
+}
+
+impl Model {
+    /// Build and initialise the architecture `spec` describes.
+    pub fn new(spec: ModelSpec, rng: &mut Rng) -> Result<Model> {
+        spec.validate()?;
+        let [c, h, w] = spec.input_shape;
+        let k = spec.num_classes;
+        let mut layers = Vec::new();
+        match spec.arch {
+            Arch::Mlp => {
+                let hidden = scaled(256, spec.width);
+                layers.push(Layer::Flatten);
+                layers.push(Layer::Linear(Linear::new(c * h * w, hidden, rng)));
+                layers.push(Layer::ReLU);
+                layers.push(Layer::Linear(Linear::new(hidden, hidden, rng)));
+                layers.push(Layer::ReLU);
+                layers.push(Layer::Linear(Linear::new(hidden, k, rng)));
+            }
+            Arch::Small => {
+                let p1 = Conv2dParams::new(2, 1);
+                let p2 = Conv2dParams::new(1, 1);
+                let (h1, w1) = p1.output_hw(h, w, 4, 4);
+                let (h2, w2) = p2.output_hw(h1, w1, 4, 4);
+                layers.push(Layer::Conv2d(Conv2d::new(c, 16, 4, p1, rng)));
+                layers.push(Layer::ReLU);
+                layers.push(Layer::Conv2d(Conv2d::new(16, 32, 4, p2, rng)));
+                layers.push(Layer::ReLU);
+                layers.push(Layer::Flatten);
+                layers.push(Layer::Linear(Linear::new(32 * h2 * w2, 100, rng)));
+                layers.push(Layer::ReLU);
+                layers.push(Layer::Linear(Linear::new(100, k, rng)));
+            }
+            Arch::Cnn7 => {
+                let (mut ch, mut hh, mut ww) = (c, h, w);
+                for (out, stride) in [(64, 1), (64, 1), (128, 2), (128, 1), (128, 1)] {
+                    let out = scaled(out, spec.width);
+                    let p = Conv2dParams::new(stride, 1);
+                    layers.push(Layer::Conv2d(Conv2d::new(ch, out, 3, p, rng)));
+                    layers.push(Layer::BatchNorm(BatchNorm::new(out, 2)));
+                    layers.push(Layer::ReLU);
+                    (hh, ww) = p.output_hw(hh, ww, 3, 3);
+                    ch = out;
+                }
+                let fc = scaled(512, spec.width);
+                layers.push(Layer::Flatten);
+                layers.push(Layer::Linear(Linear::new(ch * hh * ww, fc, rng)));
+                layers.push(Layer::BatchNorm(BatchNorm::new(fc, 1)));
+                layers.push(Layer::ReLU);
+                layers.push(Layer::Linear(Linear::new(fc, k, rng)));
+            }
+        }
+        let mut model = Model {
+            spec,
+            net: Sequential::new(layers),
+        };
+        if model.spec.init == Init::Ibp {
+            model.apply_ibp_init(rng);
+        }
+        Ok(model)
+    }
+
+    /// Redraw every conv and linear weight but the last with the IBP initialisation.
+    fn apply_ibp_init(&mut self, rng: &mut Rng) {
+        let affine: Vec<usize> = (0..self.net.layers.len())
+            .filter(|&i| matches!(self.net.layers[i], Layer::Linear(_) | Layer::Conv2d(_)))
+            .collect();
+        for &i in &affine[..affine.len().saturating_sub(1)] {
+            match &mut self.net.layers[i] {
+                Layer::Linear(l) => l.weight = Init::ibp_weight(l.weight.shape(), l.in_features(), rng),
+                Layer::Conv2d(cv) => {
+                    let (kh, kw) = cv.kernel();
+                    cv.weight = Init::ibp_weight(cv.weight.shape(), cv.in_channels() * kh * kw, rng);
+                }
+                _ => unreachable!("filtered to affine layers"),
+            }
+        }
+    }
+
+    /// An error unless `x` is a batch of this model's inputs.
+    pub fn check_input(&self, shape: &[usize]) -> Result<()> {
+        if shape.len() != 4 || shape[1..] != self.spec.input_shape {
+            return Err(Error::Shape(format!(
+                "model {} expects inputs [batch, {}, {}, {}], got {shape:?}",
+                self.spec.arch.name(),
+                self.spec.input_shape[0],
+                self.spec.input_shape[1],
+                self.spec.input_shape[2]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Map pixels in [0, 1] to the network's input scale (identity without normalisation).
+    pub fn normalize(&self, x: &Tensor) -> Tensor {
+        match &self.spec.normalization {
+            None => x.clone(),
+            Some(n) => {
+                let scale: Vec<f32> = n.std.iter().map(|s| 1.0 / s).collect();
+                let shift: Vec<f32> = n.mean.iter().zip(&n.std).map(|(m, s)| -m / s).collect();
+                let c = scale.len();
+                x.channel_affine(&Tensor::from_vec(scale, &[c]), &Tensor::from_vec(shift, &[c]))
+            }
+        }
+    }
+
+    /// Logits for a batch of pixel inputs [N, C, H, W] in [0, 1].
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
+        self.net.forward(&self.normalize(x), mode)
+    }
+
+    /// Training-mode forward pass that updates batch norm's running statistics.
+    pub fn forward_train(&mut self, x: &Tensor) -> Tensor {
+        let h = self.normalize(x);
+        self.net.forward_train(&h)
+    }
+}
