@@ -70,10 +70,8 @@ pub fn save_checkpoint(path: &Path, model: &Model, extra: &BTreeMap<String, Stri
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?;
-    let mut meta: HashMap<String, String> = extra
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut meta: HashMap<String, String> =
+        extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     meta.insert("format".into(), FORMAT.into());
     meta.insert("cactus.version".into(), VERSION.into());
     meta.insert(
@@ -102,10 +100,23 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
         .map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let spec_json = meta.get("cactus.model").ok_or_else(|| {
-        bad("no model description in the metadata (key 'cactus.model'): not a cactus checkpoint".into())
+        bad(
+            "no model description in the metadata (key 'cactus.model'): not a cactus checkpoint"
+                .into(),
+        )
     })?;
     let spec: ModelSpec = serde_json::from_str(spec_json)
         .map_err(|e| bad(format!("model description in the metadata is invalid: {e}")))?;
+    // Size the architecture before allocating it: a corrupt description must not ask for
+    // more memory than the file could possibly fill.
+    let needed = spec.state_len().map_err(|e| bad(format!("{e}")))?;
+    if needed.saturating_mul(4) > bytes.len() {
+        return Err(bad(format!(
+            "the file holds {} bytes but its architecture ({}) needs {needed} values",
+            bytes.len(),
+            spec.arch.name()
+        )));
+    }
     let mut model = Model::new(spec, &mut Rng::seed(0)).map_err(|e| bad(format!("{e}")))?;
     if let Some(layers_json) = meta.get("cactus.layers") {
         let stored: Vec<String> = serde_json::from_str(layers_json)
@@ -146,7 +157,10 @@ fn fill_state(model: &mut Model, st: &SafeTensors<'_>) -> std::result::Result<()
             .tensor(name)
             .map_err(|_| format!("missing tensor '{name}'"))?;
         if view.dtype() != Dtype::F32 {
-            return Err(format!("tensor '{name}' is {:?}, expected F32", view.dtype()));
+            return Err(format!(
+                "tensor '{name}' is {:?}, expected F32",
+                view.dtype()
+            ));
         }
         if view.shape() != shape {
             return Err(format!(
@@ -198,13 +212,23 @@ pub fn load_checkpoint_for(path: &Path, expected: &ModelSpec) -> Result<Checkpoi
     let got = &ckpt.model.spec;
     let mut diffs = Vec::new();
     if got.arch != expected.arch {
-        diffs.push(format!("architecture {} (expected {})", got.arch.name(), expected.arch.name()));
+        diffs.push(format!(
+            "architecture {} (expected {})",
+            got.arch.name(),
+            expected.arch.name()
+        ));
     }
     if got.input_shape != expected.input_shape {
-        diffs.push(format!("input shape {:?} (expected {:?})", got.input_shape, expected.input_shape));
+        diffs.push(format!(
+            "input shape {:?} (expected {:?})",
+            got.input_shape, expected.input_shape
+        ));
     }
     if got.num_classes != expected.num_classes {
-        diffs.push(format!("{} classes (expected {})", got.num_classes, expected.num_classes));
+        diffs.push(format!(
+            "{} classes (expected {})",
+            got.num_classes, expected.num_classes
+        ));
     }
     if got.width != expected.width {
         diffs.push(format!("width {} (expected {})", got.width, expected.width));
@@ -212,7 +236,10 @@ pub fn load_checkpoint_for(path: &Path, expected: &ModelSpec) -> Result<Checkpoi
     if !diffs.is_empty() {
         return Err(Error::bad_file(
             path,
-            format!("checkpoint does not match the requested model: {}", diffs.join(", ")),
+            format!(
+                "checkpoint does not match the requested model: {}",
+                diffs.join(", ")
+            ),
         ));
     }
     Ok(ckpt)

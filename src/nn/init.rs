@@ -21,7 +21,11 @@ pub enum Init {
 impl Init {
     /// PyTorch's default (weight, bias), both leaves that require gradients. Every layer is
     /// drawn this way first; the IBP scheme then redraws the weights it covers.
-    pub fn pytorch_default(weight_shape: &[usize], fan_in: usize, rng: &mut Rng) -> (Tensor, Tensor) {
+    pub fn pytorch_default(
+        weight_shape: &[usize],
+        fan_in: usize,
+        rng: &mut Rng,
+    ) -> (Tensor, Tensor) {
         let bound = 1.0 / (fan_in as f32).sqrt();
         let w = Tensor::rand_uniform(weight_shape, -bound, bound, rng);
         let b = Tensor::rand_uniform(&weight_shape[..1], -bound, bound, rng);

@@ -13,7 +13,7 @@ pub use conv::Conv2d;
 pub use init::Init;
 pub use layer::Layer;
 pub use linear::Linear;
-pub use models::{Arch, Model, ModelSpec, Normalization};
+pub use models::{Arch, LayerPlan, Model, ModelSpec, Normalization};
 pub use sequential::Sequential;
 
 /// How a forward pass treats batch norm.

@@ -72,8 +72,18 @@ impl ModelSpec {
                 self.num_classes
             )));
         }
-        if !(self.width.is_finite() && self.width > 0.0) {
-            return Err(Error::Invalid(format!("model width must be positive, got {}", self.width)));
+        if !(self.width.is_finite() && self.width > 0.0 && self.width <= 64.0) {
+            return Err(Error::Invalid(format!(
+                "model width must be in (0, 64], got {}",
+                self.width
+            )));
+        }
+        // Bounds that keep every size computation far from overflow.
+        if c > 4096 || h > 4096 || w > 4096 || self.num_classes > 1 << 20 {
+            return Err(Error::Invalid(format!(
+                "input shape {:?} with {} classes is larger than supported (4096 per axis)",
+                self.input_shape, self.num_classes
+            )));
         }
         let min_side = match self.arch {
             Arch::Mlp => 1,
@@ -108,56 +118,156 @@ fn scaled(channels: usize, width: f32) -> usize {
     ((channels as f32 * width).round() as usize).max(1)
 }
 
-impl Model {
-    /// Build and initialise the architecture `spec` describes.
-    pub fn new(spec: ModelSpec, rng: &mut Rng) -> Result<Model> {
-        spec.validate()?;
-        let [c, h, w] = spec.input_shape;
-        let k = spec.num_classes;
+/// The shape of one layer, before any weight exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerPlan {
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        params: Conv2dParams,
+    },
+    Linear {
+        in_features: usize,
+        out_features: usize,
+    },
+    BatchNorm {
+        channels: usize,
+        spatial_dims: usize,
+    },
+    ReLU,
+    Flatten,
+}
+
+impl LayerPlan {
+    /// Number of values in this layer's state dict (parameters and running statistics).
+    pub fn state_len(&self) -> usize {
+        match *self {
+            LayerPlan::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                ..
+            } => out_channels * (in_channels * kernel * kernel + 1),
+            LayerPlan::Linear {
+                in_features,
+                out_features,
+            } => out_features * (in_features + 1),
+            LayerPlan::BatchNorm { channels, .. } => 4 * channels,
+            LayerPlan::ReLU | LayerPlan::Flatten => 0,
+        }
+    }
+
+    fn build(self, rng: &mut Rng) -> Layer {
+        match self {
+            LayerPlan::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                params,
+            } => Layer::Conv2d(Conv2d::new(in_channels, out_channels, kernel, params, rng)),
+            LayerPlan::Linear {
+                in_features,
+                out_features,
+            } => Layer::Linear(Linear::new(in_features, out_features, rng)),
+            LayerPlan::BatchNorm {
+                channels,
+                spatial_dims,
+            } => Layer::BatchNorm(BatchNorm::new(channels, spatial_dims)),
+            LayerPlan::ReLU => Layer::ReLU,
+            LayerPlan::Flatten => Layer::Flatten,
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The layers this spec describes, with their shapes (no weights allocated), so that the
+    /// size of a model can be known before building it.
+    pub fn plan(&self) -> Result<Vec<LayerPlan>> {
+        self.validate()?;
+        let [c, h, w] = self.input_shape;
+        let k = self.num_classes;
         let mut layers = Vec::new();
-        match spec.arch {
+        let linear = |in_features, out_features| LayerPlan::Linear {
+            in_features,
+            out_features,
+        };
+        let conv = |in_channels, out_channels, kernel, params| LayerPlan::Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            params,
+        };
+        match self.arch {
             Arch::Mlp => {
-                let hidden = scaled(256, spec.width);
-                layers.push(Layer::Flatten);
-                layers.push(Layer::Linear(Linear::new(c * h * w, hidden, rng)));
-                layers.push(Layer::ReLU);
-                layers.push(Layer::Linear(Linear::new(hidden, hidden, rng)));
-                layers.push(Layer::ReLU);
-                layers.push(Layer::Linear(Linear::new(hidden, k, rng)));
+                let hidden = scaled(256, self.width);
+                layers.extend([
+                    LayerPlan::Flatten,
+                    linear(c * h * w, hidden),
+                    LayerPlan::ReLU,
+                    linear(hidden, hidden),
+                    LayerPlan::ReLU,
+                    linear(hidden, k),
+                ]);
             }
             Arch::Small => {
                 let p1 = Conv2dParams::new(2, 1);
                 let p2 = Conv2dParams::new(1, 1);
                 let (h1, w1) = p1.output_hw(h, w, 4, 4);
                 let (h2, w2) = p2.output_hw(h1, w1, 4, 4);
-                layers.push(Layer::Conv2d(Conv2d::new(c, 16, 4, p1, rng)));
-                layers.push(Layer::ReLU);
-                layers.push(Layer::Conv2d(Conv2d::new(16, 32, 4, p2, rng)));
-                layers.push(Layer::ReLU);
-                layers.push(Layer::Flatten);
-                layers.push(Layer::Linear(Linear::new(32 * h2 * w2, 100, rng)));
-                layers.push(Layer::ReLU);
-                layers.push(Layer::Linear(Linear::new(100, k, rng)));
+                layers.extend([
+                    conv(c, 16, 4, p1),
+                    LayerPlan::ReLU,
+                    conv(16, 32, 4, p2),
+                    LayerPlan::ReLU,
+                    LayerPlan::Flatten,
+                    linear(32 * h2 * w2, 100),
+                    LayerPlan::ReLU,
+                    linear(100, k),
+                ]);
             }
             Arch::Cnn7 => {
                 let (mut ch, mut hh, mut ww) = (c, h, w);
                 for (out, stride) in [(64, 1), (64, 1), (128, 2), (128, 1), (128, 1)] {
-                    let out = scaled(out, spec.width);
+                    let out = scaled(out, self.width);
                     let p = Conv2dParams::new(stride, 1);
-                    layers.push(Layer::Conv2d(Conv2d::new(ch, out, 3, p, rng)));
-                    layers.push(Layer::BatchNorm(BatchNorm::new(out, 2)));
-                    layers.push(Layer::ReLU);
+                    layers.extend([
+                        conv(ch, out, 3, p),
+                        LayerPlan::BatchNorm {
+                            channels: out,
+                            spatial_dims: 2,
+                        },
+                        LayerPlan::ReLU,
+                    ]);
                     (hh, ww) = p.output_hw(hh, ww, 3, 3);
                     ch = out;
                 }
-                let fc = scaled(512, spec.width);
-                layers.push(Layer::Flatten);
-                layers.push(Layer::Linear(Linear::new(ch * hh * ww, fc, rng)));
-                layers.push(Layer::BatchNorm(BatchNorm::new(fc, 1)));
-                layers.push(Layer::ReLU);
-                layers.push(Layer::Linear(Linear::new(fc, k, rng)));
+                let fc = scaled(512, self.width);
+                layers.extend([
+                    LayerPlan::Flatten,
+                    linear(ch * hh * ww, fc),
+                    LayerPlan::BatchNorm {
+                        channels: fc,
+                        spatial_dims: 1,
+                    },
+                    LayerPlan::ReLU,
+                    linear(fc, k),
+                ]);
             }
         }
+        Ok(layers)
+    }
+
+    /// Number of values in the model's state dict.
+    pub fn state_len(&self) -> Result<usize> {
+        Ok(self.plan()?.iter().map(LayerPlan::state_len).sum())
+    }
+}
+
+impl Model {
+    /// Build and initialise the architecture `spec` describes.
+    pub fn new(spec: ModelSpec, rng: &mut Rng) -> Result<Model> {
+        let layers = spec.plan()?.into_iter().map(|p| p.build(rng)).collect();
         let mut model = Model {
             spec,
             net: Sequential::new(layers),
@@ -175,10 +285,13 @@ impl Model {
             .collect();
         for &i in &affine[..affine.len().saturating_sub(1)] {
             match &mut self.net.layers[i] {
-                Layer::Linear(l) => l.weight = Init::ibp_weight(l.weight.shape(), l.in_features(), rng),
+                Layer::Linear(l) => {
+                    l.weight = Init::ibp_weight(l.weight.shape(), l.in_features(), rng)
+                }
                 Layer::Conv2d(cv) => {
                     let (kh, kw) = cv.kernel();
-                    cv.weight = Init::ibp_weight(cv.weight.shape(), cv.in_channels() * kh * kw, rng);
+                    cv.weight =
+                        Init::ibp_weight(cv.weight.shape(), cv.in_channels() * kh * kw, rng);
                 }
                 _ => unreachable!("filtered to affine layers"),
             }
@@ -207,7 +320,10 @@ impl Model {
                 let scale: Vec<f32> = n.std.iter().map(|s| 1.0 / s).collect();
                 let shift: Vec<f32> = n.mean.iter().zip(&n.std).map(|(m, s)| -m / s).collect();
                 let c = scale.len();
-                x.channel_affine(&Tensor::from_vec(scale, &[c]), &Tensor::from_vec(shift, &[c]))
+                x.channel_affine(
+                    &Tensor::from_vec(scale, &[c]),
+                    &Tensor::from_vec(shift, &[c]),
+                )
             }
         }
     }

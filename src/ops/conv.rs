@@ -25,7 +25,8 @@ impl Conv2dParams {
             "conv2d: input {input:?} with weight {weight:?}"
         );
         assert!(
-            input[2] + 2 * self.padding.0 >= weight[2] && input[3] + 2 * self.padding.1 >= weight[3],
+            input[2] + 2 * self.padding.0 >= weight[2]
+                && input[3] + 2 * self.padding.1 >= weight[3],
             "conv2d: kernel {:?} larger than padded input {input:?}",
             &weight[2..]
         );
@@ -66,7 +67,15 @@ impl Tensor {
         inputs.extend(bias);
         Tensor::from_op(out, &shape, &inputs, move |g, needs| {
             let need_bias = needs.get(2).copied().unwrap_or(false);
-            let grads = conv2d_backward(x.data(), w.data(), g.data(), &geo, needs[0], needs[1], need_bias);
+            let grads = conv2d_backward(
+                x.data(),
+                w.data(),
+                g.data(),
+                &geo,
+                needs[0],
+                needs[1],
+                need_bias,
+            );
             let mut out = vec![
                 grads.input.map(|d| Tensor::from_vec(d, x.shape())),
                 grads.weight.map(|d| Tensor::from_vec(d, w.shape())),

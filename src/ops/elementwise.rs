@@ -20,7 +20,12 @@ fn unary(
 }
 
 /// Evaluate `f` over the broadcast of `a` and `b`.
-fn broadcast_eval(a: &Tensor, b: &Tensor, out_shape: &[usize], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+fn broadcast_eval(
+    a: &Tensor,
+    b: &Tensor,
+    out_shape: &[usize],
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Vec<f32> {
     if a.shape() == b.shape() {
         return zip_map(a.data(), b.data(), f);
     }
@@ -94,8 +99,7 @@ fn binary(
     da: impl Fn(f32, f32) -> f32 + Send + Sync + 'static,
     db: impl Fn(f32, f32) -> f32 + Send + Sync + 'static,
 ) -> Tensor {
-    let out_shape = broadcast_shapes(a.shape(), b.shape())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out_shape = broadcast_shapes(a.shape(), b.shape()).unwrap_or_else(|e| panic!("{e}"));
     let out = broadcast_eval(a, b, &out_shape, f);
     let (sa, sb) = (a.detach(), b.detach());
     let shape = out_shape.clone();
@@ -103,7 +107,9 @@ fn binary(
         let full_a = Tensor::from_vec(broadcast_to(&sa, &shape), &shape);
         let full_b = Tensor::from_vec(broadcast_to(&sb, &shape), &shape);
         let grad = |d: &(dyn Fn(f32, f32) -> f32 + Sync), target: &Tensor| {
-            let full = zip3_map(g.data(), full_a.data(), full_b.data(), |g, x, y| g * d(x, y));
+            let full = zip3_map(g.data(), full_a.data(), full_b.data(), |g, x, y| {
+                g * d(x, y)
+            });
             Tensor::from_vec(sum_to_shape(&full, &shape, target.shape()), target.shape())
         };
         vec![
@@ -127,7 +133,13 @@ impl Tensor {
     }
 
     pub fn div(&self, other: &Tensor) -> Tensor {
-        binary(self, other, |a, b| a / b, |_, b| 1.0 / b, |a, b| -a / (b * b))
+        binary(
+            self,
+            other,
+            |a, b| a / b,
+            |_, b| 1.0 / b,
+            |a, b| -a / (b * b),
+        )
     }
 
     /// Element-wise minimum; on ties the gradient is split evenly (as in PyTorch).

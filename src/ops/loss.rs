@@ -4,7 +4,12 @@
 use crate::tensor::Tensor;
 
 fn check_logits(x: &Tensor) -> (usize, usize) {
-    assert_eq!(x.rank(), 2, "expected [batch, classes] logits, got {:?}", x.shape());
+    assert_eq!(
+        x.rank(),
+        2,
+        "expected [batch, classes] logits, got {:?}",
+        x.shape()
+    );
     (x.dim(0), x.dim(1))
 }
 
@@ -29,7 +34,11 @@ pub fn log_softmax(x: &Tensor) -> Tensor {
     Tensor::from_op(out, x.shape(), &[x], move |g, _| {
         // d/dx = g − softmax · Σ g (per row)
         let mut d = vec![0.0; g.numel()];
-        for ((d, g), ls) in d.chunks_mut(k).zip(g.data().chunks(k)).zip(saved.data().chunks(k)) {
+        for ((d, g), ls) in d
+            .chunks_mut(k)
+            .zip(g.data().chunks(k))
+            .zip(saved.data().chunks(k))
+        {
             let total: f32 = g.iter().sum();
             for ((d, g), l) in d.iter_mut().zip(g).zip(ls) {
                 *d = g - l.exp() * total;
@@ -42,13 +51,23 @@ pub fn log_softmax(x: &Tensor) -> Tensor {
 /// Mean cross-entropy of [batch, classes] logits against class labels.
 pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Tensor {
     let (n, k) = check_logits(logits);
-    assert_eq!(labels.len(), n, "cross_entropy: {n} rows, {} labels", labels.len());
+    assert_eq!(
+        labels.len(),
+        n,
+        "cross_entropy: {n} rows, {} labels",
+        labels.len()
+    );
     assert!(n > 0, "cross_entropy of an empty batch");
     if let Some(&bad) = labels.iter().find(|&&y| y >= k) {
         panic!("cross_entropy: label {bad} out of range for {k} classes");
     }
     let logp = log_softmax_rows(logits.data(), k);
-    let loss = -labels.iter().enumerate().map(|(i, &y)| logp[i * k + y] as f64).sum::<f64>() / n as f64;
+    let loss = -labels
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| logp[i * k + y] as f64)
+        .sum::<f64>()
+        / n as f64;
     let labels = labels.to_vec();
     let shape = logits.shape().to_vec();
     Tensor::from_op(vec![loss as f32], &[], &[logits], move |g, _| {

@@ -26,13 +26,18 @@ impl Tensor {
         );
         let out = product(mat(self), mat(other));
         let (a, b) = (self.detach(), other.detach());
-        Tensor::from_op(out, &[self.dim(0), other.dim(1)], &[self, other], move |g, needs| {
-            let gm = mat(g);
-            vec![
-                needs[0].then(|| Tensor::from_vec(product(gm, mat(&b).t()), a.shape())),
-                needs[1].then(|| Tensor::from_vec(product(mat(&a).t(), gm), b.shape())),
-            ]
-        })
+        Tensor::from_op(
+            out,
+            &[self.dim(0), other.dim(1)],
+            &[self, other],
+            move |g, needs| {
+                let gm = mat(g);
+                vec![
+                    needs[0].then(|| Tensor::from_vec(product(gm, mat(&b).t()), a.shape())),
+                    needs[1].then(|| Tensor::from_vec(product(mat(&a).t(), gm), b.shape())),
+                ]
+            },
+        )
     }
 
     /// A fully connected layer: x [n, in] · weightᵀ [in, out] + bias [out].
@@ -51,7 +56,14 @@ impl Tensor {
                 row.copy_from_slice(b.data());
             }
         }
-        matmul_into(&mut out, out_features, mat(self), mat(weight).t(), bias.is_some(), true);
+        matmul_into(
+            &mut out,
+            out_features,
+            mat(self),
+            mat(weight).t(),
+            bias.is_some(),
+            true,
+        );
         let (x, w) = (self.detach(), weight.detach());
         let mut inputs = vec![self, weight];
         inputs.extend(bias);

@@ -10,13 +10,23 @@ use rayon::prelude::*;
 
 /// (N, C, S) of a tensor laid out as [N, C, ...].
 fn ncs(x: &Tensor) -> (usize, usize, usize) {
-    assert!(x.rank() >= 2, "per-channel op needs [N, C, ...], got {:?}", x.shape());
+    assert!(
+        x.rank() >= 2,
+        "per-channel op needs [N, C, ...], got {:?}",
+        x.shape()
+    );
     let (n, c) = (x.dim(0), x.dim(1));
     (n, c, x.shape()[2..].iter().product())
 }
 
 /// Per-channel sums of f(value, channel) over N and S, computed in parallel over channels.
-fn channel_sums(x: &[f32], n: usize, c: usize, s: usize, f: impl Fn(f32, usize) -> f32 + Sync) -> Vec<f32> {
+fn channel_sums(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    s: usize,
+    f: impl Fn(f32, usize) -> f32 + Sync,
+) -> Vec<f32> {
     // f64 accumulation across samples: batch statistics over 10^5+ values stay accurate.
     let sum_channel = |ch: usize| {
         let mut acc = 0.0f64;
@@ -34,7 +44,13 @@ fn channel_sums(x: &[f32], n: usize, c: usize, s: usize, f: impl Fn(f32, usize) 
 }
 
 /// Apply f(value, channel) to every element (parallel over (sample, channel) planes).
-fn channel_map(x: &[f32], n: usize, c: usize, s: usize, f: impl Fn(f32, usize) -> f32 + Sync) -> Vec<f32> {
+fn channel_map(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    s: usize,
+    f: impl Fn(f32, usize) -> f32 + Sync,
+) -> Vec<f32> {
     let mut out = vec![0.0; n * c * s];
     if s == 0 {
         return out;
@@ -84,13 +100,19 @@ impl Tensor {
         Tensor::from_op(var, &[c], &[self, mean], move |g, needs| {
             let gd = g.data();
             let dx = needs[0].then(|| {
-                let d = channel_map(x.data(), n, c, s, |v, ch| gd[ch] * 2.0 * (v - m[ch]) / count);
+                let d = channel_map(x.data(), n, c, s, |v, ch| {
+                    gd[ch] * 2.0 * (v - m[ch]) / count
+                });
                 Tensor::from_vec(d, x.shape())
             });
             // ∂var/∂mean = −2·mean(x − mean): zero at the true mean, exact for any given mean.
             let dmean = needs[1].then(|| {
                 let centred = channel_sums(x.data(), n, c, s, |v, ch| v - m[ch]);
-                let d = centred.iter().zip(gd).map(|(s, g)| -2.0 * g * s / count).collect();
+                let d = centred
+                    .iter()
+                    .zip(gd)
+                    .map(|(s, g)| -2.0 * g * s / count)
+                    .collect();
                 Tensor::from_vec(d, &[c])
             });
             vec![dx, dmean]
@@ -124,14 +146,19 @@ impl Tensor {
                         let mut acc = 0.0f64;
                         for i in 0..n {
                             let r = (i * c + ch) * s..(i * c + ch + 1) * s;
-                            acc += gd[r.clone()].iter().zip(&xd[r]).map(|(g, x)| g * x).sum::<f32>() as f64;
+                            acc += gd[r.clone()]
+                                .iter()
+                                .zip(&xd[r])
+                                .map(|(g, x)| g * x)
+                                .sum::<f32>() as f64;
                         }
                         acc as f32
                     })
                     .collect();
                 Tensor::from_vec(sums, &[c])
             });
-            let dshift = needs[2].then(|| Tensor::from_vec(channel_sums(gd, n, c, s, |g, _| g), &[c]));
+            let dshift =
+                needs[2].then(|| Tensor::from_vec(channel_sums(gd, n, c, s, |g, _| g), &[c]));
             vec![dx, dscale, dshift]
         })
     }

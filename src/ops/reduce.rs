@@ -67,11 +67,18 @@ impl Tensor {
     pub fn sum_axes(&self, axes: &[isize], keepdim: bool) -> Tensor {
         let axes = normalise_axes(axes, self.rank());
         let (data, kept) = reduce_axes_keepdim(self, &axes, 0.0, |a, b| a + b);
-        let out_shape = if keepdim { kept.clone() } else { drop_axes(self.shape(), &axes) };
+        let out_shape = if keepdim {
+            kept.clone()
+        } else {
+            drop_axes(self.shape(), &axes)
+        };
         let in_shape = self.shape().to_vec();
         Tensor::from_op(data, &out_shape, &[self], move |g, _| {
             let g = g.detach().reshape(&kept);
-            vec![Some(Tensor::from_vec(broadcast_to(&g, &in_shape), &in_shape))]
+            vec![Some(Tensor::from_vec(
+                broadcast_to(&g, &in_shape),
+                &in_shape,
+            ))]
         })
     }
 
@@ -98,7 +105,11 @@ impl Tensor {
         assert!(self.numel() > 0, "max of an empty tensor");
         let axes = normalise_axes(axes, self.rank());
         let (data, kept) = reduce_axes_keepdim(self, &axes, f32::NEG_INFINITY, f32::max);
-        let out_shape = if keepdim { kept.clone() } else { drop_axes(self.shape(), &axes) };
+        let out_shape = if keepdim {
+            kept.clone()
+        } else {
+            drop_axes(self.shape(), &axes)
+        };
         let x = self.detach();
         let max_kept = Tensor::from_vec(data.clone(), &kept);
         Tensor::from_op(data, &out_shape, &[self], move |g, _| {
@@ -157,7 +168,11 @@ impl Tensor {
     /// For a [rows, classes] tensor: the argmax of each row.
     pub fn argmax_rows(&self) -> Vec<usize> {
         assert_eq!(self.rank(), 2, "argmax_rows needs a matrix");
-        self.argmax(1, false).data().iter().map(|&v| v as usize).collect()
+        self.argmax(1, false)
+            .data()
+            .iter()
+            .map(|&v| v as usize)
+            .collect()
     }
 }
 
@@ -173,7 +188,10 @@ mod tests {
         // channel 0: 0+1+2+3 + 12+13+14+15 = 60
         assert_eq!(s.to_vec(), vec![60., 92., 124.]);
         assert_eq!(x.sum_axes(&[1], true).shape(), &[2, 1, 4]);
-        assert_eq!(x.max_axes(&[-1], false).to_vec(), vec![3., 7., 11., 15., 19., 23.]);
+        assert_eq!(
+            x.max_axes(&[-1], false).to_vec(),
+            vec![3., 7., 11., 15., 19., 23.]
+        );
         assert_eq!(x.mean().item(), 11.5);
         let m = Tensor::from_vec(vec![1., 5., 5., 0., -1., -3.], &[2, 3]);
         assert_eq!(m.argmax_rows(), vec![1, 0]);

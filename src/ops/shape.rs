@@ -13,7 +13,11 @@ impl Tensor {
     pub fn flatten(&self) -> Tensor {
         assert!(self.rank() >= 1, "flatten of a scalar");
         let n = self.dim(0);
-        let rest = if n == 0 { numel(&self.shape()[1..]) } else { self.numel() / n };
+        let rest = if n == 0 {
+            numel(&self.shape()[1..])
+        } else {
+            self.numel() / n
+        };
         self.reshape(&[n, rest])
     }
 
@@ -75,7 +79,10 @@ impl Tensor {
         let d = self.data();
         let mut out = Vec::with_capacity(indices.len() * row_len);
         for &i in indices {
-            assert!(i < rows, "index_rows: index {i} out of range for {rows} rows");
+            assert!(
+                i < rows,
+                "index_rows: index {i} out of range for {rows} rows"
+            );
             out.extend_from_slice(&d[i * row_len..(i + 1) * row_len]);
         }
         let mut shape = self.shape().to_vec();
@@ -109,7 +116,10 @@ mod tests {
         assert_eq!(c.to_vec(), vec![1., 2., 5., 3., 4., 6.]);
         let r = Tensor::concat(&[&a, &a], 0);
         assert_eq!(r.shape(), &[4, 2]);
-        assert_eq!(a.index_rows(&[1, 1, 0]).to_vec(), vec![3., 4., 3., 4., 1., 2.]);
+        assert_eq!(
+            a.index_rows(&[1, 1, 0]).to_vec(),
+            vec![3., 4., 3., 4., 1., 2.]
+        );
         assert_eq!(c.flatten().shape(), &[2, 3]);
         assert_eq!(c.reshape(&[3, 2]).to_vec(), c.to_vec());
     }

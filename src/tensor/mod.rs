@@ -127,7 +127,12 @@ impl Tensor {
 
     /// Record the result of an op. The node (inputs + backward) is kept only when gradients are
     /// enabled and some input needs one, so inference builds no graph.
-    pub(crate) fn from_op<F>(data: Vec<f32>, shape: &[usize], inputs: &[&Tensor], backward: F) -> Tensor
+    pub(crate) fn from_op<F>(
+        data: Vec<f32>,
+        shape: &[usize],
+        inputs: &[&Tensor],
+        backward: F,
+    ) -> Tensor
     where
         F: Fn(&Tensor, &[bool]) -> Vec<Option<Tensor>> + Send + Sync + 'static,
     {
@@ -213,7 +218,12 @@ impl Tensor {
 
     /// The single value of a one-element tensor.
     pub fn item(&self) -> f32 {
-        assert_eq!(self.numel(), 1, "item() of a tensor of shape {:?}", self.shape());
+        assert_eq!(
+            self.numel(),
+            1,
+            "item() of a tensor of shape {:?}",
+            self.shape()
+        );
         self.data()[0]
     }
 

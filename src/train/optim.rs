@@ -80,7 +80,9 @@ impl Adam {
     /// Restore a saved state (see `state`).
     pub fn restore(&mut self, step: u64, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) -> Result<()> {
         if m.len() != v.len() || m.iter().zip(&v).any(|(a, b)| a.len() != b.len()) {
-            return Err(Error::Invalid("optimiser state: moment buffers do not match".into()));
+            return Err(Error::Invalid(
+                "optimiser state: moment buffers do not match".into(),
+            ));
         }
         self.step = step;
         self.m = m;
@@ -106,7 +108,12 @@ impl Adam {
         let sq: f64 = params
             .iter()
             .filter_map(|p| grads.get(p))
-            .map(|g| g.data().iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .map(|g| {
+                g.data()
+                    .iter()
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum::<f64>()
+            })
             .sum();
         let grad_norm = sq.sqrt() as f32;
         if !grad_norm.is_finite() {

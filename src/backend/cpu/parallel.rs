@@ -57,12 +57,10 @@ pub fn zip3_map(
     if a.len() < PARALLEL_MIN {
         run(&mut out, a, b, c);
     } else {
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, o)| {
-                let r = i * CHUNK..i * CHUNK + o.len();
-                run(o, &a[r.clone()], &b[r.clone()], &c[r]);
-            });
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+            let r = i * CHUNK..i * CHUNK + o.len();
+            run(o, &a[r.clone()], &b[r.clone()], &c[r]);
+        });
     }
     out
 }
@@ -74,7 +72,9 @@ pub fn for_each_row(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32
         return;
     }
     if out.len() < PARALLEL_MIN {
-        out.chunks_mut(row_len).enumerate().for_each(|(i, r)| f(i, r));
+        out.chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
     } else {
         let rows_per_task = (CHUNK / row_len).max(1);
         out.par_chunks_mut(row_len * rows_per_task)

@@ -1,0 +1,734 @@
+//! Finite-difference gradient checks for every op that has a backward.
+//!
+//! The checker forms the scalar L = Σ r_i · out_i with fixed random weights r (so every output
+//! entry matters and a transposed or mis-indexed gradient shows), takes the analytic gradient
+//! of L from `backward`, and compares it, for every element of every input, with the central
+//! difference (L(x+h) − L(x−h)) / 2h evaluated with gradients disabled and L accumulated in f64.
+
+use cactus::autodiff;
+use cactus::nn::{self, BatchNorm, Mode};
+use cactus::ops::{self, Conv2dParams};
+use cactus::rng::Rng;
+use cactus::Tensor;
+
+// ---------------------------------------------------------------------------------------------
+// The checker
+// ---------------------------------------------------------------------------------------------
+
+/// Step and tolerance: an element passes when |a − n| ≤ atol + rtol · max(|a|, |n|).
+#[derive(Clone, Copy, Debug)]
+struct Tol {
+    h: f32,
+    atol: f64,
+    rtol: f64,
+}
+
+/// For smooth ops with outputs of order 1.
+const SMOOTH: Tol = Tol {
+    h: 1e-2,
+    atol: 1e-3,
+    rtol: 1e-2,
+};
+
+impl Tol {
+    fn h(self, h: f32) -> Tol {
+        Tol { h, ..self }
+    }
+    fn atol(self, atol: f64) -> Tol {
+        Tol { atol, ..self }
+    }
+}
+
+/// Σ r_i · out_i in f64.
+fn weighted_sum(out: &Tensor, r: &[f32]) -> f64 {
+    assert_eq!(out.numel(), r.len());
+    out.data()
+        .iter()
+        .zip(r)
+        .map(|(&o, &w)| o as f64 * w as f64)
+        .sum()
+}
+
+/// Compare the analytic gradients of L = Σ r·f(inputs) with central differences, for every
+/// element of every input. `Err` lists the mismatching elements.
+fn gradcheck(
+    inputs: &[Tensor],
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+    tol: Tol,
+    seed: u64,
+) -> Result<(), String> {
+    let leaves: Vec<Tensor> = inputs.iter().map(|t| t.detach().requires_grad()).collect();
+    let out = f(&leaves);
+    let mut rng = Rng::seed(seed ^ 0x5eed);
+    let r: Vec<f32> = (0..out.numel())
+        .map(|_| 2.0 * rng.uniform() - 1.0)
+        .collect();
+    let r_t = Tensor::from_vec(r.clone(), out.shape());
+    let grads = out.mul(&r_t).sum().backward();
+
+    let mut failures = Vec::new();
+    let mut checked = 0usize;
+    for (i, leaf) in leaves.iter().enumerate() {
+        let analytic: Vec<f32> = match grads.get(leaf) {
+            Some(g) => {
+                if g.shape() != leaf.shape() {
+                    return Err(format!(
+                        "input {i}: gradient shape {:?} != input shape {:?}",
+                        g.shape(),
+                        leaf.shape()
+                    ));
+                }
+                g.to_vec()
+            }
+            // No gradient recorded: the op claims L does not depend on this input.
+            None => vec![0.0; leaf.numel()],
+        };
+        let base = inputs[i].to_vec();
+        for j in 0..base.len() {
+            let eval = |v: f32| -> f64 {
+                let mut d = base.clone();
+                d[j] = v;
+                let mut xs: Vec<Tensor> = inputs.iter().map(Tensor::detach).collect();
+                xs[i] = Tensor::from_vec(d, inputs[i].shape());
+                autodiff::with_no_grad(|| weighted_sum(&f(&xs), &r))
+            };
+            let (xp, xm) = (base[j] + tol.h, base[j] - tol.h);
+            let numeric = (eval(xp) - eval(xm)) / (xp as f64 - xm as f64);
+            let a = analytic[j] as f64;
+            checked += 1;
+            let bound = tol.atol + tol.rtol * a.abs().max(numeric.abs());
+            if !((a - numeric).abs() <= bound) {
+                failures.push(format!(
+                    "input {i} {:?} elem {j} (x = {}): analytic {a:.6} numeric {numeric:.6}",
+                    inputs[i].shape(),
+                    base[j]
+                ));
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        let n = failures.len();
+        failures.truncate(8);
+        Err(format!(
+            "{n} of {checked} gradient entries wrong:\n  {}",
+            failures.join("\n  ")
+        ))
+    }
+}
+
+/// Panic with the checker's report unless every gradient matches.
+fn assert_grad(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor, tol: Tol) {
+    if let Err(e) = gradcheck(inputs, &f, tol, name.len() as u64) {
+        panic!("gradcheck {name}: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+// ---------------------------------------------------------------------------------------------
+
+fn rng_for(tag: &str) -> Rng {
+    let h = tag
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    Rng::seed(h)
+}
+
+/// Uniform in [lo, hi).
+fn uni(shape: &[usize], lo: f32, hi: f32, rng: &mut Rng) -> Tensor {
+    Tensor::rand_uniform(shape, lo, hi, rng)
+}
+
+/// Uniform in [lo, hi) but at least `margin` away from every kink.
+fn away(shape: &[usize], lo: f32, hi: f32, kinks: &[f32], margin: f32, rng: &mut Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|_| loop {
+            let v = lo + (hi - lo) * rng.uniform();
+            if kinks.iter().all(|k| (v - k).abs() > margin) {
+                break v;
+            }
+        })
+        .collect();
+    Tensor::from_vec(data, shape)
+}
+
+/// Values whose pairwise gaps are at least `gap` (a shuffled, jittered grid): no near-ties.
+fn distinct(shape: &[usize], gap: f32, rng: &mut Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut v: Vec<f32> = (0..n)
+        .map(|i| (i as f32 - n as f32 / 2.0) * 2.0 * gap + gap * 0.5 * rng.uniform())
+        .collect();
+    rng.shuffle(&mut v);
+    Tensor::from_vec(v, shape)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checker itself can fail
+// ---------------------------------------------------------------------------------------------
+
+/// Analytic path x·x, numeric path x·x·1.1: the checker must report a mismatch.
+#[test]
+fn checker_detects_a_wrong_gradient() {
+    let mut rng = rng_for("wrong");
+    let x = uni(&[3, 4], 0.5, 1.5, &mut rng);
+    let f = |v: &[Tensor]| {
+        let sq = v[0].mul(&v[0]);
+        if autodiff::is_grad_enabled() {
+            sq
+        } else {
+            sq.mul_scalar(1.1)
+        }
+    };
+    let report = gradcheck(std::slice::from_ref(&x), &f, SMOOTH, 1);
+    let msg = report.expect_err("the checker accepted a gradient 10% off");
+    assert!(msg.contains("12 of 12"), "{msg}");
+    // The same op without the deliberate error passes.
+    gradcheck(&[x], &|v: &[Tensor]| v[0].mul(&v[0]), SMOOTH, 1).unwrap();
+}
+
+/// A gradient routed to the wrong elements (rows swapped) is caught thanks to the random weights.
+#[test]
+fn checker_detects_a_misrouted_gradient() {
+    let mut rng = rng_for("misrouted");
+    let x = uni(&[2, 3], -1.0, 1.0, &mut rng);
+    let f = |v: &[Tensor]| {
+        if autodiff::is_grad_enabled() {
+            v[0].index_rows(&[0, 1])
+        } else {
+            v[0].index_rows(&[1, 0])
+        }
+    };
+    assert!(gradcheck(&[x], &f, SMOOTH, 2).is_err());
+}
+
+/// A tolerance-level error (a missing factor of 2 on a small gradient) is caught too.
+#[test]
+fn checker_detects_a_factor_of_two() {
+    let mut rng = rng_for("factor2");
+    let x = uni(&[5], 0.05, 0.2, &mut rng);
+    let f = |v: &[Tensor]| {
+        if autodiff::is_grad_enabled() {
+            v[0].mul(&v[0]).mul_scalar(0.5)
+        } else {
+            v[0].mul(&v[0])
+        }
+    };
+    assert!(gradcheck(&[x], &f, SMOOTH, 3).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise ops
+// ---------------------------------------------------------------------------------------------
+
+/// add, sub, mul on equal shapes and with every broadcasting pattern.
+#[test]
+fn binary_arithmetic_with_broadcasting() {
+    let mut rng = rng_for("binary");
+    let shapes: [(&[usize], &[usize]); 7] = [
+        (&[2, 3], &[2, 3]),
+        (&[2, 3], &[3]),
+        (&[3], &[2, 3]),
+        (&[2, 1], &[1, 3]),
+        (&[2, 3, 4], &[3, 1]),
+        (&[2, 3], &[]),
+        (&[], &[2, 3]),
+    ];
+    for (sa, sb) in shapes {
+        let a = uni(sa, -1.0, 1.0, &mut rng);
+        let b = uni(sb, -1.0, 1.0, &mut rng);
+        let ins = [a, b];
+        assert_grad(&format!("add {sa:?} {sb:?}"), &ins, |v| v[0].add(&v[1]), SMOOTH);
+        assert_grad(&format!("sub {sa:?} {sb:?}"), &ins, |v| v[0].sub(&v[1]), SMOOTH);
+        assert_grad(&format!("mul {sa:?} {sb:?}"), &ins, |v| v[0].mul(&v[1]), SMOOTH);
+    }
+    // Same tensor on both sides: the two contributions must accumulate.
+    let x = uni(&[2, 3], -1.0, 1.0, &mut rng);
+    assert_grad("mul x x", &[x.clone()], |v| v[0].mul(&v[0]), SMOOTH);
+    assert_grad("sub x x*x", &[x], |v| v[0].sub(&v[0].mul(&v[0])), SMOOTH);
+}
+
+/// div with denominators in [0.5, 2] (and negative), with broadcasting.
+#[test]
+fn division() {
+    let mut rng = rng_for("div");
+    let shapes: [(&[usize], &[usize]); 5] = [
+        (&[2, 3], &[2, 3]),
+        (&[2, 3], &[3]),
+        (&[2, 1], &[1, 3]),
+        (&[2, 3], &[]),
+        (&[], &[3]),
+    ];
+    for (sa, sb) in shapes {
+        let a = uni(sa, -1.0, 1.0, &mut rng);
+        let sign = if sb.len() == 1 { -1.0 } else { 1.0 };
+        let b = uni(sb, 0.5, 2.0, &mut rng).mul_scalar(sign);
+        assert_grad(
+            &format!("div {sa:?} {sb:?}"),
+            &[a, b],
+            |v| v[0].div(&v[1]),
+            SMOOTH.h(1e-3),
+        );
+    }
+}
+
+/// minimum / maximum with operands at least 0.1 apart (ties are not differentiable).
+#[test]
+fn minimum_and_maximum() {
+    let mut rng = rng_for("minmax");
+    let shapes: [(&[usize], &[usize]); 4] = [
+        (&[2, 3], &[2, 3]),
+        (&[2, 3], &[3]),
+        (&[2, 1], &[1, 3]),
+        (&[2, 3], &[]),
+    ];
+    for (sa, sb) in shapes {
+        let b = uni(sb, -0.5, 0.5, &mut rng);
+        // a = broadcast-compatible values kept ≥ 0.1 from every b they meet.
+        let a = loop {
+            let a = uni(sa, -1.0, 1.0, &mut rng);
+            let d = autodiff::with_no_grad(|| a.sub(&b).abs());
+            if d.data().iter().all(|&v| v > 0.1) {
+                break a;
+            }
+        };
+        let ins = [a, b];
+        assert_grad(&format!("min {sa:?} {sb:?}"), &ins, |v| v[0].minimum(&v[1]), SMOOTH);
+        assert_grad(&format!("max {sa:?} {sb:?}"), &ins, |v| v[0].maximum(&v[1]), SMOOTH);
+    }
+}
+
+/// Tie handling: at a == b the gradient is split evenly between the operands (PyTorch).
+#[test]
+fn minimum_maximum_split_ties() {
+    let a = Tensor::from_vec(vec![1.0, 2.0, 3.0], &[3]).requires_grad();
+    let b = Tensor::from_vec(vec![1.0, 0.0, 5.0], &[3]).requires_grad();
+    let g = a.maximum(&b).sum().backward();
+    assert_eq!(g.get(&a).unwrap().to_vec(), vec![0.5, 1.0, 0.0]);
+    assert_eq!(g.get(&b).unwrap().to_vec(), vec![0.5, 0.0, 1.0]);
+    let g = a.minimum(&b).sum().backward();
+    assert_eq!(g.get(&a).unwrap().to_vec(), vec![0.5, 0.0, 1.0]);
+    assert_eq!(g.get(&b).unwrap().to_vec(), vec![0.5, 1.0, 0.0]);
+}
+
+/// Unary maps: smooth ones on their domains, non-smooth ones away from their kinks.
+#[test]
+fn unary_ops() {
+    let mut rng = rng_for("unary");
+    let s = [3, 4];
+    let x = uni(&s, -1.0, 1.0, &mut rng);
+    assert_grad("neg", &[x.clone()], |v| v[0].neg(), SMOOTH);
+    assert_grad("exp", &[x.clone()], |v| v[0].exp(), SMOOTH);
+    assert_grad("add_scalar", &[x.clone()], |v| v[0].add_scalar(0.7), SMOOTH);
+    assert_grad("mul_scalar", &[x.clone()], |v| v[0].mul_scalar(-2.5), SMOOTH);
+
+    let pos = uni(&s, 0.5, 2.0, &mut rng);
+    assert_grad("log", &[pos.clone()], |v| v[0].log(), SMOOTH.h(1e-3));
+    assert_grad("sqrt", &[pos.clone()], |v| v[0].sqrt(), SMOOTH.h(1e-3));
+    for p in [2.0, 3.0, 0.5, -0.5, -1.5, 1.7] {
+        assert_grad(&format!("powf {p}"), &[pos.clone()], |v| v[0].powf(p), SMOOTH.h(1e-3));
+    }
+
+    let k = away(&s, -1.0, 1.0, &[0.0], 0.05, &mut rng);
+    assert_grad("relu", &[k.clone()], |v| v[0].relu(), SMOOTH);
+    assert_grad("abs", &[k.clone()], |v| v[0].abs(), SMOOTH);
+    assert_grad("sign", &[k], |v| v[0].sign(), SMOOTH);
+
+    let c = away(&s, -1.0, 1.0, &[-0.4, 0.3], 0.05, &mut rng);
+    assert_grad("clamp", &[c], |v| v[0].clamp(-0.4, 0.3), SMOOTH);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reductions and shape ops
+// ---------------------------------------------------------------------------------------------
+
+/// sum_axes / mean_axes over several axis sets (negative axes too), with and without keepdim.
+#[test]
+fn sum_and_mean_over_axes() {
+    let mut rng = rng_for("sum");
+    let x = uni(&[2, 3, 4], -1.0, 1.0, &mut rng);
+    let axis_sets: [&[isize]; 7] = [&[0], &[1], &[2], &[-1], &[0, 2], &[1, 2], &[0, 1, 2]];
+    for axes in axis_sets {
+        for keep in [false, true] {
+            let ins = [x.clone()];
+            assert_grad(
+                &format!("sum_axes {axes:?} {keep}"),
+                &ins,
+                |v| v[0].sum_axes(axes, keep),
+                SMOOTH,
+            );
+            assert_grad(
+                &format!("mean_axes {axes:?} {keep}"),
+                &ins,
+                |v| v[0].mean_axes(axes, keep),
+                SMOOTH,
+            );
+        }
+    }
+    let y = uni(&[2, 3, 2, 2], -1.0, 1.0, &mut rng);
+    assert_grad("sum_axes 4d [0,2,3]", &[y.clone()], |v| v[0].sum_axes(&[0, 2, 3], true), SMOOTH);
+    assert_grad("sum", &[y.clone()], |v| v[0].sum(), SMOOTH);
+    assert_grad("mean", &[y.clone()], |v| v[0].mean(), SMOOTH);
+    // Through a non-linearity, so the gradient differs per element.
+    assert_grad("sum(x^2) axis 1", &[y.clone()], |v| v[0].mul(&v[0]).sum_axes(&[1], false), SMOOTH);
+    assert_grad("mean(exp x)", &[y], |v| v[0].exp().mean(), SMOOTH);
+}
+
+/// max_axes on inputs without near-ties (the gradient goes to the single maximum).
+#[test]
+fn max_over_axes() {
+    let mut rng = rng_for("max");
+    let x = distinct(&[2, 3, 4], 0.05, &mut rng);
+    let axis_sets: [&[isize]; 6] = [&[0], &[1], &[-1], &[0, 2], &[1, 2], &[0, 1, 2]];
+    for axes in axis_sets {
+        for keep in [false, true] {
+            assert_grad(
+                &format!("max_axes {axes:?} {keep}"),
+                &[x.clone()],
+                |v| v[0].max_axes(axes, keep),
+                SMOOTH,
+            );
+        }
+    }
+}
+
+/// max_axes with exact ties splits the gradient evenly.
+#[test]
+fn max_ties_split_gradient() {
+    let x = Tensor::from_vec(vec![1.0, 3.0, 3.0, 0.0, 2.0, 1.0], &[2, 3]).requires_grad();
+    let g = x.max_axes(&[1], false).sum().backward();
+    assert_eq!(g.get(&x).unwrap().to_vec(), vec![0.0, 0.5, 0.5, 0.0, 1.0, 0.0]);
+}
+
+/// reshape, flatten, concat along axes 0 and 1 (and the last axis of a 3-d tensor), index_rows.
+#[test]
+fn shape_ops() {
+    let mut rng = rng_for("shape");
+    let x = uni(&[2, 3, 4], -1.0, 1.0, &mut rng);
+    // Reshape followed by a non-uniform op, so a scrambled view would show.
+    assert_grad("reshape", &[x.clone()], |v| v[0].reshape(&[4, 6]).exp(), SMOOTH);
+    assert_grad("reshape flat", &[x.clone()], |v| v[0].reshape(&[24]), SMOOTH);
+    let img = uni(&[2, 2, 3, 2], -1.0, 1.0, &mut rng);
+    assert_grad("flatten", &[img], |v| v[0].flatten().mul_scalar(2.0), SMOOTH);
+
+    let a = uni(&[2, 3], -1.0, 1.0, &mut rng);
+    let b = uni(&[1, 3], -1.0, 1.0, &mut rng);
+    let c = uni(&[3, 3], -1.0, 1.0, &mut rng);
+    assert_grad("concat axis 0", &[a.clone(), b, c], |v| Tensor::concat(&[&v[0], &v[1], &v[2]], 0), SMOOTH);
+    let d = uni(&[2, 1], -1.0, 1.0, &mut rng);
+    let e = uni(&[2, 4], -1.0, 1.0, &mut rng);
+    assert_grad("concat axis 1", &[a, d, e], |v| Tensor::concat(&[&v[0], &v[1], &v[2]], 1), SMOOTH);
+    let p = uni(&[2, 2, 3], -1.0, 1.0, &mut rng);
+    let q = uni(&[2, 2, 1], -1.0, 1.0, &mut rng);
+    assert_grad("concat axis -1", &[p.clone(), q], |v| Tensor::concat(&[&v[0], &v[1]], -1), SMOOTH);
+    // The same tensor twice: both halves' gradients accumulate.
+    assert_grad("concat x x", &[p], |v| Tensor::concat(&[&v[0], &v[0]], 1), SMOOTH);
+
+    let t = uni(&[4, 3], -1.0, 1.0, &mut rng);
+    assert_grad("index_rows repeats", &[t.clone()], |v| v[0].index_rows(&[2, 0, 2, 2, 3]), SMOOTH);
+    let t3 = uni(&[3, 2, 2], -1.0, 1.0, &mut rng);
+    assert_grad("index_rows 3d", &[t3], |v| v[0].index_rows(&[1, 1, 0]), SMOOTH);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix products and convolution
+// ---------------------------------------------------------------------------------------------
+
+/// matmul on non-square shapes, including vectors as 1×k / k×1 matrices.
+#[test]
+fn matmul() {
+    let mut rng = rng_for("matmul");
+    for (m, k, n) in [(3, 4, 5), (1, 3, 2), (4, 1, 3), (2, 5, 1), (5, 7, 3)] {
+        let a = uni(&[m, k], -1.0, 1.0, &mut rng);
+        let b = uni(&[k, n], -1.0, 1.0, &mut rng);
+        assert_grad(&format!("matmul {m}x{k}x{n}"), &[a, b], |v| v[0].matmul(&v[1]), SMOOTH);
+    }
+    // x on both sides: both contributions accumulate.
+    let x = uni(&[3, 3], -1.0, 1.0, &mut rng);
+    assert_grad("matmul x x", &[x], |v| v[0].matmul(&v[0]), SMOOTH);
+}
+
+/// linear (x·Wᵀ + b) with and without bias.
+#[test]
+fn linear() {
+    let mut rng = rng_for("linear");
+    for (n, i, o) in [(3, 4, 5), (1, 6, 2), (4, 3, 1)] {
+        let x = uni(&[n, i], -1.0, 1.0, &mut rng);
+        let w = uni(&[o, i], -1.0, 1.0, &mut rng);
+        let b = uni(&[o], -1.0, 1.0, &mut rng);
+        assert_grad(
+            &format!("linear {n}x{i}->{o} bias"),
+            &[x.clone(), w.clone(), b],
+            |v| v[0].linear(&v[1], Some(&v[2])),
+            SMOOTH,
+        );
+        assert_grad(
+            &format!("linear {n}x{i}->{o} no bias"),
+            &[x, w],
+            |v| v[0].linear(&v[1], None),
+            SMOOTH,
+        );
+    }
+}
+
+/// conv2d w.r.t. input, weight and bias over strides, paddings, kernel shapes and batch sizes.
+#[test]
+fn conv2d() {
+    let mut rng = rng_for("conv2d");
+    // (n, c, h, w, o, kh, kw, stride, padding, bias)
+    let cases = [
+        (2, 2, 5, 6, 3, 3, 3, (1, 1), (0, 0), true),
+        (2, 2, 5, 6, 3, 3, 3, (1, 1), (1, 1), false),
+        (2, 1, 6, 5, 2, 3, 3, (2, 2), (1, 1), true),
+        (3, 2, 4, 5, 2, 3, 3, (1, 1), (2, 2), true),
+        (2, 3, 7, 5, 2, 3, 2, (2, 1), (0, 1), true),
+        (2, 3, 4, 5, 4, 1, 1, (1, 1), (0, 0), true),
+        (2, 2, 6, 6, 2, 1, 1, (2, 2), (0, 0), false),
+        (1, 2, 7, 7, 2, 4, 4, (2, 2), (1, 1), true),
+        (2, 1, 5, 4, 2, 2, 3, (1, 2), (2, 1), true),
+    ];
+    for (n, c, h, w, o, kh, kw, stride, padding, bias) in cases {
+        let p = Conv2dParams { stride, padding };
+        let x = uni(&[n, c, h, w], -1.0, 1.0, &mut rng);
+        let wt = uni(&[o, c, kh, kw], -0.5, 0.5, &mut rng);
+        let name = format!("conv2d x{:?} w{:?} {p:?} bias={bias}", x.shape(), wt.shape());
+        if bias {
+            let b = uni(&[o], -0.5, 0.5, &mut rng);
+            assert_grad(&name, &[x, wt, b], |v| v[0].conv2d(&v[1], Some(&v[2]), p), SMOOTH);
+        } else {
+            assert_grad(&name, &[x, wt], |v| v[0].conv2d(&v[1], None, p), SMOOTH);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Normalisation
+// ---------------------------------------------------------------------------------------------
+
+/// channel_mean on [N, C] and [N, C, H, W].
+#[test]
+fn channel_mean() {
+    let mut rng = rng_for("cmean");
+    for s in [&[4, 3][..], &[2, 3, 2, 3], &[3, 2, 5]] {
+        let x = uni(s, -1.0, 1.0, &mut rng);
+        assert_grad(&format!("channel_mean {s:?}"), &[x], |v| v[0].channel_mean(), SMOOTH);
+    }
+}
+
+/// channel_var w.r.t. x and w.r.t. the mean argument (at the true mean and at another value).
+#[test]
+fn channel_var() {
+    let mut rng = rng_for("cvar");
+    for s in [&[4, 3][..], &[2, 3, 2, 3]] {
+        let x = uni(s, -1.0, 1.0, &mut rng);
+        let c = s[1];
+        // Any given mean: both gradients are non-trivial.
+        let m = uni(&[c], -0.5, 0.5, &mut rng);
+        assert_grad(
+            &format!("channel_var {s:?} (x, m)"),
+            &[x.clone(), m],
+            |v| v[0].channel_var(&v[1]),
+            SMOOTH,
+        );
+        // The batch-norm composition: var(x, mean(x)).
+        assert_grad(
+            &format!("channel_var {s:?} (x, mean(x))"),
+            &[x],
+            |v| v[0].channel_var(&v[0].channel_mean()),
+            SMOOTH,
+        );
+    }
+}
+
+/// channel_affine w.r.t. x, scale and shift on [N, C] and [N, C, H, W].
+#[test]
+fn channel_affine() {
+    let mut rng = rng_for("caffine");
+    for s in [&[4, 3][..], &[2, 3, 2, 3], &[1, 2, 3]] {
+        let c = s[1];
+        let x = uni(s, -1.0, 1.0, &mut rng);
+        let scale = uni(&[c], -2.0, 2.0, &mut rng);
+        let shift = uni(&[c], -1.0, 1.0, &mut rng);
+        assert_grad(
+            &format!("channel_affine {s:?}"),
+            &[x, scale, shift],
+            |v| v[0].channel_affine(&v[1], &v[2]),
+            SMOOTH,
+        );
+    }
+}
+
+/// BatchNorm in train mode end to end (batch statistics), w.r.t. input, weight and bias.
+#[test]
+fn batchnorm_train_mode() {
+    let mut rng = rng_for("bn");
+    for (s, dims) in [(&[3, 2, 3, 2][..], 2), (&[2, 3, 2, 2], 2), (&[5, 3], 1), (&[4, 2], 1)] {
+        let c = s[1];
+        let x = uni(s, -1.0, 1.0, &mut rng).mul_scalar(2.0).add_scalar(0.3);
+        let gamma = uni(&[c], 0.5, 1.5, &mut rng);
+        let beta = uni(&[c], -0.5, 0.5, &mut rng);
+        let f = move |v: &[Tensor]| {
+            let mut bn = BatchNorm::new(c, dims);
+            bn.weight = v[1].clone();
+            bn.bias = v[2].clone();
+            bn.forward_batch(&v[0]).0
+        };
+        assert_grad(
+            &format!("batchnorm{dims}d {s:?}"),
+            &[x, gamma, beta],
+            f,
+            SMOOTH.h(2e-3).atol(2e-3),
+        );
+    }
+}
+
+/// BatchNorm in eval mode (running statistics are constants) w.r.t. input, weight and bias.
+#[test]
+fn batchnorm_eval_mode() {
+    let mut rng = rng_for("bn eval");
+    let x = uni(&[2, 3, 2, 2], -1.0, 1.0, &mut rng);
+    let gamma = uni(&[3], 0.5, 1.5, &mut rng);
+    let beta = uni(&[3], -0.5, 0.5, &mut rng);
+    let rm = uni(&[3], -0.5, 0.5, &mut rng);
+    let rv = uni(&[3], 0.5, 2.0, &mut rng);
+    assert_grad(
+        "batchnorm eval",
+        &[x, gamma, beta],
+        |v| {
+            let mut bn = BatchNorm::new(3, 2);
+            bn.weight = v[1].clone();
+            bn.bias = v[2].clone();
+            bn.running_mean = rm.clone();
+            bn.running_var = rv.clone();
+            bn.forward_eval(&v[0])
+        },
+        SMOOTH,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losses
+// ---------------------------------------------------------------------------------------------
+
+/// log_softmax over rows, including a single row and two classes.
+#[test]
+fn log_softmax() {
+    let mut rng = rng_for("logsoftmax");
+    for s in [[3, 5], [1, 4], [4, 2]] {
+        let x = uni(&s, -2.0, 2.0, &mut rng);
+        assert_grad(&format!("log_softmax {s:?}"), &[x], |v| ops::log_softmax(&v[0]), SMOOTH);
+    }
+    // Large, shifted logits: the gradient must not depend on the shift.
+    let x = uni(&[2, 3], -2.0, 2.0, &mut rng).add_scalar(50.0);
+    assert_grad("log_softmax shifted", &[x], |v| ops::log_softmax(&v[0]), SMOOTH.h(2e-2).atol(3e-3));
+}
+
+/// cross_entropy (mean over the batch) with repeated labels, and scaled by an upstream weight.
+#[test]
+fn cross_entropy() {
+    let mut rng = rng_for("xent");
+    for (s, labels) in [([3, 5], vec![4, 0, 4]), ([1, 3], vec![1]), ([4, 2], vec![0, 1, 1, 0])] {
+        let x = uni(&s, -2.0, 2.0, &mut rng);
+        assert_grad(
+            &format!("cross_entropy {s:?}"),
+            &[x],
+            |v| ops::cross_entropy(&v[0], &labels),
+            SMOOTH.atol(2e-4),
+        );
+    }
+    // Composed: linear → cross-entropy, the usual training loss.
+    let x = uni(&[3, 4], -1.0, 1.0, &mut rng);
+    let w = uni(&[5, 4], -1.0, 1.0, &mut rng);
+    let b = uni(&[5], -1.0, 1.0, &mut rng);
+    assert_grad(
+        "linear + cross_entropy",
+        &[x, w, b],
+        |v| ops::cross_entropy(&v[0].linear(&v[1], Some(&v[2])), &[1, 4, 0]),
+        SMOOTH.atol(2e-4),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole models
+// ---------------------------------------------------------------------------------------------
+
+/// Check d(Σ r·logits)/dθ for `per_tensor` random entries of every parameter tensor of `model`.
+fn check_model(model: &mut nn::Model, x: &Tensor, per_tensor: usize, tol: Tol, seed: u64) {
+    let mut rng = Rng::seed(seed);
+    let logits = model.forward(x, Mode::Train);
+    let r: Vec<f32> = (0..logits.numel())
+        .map(|_| 2.0 * rng.uniform() - 1.0)
+        .collect();
+    let grads = logits
+        .mul(&Tensor::from_vec(r.clone(), logits.shape()))
+        .sum()
+        .backward();
+    let analytic: Vec<Vec<f32>> = model
+        .net
+        .named_parameters()
+        .iter()
+        .map(|(name, p)| {
+            grads
+                .get(p)
+                .unwrap_or_else(|| panic!("no gradient for {name}"))
+                .to_vec()
+        })
+        .collect();
+    let names: Vec<String> = model
+        .net
+        .named_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let mut failures = Vec::new();
+    let n_params = analytic.len();
+    for pi in 0..n_params {
+        let original = model.net.parameters_mut()[pi].clone();
+        let shape = original.shape().to_vec();
+        for _ in 0..per_tensor {
+            let j = rng.below(original.numel());
+            let mut eval = |v: f32| -> f64 {
+                let mut d = original.to_vec();
+                d[j] = v;
+                *model.net.parameters_mut()[pi] = Tensor::from_vec(d, &shape);
+                autodiff::with_no_grad(|| weighted_sum(&model.forward(x, Mode::Train), &r))
+            };
+            let (xp, xm) = (original.data()[j] + tol.h, original.data()[j] - tol.h);
+            let numeric = (eval(xp) - eval(xm)) / (xp as f64 - xm as f64);
+            let a = analytic[pi][j] as f64;
+            if !((a - numeric).abs() <= tol.atol + tol.rtol * a.abs().max(numeric.abs())) {
+                failures.push(format!("{}[{j}]: analytic {a:.6} numeric {numeric:.6}", names[pi]));
+            }
+        }
+        *model.net.parameters_mut()[pi] = original;
+    }
+    assert!(failures.is_empty(), "model gradients wrong:\n  {}", failures.join("\n  "));
+}
+
+/// The `small` architecture (conv s2 p1, conv s1 p1, two FC, ReLUs) end to end.
+#[test]
+fn small_model_gradients() {
+    let mut rng = Rng::seed(11);
+    let spec = nn::ModelSpec::new(nn::Arch::Small, [1, 12, 12], 10);
+    let mut model = nn::Model::new(spec, &mut rng).unwrap();
+    let x = uni(&[2, 1, 12, 12], 0.0, 1.0, &mut rng);
+    check_model(&mut model, &x, 4, SMOOTH.h(1e-3).atol(2e-3), 12);
+}
+
+/// cnn7 at width 0.125 (conv + batch norm in train mode + ReLU, FC + BN1d) end to end, with
+/// input normalisation.
+#[test]
+fn cnn7_model_gradients() {
+    let mut rng = Rng::seed(21);
+    let mut spec = nn::ModelSpec::new(nn::Arch::Cnn7, [3, 8, 8], 10);
+    spec.width = 0.125;
+    spec.normalization = Some(nn::Normalization {
+        mean: vec![0.5, 0.4, 0.3],
+        std: vec![0.25, 0.2, 0.3],
+    });
+    let mut model = nn::Model::new(spec, &mut rng).unwrap();
+    let x = uni(&[4, 3, 8, 8], 0.0, 1.0, &mut rng);
+    check_model(&mut model, &x, 3, SMOOTH.h(1e-3).atol(3e-3), 22);
+}
