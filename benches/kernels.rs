@@ -1,1 +1,64 @@
-fn main() {}
+//! Kernel throughput on the CPU backend: GEMM and convolution forward/backward.
+//! Names match the PyTorch comparison (`scripts/compare_pytorch.sh`).
+
+use cactus::backend::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeometry};
+use cactus::rng::Rng;
+use cactus::Tensor;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+
+fn matmul(c: &mut Criterion) {
+    let mut rng = Rng::seed(0);
+    let a = Tensor::randn(&[1024, 1024], 0.0, 1.0, &mut rng);
+    let b = Tensor::randn(&[1024, 1024], 0.0, 1.0, &mut rng);
+    let mut g = c.benchmark_group("kernels");
+    g.throughput(Throughput::Elements(2 * 1024 * 1024 * 1024));
+    g.bench_function("matmul_1024", |bench| {
+        bench.iter(|| black_box(a.matmul(&b)))
+    });
+    g.finish();
+}
+
+fn conv(c: &mut Criterion) {
+    let geo = ConvGeometry {
+        n: 32,
+        c_in: 64,
+        h: 28,
+        w: 28,
+        c_out: 64,
+        kh: 3,
+        kw: 3,
+        stride: (1, 1),
+        padding: (1, 1),
+    };
+    let mut rng = Rng::seed(0);
+    let x = Tensor::rand_uniform(&[geo.input_len()], 0.0, 1.0, &mut rng);
+    let w = Tensor::randn(&[geo.weight_len()], 0.0, 0.05, &mut rng);
+    let b = Tensor::randn(&[geo.c_out], 0.0, 0.05, &mut rng);
+    let gout = Tensor::randn(&[geo.output_len()], 0.0, 1.0, &mut rng);
+    let flops = 2 * geo.output_len() * geo.c_in * geo.kh * geo.kw;
+    let mut g = c.benchmark_group("kernels");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(flops as u64));
+    g.bench_function("conv_fwd_32x64x28x28", |bench| {
+        bench.iter(|| black_box(conv2d_forward(x.data(), w.data(), Some(b.data()), &geo)))
+    });
+    // Both gradients (input and weight): twice the forward's flops.
+    g.throughput(Throughput::Elements(2 * flops as u64));
+    g.bench_function("conv_bwd_32x64x28x28", |bench| {
+        bench.iter(|| {
+            black_box(conv2d_backward(
+                x.data(),
+                w.data(),
+                gout.data(),
+                &geo,
+                true,
+                true,
+                false,
+            ))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, matmul, conv);
+criterion_main!(benches);

@@ -1,5 +1,8 @@
-//! Training: the optimiser (losses, schedules and the trainer loop come with certified training).
+//! Training: the optimiser and the training step (certified losses and the trainer loop build
+//! on these).
 
 pub mod optim;
+pub mod step;
 
-pub use optim::{Adam, AdamConfig, WeightDecay};
+pub use optim::{Adam, AdamConfig, StepInfo, WeightDecay};
+pub use step::standard_step;
