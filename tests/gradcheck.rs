@@ -68,7 +68,6 @@ fn gradcheck(
 
     let mut failures = Vec::new();
     let mut checked = 0usize;
-    let mut worst = 0.0f64;
     for (i, leaf) in leaves.iter().enumerate() {
         let analytic: Vec<f32> = match grads.get(leaf) {
             Some(g) => {
@@ -98,7 +97,6 @@ fn gradcheck(
             let a = analytic[j] as f64;
             checked += 1;
             let bound = tol.atol + tol.rtol * a.abs().max(numeric.abs());
-            worst = worst.max((a - numeric).abs() / bound);
             if !((a - numeric).abs() <= bound) {
                 failures.push(format!(
                     "input {i} {:?} elem {j} (x = {}): analytic {a:.6} numeric {numeric:.6}",
@@ -108,7 +106,6 @@ fn gradcheck(
             }
         }
     }
-    eprintln!("WORST {worst:.3}");
     if failures.is_empty() {
         Ok(())
     } else {
@@ -123,7 +120,6 @@ fn gradcheck(
 
 /// Panic with the checker's report unless every gradient matches.
 fn assert_grad(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor, tol: Tol) {
-    eprint!("{name}: ");
     if let Err(e) = gradcheck(inputs, &f, tol, name.len() as u64) {
         panic!("gradcheck {name}: {e}");
     }

@@ -2,8 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use cactus::io::{load_checkpoint, save_checkpoint};
-use cactus::nn::{Arch, Init, Layer, Model, ModelSpec};
+use cactus::nn::{Arch, Init, Layer, Mode, Model, ModelSpec};
 use cactus::rng::Rng;
+use cactus::Tensor;
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +48,10 @@ enum Command {
     Inspect {
         /// A model.safetensors written by cactus.
         checkpoint: PathBuf,
+        /// Also print the eval-mode logits of one input filled with this value (compare with
+        /// `scripts/pytorch_model.py --probe`).
+        #[arg(long)]
+        probe: Option<f32>,
     },
 }
 
@@ -98,7 +103,7 @@ fn run(cli: Cli) -> Result<()> {
                 m.net.num_parameters()
             );
         }
-        Command::Inspect { checkpoint } => {
+        Command::Inspect { checkpoint, probe } => {
             if !checkpoint.exists() {
                 bail!("{}: no such file", checkpoint.display());
             }
@@ -130,6 +135,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             for (k, v) in &ckpt.extra {
                 println!("meta         {k} = {v}");
+            }
+            if let Some(value) = probe {
+                let mut shape = vec![1];
+                shape.extend(spec.input_shape);
+                let x = Tensor::full(&shape, value);
+                let logits = cactus::autodiff::with_no_grad(|| ckpt.model.forward(&x, Mode::Eval));
+                let text: Vec<String> = logits.data().iter().map(|v| format!("{v:.6}")).collect();
+                println!("logits {}", text.join(" "));
             }
         }
     }
