@@ -97,7 +97,10 @@ impl ModelSpec {
             )));
         }
         if let Some(n) = &self.normalization {
-            if n.mean.len() != c || n.std.len() != c || n.std.iter().any(|&s| !(s > 0.0)) {
+            if n.mean.len() != c
+                || n.std.len() != c
+                || n.std.iter().any(|&s| s.is_nan() || s <= 0.0)
+            {
                 return Err(Error::Invalid(format!(
                     "normalisation needs {c} means and {c} positive stds, got {:?} / {:?}",
                     n.mean, n.std

@@ -12,13 +12,7 @@ impl Tensor {
     /// Keep the first axis, merge the rest: [N, C, H, W] -> [N, C·H·W].
     pub fn flatten(&self) -> Tensor {
         assert!(self.rank() >= 1, "flatten of a scalar");
-        let n = self.dim(0);
-        let rest = if n == 0 {
-            numel(&self.shape()[1..])
-        } else {
-            self.numel() / n
-        };
-        self.reshape(&[n, rest])
+        self.reshape(&[self.dim(0), numel(&self.shape()[1..])])
     }
 
     /// Concatenate along `axis`; all other axes must agree.
@@ -75,7 +69,7 @@ impl Tensor {
     pub fn index_rows(&self, indices: &[usize]) -> Tensor {
         assert!(self.rank() >= 1, "index_rows of a scalar");
         let rows = self.dim(0);
-        let row_len = if rows == 0 { 0 } else { self.numel() / rows };
+        let row_len = self.numel().checked_div(rows).unwrap_or(0);
         let d = self.data();
         let mut out = Vec::with_capacity(indices.len() * row_len);
         for &i in indices {

@@ -143,7 +143,8 @@ impl Adam {
                 *m = vec![0.0; w.len()];
                 *v = vec![0.0; w.len()];
             }
-            let update = |(((w, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+            type Chunks<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
+            let update = |(((w, g), m), v): Chunks<'_>| {
                 for j in 0..w.len() {
                     let gj = g[j] * clip + l2 * w[j];
                     m[j] = c.beta1 * m[j] + (1.0 - c.beta1) * gj;
