@@ -1,6 +1,15 @@
-//! Provisional GEMM wrapper (replaced by the tuned version).
+//! Safe f32 matrix multiplication on top of the `gemm` crate.
+//!
+//! The `gemm` crate takes raw pointers and strides; this module checks every
+//! index the multiplication can touch against the slices first, so callers get
+//! a sound API for any input. Transposes are expressed as stride swaps
+//! ([`MatRef::t`]) and never materialised.
 
-#[derive(Clone, Copy)]
+use gemm::Parallelism;
+
+/// A read-only strided matrix view (row-major when `col_stride == 1`).
+/// Transposes are free: swap strides.
+#[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
     pub data: &'a [f32],
     pub rows: usize,
@@ -10,8 +19,16 @@ pub struct MatRef<'a> {
 }
 
 impl<'a> MatRef<'a> {
+    /// A dense row-major `rows × cols` view of the start of `data`.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert!(data.len() >= rows * cols);
+        let len = rows
+            .checked_mul(cols)
+            .expect("MatRef::row_major: rows * cols overflows");
+        assert!(
+            data.len() >= len,
+            "MatRef::row_major: data has {} elements, a {rows}x{cols} matrix needs {len}",
+            data.len()
+        );
         MatRef {
             data,
             rows,
@@ -20,6 +37,8 @@ impl<'a> MatRef<'a> {
             col_stride: 1,
         }
     }
+
+    /// The transposed view (no copy).
     pub fn t(self) -> Self {
         MatRef {
             data: self.data,
@@ -29,8 +48,45 @@ impl<'a> MatRef<'a> {
             col_stride: self.row_stride,
         }
     }
+
+    /// Panics unless every element of the view lies inside `data` and the
+    /// strides fit the `isize` offsets the `gemm` crate computes with.
+    fn check(&self, name: &str) {
+        if self.rows == 0 || self.cols == 0 {
+            return;
+        }
+        let last = (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .and_then(|r| {
+                (self.cols - 1)
+                    .checked_mul(self.col_stride)
+                    .and_then(|c| r.checked_add(c))
+            })
+            .unwrap_or(usize::MAX);
+        assert!(
+            last < self.data.len(),
+            "matmul_into: `{name}` view ({}x{}, strides {}/{}) reaches index {last} but data has {} elements",
+            self.rows,
+            self.cols,
+            self.row_stride,
+            self.col_stride,
+            self.data.len()
+        );
+        assert!(
+            self.row_stride <= isize::MAX as usize && self.col_stride <= isize::MAX as usize,
+            "matmul_into: `{name}` strides do not fit in isize"
+        );
+    }
 }
 
+/// Below this many multiply-adds, waking rayon workers costs more than it saves.
+const PARALLEL_MIN_WORK: usize = 64 * 64 * 64;
+
+/// `c[m×n]` (row-major, row stride `ldc`, col stride 1) =
+/// (if `accumulate` { `c` } else { 0 }) + `a[m×k] · b[k×n]`.
+///
+/// `parallel`: use rayon threads inside the GEMM (pass `false` when the caller
+/// is already inside a rayon loop, to avoid oversubscription).
 pub fn matmul_into(
     c: &mut [f32],
     ldc: usize,
@@ -40,26 +96,53 @@ pub fn matmul_into(
     parallel: bool,
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows);
-    assert!(m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n);
+    assert_eq!(
+        b.rows, k,
+        "matmul_into: inner dimensions differ (a is {m}x{k}, b is {}x{n})",
+        b.rows
+    );
+    a.check("a");
+    b.check("b");
     if m == 0 || n == 0 {
         return;
     }
+    // Rows of `c` must not overlap: the GEMM writes them from several threads.
+    assert!(
+        m == 1 || ldc >= n,
+        "matmul_into: ldc ({ldc}) < n ({n}) would make rows of c overlap"
+    );
+    let c_needed = (m - 1)
+        .checked_mul(ldc)
+        .and_then(|x| x.checked_add(n))
+        .expect("matmul_into: (m - 1) * ldc + n overflows");
+    assert!(
+        c.len() >= c_needed,
+        "matmul_into: c has {} elements, a {m}x{n} result with ldc {ldc} needs {c_needed}",
+        c.len()
+    );
+    assert!(
+        ldc <= isize::MAX as usize,
+        "matmul_into: ldc does not fit in isize"
+    );
     if k == 0 {
         if !accumulate {
-            for i in 0..m {
-                c[i * ldc..i * ldc + n].fill(0.0);
+            for row in c.chunks_mut(ldc.max(1)).take(m) {
+                row[..n].fill(0.0);
             }
         }
         return;
     }
-    assert!(a.data.len() > (m - 1) * a.row_stride + (k - 1) * a.col_stride);
-    assert!(b.data.len() > (k - 1) * b.row_stride + (n - 1) * b.col_stride);
-    let par = if parallel && m * n * k > 64 * 64 * 64 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
+
+    let work = m.saturating_mul(n).saturating_mul(k);
+    let parallelism = if parallel && work >= PARALLEL_MIN_WORK {
+        Parallelism::Rayon(rayon::current_num_threads())
     } else {
-        gemm::Parallelism::None
+        Parallelism::None
     };
+    // SAFETY: every element index of `a` and `b` was checked to lie inside its
+    // slice, every written index `i * ldc + j` (i < m, j < n) lies inside `c`,
+    // rows of `c` do not overlap (ldc >= n), all strides fit in isize, and `c`
+    // is borrowed mutably so it cannot alias `a` or `b`.
     unsafe {
         gemm::gemm(
             m,
@@ -80,7 +163,164 @@ pub fn matmul_into(
             false,
             false,
             false,
-            par,
+            parallelism,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn naive(c: &mut [f32], ldc: usize, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) {
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                let mut s = 0.0f64;
+                for p in 0..a.cols {
+                    s += a.data[i * a.row_stride + p * a.col_stride] as f64
+                        * b.data[p * b.row_stride + j * b.col_stride] as f64;
+                }
+                let old = if accumulate {
+                    c[i * ldc + j] as f64
+                } else {
+                    0.0
+                };
+                c[i * ldc + j] = (old + s) as f32;
+            }
+        }
+    }
+
+    fn random(rng: &mut StdRng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn matches_naive_on_random_shapes() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let shapes = [
+            (1, 1, 1),
+            (3, 5, 7),
+            (17, 1, 9),
+            (1, 33, 2),
+            (64, 65, 63),
+            (70, 90, 130),
+            (128, 40, 3),
+        ];
+        for &(m, k, n) in &shapes {
+            for &(ta, tb, acc, par) in &[
+                (false, false, false, false),
+                (true, false, true, true),
+                (false, true, false, true),
+                (true, true, true, false),
+            ] {
+                let a_data = random(&mut rng, m * k);
+                let b_data = random(&mut rng, k * n);
+                // Stored transposed when `ta`/`tb`, so that the view is m×k / k×n.
+                let a = if ta {
+                    MatRef::row_major(&a_data, k, m).t()
+                } else {
+                    MatRef::row_major(&a_data, m, k)
+                };
+                let b = if tb {
+                    MatRef::row_major(&b_data, n, k).t()
+                } else {
+                    MatRef::row_major(&b_data, k, n)
+                };
+                let ldc = n + 3;
+                let init = random(&mut rng, m * ldc);
+                let mut got = if acc {
+                    init.clone()
+                } else {
+                    vec![f32::NAN; m * ldc]
+                };
+                let mut want = init.clone();
+                matmul_into(&mut got, ldc, a, b, acc, par);
+                naive(&mut want, ldc, a, b, acc);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (g, w) = (got[i * ldc + j], want[i * ldc + j]);
+                        assert!(
+                            (g - w).abs() <= 1e-4 * (1.0 + w.abs()) * (k as f32).sqrt(),
+                            "m{m} k{k} n{n} ta{ta} tb{tb} acc{acc}: [{i},{j}] {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_dimensions() {
+        let a = [1.0f32; 6];
+        // k == 0 without accumulate zeroes c (but not the padding between rows).
+        let mut c = vec![5.0f32; 8];
+        matmul_into(
+            &mut c,
+            4,
+            MatRef::row_major(&a, 2, 0),
+            MatRef::row_major(&a, 0, 3),
+            false,
+            false,
+        );
+        assert_eq!(c, [0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 5.0]);
+        // k == 0 with accumulate leaves c alone.
+        let mut c = vec![5.0f32; 6];
+        matmul_into(
+            &mut c,
+            3,
+            MatRef::row_major(&a, 2, 0),
+            MatRef::row_major(&a, 0, 3),
+            true,
+            false,
+        );
+        assert_eq!(c, [5.0; 6]);
+        // m == 0 / n == 0 touch nothing, even with an empty c.
+        matmul_into(
+            &mut [],
+            0,
+            MatRef::row_major(&a, 0, 2),
+            MatRef::row_major(&a, 2, 3),
+            false,
+            true,
+        );
+        matmul_into(
+            &mut [],
+            0,
+            MatRef::row_major(&a, 2, 3),
+            MatRef::row_major(&a, 3, 0),
+            false,
+            true,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "`b` view")]
+    fn rejects_out_of_bounds_view() {
+        let a = [0.0f32; 4];
+        let b = MatRef {
+            data: &a,
+            rows: 2,
+            cols: 2,
+            row_stride: 3,
+            col_stride: 1,
+        };
+        matmul_into(
+            &mut [0.0; 4],
+            2,
+            MatRef::row_major(&a, 2, 2),
+            b,
+            false,
+            false,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "c has 3 elements")]
+    fn rejects_short_output() {
+        let a = [0.0f32; 4];
+        let v = MatRef::row_major(&a, 2, 2);
+        matmul_into(&mut [0.0; 3], 2, v, v, false, false);
     }
 }
