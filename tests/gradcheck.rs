@@ -5,6 +5,9 @@
 //! of L from `backward`, and compares it, for every element of every input, with the central
 //! difference (L(x+h) − L(x−h)) / 2h evaluated with gradients disabled and L accumulated in f64.
 
+// `!(err <= bound)` on purpose: a NaN must fail the check.
+#![allow(clippy::cloned_ref_to_slice_refs, clippy::neg_cmp_op_on_partial_ord)]
+
 use cactus::autodiff;
 use cactus::nn::{self, BatchNorm, Mode};
 use cactus::ops::{self, Conv2dParams};
@@ -778,6 +781,112 @@ fn cross_entropy() {
         &[x, w, b],
         |v| ops::cross_entropy(&v[0].linear(&v[1], Some(&v[2])), &[1, 4, 0]),
         SMOOTH.atol(2e-4),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Some inputs constant
+// ---------------------------------------------------------------------------------------------
+
+/// Ops whose backward skips inputs that need no gradient (captured constants here) must still
+/// route the others' gradients correctly.
+#[test]
+fn gradients_with_constant_operands() {
+    let mut rng = rng_for("constants");
+    let x = uni(&[2, 2, 5, 4], -1.0, 1.0, &mut rng);
+    let w = uni(&[3, 2, 3, 3], -0.5, 0.5, &mut rng);
+    let b = uni(&[3], -0.5, 0.5, &mut rng);
+    let p = Conv2dParams::new(2, 1);
+    let (wc, bc) = (w.clone(), b.clone());
+    assert_grad(
+        "conv2d x only",
+        &[x.clone()],
+        |v| v[0].conv2d(&wc, Some(&bc), p),
+        SMOOTH,
+    );
+    let xc = x.clone();
+    assert_grad(
+        "conv2d w, b only",
+        &[w.clone(), b.clone()],
+        |v| xc.conv2d(&v[0], Some(&v[1]), p),
+        SMOOTH,
+    );
+    let bc = b.clone();
+    assert_grad(
+        "conv2d x, w (constant b)",
+        &[x, w],
+        |v| v[0].conv2d(&v[1], Some(&bc), p),
+        SMOOTH,
+    );
+
+    let a = uni(&[3, 4], -1.0, 1.0, &mut rng);
+    let m = uni(&[5, 4], -1.0, 1.0, &mut rng);
+    let bias = uni(&[5], -1.0, 1.0, &mut rng);
+    let (ac, mc, biasc) = (a.clone(), m.clone(), bias.clone());
+    assert_grad(
+        "linear w only",
+        &[m.clone()],
+        |v| ac.linear(&v[0], Some(&biasc)),
+        SMOOTH,
+    );
+    assert_grad(
+        "linear x only",
+        &[a.clone()],
+        |v| v[0].linear(&mc, Some(&biasc)),
+        SMOOTH,
+    );
+    let ac = a.clone();
+    assert_grad(
+        "linear bias only",
+        &[bias],
+        |v| ac.linear(&mc, Some(&v[0])),
+        SMOOTH,
+    );
+    let mt = uni(&[4, 2], -1.0, 1.0, &mut rng);
+    let mtc = mt.clone();
+    assert_grad("matmul a only", &[a.clone()], |v| v[0].matmul(&mtc), SMOOTH);
+    let ac = a.clone();
+    assert_grad("matmul b only", &[mt], |v| ac.matmul(&v[0]), SMOOTH);
+
+    let row = uni(&[4], 0.5, 1.5, &mut rng);
+    let rowc = row.clone();
+    assert_grad(
+        "div constant denominator",
+        &[a.clone()],
+        |v| v[0].div(&rowc),
+        SMOOTH,
+    );
+    let ac = a.clone();
+    assert_grad(
+        "div constant numerator",
+        &[row],
+        |v| ac.div(&v[0]),
+        SMOOTH.h(1e-3),
+    );
+
+    let img = uni(&[2, 3, 2, 2], -1.0, 1.0, &mut rng);
+    let scale = uni(&[3], -2.0, 2.0, &mut rng);
+    let shift = uni(&[3], -1.0, 1.0, &mut rng);
+    let (sc, sh) = (scale.clone(), shift.clone());
+    assert_grad(
+        "channel_affine x only",
+        &[img.clone()],
+        |v| v[0].channel_affine(&sc, &sh),
+        SMOOTH,
+    );
+    let ic = img.clone();
+    assert_grad(
+        "channel_affine scale, shift only",
+        &[scale, shift],
+        |v| ic.channel_affine(&v[0], &v[1]),
+        SMOOTH,
+    );
+    let mean = uni(&[3], -0.5, 0.5, &mut rng);
+    assert_grad(
+        "channel_var mean only",
+        &[mean],
+        |v| img.channel_var(&v[0]),
+        SMOOTH,
     );
 }
 
