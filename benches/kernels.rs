@@ -60,5 +60,14 @@ fn conv(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, conv);
+fn configured() -> Criterion {
+    cactus::backend::cpu::allocator::keep_freed_memory();
+    Criterion::default()
+}
+
+criterion_group! {
+    name = benches;
+    config = configured();
+    targets = matmul, conv
+}
 criterion_main!(benches);

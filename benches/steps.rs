@@ -36,5 +36,14 @@ fn steps(c: &mut Criterion) {
     step_bench(c, "cnn7_cifar_std_b128", Arch::Cnn7, cifar, 128);
 }
 
-criterion_group!(benches, steps);
+fn configured() -> Criterion {
+    cactus::backend::cpu::allocator::keep_freed_memory();
+    Criterion::default()
+}
+
+criterion_group! {
+    name = benches;
+    config = configured();
+    targets = steps
+}
 criterion_main!(benches);

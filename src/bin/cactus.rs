@@ -71,6 +71,7 @@ fn parse_shape(s: &str) -> Result<[usize; 3], String> {
 }
 
 fn main() {
+    cactus::backend::cpu::allocator::keep_freed_memory();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
