@@ -1,0 +1,13 @@
+//! Adversarial attacks: PGD in the L-inf ball.
+//!
+//! - `loss`: the per-sample objectives (cross-entropy, margin).
+//! - `pgd`: the attack itself, its configuration (SABR's and evaluation's) and search box.
+//! - `robust`: PGD accuracy flags for evaluation.
+
+pub mod loss;
+pub mod pgd;
+pub mod robust;
+
+pub use loss::{margin_loss, per_sample_cross_entropy, AttackLoss};
+pub use pgd::{pgd, pgd_outcome, PgdConfig, PgdOutcome, Region, StepDecay};
+pub use robust::{pgd_robust_flags, RobustFlags};
