@@ -4,8 +4,11 @@
 //! `backend`), neural-network layers and models (`nn`), the optimiser (`train`) and
 //! checkpoints PyTorch can load (`io`).
 
+pub mod attack;
 pub mod autodiff;
 pub mod backend;
+pub mod bounds;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod nn;
