@@ -1004,3 +1004,185 @@ fn cnn7_model_gradients() {
     let x = uni(&[3, 3, 5, 5], 0.0, 1.0, &mut rng);
     check_model(&mut model, &x, 3, SMOOTH.h(5e-4).atol(3e-3), 22);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Interval ops and the certified loss
+// ---------------------------------------------------------------------------------------------
+
+/// An interval tensor [2, shape...] whose ends c ± r stay `margin` away from 0 (ReLU's kink)
+/// and whose radii stay positive under the checker's steps.
+fn boxes(shape: &[usize], margin: f32, rng: &mut Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut c = Vec::with_capacity(n);
+    let mut r = Vec::with_capacity(n);
+    while c.len() < n {
+        let (cv, rv) = (rng.uniform() * 2.0 - 1.0, 0.05 + 0.5 * rng.uniform());
+        if (cv - rv).abs() > margin && (cv + rv).abs() > margin {
+            c.push(cv);
+            r.push(rv);
+        }
+    }
+    Tensor::interval_stack(&Tensor::from_vec(c, shape), &Tensor::from_vec(r, shape))
+}
+
+#[test]
+fn interval_affine_layers() {
+    let mut rng = rng_for("interval");
+    let s = boxes(&[3, 5], 0.0, &mut rng);
+    // Weights away from 0: |W| has a kink there.
+    let w = away(&[4, 5], -1.0, 1.0, &[0.0], 0.05, &mut rng);
+    let b = uni(&[4], -0.5, 0.5, &mut rng);
+    assert_grad(
+        "interval_linear",
+        &[s.clone(), w.clone(), b],
+        |v| v[0].interval_linear(&v[1], Some(&v[2])),
+        SMOOTH,
+    );
+    assert_grad(
+        "interval_linear no bias",
+        &[s, w],
+        |v| v[0].interval_linear(&v[1], None),
+        SMOOTH,
+    );
+
+    for (stride, pad) in [(1, 1), (2, 0)] {
+        let s = boxes(&[2, 2, 5, 4], 0.0, &mut rng);
+        let w = away(&[3, 2, 3, 3], -0.5, 0.5, &[0.0], 0.05, &mut rng);
+        let b = uni(&[3], -0.5, 0.5, &mut rng);
+        let p = Conv2dParams::new(stride, pad);
+        assert_grad(
+            &format!("interval_conv2d stride {stride} pad {pad}"),
+            &[s, w, b],
+            |v| v[0].interval_conv2d(&v[1], Some(&v[2]), p),
+            SMOOTH,
+        );
+    }
+
+    for half in [vec![3, 4], vec![2, 3, 2, 2]] {
+        let s = boxes(&half, 0.0, &mut rng);
+        let scale = away(&[half[1]], -2.0, 2.0, &[0.0], 0.1, &mut rng);
+        let shift = uni(&[half[1]], -1.0, 1.0, &mut rng);
+        assert_grad(
+            &format!("interval_channel_affine {half:?}"),
+            &[s, scale, shift],
+            |v| v[0].interval_channel_affine(&v[1], &v[2]),
+            SMOOTH,
+        );
+    }
+}
+
+#[test]
+fn interval_relu_and_parts() {
+    let mut rng = rng_for("interval_relu");
+    let s = boxes(&[4, 6], 0.05, &mut rng);
+    assert_grad(
+        "interval_relu",
+        &[s.clone()],
+        |v| v[0].interval_relu(),
+        SMOOTH,
+    );
+    assert_grad(
+        "interval_bounds",
+        &[s.clone()],
+        |v| {
+            let (lo, hi) = v[0].interval_bounds();
+            lo.mul(&hi)
+        },
+        SMOOTH,
+    );
+    assert_grad(
+        "interval_flatten",
+        &[boxes(&[2, 2, 3], 0.0, &mut rng)],
+        |v| v[0].interval_flatten(),
+        SMOOTH,
+    );
+}
+
+/// The IBP loss with last-layer elision, w.r.t. a few weights of every parameter tensor: of a
+/// `small` network, and of a batch-norm `cnn7` whose bounds use the clean batch's statistics
+/// (its ε is tiny because interval widths grow about tenfold per batch-norm layer at
+/// initialisation, and the check needs a loss of order one).
+#[test]
+fn ibp_loss_gradients_wrt_weights() {
+    let mut small = nn::ModelSpec::new(nn::Arch::Small, [1, 8, 8], 4);
+    small.init = nn::Init::Ibp;
+    check_ibp_loss(small, 0.01, 31, 1e-3);
+    let mut cnn7 = nn::ModelSpec::new(nn::Arch::Cnn7, [2, 5, 5], 4);
+    cnn7.width = 0.125;
+    cnn7.init = nn::Init::Ibp;
+    check_ibp_loss(cnn7, 2e-5, 21, 1e-4);
+}
+
+fn check_ibp_loss(spec: nn::ModelSpec, eps: f32, seed: u64, h: f32) {
+    use cactus::bounds::{ibp_loss, input_box, margin_lower_bounds, BnSource};
+    let mut rng = Rng::seed(seed);
+    let mut model = nn::Model::new(spec.clone(), &mut rng).unwrap();
+    let mut shape = vec![8];
+    shape.extend(spec.input_shape);
+    let x = uni(&shape, 0.0, 1.0, &mut rng);
+    let labels = vec![0, 3, 3, 1, 2, 0, 1, 3];
+    let loss_of = |m: &mut nn::Model| {
+        let (_, stats) = m.forward_batch_stats(&x, false);
+        let margins = margin_lower_bounds(m, &input_box(&x, eps), &labels, BnSource::Batch(&stats));
+        ibp_loss(&margins, &labels)
+    };
+    let base = loss_of(&mut model);
+    assert!(
+        base.item() > 0.5 && base.item() < 20.0,
+        "loss {} out of the checkable range",
+        base.item()
+    );
+    let grads = base.backward();
+    let n_params = model.net.parameters_mut().len();
+    for p in 0..n_params {
+        let analytic = grads
+            .get(model.net.parameters_mut()[p])
+            .expect("gradient")
+            .to_vec();
+        let (mut checked, mut tries) = (0, 0);
+        while checked < 3 && tries < 60 {
+            tries += 1;
+            let i = rng.below(analytic.len());
+            let mut shifted = |delta: f32| {
+                let set = |m: &mut nn::Model, d: f32| {
+                    let t = &mut *m.net.parameters_mut()[p];
+                    let mut v = t.to_vec();
+                    v[i] += d;
+                    *t = Tensor::from_vec(v, t.shape()).requires_grad();
+                };
+                set(&mut model, delta);
+                let l = autodiff::with_no_grad(|| loss_of(&mut model)).item() as f64;
+                set(&mut model, -delta);
+                l
+            };
+            // Central differences at several step sizes: their median rejects the f32 rounding
+            // noise of a deep network; a wide spread means a ReLU switches within the steps,
+            // where there is no derivative to compare with.
+            let mut estimates: Vec<f64> = [10.0, 3.0, 1.0, 0.3]
+                .iter()
+                .map(|k| {
+                    let hk = h * k;
+                    (shifted(hk) - shifted(-hk)) / (2.0 * hk as f64)
+                })
+                .collect();
+            estimates.sort_by(f64::total_cmp);
+            let numeric = (estimates[1] + estimates[2]) / 2.0;
+            let tol = |x: f64, y: f64| 1e-2 + 8e-2 * x.abs().max(y.abs());
+            if estimates[3] - estimates[0] > 4.0 * tol(numeric, numeric) {
+                continue;
+            }
+            let a = analytic[i] as f64;
+            assert!(
+                (a - numeric).abs() <= tol(a, numeric),
+                "{:?} parameter {p} element {i}: analytic {a}, numeric {numeric}",
+                spec.arch
+            );
+            checked += 1;
+        }
+        assert_eq!(
+            checked, 3,
+            "{:?} parameter {p}: too few smooth points",
+            spec.arch
+        );
+    }
+}

@@ -341,4 +341,15 @@ impl Model {
         let h = self.normalize(x);
         self.net.forward_train(&h)
     }
+
+    /// Training-mode forward pass returning each batch-norm layer's batch statistics (see
+    /// `Sequential::forward_batch_stats`).
+    pub fn forward_batch_stats(
+        &mut self,
+        x: &Tensor,
+        update_running: bool,
+    ) -> (Tensor, Vec<crate::nn::BatchStats>) {
+        let h = self.normalize(x);
+        self.net.forward_batch_stats(&h, update_running)
+    }
 }

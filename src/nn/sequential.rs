@@ -1,6 +1,6 @@
 //! A chain of layers, named like PyTorch's `nn.Sequential` (`0.weight`, `1.running_mean`, ...).
 
-use crate::nn::{Layer, Mode};
+use crate::nn::{BatchStats, Layer, Mode};
 use crate::tensor::Tensor;
 
 #[derive(Default)]
@@ -23,19 +23,33 @@ impl Sequential {
 
     /// Training-mode forward pass that also updates batch norm's running statistics.
     pub fn forward_train(&mut self, x: &Tensor) -> Tensor {
+        self.forward_batch_stats(x, true).0
+    }
+
+    /// Training-mode forward pass that returns the batch statistics each batch-norm layer used
+    /// (in layer order), so interval bounds can reuse the clean batch's affine maps. With
+    /// `update_running`, the running statistics are updated too.
+    pub fn forward_batch_stats(
+        &mut self,
+        x: &Tensor,
+        update_running: bool,
+    ) -> (Tensor, Vec<BatchStats>) {
         let mut h = x.clone();
+        let mut all = Vec::new();
         for layer in &mut self.layers {
             h = match layer {
                 Layer::BatchNorm(bn) => {
                     let (y, stats) = bn.forward_batch(&h);
-                    let count = h.numel() / h.dim(1);
-                    bn.update_running_stats(&stats, count);
+                    if update_running {
+                        bn.update_running_stats(&stats, h.numel() / h.dim(1));
+                    }
+                    all.push(stats);
                     y
                 }
                 other => other.forward(&h, Mode::Train),
             };
         }
-        h
+        (h, all)
     }
 
     /// Trainable tensors with their PyTorch `state_dict` names, in a fixed order.

@@ -4,6 +4,7 @@
 
 pub mod conv;
 pub mod elementwise;
+pub mod interval;
 pub mod loss;
 pub mod matmul;
 pub mod norm;

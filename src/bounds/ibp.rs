@@ -1,0 +1,138 @@
+//! Interval bound propagation through a `Model`, differentiable (the certified losses train
+//! through it).
+//!
+//! Boxes are interval tensors [2, N, ...] (centres, radii; see `ops::interval`) in pixel space;
+//! the model's input normalisation is applied to them as its first affine map. Batch norm is
+//! the affine map of either the clean batch's statistics (training, Shi et al. 2021) or the
+//! running statistics (evaluation). The last linear layer is merged with the specification
+//! `z_y − z_j` before bounding ("last-layer elision"), which is tighter than bounding the
+//! logits and subtracting.
+
+use crate::nn::{BatchStats, Layer, Model};
+use crate::ops::cross_entropy;
+use crate::tensor::Tensor;
+
+/// Which statistics batch norm uses on boxes.
+#[derive(Clone, Copy)]
+pub enum BnSource<'a> {
+    /// Running statistics (evaluation).
+    Running,
+    /// The statistics of a clean batch, one per batch-norm layer in order (training).
+    Batch(&'a [BatchStats]),
+}
+
+/// The box [x − ε, x + ε] ∩ [0, 1] around each input, as an interval tensor.
+pub fn input_box(x: &Tensor, eps: f32) -> Tensor {
+    assert!(eps >= 0.0, "negative epsilon {eps}");
+    let lo = x.add_scalar(-eps).clamp(0.0, 1.0);
+    let hi = x.add_scalar(eps).clamp(0.0, 1.0);
+    Tensor::interval_from_bounds(&lo, &hi)
+}
+
+/// Propagate boxes through the normalisation and the first `layers` layers of the network.
+pub fn propagate(model: &Model, boxes: &Tensor, bn: BnSource<'_>, layers: usize) -> Tensor {
+    let mut s = match &model.spec.normalization {
+        None => boxes.clone(),
+        Some(n) => {
+            let c = n.mean.len();
+            let scale: Vec<f32> = n.std.iter().map(|s| 1.0 / s).collect();
+            let shift: Vec<f32> = n.mean.iter().zip(&n.std).map(|(m, s)| -m / s).collect();
+            boxes.interval_channel_affine(
+                &Tensor::from_vec(scale, &[c]),
+                &Tensor::from_vec(shift, &[c]),
+            )
+        }
+    };
+    let mut bn_index = 0;
+    for layer in &model.net.layers[..layers] {
+        s = match layer {
+            Layer::Linear(l) => s.interval_linear(&l.weight, l.bias.as_ref()),
+            Layer::Conv2d(c) => s.interval_conv2d(&c.weight, c.bias.as_ref(), c.params),
+            Layer::BatchNorm(b) => {
+                let (scale, shift) = match bn {
+                    BnSource::Running => b.affine(&b.running_mean, &b.running_var),
+                    BnSource::Batch(stats) => {
+                        let st = stats.get(bn_index).unwrap_or_else(|| {
+                            panic!(
+                                "BnSource::Batch has {} statistics, the model needs more",
+                                stats.len()
+                            )
+                        });
+                        b.affine(&st.mean, &st.var)
+                    }
+                };
+                bn_index += 1;
+                s.interval_channel_affine(&scale, &shift)
+            }
+            Layer::ReLU => s.interval_relu(),
+            Layer::Flatten => s.interval_flatten(),
+        };
+    }
+    s
+}
+
+/// Lower bounds of `z_y − z_j` over each box, for every class j ([N, classes], 0 at j = y):
+/// the box is certified for label y when every other entry is positive.
+pub fn margin_lower_bounds(
+    model: &Model,
+    boxes: &Tensor,
+    labels: &[usize],
+    bn: BnSource<'_>,
+) -> Tensor {
+    let layers = &model.net.layers;
+    let Some(Layer::Linear(last)) = layers.last() else {
+        panic!("last-layer elision needs a network that ends with a linear layer");
+    };
+    let hidden = propagate(model, boxes, bn, layers.len() - 1);
+    let (c, r) = (hidden.interval_part(0), hidden.interval_part(1));
+    let k = last.out_features();
+    assert_eq!(labels.len(), c.dim(0), "one label per box");
+    let bias = last.bias.clone().unwrap_or_else(|| Tensor::zeros(&[k]));
+    // Group the boxes by label: each group shares one specification matrix (W_y − W_j).
+    let mut parts = Vec::new();
+    let mut order = Vec::with_capacity(labels.len());
+    for y in 0..k {
+        let idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == y).collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let spec_w = last.weight.index_rows(&[y]).sub(&last.weight);
+        let spec_b = bias
+            .reshape(&[k, 1])
+            .index_rows(&[y])
+            .reshape(&[1])
+            .sub(&bias);
+        let (cy, ry) = (c.index_rows(&idx), r.index_rows(&idx));
+        parts.push(
+            cy.linear(&spec_w, Some(&spec_b))
+                .sub(&ry.linear(&spec_w.abs(), None)),
+        );
+        order.extend(idx);
+    }
+    assert!(
+        order.len() == labels.len(),
+        "label out of range for {k} classes"
+    );
+    let grouped = Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0);
+    let mut inverse = vec![0; order.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        inverse[i] = pos;
+    }
+    grouped.index_rows(&inverse)
+}
+
+/// The certified loss: cross-entropy over the worst-case logits `−lb(z_y − z_j)` (0 for y).
+pub fn ibp_loss(margins: &Tensor, labels: &[usize]) -> Tensor {
+    cross_entropy(&margins.neg(), labels)
+}
+
+/// Whether each box is certified: every margin lower bound but the label's own is positive.
+pub fn certified(margins: &Tensor, labels: &[usize]) -> Vec<bool> {
+    let k = margins.dim(1);
+    margins
+        .data()
+        .chunks(k)
+        .zip(labels)
+        .map(|(row, &y)| row.iter().enumerate().all(|(j, &m)| j == y || m > 0.0))
+        .collect()
+}

@@ -1,0 +1,5 @@
+//! Bounds on network outputs over input boxes: interval bound propagation (IBP).
+
+pub mod ibp;
+
+pub use ibp::{certified, ibp_loss, input_box, margin_lower_bounds, propagate, BnSource};
