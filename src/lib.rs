@@ -10,6 +10,7 @@ pub mod backend;
 pub mod bounds;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod nn;
 pub mod ops;

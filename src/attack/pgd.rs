@@ -293,6 +293,8 @@ pub(crate) fn run(
         region.lo.shape(),
         "PGD: input and region differ in shape"
     );
+    // Constant weights: the attack's backward computes input gradients only.
+    let model = &model.detached();
     let shape = x.shape().to_vec();
     let x = x.detach();
     let clean = region.project(&x);
@@ -336,8 +338,7 @@ pub(crate) fn run(
                 let (logits, l) = forward_loss(&point, loss_kind);
                 (logits, l, None)
             } else {
-                // A fresh leaf each step: gradients flow to the input (and, unavoidably here,
-                // to the model's parameters, which are leaves too).
+                // A fresh leaf each step: the only one in the graph, as the weights are constants.
                 let leaf = point.requires_grad();
                 let (logits, l) = forward_loss(&leaf, loss_kind);
                 let mut grads = l.sum().backward();

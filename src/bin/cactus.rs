@@ -1,13 +1,19 @@
 //! The `cactus` command line.
 
 use anyhow::{bail, Context, Result};
+use cactus::data::{self, DatasetKind, Split};
+use cactus::eval::{evaluate, EvalConfig, Report, Row};
 use cactus::io::{load_checkpoint, save_checkpoint};
 use cactus::nn::{Arch, Init, Layer, Mode, Model, ModelSpec};
 use cactus::rng::Rng;
-use cactus::Tensor;
-use clap::{Parser, Subcommand};
+use cactus::train::trainer::{MODEL_FILE, STATE_FILE};
+use cactus::train::{Method, TrainConfig, Trainer};
+use cactus::{Device, Tensor};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +28,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a network (standard, IBP or SABR), save it after every epoch, then evaluate it.
+    ///
+    /// With no options: SABR on `small`, the embedded mnist-mini digits, ε = 0.1.
+    Train(TrainArgs),
+    /// Clean, PGD and IBP-certified accuracy of a checkpoint on a test set; writes
+    /// report.json, report.csv and report.md.
+    Eval(EvalArgs),
     /// Build and initialise a model, and write it as a checkpoint PyTorch can load.
     Init {
         /// Architecture.
@@ -55,6 +68,115 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Architecture.
+    #[arg(long, value_enum, default_value = "small")]
+    model: Arch,
+    /// Channel/width multiplier (cnn7 and mlp; 0.25 gives the quarter-width cnn7).
+    #[arg(long, default_value_t = 1.0)]
+    width: f32,
+    /// Weight initialisation [default: ibp for certified methods, pytorch for std].
+    #[arg(long, value_enum)]
+    init: Option<Init>,
+    #[arg(long, value_enum, default_value = "mnist-mini")]
+    dataset: DatasetKind,
+    /// Directory with the dataset's files (every dataset but mnist-mini).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "sabr")]
+    method: Method,
+    /// L-inf radius in pixel space ([0, 1]).
+    #[arg(long, default_value_t = 0.1)]
+    eps: f32,
+    #[arg(long, default_value_t = 8)]
+    epochs: u64,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f32,
+    /// Adam's (L2) weight decay.
+    #[arg(long, default_value_t = 1e-5)]
+    weight_decay: f32,
+    /// Clip gradients to this global l2 norm.
+    #[arg(long, default_value_t = 10.0)]
+    clip: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use only the first N training images.
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Batches of pure cross-entropy before ε and the certified weight ramp up.
+    #[arg(long, default_value_t = 250)]
+    warmup_batches: u64,
+    /// Batches over which ε and the certified weight rise linearly to their targets.
+    #[arg(long, default_value_t = 250)]
+    ramp_batches: u64,
+    /// Final weight of the certified loss (1 − λ).
+    #[arg(long, default_value_t = 0.75)]
+    cert_weight: f32,
+    /// SABR's box radius as a fraction of ε.
+    #[arg(long, default_value_t = 0.4)]
+    sabr_lambda: f32,
+    /// Output directory [default: out/MODEL-METHOD-DATASET].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run saved in --out (options given again must match it; --epochs may grow).
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: Device,
+    /// Test points for the final evaluation [default: the whole test split].
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// Skip the final evaluation.
+    #[arg(long)]
+    no_eval: bool,
+    /// No progress bars or per-epoch lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A model.safetensors written by cactus.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Test set [default: the dataset the checkpoint was trained on].
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetKind>,
+    /// Directory with the dataset's files (every dataset but mnist-mini).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// L-inf radius [default: the ε the checkpoint was trained for].
+    #[arg(long)]
+    eps: Option<f32>,
+    /// Evaluate only the first N test points.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Directory for report.json/.csv/.md [default: the checkpoint's directory].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the JSON report to stdout (instead of the table).
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Seed of the attack's random starts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: Device,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    s.parse().map_err(|e: cactus::Error| e.to_string())
+}
+
 fn parse_shape(s: &str) -> Result<[usize; 3], String> {
     let parts: Vec<&str> = s.split(['x', 'X', ',']).collect();
     let dims: Vec<usize> = parts
@@ -72,14 +194,23 @@ fn parse_shape(s: &str) -> Result<[usize; 3], String> {
 
 fn main() {
     cactus::backend::cpu::allocator::keep_freed_memory();
-    if let Err(e) = run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Err(e) = run(cli, &matches) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     match cli.command {
+        Command::Train(args) => {
+            let given = matches
+                .subcommand_matches("train")
+                .expect("train subcommand");
+            train(args, given)?;
+        }
+        Command::Eval(args) => eval(args)?,
         Command::Init {
             model,
             input,
@@ -146,6 +277,291 @@ fn run(cli: Cli) -> Result<()> {
                 println!("logits {}", text.join(" "));
             }
         }
+    }
+    Ok(())
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            model: self.model,
+            width: self.width,
+            init: self.init.unwrap_or(if self.method.is_certified() {
+                Init::Ibp
+            } else {
+                Init::Pytorch
+            }),
+            dataset: self.dataset,
+            method: self.method,
+            eps: self.eps,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.clip,
+            seed: self.seed,
+            limit_train: self.limit_train,
+            warmup_batches: self.warmup_batches,
+            ramp_batches: self.ramp_batches,
+            cert_weight: self.cert_weight,
+            sabr_lambda: self.sabr_lambda,
+        }
+    }
+}
+
+/// On `--resume`, the saved settings win; an option given on the command line must agree with
+/// them, except `--epochs`, which may extend the run.
+fn resumed_config(
+    saved: &TrainConfig,
+    wanted: &TrainConfig,
+    given: &ArgMatches,
+) -> Result<TrainConfig> {
+    let on_command_line = |id: &str| given.value_source(id) == Some(ValueSource::CommandLine);
+    let saved_json = serde_json::to_value(saved)?;
+    let wanted_json = serde_json::to_value(wanted)?;
+    let mut conflicts = Vec::new();
+    for (field, option) in [
+        ("model", "model"),
+        ("width", "width"),
+        ("init", "init"),
+        ("dataset", "dataset"),
+        ("method", "method"),
+        ("eps", "eps"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("weight_decay", "weight_decay"),
+        ("max_grad_norm", "clip"),
+        ("seed", "seed"),
+        ("limit_train", "limit_train"),
+        ("warmup_batches", "warmup_batches"),
+        ("ramp_batches", "ramp_batches"),
+        ("cert_weight", "cert_weight"),
+        ("sabr_lambda", "sabr_lambda"),
+    ] {
+        if on_command_line(option) && saved_json[field] != wanted_json[field] {
+            conflicts.push(format!(
+                "--{} {} (the run was started with {})",
+                option.replace('_', "-"),
+                wanted_json[field],
+                saved_json[field]
+            ));
+        }
+    }
+    if !conflicts.is_empty() {
+        bail!(
+            "--resume continues a run with its own settings; these options differ: {}. Drop \
+             them, or train into a new --out",
+            conflicts.join(", ")
+        );
+    }
+    let mut config = saved.clone();
+    if on_command_line("epochs") {
+        config.epochs = wanted.epochs;
+    }
+    Ok(config)
+}
+
+fn train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
+    let wanted = args.config();
+    wanted.validate()?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "out/{}-{}-{}",
+            wanted.model.name(),
+            wanted.method.name(),
+            wanted.dataset.name()
+        ))
+    });
+    let mut trainer = if args.resume {
+        let t = Trainer::resume(&out, |saved| {
+            resumed_config(saved, &wanted, given)
+                .map_err(|e| cactus::Error::Invalid(format!("{e:#}")))
+        })?;
+        if !args.quiet {
+            eprintln!(
+                "resuming {} after epoch {} of {} (step {})",
+                out.display(),
+                t.epoch,
+                t.config.epochs,
+                t.step
+            );
+        }
+        t
+    } else {
+        if out.join(STATE_FILE).exists() {
+            bail!(
+                "{} already holds a run: pass --resume to continue it, or choose another --out",
+                out.display()
+            );
+        }
+        Trainer::new(wanted, &out)?
+    };
+    let config = trainer.config.clone();
+    let mut train_set = data::load(config.dataset, args.data.as_deref(), Split::Train)?;
+    if let Some(n) = config.limit_train {
+        train_set = train_set.limit(n);
+    }
+    if !args.quiet {
+        eprintln!(
+            "training {} ({} parameters) with {} on {} ({} images), ε = {}, {} epochs of batch {}, into {}",
+            config.model.name(),
+            trainer.model.net.num_parameters(),
+            config.method.name(),
+            config.dataset.name(),
+            train_set.len(),
+            config.eps,
+            config.epochs,
+            config.batch_size,
+            out.display()
+        );
+        let schedule = config.schedule();
+        let per_epoch = data::num_batches(train_set.len(), config.batch_size, true) as u64;
+        if config.method.is_certified() && per_epoch * config.epochs < schedule.length() {
+            eprintln!(
+                "note: the run has {} batches, fewer than the warm-up and ramp ({} + {}): it ends before reaching ε = {}",
+                per_epoch * config.epochs,
+                schedule.warmup_batches,
+                schedule.ramp_batches,
+                config.eps
+            );
+        }
+    }
+    if trainer.epoch >= config.epochs {
+        eprintln!(
+            "the run in {} already has its {} epochs",
+            out.display(),
+            config.epochs
+        );
+    }
+    trainer.run(&train_set, args.quiet)?;
+    if !args.quiet {
+        eprintln!("saved {}", out.join(MODEL_FILE).display());
+    }
+    if args.no_eval {
+        return Ok(());
+    }
+    let mut test_set = data::load(config.dataset, args.data.as_deref(), Split::Test)?;
+    if let Some(n) = args.eval_limit {
+        test_set = test_set.limit(n);
+    }
+    let report = run_eval(
+        &trainer.model,
+        &test_set,
+        config.eps,
+        &EvalConfig::new(config.eps),
+        &out.join(MODEL_FILE),
+        args.quiet,
+    )?;
+    report.write(&out)?;
+    println!("{}", report.to_table().trim_end());
+    println!("reports in {}", out.display());
+    Ok(())
+}
+
+/// Evaluate with a progress bar; one row (no compression, fp32, IBP).
+fn run_eval(
+    model: &Model,
+    test_set: &data::Dataset,
+    eps: f32,
+    cfg: &EvalConfig,
+    checkpoint: &Path,
+    quiet: bool,
+) -> Result<Report> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(test_set.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "evaluating [{bar:25}] {pos}/{len} points [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    };
+    let outcomes = evaluate(model, test_set, cfg, |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    Ok(Report {
+        checkpoint: checkpoint.display().to_string(),
+        dataset: test_set.name.clone(),
+        eps,
+        n: outcomes.len(),
+        rows: vec![Row {
+            compression: "none".into(),
+            ratio: 0.0,
+            format: "fp32".into(),
+            certifier: "ibp".into(),
+            clean: outcomes.clean_accuracy(),
+            pgd: outcomes.pgd_accuracy(),
+            certified: outcomes.certified_accuracy(),
+        }],
+    })
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    if !args.checkpoint.exists() {
+        bail!("{}: no such file", args.checkpoint.display());
+    }
+    let ckpt = load_checkpoint(&args.checkpoint)?;
+    let dataset = match (args.dataset, ckpt.extra.get("train.dataset")) {
+        (Some(d), _) => d,
+        (None, Some(name)) => {
+            <DatasetKind as clap::ValueEnum>::from_str(name, false).map_err(|_| {
+                anyhow::anyhow!("the checkpoint names an unknown dataset '{name}'; pass --dataset")
+            })?
+        }
+        (None, None) => {
+            bail!("the checkpoint does not say which dataset it was trained on: pass --dataset")
+        }
+    };
+    let eps = match (args.eps, ckpt.extra.get("train.eps")) {
+        (Some(e), _) => e,
+        (None, Some(e)) => e.parse().map_err(|_| {
+            anyhow::anyhow!("the checkpoint's training ε '{e}' is unreadable; pass --eps")
+        })?,
+        (None, None) => bail!("the checkpoint does not say which ε it was trained for: pass --eps"),
+    };
+    let mut test_set = data::load(dataset, args.data.as_deref(), Split::Test)?;
+    if let Some(n) = args.limit {
+        if n == 0 {
+            bail!("--limit must be at least 1");
+        }
+        test_set = test_set.limit(n);
+    }
+    let cfg = EvalConfig {
+        batch_size: args.batch_size,
+        seed: args.seed,
+        ..EvalConfig::new(eps)
+    };
+    let report = run_eval(
+        &ckpt.model,
+        &test_set,
+        eps,
+        &cfg,
+        &args.checkpoint,
+        args.quiet || args.json,
+    )?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        args.checkpoint
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."))
+    });
+    report.write(&out)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!(
+            "{} on {} test points of {}, ε = {}",
+            args.checkpoint.display(),
+            report.n,
+            report.dataset,
+            eps
+        );
+        println!("{}", report.to_table().trim_end());
+        println!("reports in {}", out.display());
     }
     Ok(())
 }

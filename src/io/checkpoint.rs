@@ -50,6 +50,11 @@ fn state_dict(model: &Model) -> Vec<(String, Entry<'_>)> {
 
 /// Write `model` to `path` atomically, with `extra` metadata (keys must not start with `cactus.`).
 pub fn save_checkpoint(path: &Path, model: &Model, extra: &BTreeMap<String, String>) -> Result<()> {
+    write_atomic(path, &checkpoint_bytes(model, extra)?)
+}
+
+/// The bytes of the checkpoint file `save_checkpoint` writes (a training state embeds them).
+pub fn checkpoint_bytes(model: &Model, extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let entries = state_dict(model);
     let bytes: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = entries
         .iter()
@@ -82,21 +87,25 @@ pub fn save_checkpoint(path: &Path, model: &Model, extra: &BTreeMap<String, Stri
         "cactus.layers".into(),
         serde_json::to_string(&model.net.describe()).expect("layer list serialises"),
     );
-    let buf = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?;
-    write_atomic(path, &buf)
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))
 }
 
 /// Read a checkpoint written by `save_checkpoint` (or by anyone following its layout).
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_checkpoint(path, &bytes)
+}
+
+/// Read checkpoint bytes; `path` names them in errors.
+pub fn parse_checkpoint(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let bad = |msg: String| Error::bad_file(path, msg);
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
         bad(format!(
             "not a readable safetensors file (truncated or corrupt?): {e}"
         ))
     })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
+    let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let spec_json = meta.get("cactus.model").ok_or_else(|| {

@@ -4,6 +4,7 @@
 use crate::nn::Mode;
 use crate::tensor::Tensor;
 
+#[derive(Clone)]
 pub struct BatchNorm {
     pub weight: Tensor,
     pub bias: Tensor,
@@ -17,6 +18,7 @@ pub struct BatchNorm {
 }
 
 /// A batch's per-channel statistics (differentiable), as used to normalise it.
+#[derive(Clone)]
 pub struct BatchStats {
     pub mean: Tensor,
     pub var: Tensor,

@@ -5,6 +5,7 @@ use crate::ops::Conv2dParams;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
+#[derive(Clone)]
 pub struct Conv2d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,

@@ -4,6 +4,7 @@
 use crate::nn::{BatchNorm, Conv2d, Linear, Mode};
 use crate::tensor::Tensor;
 
+#[derive(Clone)]
 pub enum Layer {
     Linear(Linear),
     Conv2d(Conv2d),

@@ -4,6 +4,7 @@ use crate::nn::init::Init;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
+#[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,

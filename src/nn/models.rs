@@ -111,7 +111,8 @@ impl ModelSpec {
     }
 }
 
-/// A named architecture with its weights.
+/// A named architecture with its weights. Cloning shares the weights' storage (cheap).
+#[derive(Clone)]
 pub struct Model {
     pub spec: ModelSpec,
     pub net: Sequential,
@@ -313,6 +314,16 @@ impl Model {
             )));
         }
         Ok(())
+    }
+
+    /// A copy whose parameters are constants, not leaves: an attack on it computes input
+    /// gradients only, without the weight-gradient work. Shares the weights' storage.
+    pub fn detached(&self) -> Model {
+        let mut copy = self.clone();
+        for p in copy.net.parameters_mut() {
+            *p = p.detach();
+        }
+        copy
     }
 
     /// Map pixels in [0, 1] to the network's input scale (identity without normalisation).

@@ -3,7 +3,7 @@
 use crate::nn::{BatchStats, Layer, Mode};
 use crate::tensor::Tensor;
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Sequential {
     pub layers: Vec<Layer>,
 }

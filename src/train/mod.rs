@@ -1,8 +1,14 @@
-//! Training: the optimiser and the training step (certified losses and the trainer loop build
-//! on these).
+//! Training: the optimiser, the losses (standard, IBP, SABR) and their schedule, and the
+//! trainer loop with resumable state.
 
+pub mod losses;
 pub mod optim;
+pub mod schedule;
 pub mod step;
+pub mod trainer;
 
+pub use losses::{batch_loss, ibp_cert_loss, sabr_box, sabr_cert_loss, sabr_cert_loss_at, Method};
 pub use optim::{Adam, AdamConfig, StepInfo, WeightDecay};
+pub use schedule::{Phase, Schedule};
 pub use step::standard_step;
+pub use trainer::{EpochRecord, TrainConfig, Trainer};

@@ -1,0 +1,154 @@
+//! `train_state.safetensors`: everything `cactus train --resume` needs to continue a run exactly
+//! where it stopped — the model (an embedded checkpoint, so weights and optimiser state can
+//! never come from different epochs), Adam's moments and step, the RNG state, the epoch reached,
+//! the run's settings and its history (the last two as JSON in the metadata).
+
+use crate::io::atomic::write_atomic;
+use crate::io::checkpoint::{checkpoint_bytes, parse_checkpoint};
+use crate::nn::Model;
+use crate::{Error, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+const FORMAT: &str = "cactus-train-state";
+
+/// A run's resumable state after a completed epoch.
+pub struct TrainState {
+    pub model: Model,
+    /// The run's settings (JSON, as the trainer serialises them).
+    pub config: String,
+    /// Per-epoch records so far (JSON array).
+    pub history: String,
+    /// Completed epochs.
+    pub epoch: u64,
+    /// Optimiser steps (batches) taken.
+    pub step: u64,
+    pub rng: [u64; 4],
+    pub adam_step: u64,
+    pub adam_m: Vec<Vec<f32>>,
+    pub adam_v: Vec<Vec<f32>>,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Write the state atomically.
+pub fn save_train_state(path: &Path, s: &TrainState) -> Result<()> {
+    let model = checkpoint_bytes(&s.model, &BTreeMap::new())?;
+    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
+        vec![("model".into(), Dtype::U8, vec![model.len()], model)];
+    for (kind, moments) in [("m", &s.adam_m), ("v", &s.adam_v)] {
+        for (i, m) in moments.iter().enumerate() {
+            buffers.push((
+                format!("adam.{kind}.{i}"),
+                Dtype::F32,
+                vec![m.len()],
+                f32_bytes(m),
+            ));
+        }
+    }
+    let views = buffers
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            TensorView::new(*dtype, shape.clone(), data).map(|v| (name.as_str(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Invalid(format!("training state: {e}")))?;
+    let rng: Vec<String> = s.rng.iter().map(|w| w.to_string()).collect();
+    let meta: HashMap<String, String> = [
+        ("format", FORMAT.to_string()),
+        ("config", s.config.clone()),
+        ("history", s.history.clone()),
+        ("epoch", s.epoch.to_string()),
+        ("step", s.step.to_string()),
+        ("rng", rng.join(",")),
+        ("adam.step", s.adam_step.to_string()),
+        ("adam.buffers", s.adam_m.len().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Invalid(format!("training state: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Read a state written by `save_train_state`; every inconsistency is an error naming the file.
+pub fn load_train_state(path: &Path) -> Result<TrainState> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::bad_file(path, msg);
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        bad(format!(
+            "not a readable training state (truncated or corrupt?): {e}"
+        ))
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(bad(format!(
+            "not a cactus training state (metadata 'format' is not {FORMAT})"
+        )));
+    }
+    let get = |key: &str| {
+        meta.get(key)
+            .cloned()
+            .ok_or_else(|| bad(format!("metadata '{key}' is missing")))
+    };
+    let number = |key: &str| -> Result<u64> {
+        get(key)?
+            .parse()
+            .map_err(|_| bad(format!("metadata '{key}' is not a whole number")))
+    };
+    let rng_words: Vec<u64> = get("rng")?
+        .split(',')
+        .map(|w| w.parse())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad("metadata 'rng' is not four whole numbers".into()))?;
+    let rng: [u64; 4] = rng_words
+        .try_into()
+        .map_err(|_| bad("metadata 'rng' is not four whole numbers".into()))?;
+    let buffers = number("adam.buffers")? as usize;
+    if buffers > st.len() {
+        return Err(bad(format!(
+            "{buffers} optimiser buffers listed, the file holds fewer"
+        )));
+    }
+    let read = |name: &str, dtype: Dtype| -> Result<Vec<u8>> {
+        let view = st
+            .tensor(name)
+            .map_err(|_| bad(format!("missing tensor '{name}'")))?;
+        if view.dtype() != dtype || view.shape().len() != 1 {
+            return Err(bad(format!(
+                "tensor '{name}' should be a 1-D {dtype:?} buffer"
+            )));
+        }
+        Ok(view.data().to_vec())
+    };
+    let model = parse_checkpoint(path, &read("model", Dtype::U8)?)?.model;
+    let moments = |kind: &str| -> Result<Vec<Vec<f32>>> {
+        (0..buffers)
+            .map(|i| {
+                let data = read(&format!("adam.{kind}.{i}"), Dtype::F32)?;
+                Ok(data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect())
+            })
+            .collect()
+    };
+    Ok(TrainState {
+        model,
+        config: get("config")?,
+        history: get("history")?,
+        epoch: number("epoch")?,
+        step: number("step")?,
+        rng,
+        adam_step: number("adam.step")?,
+        adam_m: moments("m")?,
+        adam_v: moments("v")?,
+    })
+}

@@ -1,0 +1,168 @@
+//! The training losses: standard cross-entropy, IBP and SABR certified losses, and their mix
+//! `(1 − w)·CE + w·L_cert` (DESIGN "Specification").
+//!
+//! Every certified loss takes the statistics of the clean batch's pass, so that batch norm maps
+//! boxes with the same affine map as the clean inputs (Shi et al. 2021).
+
+use crate::attack::{pgd, PgdConfig, Region};
+use crate::bounds::{ibp_loss, input_box, margin_lower_bounds, BnSource};
+use crate::nn::{BatchStats, Mode, Model};
+use crate::ops::cross_entropy;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::schedule::Phase;
+use serde::{Deserialize, Serialize};
+
+/// How a network is trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Standard training: cross-entropy on clean inputs.
+    Std,
+    /// Interval bound propagation over the whole ε-box.
+    Ibp,
+    /// SABR: IBP over a small box around an adversarial point (Müller et al. 2023).
+    Sabr,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Std => "std",
+            Method::Ibp => "ibp",
+            Method::Sabr => "sabr",
+        }
+    }
+
+    pub fn is_certified(self) -> bool {
+        self != Method::Std
+    }
+}
+
+/// IBP's certified loss: the worst case over the box [x − ε, x + ε] ∩ [0, 1].
+pub fn ibp_cert_loss(
+    model: &Model,
+    x: &Tensor,
+    y: &[usize],
+    eps: f32,
+    stats: &[BatchStats],
+) -> Tensor {
+    let margins = margin_lower_bounds(model, &input_box(x, eps), y, BnSource::Batch(stats));
+    ibp_loss(&margins, y)
+}
+
+/// SABR's small box: centre `x_adv` clamped to `[lo + τ, hi − τ]` (lo, hi: the clipped ε-box
+/// around `x`), then `[c − τ, c + τ] ∩ [0, 1]`, with τ = `lambda`·ε. Lies inside the ε-box.
+pub fn sabr_box(x: &Tensor, x_adv: &Tensor, eps: f32, lambda: f32) -> Tensor {
+    let tau = lambda * eps;
+    let lo = x.add_scalar(-eps).clamp(0.0, 1.0);
+    let hi = x.add_scalar(eps).clamp(0.0, 1.0);
+    let centre: Vec<f32> = x_adv
+        .data()
+        .iter()
+        .zip(lo.data().iter().zip(hi.data()))
+        // min last, as torch.clamp does, should the interval ever be empty.
+        .map(|(&a, (&l, &h))| a.max(l + tau).min(h - tau))
+        .collect();
+    let centre = Tensor::from_vec(centre, x.shape());
+    input_box(&centre, tau)
+}
+
+/// SABR's certified loss for a given adversarial point (the gradient does not flow into the
+/// attack, as in the reference implementation).
+pub fn sabr_cert_loss_at(
+    model: &Model,
+    x: &Tensor,
+    x_adv: &Tensor,
+    y: &[usize],
+    eps: f32,
+    lambda: f32,
+    stats: &[BatchStats],
+) -> Tensor {
+    let boxes = sabr_box(x, x_adv, eps, lambda);
+    ibp_loss(
+        &margin_lower_bounds(model, &boxes, y, BnSource::Batch(stats)),
+        y,
+    )
+}
+
+/// SABR's certified loss: PGD over the clipped ε-box (batch norm in eval mode) finds the centre.
+#[allow(clippy::too_many_arguments)]
+pub fn sabr_cert_loss(
+    model: &Model,
+    x: &Tensor,
+    y: &[usize],
+    eps: f32,
+    lambda: f32,
+    stats: &[BatchStats],
+    attack: &PgdConfig,
+    rng: &mut Rng,
+) -> Tensor {
+    let x_adv = pgd(
+        model,
+        x,
+        y,
+        &Region::linf_ball(x, eps),
+        attack,
+        Mode::Eval,
+        rng,
+    );
+    sabr_cert_loss_at(model, x, &x_adv, y, eps, lambda, stats)
+}
+
+/// One batch's loss with its parts, for logging.
+pub struct BatchLoss {
+    /// What the optimiser minimises.
+    pub total: Tensor,
+    /// Clean logits (batch norm in train mode), detached.
+    pub logits: Tensor,
+    pub clean_ce: f32,
+    /// The certified loss, where it was computed (certified methods past the warm-up).
+    pub cert: Option<f32>,
+}
+
+/// The training loss of `method` on one batch at schedule phase `phase`: a clean pass in train
+/// mode (updating batch norm's running statistics), then, for certified methods with a
+/// non-zero certified weight, `(1 − w)·CE + w·L_cert`.
+pub fn batch_loss(
+    model: &mut Model,
+    method: Method,
+    x: &Tensor,
+    y: &[usize],
+    phase: Phase,
+    sabr_lambda: f32,
+    rng: &mut Rng,
+) -> BatchLoss {
+    let (logits, stats) = model.forward_batch_stats(x, true);
+    let ce = cross_entropy(&logits, y);
+    let clean_ce = ce.item();
+    let w = phase.cert_weight;
+    let cert = match method {
+        _ if !method.is_certified() || w <= 0.0 => None,
+        Method::Ibp => Some(ibp_cert_loss(model, x, y, phase.eps, &stats)),
+        Method::Sabr => Some(sabr_cert_loss(
+            model,
+            x,
+            y,
+            phase.eps,
+            sabr_lambda,
+            &stats,
+            &PgdConfig::sabr(),
+            rng,
+        )),
+        Method::Std => unreachable!("handled above"),
+    };
+    let (total, cert) = match cert {
+        None => (ce, None),
+        Some(c) => {
+            let value = c.item();
+            (ce.mul_scalar(1.0 - w).add(&c.mul_scalar(w)), Some(value))
+        }
+    };
+    BatchLoss {
+        total,
+        logits: logits.detach(),
+        clean_ce,
+        cert,
+    }
+}

@@ -1,0 +1,448 @@
+//! The training loop behind `cactus train`: epochs of seeded batches, the schedule, the loss of
+//! the chosen method, Adam; after every epoch the model and the resumable state are written
+//! atomically, so a stopped run continues (`Trainer::resume`) and ends exactly where an
+//! uninterrupted one would.
+
+use crate::data::{batches, epoch_order, num_batches, Dataset, DatasetKind};
+use crate::io::{load_train_state, save_checkpoint, save_train_state, TrainState};
+use crate::nn::{Arch, Init, Model, ModelSpec};
+use crate::rng::Rng;
+use crate::train::losses::{batch_loss, Method};
+use crate::train::schedule::{Phase, Schedule};
+use crate::train::{Adam, AdamConfig, WeightDecay};
+use crate::{Error, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// File names inside a run's output directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const STATE_FILE: &str = "train_state.safetensors";
+pub const HISTORY_FILE: &str = "history.json";
+
+/// Everything that defines a run (saved with it; `--resume` continues with the same settings).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: Arch,
+    /// Channel/width multiplier of cnn7 and mlp.
+    pub width: f32,
+    pub init: Init,
+    pub dataset: DatasetKind,
+    pub method: Method,
+    pub eps: f32,
+    pub epochs: u64,
+    pub batch_size: usize,
+    pub lr: f32,
+    /// Adam's L2 weight decay (PyTorch `Adam(weight_decay)`).
+    pub weight_decay: f32,
+    /// Gradient clipping by global norm.
+    pub max_grad_norm: f32,
+    pub seed: u64,
+    /// Use only the first N training images.
+    pub limit_train: Option<usize>,
+    pub warmup_batches: u64,
+    pub ramp_batches: u64,
+    /// Final weight of the certified loss (1 − λ).
+    pub cert_weight: f32,
+    /// SABR's box size τ/ε.
+    pub sabr_lambda: f32,
+}
+
+impl Default for TrainConfig {
+    /// The defaults of DESIGN.md's "Specification": SABR on `small`, mnist-mini, ε = 0.1.
+    fn default() -> Self {
+        TrainConfig {
+            model: Arch::Small,
+            width: 1.0,
+            init: Init::Ibp,
+            dataset: DatasetKind::MnistMini,
+            method: Method::Sabr,
+            eps: 0.1,
+            epochs: 8,
+            batch_size: 64,
+            lr: 5e-4,
+            weight_decay: 1e-5,
+            max_grad_norm: 10.0,
+            seed: 0,
+            limit_train: None,
+            warmup_batches: 250,
+            ramp_batches: 250,
+            cert_weight: 0.75,
+            sabr_lambda: 0.4,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// An error naming the first setting out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        if !(self.eps.is_finite() && (0.0..=1.0).contains(&self.eps)) {
+            return bad(format!(
+                "--eps must be in [0, 1] (pixel space), got {}",
+                self.eps
+            ));
+        }
+        if self.epochs == 0 {
+            return bad("--epochs must be at least 1".into());
+        }
+        if self.batch_size < 2 {
+            return bad(format!(
+                "--batch-size must be at least 2 (batch norm needs two samples), got {}",
+                self.batch_size
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr must be positive, got {}", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "--weight-decay must be ≥ 0, got {}",
+                self.weight_decay
+            ));
+        }
+        if !(self.cert_weight.is_finite() && (0.0..=1.0).contains(&self.cert_weight)) {
+            return bad(format!(
+                "--cert-weight must be in [0, 1], got {}",
+                self.cert_weight
+            ));
+        }
+        if !(self.sabr_lambda.is_finite() && self.sabr_lambda > 0.0 && self.sabr_lambda <= 1.0) {
+            return bad(format!(
+                "--sabr-lambda must be in (0, 1], got {}",
+                self.sabr_lambda
+            ));
+        }
+        if !(self.width.is_finite() && self.width > 0.0) {
+            return bad(format!("--width must be positive, got {}", self.width));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
+            return bad(format!(
+                "the clipping norm must be positive, got {}",
+                self.max_grad_norm
+            ));
+        }
+        if self.limit_train == Some(0) {
+            return bad("--limit-train must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            eps: self.eps,
+            cert_weight: if self.method.is_certified() {
+                self.cert_weight
+            } else {
+                0.0
+            },
+            warmup_batches: self.warmup_batches,
+            ramp_batches: self.ramp_batches,
+        }
+    }
+
+    pub fn adam(&self) -> AdamConfig {
+        AdamConfig {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            decay: WeightDecay::L2,
+            max_grad_norm: Some(self.max_grad_norm),
+            ..AdamConfig::default()
+        }
+    }
+
+    pub fn model_spec(&self) -> ModelSpec {
+        let mut spec = ModelSpec::new(self.model, self.dataset.shape(), self.dataset.num_classes());
+        spec.width = self.width;
+        spec.init = self.init;
+        spec.normalization = Some(self.dataset.normalization());
+        spec
+    }
+
+    /// The settings as checkpoint metadata.
+    fn metadata(&self, epochs_done: u64) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("train.method".into(), self.method.name().into());
+        m.insert("train.dataset".into(), self.dataset.name().into());
+        m.insert("train.eps".into(), self.eps.to_string());
+        m.insert("train.epochs_done".into(), epochs_done.to_string());
+        m.insert(
+            "train.config".into(),
+            serde_json::to_string(self).expect("config serialises"),
+        );
+        m
+    }
+}
+
+/// What one epoch did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: u64,
+    /// Optimiser steps taken by the end of the epoch.
+    pub steps: u64,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Mean clean cross-entropy.
+    pub clean_ce: f64,
+    /// Mean certified loss over the batches that computed it.
+    pub cert_loss: Option<f64>,
+    /// Clean accuracy on the training batches (train-mode batch norm), a fraction.
+    pub train_accuracy: f64,
+    /// ε and certified weight at the epoch's last batch.
+    pub eps: f32,
+    pub cert_weight: f32,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+}
+
+/// A run in progress.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub model: Model,
+    pub optimizer: Adam,
+    pub rng: Rng,
+    /// Completed epochs.
+    pub epoch: u64,
+    /// Optimiser steps taken.
+    pub step: u64,
+    pub history: Vec<EpochRecord>,
+    pub out: PathBuf,
+}
+
+impl Trainer {
+    /// A fresh run writing into `out`.
+    pub fn new(config: TrainConfig, out: &Path) -> Result<Trainer> {
+        config.validate()?;
+        let mut rng = Rng::seed(config.seed);
+        let model = Model::new(config.model_spec(), &mut rng)?;
+        Ok(Trainer {
+            optimizer: Adam::new(config.adam()),
+            config,
+            model,
+            rng,
+            epoch: 0,
+            step: 0,
+            history: Vec::new(),
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// Continue the run saved in `out`. `adjust` sees the saved settings and returns those to
+    /// continue with (it may raise `epochs`; it should reject other changes).
+    pub fn resume(
+        out: &Path,
+        adjust: impl FnOnce(&TrainConfig) -> Result<TrainConfig>,
+    ) -> Result<Trainer> {
+        let path = out.join(STATE_FILE);
+        if !path.exists() {
+            return Err(Error::Invalid(format!(
+                "--resume: {} does not exist (no run was saved in {}; drop --resume to start one)",
+                path.display(),
+                out.display()
+            )));
+        }
+        let state = load_train_state(&path)?;
+        let saved: TrainConfig = serde_json::from_str(&state.config)
+            .map_err(|e| Error::bad_file(&path, format!("run settings are unreadable: {e}")))?;
+        let history: Vec<EpochRecord> = serde_json::from_str(&state.history)
+            .map_err(|e| Error::bad_file(&path, format!("run history is unreadable: {e}")))?;
+        let config = adjust(&saved)?;
+        config.validate()?;
+        if state.model.spec != config.model_spec() {
+            return Err(Error::bad_file(
+                &path,
+                "the saved model does not match the run's settings",
+            ));
+        }
+        let mut optimizer = Adam::new(config.adam());
+        optimizer.restore(state.adam_step, state.adam_m, state.adam_v)?;
+        Ok(Trainer {
+            config,
+            model: state.model,
+            optimizer,
+            rng: Rng::from_state(state.rng),
+            epoch: state.epoch,
+            step: state.step,
+            history,
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// Write `model.safetensors`, the resumable state and the history, each atomically. The
+    /// state embeds its own copy of the model, so it never pairs weights and moments of
+    /// different epochs, whatever moment a crash happens.
+    pub fn save(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
+        let (adam_step, m, v) = self.optimizer.state();
+        let history = serde_json::to_string_pretty(&self.history).expect("history serialises");
+        save_train_state(
+            &self.out.join(STATE_FILE),
+            &TrainState {
+                model: self.model.clone(),
+                config: serde_json::to_string(&self.config).expect("config serialises"),
+                history: history.clone(),
+                epoch: self.epoch,
+                step: self.step,
+                rng: self.rng.state(),
+                adam_step,
+                adam_m: m.to_vec(),
+                adam_v: v.to_vec(),
+            },
+        )?;
+        save_checkpoint(
+            &self.out.join(MODEL_FILE),
+            &self.model,
+            &self.config.metadata(self.epoch),
+        )?;
+        crate::io::write_atomic(&self.out.join(HISTORY_FILE), history.as_bytes())
+    }
+
+    /// Train one epoch on `data` and save. A non-finite loss or gradient stops with an error
+    /// before any update of that batch, leaving the last saved epoch in place.
+    pub fn run_epoch(&mut self, data: &Dataset, bar: &ProgressBar) -> Result<EpochRecord> {
+        let cfg = self.config.clone();
+        let schedule = cfg.schedule();
+        let order = epoch_order(data.len(), &mut self.rng);
+        let total = num_batches(data.len(), cfg.batch_size, true);
+        if total == 0 {
+            return Err(Error::Invalid(format!(
+                "{} training images are fewer than one batch of {}",
+                data.len(),
+                cfg.batch_size
+            )));
+        }
+        bar.set_length(total as u64);
+        bar.set_position(0);
+        bar.set_prefix(format!("epoch {}/{}", self.epoch + 1, cfg.epochs));
+        let start = Instant::now();
+        let (mut loss_sum, mut ce_sum, mut cert_sum, mut cert_n) = (0.0, 0.0, 0.0, 0usize);
+        let (mut correct, mut seen) = (0usize, 0usize);
+        let mut phase = Phase {
+            eps: 0.0,
+            cert_weight: 0.0,
+        };
+        for (b, idx) in batches(&order, cfg.batch_size, true).enumerate() {
+            phase = schedule.at(self.step);
+            let (x, y) = data.batch(idx);
+            let out = batch_loss(
+                &mut self.model,
+                cfg.method,
+                &x,
+                &y,
+                phase,
+                cfg.sabr_lambda,
+                &mut self.rng,
+            );
+            let loss = out.total.item();
+            if !loss.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "training loss is {loss} at epoch {} batch {} (step {}, ε {}): stopped; {} \
+                     still holds the last completed epoch ({}). Try a lower --lr or a longer ramp.",
+                    self.epoch + 1,
+                    b + 1,
+                    self.step,
+                    phase.eps,
+                    self.out.join(MODEL_FILE).display(),
+                    self.epoch
+                )));
+            }
+            let grads = out.total.backward();
+            drop(out.total);
+            self.optimizer
+                .step(&mut self.model.net.parameters_mut(), &grads)
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "epoch {} batch {}: {e}; {} still holds epoch {}",
+                        self.epoch + 1,
+                        b + 1,
+                        self.out.join(MODEL_FILE).display(),
+                        self.epoch
+                    ))
+                })?;
+            self.step += 1;
+            loss_sum += loss as f64;
+            ce_sum += out.clean_ce as f64;
+            if let Some(c) = out.cert {
+                cert_sum += c as f64;
+                cert_n += 1;
+            }
+            seen += y.len();
+            correct += out
+                .logits
+                .argmax_rows()
+                .iter()
+                .zip(&y)
+                .filter(|(p, t)| p == t)
+                .count();
+            let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4}  acc {:5.1}%  ε {:.4}  cert w {:.2}  {:.0} samples/s",
+                loss_sum / (b + 1) as f64,
+                100.0 * correct as f64 / seen as f64,
+                phase.eps,
+                phase.cert_weight,
+                rate
+            ));
+            bar.inc(1);
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        self.epoch += 1;
+        let record = EpochRecord {
+            epoch: self.epoch,
+            steps: self.step,
+            loss: loss_sum / total as f64,
+            clean_ce: ce_sum / total as f64,
+            cert_loss: (cert_n > 0).then(|| cert_sum / cert_n as f64),
+            train_accuracy: correct as f64 / seen as f64,
+            eps: phase.eps,
+            cert_weight: phase.cert_weight,
+            seconds,
+            samples_per_second: seen as f64 / seconds.max(1e-9),
+        };
+        self.history.push(record.clone());
+        self.save()?;
+        Ok(record)
+    }
+
+    /// Train the remaining epochs, printing one line per epoch (and a progress bar on a
+    /// terminal unless `quiet`).
+    pub fn run(&mut self, data: &Dataset, quiet: bool) -> Result<()> {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:25}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        };
+        while self.epoch < self.config.epochs {
+            let r = self.run_epoch(data, &bar)?;
+            if !quiet {
+                bar.suspend(|| {
+                    eprintln!(
+                        "epoch {:>3}/{}  loss {:.4}  clean CE {:.4}  cert {}  train acc {:5.1}%  ε {:.4}  {:.1}s  {:.0} samples/s",
+                        r.epoch,
+                        self.config.epochs,
+                        r.loss,
+                        r.clean_ce,
+                        r.cert_loss.map_or("-".to_string(), |c| format!("{c:.4}")),
+                        100.0 * r.train_accuracy,
+                        r.eps,
+                        r.seconds,
+                        r.samples_per_second
+                    )
+                });
+            }
+        }
+        bar.finish_and_clear();
+        Ok(())
+    }
+}
