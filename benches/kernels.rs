@@ -1,7 +1,9 @@
 //! Kernel throughput on the CPU backend: GEMM and convolution forward/backward.
 //! Names match the PyTorch comparison (`scripts/compare_pytorch.sh`).
 
+use cactus::autodiff::with_no_grad;
 use cactus::backend::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeometry};
+use cactus::ops::Conv2dParams;
 use cactus::rng::Rng;
 use cactus::Tensor;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -60,6 +62,26 @@ fn conv(c: &mut Criterion) {
     g.finish();
 }
 
+/// Interval convolution forward (centre with W plus bias, radius with |W|) on the same
+/// geometry as `conv_fwd_32x64x28x28`: a stacked input [2, 32, 64, 28, 28], two convolutions'
+/// flops. Runs under no_grad, as bound propagation at evaluation does.
+fn interval_conv(c: &mut Criterion) {
+    let (n, ci, co, hw, k) = (32, 64, 64, 28, 3);
+    let mut rng = Rng::seed(0);
+    let x = Tensor::rand_uniform(&[2, n, ci, hw, hw], 0.0, 1.0, &mut rng);
+    let w = Tensor::randn(&[co, ci, k, k], 0.0, 0.05, &mut rng);
+    let b = Tensor::randn(&[co], 0.0, 0.05, &mut rng);
+    let params = Conv2dParams::new(1, 1);
+    let flops = 2 * (2 * n * co * hw * hw * ci * k * k);
+    let mut g = c.benchmark_group("kernels");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(flops as u64));
+    g.bench_function("iconv_fwd_32x64x28x28", |bench| {
+        bench.iter(|| black_box(with_no_grad(|| x.interval_conv2d(&w, Some(&b), params))))
+    });
+    g.finish();
+}
+
 fn configured() -> Criterion {
     cactus::backend::cpu::allocator::keep_freed_memory();
     Criterion::default()
@@ -68,6 +90,6 @@ fn configured() -> Criterion {
 criterion_group! {
     name = benches;
     config = configured();
-    targets = matmul, conv
+    targets = matmul, conv, interval_conv
 }
 criterion_main!(benches);

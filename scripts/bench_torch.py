@@ -15,6 +15,9 @@ Workloads (random data, seed 0, NCHW, float32):
     matmul_1024           1024x1024 @ 1024x1024                 batch 1 (one matmul = one sample)
     conv_fwd_32x64x28x28  F.conv2d x[32,64,28,28] w[64,64,3,3] + bias, stride 1, pad 1, no_grad
     conv_bwd_32x64x28x28  torch.autograd.grad(out, (x, w), grad_out) of that convolution
+    iconv_fwd_32x64x28x28 interval conv forward on the same geometry, no_grad: centre
+                          F.conv2d(c, w, b) and radius F.conv2d(r, w.abs()) (|W| taken per rep);
+                          c, r: [32,64,28,28]; FLOPs = two convolutions
   steps (one training step: zero_grad, forward, cross-entropy, backward, Adam(lr=1e-3) step)
     small_mnist_std_b32, small_mnist_std_b128     model `small`, input 1x28x28
     cnn7_mnist_std_b32,  cnn7_mnist_std_b128      model `cnn7`,  input 1x28x28
@@ -152,6 +155,18 @@ def w_conv_bwd():
     return CONV["n"], 2.0 * conv_flops(), rep
 
 
+def w_iconv_fwd():
+    c, w, b, _ = conv_tensors(False)
+    g = torch.Generator().manual_seed(1)
+    r = torch.rand(c.shape, generator=g)  # radii are non-negative
+
+    def fwd():
+        with torch.no_grad():
+            F.conv2d(c, w, b, stride=1, padding=1)
+            F.conv2d(r, w.abs(), None, stride=1, padding=1)
+    return CONV["n"], 2.0 * conv_flops(), timed(fwd)
+
+
 def w_step(model_fn, in_ch, hw, batch):
     torch.manual_seed(0)
     model = model_fn(in_ch, hw)
@@ -174,6 +189,7 @@ WORKLOADS = [
     ("matmul_1024", "kernels", w_matmul),
     ("conv_fwd_32x64x28x28", "kernels", w_conv_fwd),
     ("conv_bwd_32x64x28x28", "kernels", w_conv_bwd),
+    ("iconv_fwd_32x64x28x28", "kernels", w_iconv_fwd),
     ("small_mnist_std_b32", "steps", lambda: w_step(small, 1, 28, 32)),
     ("small_mnist_std_b128", "steps", lambda: w_step(small, 1, 28, 128)),
     ("cnn7_mnist_std_b32", "steps", lambda: w_step(cnn7, 1, 28, 32)),

@@ -33,8 +33,9 @@ Options:
   --skip-torch     do not run PyTorch; reuse target/compare/torch.json
   -h, --help       this help
 
-Workloads: matmul_1024 conv_fwd_32x64x28x28 conv_bwd_32x64x28x28 small_mnist_std_b32
-           small_mnist_std_b128 cnn7_mnist_std_b32 cnn7_mnist_std_b128 cnn7_cifar_std_b128
+Workloads: matmul_1024 conv_fwd_32x64x28x28 conv_bwd_32x64x28x28 iconv_fwd_32x64x28x28
+           small_mnist_std_b32 small_mnist_std_b128 cnn7_mnist_std_b32 cnn7_mnist_std_b128
+           cnn7_cifar_std_b128
 Output:    target/compare/{torch.json,compare.md,compare.json}
 EOF
 }

@@ -33,6 +33,8 @@ WORKLOADS = {
     "matmul_1024": ("kernels", 1, 2.0 * 1024 ** 3),
     "conv_fwd_32x64x28x28": ("kernels", 32, _CONV_FLOPS),
     "conv_bwd_32x64x28x28": ("kernels", 32, 2.0 * _CONV_FLOPS),
+    # Interval conv forward: centre (W, bias) and radius (|W|), two convolutions.
+    "iconv_fwd_32x64x28x28": ("kernels", 32, 2.0 * _CONV_FLOPS),
     "small_mnist_std_b32": ("steps", 32, None),
     "small_mnist_std_b128": ("steps", 128, None),
     "cnn7_mnist_std_b32": ("steps", 32, None),

@@ -5,7 +5,7 @@
 //! sees both halves. Affine layers map (c, r) to (W c + b, |W| r): the tightest box around the
 //! image of the input box; ReLU maps [c − r, c + r] to [relu(c − r), relu(c + r)].
 
-use crate::backend::cpu::conv::{conv2d_backward, conv2d_forward};
+use crate::backend::cpu::conv::{abs_weight, interval_conv2d_backward, interval_conv2d_forward};
 use crate::backend::cpu::gemm::{matmul_into, MatRef};
 use crate::ops::Conv2dParams;
 use crate::tensor::Tensor;
@@ -165,47 +165,44 @@ impl Tensor {
         bias: Option<&Tensor>,
         params: Conv2dParams,
     ) -> Tensor {
-        let (half, hs) = halves(self);
+        let (_, hs) = halves(self);
         let geo = params.geometry(&hs, weight.shape());
         if let Some(b) = bias {
             assert_eq!(b.shape(), &[geo.c_out], "interval_conv2d: bias shape");
         }
-        let abs_w: Vec<f32> = weight.data().iter().map(|w| w.abs()).collect();
-        let (c, r) = self.data().split_at(half);
-        let mut out = conv2d_forward(c, weight.data(), bias.map(Tensor::data), &geo);
-        out.extend(conv2d_forward(r, &abs_w, None, &geo));
+        // |W| once per call, shared by the forward and the backward.
+        let abs_w = abs_weight(weight.data());
+        let out = interval_conv2d_forward(
+            self.data(),
+            weight.data(),
+            &abs_w,
+            bias.map(Tensor::data),
+            &geo,
+        );
         let out_half = [geo.n, geo.c_out, geo.out_h(), geo.out_w()];
         let (s, wt) = (self.detach(), weight.detach());
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
         Tensor::from_op(out, &stacked_shape(&out_half), &inputs, move |g, needs| {
             let need_bias = needs.get(2).copied().unwrap_or(false);
-            let (gc, gr) = g.data().split_at(geo.output_len());
-            let (c, r) = s.data().split_at(geo.input_len());
-            let abs_w: Vec<f32> = wt.data().iter().map(|w| w.abs()).collect();
-            let centre = conv2d_backward(c, wt.data(), gc, &geo, needs[0], needs[1], need_bias);
-            let radius = conv2d_backward(r, &abs_w, gr, &geo, needs[0], needs[1], false);
-            let ds = needs[0].then(|| {
-                let mut d = centre.input.expect("asked for");
-                d.extend(radius.input.expect("asked for"));
-                Tensor::from_vec(d, s.shape())
-            });
-            let dw = needs[1].then(|| {
-                let mut d = centre.weight.expect("asked for");
-                for ((d, a), w) in d
-                    .iter_mut()
-                    .zip(radius.weight.expect("asked for"))
-                    .zip(wt.data())
-                {
-                    *d += a * sign(*w);
-                }
-                Tensor::from_vec(d, wt.shape())
-            });
-            let mut grads = vec![ds, dw];
+            let grads = interval_conv2d_backward(
+                s.data(),
+                wt.data(),
+                &abs_w,
+                g.data(),
+                &geo,
+                needs[0],
+                needs[1],
+                need_bias,
+            );
+            let mut out = vec![
+                grads.input.map(|d| Tensor::from_vec(d, s.shape())),
+                grads.weight.map(|d| Tensor::from_vec(d, wt.shape())),
+            ];
             if needs.len() == 3 {
-                grads.push(centre.bias.map(|d| Tensor::from_vec(d, &[geo.c_out])));
+                out.push(grads.bias.map(|d| Tensor::from_vec(d, &[geo.c_out])));
             }
-            grads
+            out
         })
     }
 
@@ -324,5 +321,266 @@ fn sign(x: f32) -> f32 {
         -1.0
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fused interval convolution against its definition: two plain convolutions, the
+    //! centre with (W, b) and the radius with |W|, forward and every gradient.
+
+    use crate::autodiff::with_no_grad;
+    use crate::ops::Conv2dParams;
+    use crate::rng::Rng;
+    use crate::tensor::Tensor;
+
+    fn random(shape: &[usize], lo: f32, hi: f32, rng: &mut Rng) -> Tensor {
+        Tensor::rand_uniform(shape, lo, hi, rng)
+    }
+
+    /// Max abs difference at most `1e-5` of the larger magnitude (float rounding only).
+    fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-5 * scale,
+            "{what}: max error {err} vs magnitude {scale}"
+        );
+    }
+
+    fn cat(a: &Tensor, b: &Tensor) -> Vec<f32> {
+        let mut v = a.to_vec();
+        v.extend_from_slice(b.data());
+        v
+    }
+
+    /// One geometry: input [n, ci, h, w], kernel [co, ci, k, k].
+    struct Case {
+        n: usize,
+        ci: usize,
+        co: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    }
+
+    /// Which leaves ask for a gradient (every subset takes its own path).
+    #[derive(Clone, Copy, Debug)]
+    struct Needs {
+        input: bool,
+        weight: bool,
+        bias: Option<bool>,
+    }
+
+    fn check(case: &Case, needs: Needs, rng: &mut Rng) {
+        let &Case {
+            n,
+            ci,
+            co,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+        } = case;
+        let what =
+            format!("n {n} ci {ci} co {co} {h}x{w} k {k} stride {stride} pad {pad}, {needs:?}");
+        let p = Conv2dParams::new(stride, pad);
+        let (oh, ow) = p.output_hw(h, w, k, k);
+        let half = [n, ci, h, w];
+        let c = random(&half, -1.0, 1.0, rng);
+        let r = random(&half, 0.0, 0.5, rng);
+        // Some weights exactly 0, where the |W| path contributes no gradient.
+        let mut wv = random(&[co, ci, k, k], -1.0, 1.0, rng).to_vec();
+        for i in (0..wv.len()).step_by(7) {
+            wv[i] = 0.0;
+        }
+        let wt = Tensor::from_vec(wv, &[co, ci, k, k]);
+        let b = random(&[co], -1.0, 1.0, rng);
+        let out_half = [n, co, oh, ow];
+        let (gc, gr) = (
+            random(&out_half, -1.0, 1.0, rng),
+            random(&out_half, -1.0, 1.0, rng),
+        );
+        let leaf = |t: &Tensor, need: bool| if need { t.requires_grad() } else { t.clone() };
+
+        // Fused: one stacked input, one op.
+        let s = leaf(
+            &Tensor::from_vec(cat(&c, &r), &[2, n, ci, h, w]),
+            needs.input,
+        );
+        let (w1, b1) = (leaf(&wt, needs.weight), leaf(&b, needs.bias == Some(true)));
+        let bias1 = needs.bias.map(|_| &b1);
+        let out = s.interval_conv2d(&w1, bias1, p);
+        assert_eq!(out.shape(), &[2, n, co, oh, ow], "{what}");
+        let g_all = Tensor::from_vec(cat(&gc, &gr), out.shape());
+        let grads = out.mul(&g_all).sum().backward();
+
+        // Reference: two plain convolutions.
+        let (c2, r2) = (leaf(&c, needs.input), leaf(&r, needs.input));
+        let (w2, b2) = (leaf(&wt, needs.weight), leaf(&b, needs.bias == Some(true)));
+        let bias2 = needs.bias.map(|_| &b2);
+        let oc = c2.conv2d(&w2, bias2, p);
+        let or = r2.conv2d(&w2.abs(), None, p);
+        assert_close(&format!("forward, {what}"), out.data(), &cat(&oc, &or));
+        let ref_grads = oc.mul(&gc).sum().add(&or.mul(&gr).sum()).backward();
+
+        // The same forward without a graph.
+        let plain = with_no_grad(|| s.interval_conv2d(&w1, bias1, p));
+        assert!(!plain.tracks_grad());
+        assert_close(
+            &format!("no_grad forward, {what}"),
+            plain.data(),
+            out.data(),
+        );
+
+        if needs.input {
+            let ds = grads.get(&s).expect("input gradient");
+            let (dc, dr) = (
+                ref_grads.get(&c2).expect("centre gradient"),
+                ref_grads.get(&r2).expect("radius gradient"),
+            );
+            assert_close(&format!("d input, {what}"), ds.data(), &cat(dc, dr));
+        }
+        if needs.weight {
+            let dw = grads.get(&w1).expect("weight gradient");
+            let want = ref_grads.get(&w2).expect("reference weight gradient");
+            assert_close(&format!("d weight, {what}"), dw.data(), want.data());
+        } else {
+            assert!(grads.get(&w1).is_none());
+        }
+        if needs.bias == Some(true) {
+            let db = grads.get(&b1).expect("bias gradient");
+            let want = ref_grads.get(&b2).expect("reference bias gradient");
+            assert_close(&format!("d bias, {what}"), db.data(), want.data());
+        }
+    }
+
+    fn cases(rng: &mut Rng) -> Vec<Case> {
+        let mut cases = Vec::new();
+        // Odd sizes, stride 1 and 2, padding 0/1/2, batch 1 and 3, kernel 1/3/4.
+        for n in [1, 3] {
+            for k in [1, 3, 4] {
+                for stride in [1, 2] {
+                    for pad in [0, 1, 2] {
+                        let (h, w) = (k + 2 + 2 * rng.below(4), k + 1 + 2 * rng.below(5));
+                        cases.push(Case {
+                            n,
+                            ci: 1 + rng.below(4),
+                            co: 1 + rng.below(5),
+                            h: h.max(k),
+                            w: w.max(k),
+                            k,
+                            stride,
+                            pad,
+                        });
+                    }
+                }
+            }
+        }
+        // Column bands of one output row (the test build's small tile), and a wide image
+        // whose "same" convolution takes the one-copy-per-tap path across band edges.
+        cases.push(Case {
+            n: 3,
+            ci: 9,
+            co: 5,
+            h: 13,
+            w: 11,
+            k: 4,
+            stride: 1,
+            pad: 2,
+        });
+        cases.push(Case {
+            n: 3,
+            ci: 8,
+            co: 6,
+            h: 15,
+            w: 17,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        });
+        cases.push(Case {
+            n: 1,
+            ci: 7,
+            co: 3,
+            h: 19,
+            w: 9,
+            k: 3,
+            stride: 2,
+            pad: 1,
+        });
+        cases
+    }
+
+    const ALL: Needs = Needs {
+        input: true,
+        weight: true,
+        bias: Some(true),
+    };
+
+    #[test]
+    fn fused_matches_two_convolutions() {
+        let mut rng = Rng::seed(41);
+        for case in cases(&mut rng) {
+            check(&case, ALL, &mut rng);
+        }
+    }
+
+    #[test]
+    fn each_gradient_alone_and_no_bias() {
+        let mut rng = Rng::seed(42);
+        let subsets = [
+            Needs {
+                input: true,
+                weight: false,
+                bias: Some(false),
+            },
+            Needs {
+                input: false,
+                weight: true,
+                bias: Some(false),
+            },
+            Needs {
+                input: false,
+                weight: false,
+                bias: Some(true),
+            },
+            Needs {
+                input: true,
+                weight: true,
+                bias: None,
+            },
+        ];
+        for case in cases(&mut rng).iter().step_by(3) {
+            for needs in subsets {
+                check(case, needs, &mut rng);
+            }
+        }
+    }
+
+    /// The kernels split work by samples only when the batch covers every thread, and run
+    /// centre and radius side by side otherwise: force each path with its own pool.
+    #[test]
+    fn serial_and_threaded_paths_agree() {
+        let mut rng = Rng::seed(43);
+        let cases = cases(&mut rng);
+        for threads in [1, 2, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for case in cases.iter().step_by(4) {
+                    check(case, ALL, &mut rng);
+                }
+            });
+        }
     }
 }
