@@ -1,11 +1,14 @@
-//! Whole standard training steps (forward, cross-entropy, backward, Adam) on random data.
-//! Names match the PyTorch comparison (`scripts/compare_pytorch.sh`).
+//! Whole training steps on random data: standard (forward, cross-entropy, backward, Adam) and
+//! certified (IBP, SABR: the trainer's per-batch work past the ramp). Names match the PyTorch
+//! comparison (`scripts/compare_pytorch.sh`).
 
-use cactus::nn::{Arch, Model, ModelSpec};
+use cactus::data::DatasetKind;
+use cactus::nn::{Arch, Init, Model, ModelSpec};
 use cactus::rng::Rng;
-use cactus::train::{standard_step, Adam, AdamConfig};
+use cactus::train::{batch_loss, standard_step, Adam, AdamConfig, Method, Phase, TrainConfig};
 use cactus::Tensor;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use std::time::Duration;
 
 fn step_bench(c: &mut Criterion, name: &str, arch: Arch, input: [usize; 3], batch: usize) {
     let mut rng = Rng::seed(0);
@@ -26,6 +29,72 @@ fn step_bench(c: &mut Criterion, name: &str, arch: Arch, input: [usize; 3], batc
     g.finish();
 }
 
+/// One certified training step as `Trainer::run_epoch` takes it past the ramp: `batch_loss`
+/// (clean pass with batch statistics, then IBP over the ε-box or SABR's PGD + small-box IBP;
+/// 0.25·CE + 0.75·L_cert), backward, Adam (lr 5e-4, L2 decay 1e-5, clipping at norm 10).
+/// Full-width models with the IBP initialisation and the dataset's normalisation.
+fn certified_bench(
+    c: &mut Criterion,
+    name: &str,
+    arch: Arch,
+    dataset: DatasetKind,
+    method: Method,
+    batch: usize,
+) {
+    let cfg = TrainConfig {
+        model: arch,
+        dataset,
+        method,
+        init: Init::Ibp,
+        eps: if dataset == DatasetKind::Cifar10 {
+            8.0 / 255.0
+        } else {
+            0.1
+        },
+        ..TrainConfig::default()
+    };
+    let mut rng = Rng::seed(0);
+    let mut model = Model::new(cfg.model_spec(), &mut rng).unwrap();
+    let mut opt = Adam::new(cfg.adam());
+    let mut shape = vec![batch];
+    shape.extend(dataset.shape());
+    let x = Tensor::rand_uniform(&shape, 0.0, 1.0, &mut rng);
+    let y: Vec<usize> = (0..batch).map(|_| rng.below(10)).collect();
+    let phase = Phase {
+        eps: cfg.eps,
+        cert_weight: cfg.cert_weight,
+    };
+    let mut g = c.benchmark_group("steps");
+    // Steps of 10 ms (small, IBP) to seconds (cnn7, SABR): few samples, short runs; the
+    // seconds-long ones run one step per sample.
+    if arch == Arch::Cnn7 {
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(5));
+    } else {
+        g.sample_size(20).measurement_time(Duration::from_secs(5));
+    }
+    g.throughput(Throughput::Elements(batch as u64));
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            let out = batch_loss(
+                &mut model,
+                cfg.method,
+                &x,
+                &y,
+                phase,
+                cfg.sabr_lambda,
+                &mut rng,
+            );
+            let grads = out.total.backward();
+            drop(out);
+            opt.step(&mut model.net.parameters_mut(), &grads).unwrap()
+        })
+    });
+    g.finish();
+}
+
 fn steps(c: &mut Criterion) {
     let mnist = [1, 28, 28];
     let cifar = [3, 32, 32];
@@ -34,6 +103,21 @@ fn steps(c: &mut Criterion) {
     step_bench(c, "cnn7_mnist_std_b32", Arch::Cnn7, mnist, 32);
     step_bench(c, "cnn7_mnist_std_b128", Arch::Cnn7, mnist, 128);
     step_bench(c, "cnn7_cifar_std_b128", Arch::Cnn7, cifar, 128);
+
+    use {Arch::*, DatasetKind::*, Method::*};
+    let certified = [
+        ("small_mnist_ibp_b32", Small, Mnist, Ibp, 32),
+        ("small_mnist_ibp_b128", Small, Mnist, Ibp, 128),
+        ("small_mnist_sabr_b32", Small, Mnist, Sabr, 32),
+        ("small_mnist_sabr_b128", Small, Mnist, Sabr, 128),
+        ("cnn7_mnist_ibp_b128", Cnn7, Mnist, Ibp, 128),
+        ("cnn7_mnist_sabr_b128", Cnn7, Mnist, Sabr, 128),
+        ("cnn7_cifar_ibp_b128", Cnn7, Cifar10, Ibp, 128),
+        ("cnn7_cifar_sabr_b128", Cnn7, Cifar10, Sabr, 128),
+    ];
+    for (name, arch, dataset, method, batch) in certified {
+        certified_bench(c, name, arch, dataset, method, batch);
+    }
 }
 
 fn configured() -> Criterion {

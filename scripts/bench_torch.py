@@ -22,6 +22,18 @@ Workloads (random data, seed 0, NCHW, float32):
     small_mnist_std_b32, small_mnist_std_b128     model `small`, input 1x28x28
     cnn7_mnist_std_b32,  cnn7_mnist_std_b128      model `cnn7`,  input 1x28x28
     cnn7_cifar_std_b128                           model `cnn7`,  input 3x32x32
+  certified steps (what cactus's trainer does per batch past the ramp; the functions of
+  scripts/torch_certified.py, so the same algorithm as its IBP/SABR training): clean pass in
+  train mode with BN batch statistics, then IBP over [x-eps, x+eps] n [0,1] (centre/radius,
+  last-layer elision) or SABR (8-step sign PGD, BN in eval mode, input gradients only, then
+  IBP on the box of radius 0.4*eps around the clamped adversarial point); loss
+  0.25*CE + 0.75*CE(-lb, y); backward; clip_grad_norm_(10); Adam(lr=5e-4, weight_decay=1e-5).
+  Models: input normalisation layer first, IBP init, full width; inputs uniform in [0, 1];
+  eps 0.1 (mnist), 8/255 (cifar).
+    small_mnist_ibp_b32,  small_mnist_ibp_b128    model `small`, input 1x28x28
+    small_mnist_sabr_b32, small_mnist_sabr_b128   model `small`, input 1x28x28
+    cnn7_mnist_ibp_b128,  cnn7_mnist_sabr_b128    model `cnn7`,  input 1x28x28
+    cnn7_cifar_ibp_b128,  cnn7_cifar_sabr_b128    model `cnn7`,  input 3x32x32
 
 Timing: `warm-up` reps (3, or only 1 if a rep takes more than 1 s), then reps until
 at least 5 reps AND at least 1 s of timed work; the median rep is reported
@@ -35,6 +47,7 @@ gradient is not requested). Its GFLOP/s count is twice the forward's.
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -184,6 +197,63 @@ def w_step(model_fn, in_ch, hw, batch):
     return batch, None, timed(step)
 
 
+# Certified steps: the algorithm of scripts/torch_certified.py (imported, not copied).
+CERT_DATA = {  # in_ch, side, eps, normalisation (mean, std) as cactus's DatasetKind
+    "mnist": (1, 28, 0.1, ((0.1307,), (0.3081,))),
+    "cifar": (3, 32, 8 / 255, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
+}
+
+
+def torch_certified():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_certified as tc  # noqa: E402 (needs numpy; imported only when used)
+    return tc
+
+
+def ibp_init(model):
+    """Shi et al. 2021, as torch_certified.small_model: every conv/linear weight but the last
+    ~ N(0, (sqrt(2 pi)/fan_in)^2)."""
+    affine = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in affine[:-1]:
+        nn.init.normal_(m.weight, 0.0, math.sqrt(2 * math.pi) / m.weight[0].numel())
+    return model
+
+
+def w_cert_step(arch, data, method, batch, cert_weight=0.75, sabr_lambda=0.4):
+    tc = torch_certified()
+    in_ch, hw, eps, (mean, std) = CERT_DATA[data]
+    torch.manual_seed(0)
+    if arch == "small":
+        model = tc.small_model((mean[0], std[0]), "ibp")
+    else:
+        model = ibp_init(nn.Sequential(tc.Normalize(mean, std), *cnn7(in_ch, hw)))
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, in_ch, hw, hw, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    gen = torch.Generator().manual_seed(1)  # attack starts
+    w = cert_weight
+
+    def step():  # torch_certified.train's batch body, past the ramp (eps_t = eps, w_t = w)
+        logits, stats = tc.clean_forward(model, x)
+        loss = F.cross_entropy(logits, y)
+        if method == "ibp":
+            c, r = tc.input_box(x, eps)
+        else:
+            x_adv, lo, hi = tc.sabr_centre(model, x, y, eps, gen)
+            tau = sabr_lambda * eps
+            c, r = tc.input_box(torch.minimum(torch.maximum(x_adv, lo + tau), hi - tau), tau)
+        lcert = tc.cert_loss(tc.margin_lower_bounds(model, c, r, y, stats), y)
+        loss = (1 - w) * loss + w * lcert
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        loss.item()
+    return batch, None, timed(step)
+
+
 WORKLOADS = [
     # name, group, factory
     ("matmul_1024", "kernels", w_matmul),
@@ -195,6 +265,14 @@ WORKLOADS = [
     ("cnn7_mnist_std_b32", "steps", lambda: w_step(cnn7, 1, 28, 32)),
     ("cnn7_mnist_std_b128", "steps", lambda: w_step(cnn7, 1, 28, 128)),
     ("cnn7_cifar_std_b128", "steps", lambda: w_step(cnn7, 3, 32, 128)),
+    ("small_mnist_ibp_b32", "steps", lambda: w_cert_step("small", "mnist", "ibp", 32)),
+    ("small_mnist_ibp_b128", "steps", lambda: w_cert_step("small", "mnist", "ibp", 128)),
+    ("small_mnist_sabr_b32", "steps", lambda: w_cert_step("small", "mnist", "sabr", 32)),
+    ("small_mnist_sabr_b128", "steps", lambda: w_cert_step("small", "mnist", "sabr", 128)),
+    ("cnn7_mnist_ibp_b128", "steps", lambda: w_cert_step("cnn7", "mnist", "ibp", 128)),
+    ("cnn7_mnist_sabr_b128", "steps", lambda: w_cert_step("cnn7", "mnist", "sabr", 128)),
+    ("cnn7_cifar_ibp_b128", "steps", lambda: w_cert_step("cnn7", "cifar", "ibp", 128)),
+    ("cnn7_cifar_sabr_b128", "steps", lambda: w_cert_step("cnn7", "cifar", "sabr", 128)),
 ]
 
 

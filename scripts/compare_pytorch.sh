@@ -36,6 +36,9 @@ Options:
 Workloads: matmul_1024 conv_fwd_32x64x28x28 conv_bwd_32x64x28x28 iconv_fwd_32x64x28x28
            small_mnist_std_b32 small_mnist_std_b128 cnn7_mnist_std_b32 cnn7_mnist_std_b128
            cnn7_cifar_std_b128
+           certified steps (IBP, SABR; PyTorch side as scripts/torch_certified.py):
+           small_mnist_ibp_b32 small_mnist_ibp_b128 small_mnist_sabr_b32 small_mnist_sabr_b128
+           cnn7_mnist_ibp_b128 cnn7_mnist_sabr_b128 cnn7_cifar_ibp_b128 cnn7_cifar_sabr_b128
 Output:    target/compare/{torch.json,compare.md,compare.json}
 EOF
 }

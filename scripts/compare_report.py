@@ -40,6 +40,15 @@ WORKLOADS = {
     "cnn7_mnist_std_b32": ("steps", 32, None),
     "cnn7_mnist_std_b128": ("steps", 128, None),
     "cnn7_cifar_std_b128": ("steps", 128, None),
+    # Certified steps (IBP, SABR) as cactus's trainer takes them past the ramp.
+    "small_mnist_ibp_b32": ("steps", 32, None),
+    "small_mnist_ibp_b128": ("steps", 128, None),
+    "small_mnist_sabr_b32": ("steps", 32, None),
+    "small_mnist_sabr_b128": ("steps", 128, None),
+    "cnn7_mnist_ibp_b128": ("steps", 128, None),
+    "cnn7_mnist_sabr_b128": ("steps", 128, None),
+    "cnn7_cifar_ibp_b128": ("steps", 128, None),
+    "cnn7_cifar_sabr_b128": ("steps", 128, None),
 }
 GROUPS = ("kernels", "steps")
 
