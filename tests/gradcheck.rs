@@ -1106,25 +1106,44 @@ fn interval_relu_and_parts() {
 fn ibp_loss_gradients_wrt_weights() {
     let mut small = nn::ModelSpec::new(nn::Arch::Small, [1, 8, 8], 4);
     small.init = nn::Init::Ibp;
-    check_ibp_loss(small, 0.01, 31, 1e-3);
+    check_cert_loss(small, CertLoss::Ibp, 0.01, 31, 1e-3);
     let mut cnn7 = nn::ModelSpec::new(nn::Arch::Cnn7, [2, 5, 5], 4);
     cnn7.width = 0.125;
     cnn7.init = nn::Init::Ibp;
-    check_ibp_loss(cnn7, 2e-5, 21, 1e-4);
+    check_cert_loss(cnn7, CertLoss::Ibp, 2e-5, 21, 1e-4);
 }
 
-fn check_ibp_loss(spec: nn::ModelSpec, eps: f32, seed: u64, h: f32) {
-    use cactus::bounds::{ibp_loss, input_box, margin_lower_bounds, BnSource};
+/// SABR's certified loss at a fixed adversarial point (the attack itself is not differentiated,
+/// as in the reference implementation), w.r.t. the weights of `small`. Its box depends on the
+/// inputs only, so past the box it is the IBP path the batch-norm `cnn7` check above covers.
+#[test]
+fn sabr_loss_gradients_wrt_weights() {
+    let mut small = nn::ModelSpec::new(nn::Arch::Small, [1, 8, 8], 4);
+    small.init = nn::Init::Ibp;
+    check_cert_loss(small, CertLoss::Sabr, 0.05, 32, 1e-3);
+}
+
+#[derive(Clone, Copy)]
+enum CertLoss {
+    Ibp,
+    Sabr,
+}
+
+fn check_cert_loss(spec: nn::ModelSpec, kind: CertLoss, eps: f32, seed: u64, h: f32) {
+    use cactus::train::{ibp_cert_loss, sabr_cert_loss_at};
     let mut rng = Rng::seed(seed);
     let mut model = nn::Model::new(spec.clone(), &mut rng).unwrap();
     let mut shape = vec![8];
     shape.extend(spec.input_shape);
     let x = uni(&shape, 0.0, 1.0, &mut rng);
+    let x_adv = x.add(&uni(&shape, -eps, eps, &mut rng)).clamp(0.0, 1.0);
     let labels = vec![0, 3, 3, 1, 2, 0, 1, 3];
     let loss_of = |m: &mut nn::Model| {
         let (_, stats) = m.forward_batch_stats(&x, false);
-        let margins = margin_lower_bounds(m, &input_box(&x, eps), &labels, BnSource::Batch(&stats));
-        ibp_loss(&margins, &labels)
+        match kind {
+            CertLoss::Ibp => ibp_cert_loss(m, &x, &labels, eps, &stats),
+            CertLoss::Sabr => sabr_cert_loss_at(m, &x, &x_adv, &labels, eps, 0.4, &stats),
+        }
     };
     let base = loss_of(&mut model);
     assert!(

@@ -52,20 +52,24 @@ pub fn ibp_cert_loss(
 }
 
 /// SABR's small box: centre `x_adv` clamped to `[lo + τ, hi − τ]` (lo, hi: the clipped ε-box
-/// around `x`), then `[c − τ, c + τ] ∩ [0, 1]`, with τ = `lambda`·ε. Lies inside the ε-box.
+/// around `x`), then `[c − τ, c + τ] ∩ [lo, hi]`, with τ = `lambda`·ε. The intersection matters
+/// only where the clipped box is narrower than 2τ (λ > 0.5 near 0 or 1): the small box never
+/// leaves the ε-box.
 pub fn sabr_box(x: &Tensor, x_adv: &Tensor, eps: f32, lambda: f32) -> Tensor {
     let tau = lambda * eps;
-    let lo = x.add_scalar(-eps).clamp(0.0, 1.0);
-    let hi = x.add_scalar(eps).clamp(0.0, 1.0);
-    let centre: Vec<f32> = x_adv
-        .data()
-        .iter()
-        .zip(lo.data().iter().zip(hi.data()))
-        // min last, as torch.clamp does, should the interval ever be empty.
-        .map(|(&a, (&l, &h))| a.max(l + tau).min(h - tau))
-        .collect();
-    let centre = Tensor::from_vec(centre, x.shape());
-    input_box(&centre, tau)
+    let mut lower = Vec::with_capacity(x.numel());
+    let mut upper = Vec::with_capacity(x.numel());
+    for (&v, &a) in x.data().iter().zip(x_adv.data()) {
+        let (lo, hi) = ((v - eps).clamp(0.0, 1.0), (v + eps).clamp(0.0, 1.0));
+        // min last, as torch.clamp does, should the interval be empty.
+        let c = a.max(lo + tau).min(hi - tau);
+        lower.push((c - tau).max(lo));
+        upper.push((c + tau).min(hi));
+    }
+    Tensor::interval_from_bounds(
+        &Tensor::from_vec(lower, x.shape()),
+        &Tensor::from_vec(upper, x.shape()),
+    )
 }
 
 /// SABR's certified loss for a given adversarial point (the gradient does not flow into the
