@@ -976,3 +976,24 @@ fn certified_points_of_a_trained_network_survive_pgd_and_sampling() {
     assert_none(&found);
     eprintln!("total: {:?}", start.elapsed());
 }
+
+/// The input box holds its exact corners max(x − ε, 0) and min(x + ε, 1) in f32: the
+/// centre/radius form is rounded outward, so no attack or sample can land outside the box
+/// that was bounded.
+#[test]
+fn input_boxes_contain_their_exact_corners() {
+    let mut rng = Rng::seed(77);
+    for eps in [1e-3f32, 0.01, 0.1, 0.3, 8.0 / 255.0] {
+        let x = Tensor::rand_uniform(&[64, 1, 7, 7], 0.0, 1.0, &mut rng);
+        let (lo, hi) = input_box(&x, eps).interval_bounds();
+        for (i, &v) in x.data().iter().enumerate() {
+            let (l, h) = ((v - eps).clamp(0.0, 1.0), (v + eps).clamp(0.0, 1.0));
+            assert!(
+                lo.data()[i] <= l && hi.data()[i] >= h,
+                "ε {eps}, x {v}: box [{}, {}] misses [{l}, {h}]",
+                lo.data()[i],
+                hi.data()[i]
+            );
+        }
+    }
+}

@@ -24,9 +24,33 @@ pub enum BnSource<'a> {
 /// The box [x − ε, x + ε] ∩ [0, 1] around each input, as an interval tensor.
 pub fn input_box(x: &Tensor, eps: f32) -> Tensor {
     assert!(eps >= 0.0, "negative epsilon {eps}");
-    let lo = x.add_scalar(-eps).clamp(0.0, 1.0);
-    let hi = x.add_scalar(eps).clamp(0.0, 1.0);
-    Tensor::interval_from_bounds(&lo, &hi)
+    let (lo, hi): (Vec<f32>, Vec<f32>) = x
+        .data()
+        .iter()
+        .map(|&v| ((v - eps).clamp(0.0, 1.0), (v + eps).clamp(0.0, 1.0)))
+        .unzip();
+    enclosing_box(&lo, &hi, x.shape())
+}
+
+/// The interval tensor of the box [lo, hi] (constants), in centre/radius form rounded outward:
+/// `(lo + hi)/2 ± (hi − lo)/2` can miss a corner by one rounding step, so the radius is
+/// widened until `c − r ≤ lo` and `c + r ≥ hi` hold in f32. Attacks and samplers use the exact
+/// corners; the bounds must contain them.
+pub fn enclosing_box(lo: &[f32], hi: &[f32], shape: &[usize]) -> Tensor {
+    assert_eq!(lo.len(), hi.len(), "box corners differ in length");
+    let (c, r): (Vec<f32>, Vec<f32>) = lo
+        .iter()
+        .zip(hi)
+        .map(|(&l, &h)| {
+            let c = 0.5 * (l + h);
+            let mut r = 0.5 * (h - l);
+            while c - r > l || c + r < h {
+                r = r.next_up();
+            }
+            (c, r)
+        })
+        .unzip();
+    Tensor::interval_stack(&Tensor::from_vec(c, shape), &Tensor::from_vec(r, shape))
 }
 
 /// Propagate boxes through the normalisation and the first `layers` layers of the network.

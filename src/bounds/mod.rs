@@ -2,4 +2,6 @@
 
 pub mod ibp;
 
-pub use ibp::{certified, ibp_loss, input_box, margin_lower_bounds, propagate, BnSource};
+pub use ibp::{
+    certified, enclosing_box, ibp_loss, input_box, margin_lower_bounds, propagate, BnSource,
+};

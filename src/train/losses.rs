@@ -5,7 +5,7 @@
 //! boxes with the same affine map as the clean inputs (Shi et al. 2021).
 
 use crate::attack::{pgd, PgdConfig, Region};
-use crate::bounds::{ibp_loss, input_box, margin_lower_bounds, BnSource};
+use crate::bounds::{enclosing_box, ibp_loss, input_box, margin_lower_bounds, BnSource};
 use crate::nn::{BatchStats, Mode, Model};
 use crate::ops::cross_entropy;
 use crate::rng::Rng;
@@ -66,10 +66,7 @@ pub fn sabr_box(x: &Tensor, x_adv: &Tensor, eps: f32, lambda: f32) -> Tensor {
         lower.push((c - tau).max(lo));
         upper.push((c + tau).min(hi));
     }
-    Tensor::interval_from_bounds(
-        &Tensor::from_vec(lower, x.shape()),
-        &Tensor::from_vec(upper, x.shape()),
-    )
+    enclosing_box(&lower, &upper, x.shape())
 }
 
 /// SABR's certified loss for a given adversarial point (the gradient does not flow into the
