@@ -484,8 +484,8 @@ mod tests {
                 }
             }
         }
-        // Column bands of one output row (the test build's small tile), and a wide image
-        // whose "same" convolution takes the one-copy-per-tap path across band edges.
+        // Several column bands per sample (the test build's tile is small), among them
+        // "same" convolutions, which im2col copies one tap at a time across band edges.
         cases.push(Case {
             n: 3,
             ci: 9,
@@ -565,8 +565,9 @@ mod tests {
         }
     }
 
-    /// The kernels split work by samples only when the batch covers every thread, and run
-    /// centre and radius side by side otherwise: force each path with its own pool.
+    /// The kernels split the 2n stacked samples over workers only when they cover every
+    /// thread (and a worker's run of samples may then hold centres and radii), and run them
+    /// one by one with threaded GEMMs otherwise: force each path with its own pool.
     #[test]
     fn serial_and_threaded_paths_agree() {
         let mut rng = Rng::seed(43);
