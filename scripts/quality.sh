@@ -7,12 +7,14 @@
 #
 # Usage: bash scripts/quality.sh [--engines cactus,torch] [--datasets mnist-mini,fashion-mnist]
 #                                [--methods ibp,sabr] [--seeds 0,1,2] [--threads 2]
+#                                [--out out/quality]
 # Needs: data/fashion-mnist (scripts/get_fashion_mnist.sh), .venv-bench with torch
-# (scripts/torch_certified.sh creates it). Output: out/quality/.
+# (scripts/torch_certified.sh creates it on first use). Output: out/quality/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ENGINES=cactus,torch DATASETS=mnist-mini,fashion-mnist METHODS=ibp,sabr SEEDS=0,1,2 THREADS=2
+OUT=out/quality
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --engines) ENGINES="$2"; shift 2 ;;
@@ -20,11 +22,11 @@ while [[ $# -gt 0 ]]; do
         --methods) METHODS="$2"; shift 2 ;;
         --seeds) SEEDS="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 
-OUT=out/quality
 mkdir -p "$OUT"
 cargo build --release --quiet
 export RAYON_NUM_THREADS="$THREADS"
@@ -32,7 +34,9 @@ export RAYON_NUM_THREADS="$THREADS"
 for dataset in ${DATASETS//,/ }; do
     case "$dataset" in
         mnist-mini) extra=(--epochs 8) ;;
-        fashion-mnist) extra=(--data data/fashion-mnist --limit-train 20000 --epochs 3) ;;
+        fashion-mnist)
+            [[ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]] || bash scripts/get_fashion_mnist.sh
+            extra=(--data data/fashion-mnist --limit-train 20000 --epochs 3) ;;
         *) echo "unknown dataset $dataset" >&2; exit 2 ;;
     esac
     for method in ${METHODS//,/ }; do
@@ -53,7 +57,7 @@ for dataset in ${DATASETS//,/ }; do
                         file="$OUT/$name.json"
                         [[ -f "$file" ]] && continue
                         echo "== $name"
-                        .venv-bench/bin/python scripts/torch_certified.py --method "$method" \
+                        bash scripts/torch_certified.sh --method "$method" \
                             --dataset "$dataset" --eps 0.1 --seed "$seed" "${extra[@]}" \
                             --threads "$THREADS" --out "$file" > "$OUT/$name.log"
                         ;;
