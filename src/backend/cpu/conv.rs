@@ -519,13 +519,16 @@ pub fn conv2d_backward(
 // weight (`W` and the bias for centres, `|W|` for radii), in a single parallel
 // loop that reads and writes the stacked tensors in place.
 //
-// Measured alternative (2-core Zen4, 1 thread, CPU time): building the centre
-// and radius im2col bands in one pass into two buffers and running the two
-// GEMMs on them was 5-10% slower than this, forward and backward: the second
-// band and the alternating weights and gradient accumulators crowd the L2 that
-// the GEMM's packing needs. Contiguous runs of samples per worker keep each
-// worker on one weight matrix (on 2 threads: one takes the centres, the other
-// the radii).
+// The convolutions are GEMM-bound (the 32x64x28x28 forward runs near the
+// 2-core Zen4 peak), so what fusing can save is overhead: one parallel region
+// instead of two, no concatenation of the halves, |W| once, and two busy
+// threads for a batch of one box. Measured alternative (Zen4, 1 thread, CPU
+// time): building the centre and radius im2col bands in one pass into two
+// buffers and running the two GEMMs on them was 5-10% slower than this,
+// forward and backward, probably because the second band and the alternating
+// weights and gradient accumulators crowd the L2 that the GEMM's packing
+// needs. Contiguous runs of samples per worker keep each worker on one weight
+// matrix (on 2 threads: one takes the centres, the other the radii).
 
 /// `|w|` element-wise: the radius weight of interval layers.
 pub fn abs_weight(weight: &[f32]) -> Vec<f32> {
