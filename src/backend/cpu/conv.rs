@@ -307,36 +307,10 @@ pub fn conv2d_forward(
     let in_per = g.c_in * g.h * g.w;
     let kdim = g.col_rows();
     let wmat = MatRef::row_major(weight, g.c_out, kdim);
-    let ow = g.out_w();
     let col_len = col_buffer_len(g);
 
     let sample = |x_n: &[f32], out_n: &mut [f32], col: &mut [f32], parallel: bool| {
-        // Bias goes in first so that the GEMM can accumulate onto it.
-        if let Some(b) = bias {
-            for (row, &bv) in out_n.chunks_exact_mut(ohw).zip(b) {
-                row.fill(bv);
-            }
-        }
-        if g.is_pointwise() {
-            let rhs = MatRef::row_major(x_n, kdim, ohw);
-            matmul_into(out_n, ohw, wmat, rhs, bias.is_some(), parallel);
-            return;
-        }
-        for rows in bands(g) {
-            let nt = rows.len() * ow;
-            let col = &mut col[..kdim * nt];
-            let r0 = rows.start;
-            im2col(x_n, g, rows, col);
-            let rhs = MatRef::row_major(col, kdim, nt);
-            matmul_into(
-                &mut out_n[r0 * ow..],
-                ohw,
-                wmat,
-                rhs,
-                bias.is_some(),
-                parallel,
-            );
-        }
+        forward_sample(x_n, out_n, wmat, bias, g, col, parallel)
     };
 
     if parallel_over_samples(g.n) {
@@ -372,6 +346,57 @@ struct Partial {
     bias: Vec<f32>,
 }
 
+/// One sample of a convolution's backward, band by band: adds `g_n · im2col(x_n)ᵀ` to `dw` and
+/// writes `col2im(wt · g_n)` into `dx_n`, each only when given; the per-sample body of
+/// [`conv2d_backward`] and [`interval_conv2d_backward`] (`wt` is the transposed weight the input
+/// gradient goes through: W, or |W| for radii).
+#[allow(clippy::too_many_arguments)]
+fn backward_sample(
+    x_n: &[f32],
+    g_mat: MatRef<'_>,
+    wt: MatRef<'_>,
+    g: &ConvGeometry,
+    mut dw: Option<&mut [f32]>,
+    mut dx_n: Option<&mut [f32]>,
+    col: &mut [f32],
+    dcol: &mut [f32],
+    parallel: bool,
+) {
+    let (ow, ohw, kdim) = (g.out_w(), g.out_h() * g.out_w(), g.col_rows());
+    if g.is_pointwise() {
+        if let Some(dw) = dw {
+            let cols = MatRef::row_major(x_n, kdim, ohw);
+            matmul_into(dw, kdim, g_mat, cols.t(), true, parallel);
+        }
+        if let Some(dx_n) = dx_n {
+            matmul_into(dx_n, ohw, wt, g_mat, false, parallel);
+        }
+        return;
+    }
+    for rows in bands(g) {
+        let nt = rows.len() * ow;
+        // This band's columns of g_n: a [c_out, nt] view with row stride ohw.
+        let g_band = MatRef {
+            data: &g_mat.data[rows.start * ow..],
+            rows: g.c_out,
+            cols: nt,
+            row_stride: ohw,
+            col_stride: 1,
+        };
+        if let Some(dw) = dw.as_deref_mut() {
+            let col = &mut col[..kdim * nt];
+            im2col(x_n, g, rows.clone(), col);
+            let cols = MatRef::row_major(col, kdim, nt);
+            matmul_into(dw, kdim, g_band, cols.t(), true, parallel);
+        }
+        if let Some(dx_n) = dx_n.as_deref_mut() {
+            let dcol = &mut dcol[..kdim * nt];
+            matmul_into(dcol, nt, wt, g_band, false, parallel);
+            col2im(dcol, g, rows, dx_n);
+        }
+    }
+}
+
 /// Gradients of conv2d given `grad_out` `[n, c_out, out_h, out_w]`. Each is
 /// computed only when asked for; input and weight gradients share one pass
 /// over the samples (and one im2col per sample).
@@ -392,8 +417,6 @@ pub fn conv2d_backward(
     let in_per = g.c_in * g.h * g.w;
     let out_per = g.c_out * ohw;
     let kdim = g.col_rows();
-    let pointwise = g.is_pointwise();
-    let ow = g.out_w();
 
     let mut dx = if need_input {
         vec![0.0f32; x.len()]
@@ -450,40 +473,11 @@ pub fn conv2d_backward(
                     *db += sum(row);
                 }
             }
-            if pointwise {
-                if need_weight {
-                    let cols = MatRef::row_major(x_n, kdim, ohw);
-                    matmul_into(&mut part.weight, kdim, g_mat, cols.t(), true, parallel);
-                }
-                if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
-                    let dx_n = &mut dx_chunk[(s - first) * in_per..(s - first + 1) * in_per];
-                    matmul_into(dx_n, ohw, wt, g_mat, false, parallel);
-                }
-                continue;
-            }
-            for rows in bands(g) {
-                let nt = rows.len() * ow;
-                // This band's columns of g_n: a [c_out, nt] view with row stride ohw.
-                let g_band = MatRef {
-                    data: &g_mat.data[rows.start * ow..],
-                    rows: g.c_out,
-                    cols: nt,
-                    row_stride: ohw,
-                    col_stride: 1,
-                };
-                if need_weight {
-                    let col = &mut col[..kdim * nt];
-                    im2col(x_n, g, rows.clone(), col);
-                    let cols = MatRef::row_major(col, kdim, nt);
-                    matmul_into(&mut part.weight, kdim, g_band, cols.t(), true, parallel);
-                }
-                if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
-                    let dx_n = &mut dx_chunk[(s - first) * in_per..(s - first + 1) * in_per];
-                    let dcol = &mut dcol[..kdim * nt];
-                    matmul_into(dcol, nt, wt, g_band, false, parallel);
-                    col2im(dcol, g, rows, dx_n);
-                }
-            }
+            let dx_n = dx_chunk
+                .as_deref_mut()
+                .map(|d| &mut d[(s - first) * in_per..(s - first + 1) * in_per]);
+            let dw = need_weight.then_some(&mut part.weight[..]);
+            backward_sample(x_n, g_mat, wt, g, dw, dx_n, &mut col, &mut dcol, parallel);
         }
         part
     };
@@ -672,8 +666,6 @@ pub fn interval_conv2d_backward(
     let in_per = g.c_in * g.h * g.w;
     let out_per = g.c_out * ohw;
     let kdim = g.col_rows();
-    let pointwise = g.is_pointwise();
-    let ow = g.out_w();
     let items = 2 * g.n;
 
     let mut dx = if need_input {
@@ -742,40 +734,11 @@ pub fn interval_conv2d_backward(
             } else {
                 (wt_r, &mut part.abs_weight)
             };
-            if pointwise {
-                if need_weight {
-                    let cols = MatRef::row_major(x_n, kdim, ohw);
-                    matmul_into(dw, kdim, g_mat, cols.t(), true, parallel);
-                }
-                if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
-                    let dx_n = &mut dx_chunk[(s - first) * in_per..(s - first + 1) * in_per];
-                    matmul_into(dx_n, ohw, wt, g_mat, false, parallel);
-                }
-                continue;
-            }
-            for rows in bands(g) {
-                let nt = rows.len() * ow;
-                // This band's columns of g_n: a [c_out, nt] view with row stride ohw.
-                let g_band = MatRef {
-                    data: &g_mat.data[rows.start * ow..],
-                    rows: g.c_out,
-                    cols: nt,
-                    row_stride: ohw,
-                    col_stride: 1,
-                };
-                if need_weight {
-                    let col = &mut col[..kdim * nt];
-                    im2col(x_n, g, rows.clone(), col);
-                    let cols = MatRef::row_major(col, kdim, nt);
-                    matmul_into(dw, kdim, g_band, cols.t(), true, parallel);
-                }
-                if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
-                    let dx_n = &mut dx_chunk[(s - first) * in_per..(s - first + 1) * in_per];
-                    let dcol = &mut dcol[..kdim * nt];
-                    matmul_into(dcol, nt, wt, g_band, false, parallel);
-                    col2im(dcol, g, rows, dx_n);
-                }
-            }
+            let dx_n = dx_chunk
+                .as_deref_mut()
+                .map(|d| &mut d[(s - first) * in_per..(s - first + 1) * in_per]);
+            let dw = need_weight.then_some(&mut dw[..]);
+            backward_sample(x_n, g_mat, wt, g, dw, dx_n, &mut col, &mut dcol, parallel);
         }
         part
     };
