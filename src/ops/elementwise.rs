@@ -217,7 +217,8 @@ impl Tensor {
     }
 }
 
-fn sign(x: f32) -> f32 {
+/// -1, 0 or 1 (0 at ±0, as PyTorch's `sign`).
+pub(crate) fn sign(x: f32) -> f32 {
     if x > 0.0 {
         1.0
     } else if x < 0.0 {

@@ -7,6 +7,7 @@
 
 use crate::backend::cpu::conv::{abs_weight, interval_conv2d_backward, interval_conv2d_forward};
 use crate::backend::cpu::gemm::{matmul_into, MatRef};
+use crate::ops::elementwise::sign;
 use crate::ops::Conv2dParams;
 use crate::tensor::Tensor;
 
@@ -311,16 +312,6 @@ impl Tensor {
     pub fn interval_flatten(&self) -> Tensor {
         let (half, hs) = halves(self);
         self.reshape(&[2, hs[0], half / hs[0].max(1)])
-    }
-}
-
-fn sign(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        0.0
     }
 }
 
