@@ -8,6 +8,7 @@ pub mod attack;
 pub mod autodiff;
 pub mod backend;
 pub mod bounds;
+pub mod compress;
 pub mod data;
 pub mod error;
 pub mod eval;
