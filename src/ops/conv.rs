@@ -1,6 +1,6 @@
 //! 2-D convolution (NCHW), forward and both gradients, on the CPU im2col + GEMM kernels.
 
-use crate::backend::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeometry};
+use crate::backend::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeometry, ConvGrads};
 use crate::tensor::Tensor;
 
 /// Stride and zero padding, per spatial axis (height, width).
@@ -76,14 +76,25 @@ impl Tensor {
                 needs[1],
                 need_bias,
             );
-            let mut out = vec![
-                grads.input.map(|d| Tensor::from_vec(d, x.shape())),
-                grads.weight.map(|d| Tensor::from_vec(d, w.shape())),
-            ];
-            if needs.len() == 3 {
-                out.push(grads.bias.map(|d| Tensor::from_vec(d, &[geo.c_out])));
-            }
-            out
+            grads_as_tensors(grads, &x, &w, needs.len())
         })
     }
+}
+
+/// The backward's gradients as tensors shaped like the op's inputs (input, weight and, when the
+/// op had `inputs == 3`, the bias), for the op's backward closure.
+pub(crate) fn grads_as_tensors(
+    grads: ConvGrads,
+    input: &Tensor,
+    weight: &Tensor,
+    inputs: usize,
+) -> Vec<Option<Tensor>> {
+    let mut out = vec![
+        grads.input.map(|d| Tensor::from_vec(d, input.shape())),
+        grads.weight.map(|d| Tensor::from_vec(d, weight.shape())),
+    ];
+    if inputs == 3 {
+        out.push(grads.bias.map(|d| Tensor::from_vec(d, &[weight.dim(0)])));
+    }
+    out
 }

@@ -7,6 +7,7 @@
 
 use crate::backend::cpu::conv::{abs_weight, interval_conv2d_backward, interval_conv2d_forward};
 use crate::backend::cpu::gemm::{matmul_into, MatRef};
+use crate::ops::conv::grads_as_tensors;
 use crate::ops::elementwise::sign;
 use crate::ops::Conv2dParams;
 use crate::tensor::Tensor;
@@ -196,14 +197,7 @@ impl Tensor {
                 needs[1],
                 need_bias,
             );
-            let mut out = vec![
-                grads.input.map(|d| Tensor::from_vec(d, s.shape())),
-                grads.weight.map(|d| Tensor::from_vec(d, wt.shape())),
-            ];
-            if needs.len() == 3 {
-                out.push(grads.bias.map(|d| Tensor::from_vec(d, &[geo.c_out])));
-            }
-            out
+            grads_as_tensors(grads, &s, &wt, needs.len())
         })
     }
 

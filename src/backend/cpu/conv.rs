@@ -397,6 +397,53 @@ fn backward_sample(
     }
 }
 
+/// A batch of `items` samples cut into contiguous runs: one per worker when the batch is wide
+/// enough to parallelise over samples, else a single run whose GEMMs parallelise inside. Each
+/// run is its first sample and, when the input gradient is wanted, its slice of `dx`.
+struct SampleRuns<'a> {
+    by_samples: bool,
+    /// Samples per run (the last may have fewer).
+    per_run: usize,
+    runs: Vec<(usize, Option<&'a mut [f32]>)>,
+}
+
+impl<'a> SampleRuns<'a> {
+    fn new(items: usize, in_per: usize, dx: Option<&'a mut [f32]>) -> SampleRuns<'a> {
+        let by_samples = parallel_over_samples(items);
+        let n_runs = if by_samples {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let per_run = items.div_ceil(n_runs).max(1);
+        let runs = match dx {
+            Some(dx) => dx
+                .chunks_mut(per_run * in_per)
+                .enumerate()
+                .map(|(i, chunk)| (i * per_run, Some(chunk)))
+                .collect(),
+            None => (0..items).step_by(per_run).map(|s| (s, None)).collect(),
+        };
+        SampleRuns {
+            by_samples,
+            per_run,
+            runs,
+        }
+    }
+
+    /// `run` over every run, in parallel when the batch is split over workers.
+    fn map<T: Send>(
+        self,
+        run: impl Fn((usize, Option<&'a mut [f32]>)) -> T + Sync + Send,
+    ) -> Vec<T> {
+        if self.by_samples {
+            self.runs.into_par_iter().map(run).collect()
+        } else {
+            self.runs.into_iter().map(run).collect()
+        }
+    }
+}
+
 /// Gradients of conv2d given `grad_out` `[n, c_out, out_h, out_w]`. Each is
 /// computed only when asked for; input and weight gradients share one pass
 /// over the samples (and one im2col per sample).
@@ -438,21 +485,8 @@ pub fn conv2d_backward(
 
     // Contiguous sample ranges, one per worker, each with its own dW/db
     // accumulator (summed at the end) and its own slice of dx.
-    let by_samples = parallel_over_samples(g.n);
-    let n_chunks = if by_samples {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let per_chunk = g.n.div_ceil(n_chunks).max(1);
-    let mut jobs: Vec<(usize, Option<&mut [f32]>)> = Vec::with_capacity(n_chunks);
-    if need_input && in_per > 0 {
-        for (i, chunk) in dx.chunks_mut(per_chunk * in_per).enumerate() {
-            jobs.push((i * per_chunk, Some(chunk)));
-        }
-    } else {
-        jobs.extend((0..g.n).step_by(per_chunk).map(|s| (s, None)));
-    }
+    let runs = SampleRuns::new(g.n, in_per, need_input.then_some(&mut dx[..]));
+    let (by_samples, per_chunk) = (runs.by_samples, runs.per_run);
 
     let wt = MatRef::row_major(weight, g.c_out, kdim).t();
     let run = |(first, mut dx_chunk): (usize, Option<&mut [f32]>)| -> Partial {
@@ -482,11 +516,7 @@ pub fn conv2d_backward(
         part
     };
 
-    let partials: Vec<Partial> = if by_samples {
-        jobs.into_par_iter().map(run).collect()
-    } else {
-        jobs.into_iter().map(run).collect()
-    };
+    let partials: Vec<Partial> = runs.map(run);
     let mut dw = vec![0.0f32; dw_len];
     let mut db = vec![0.0f32; db_len];
     for p in &partials {
@@ -687,21 +717,8 @@ pub fn interval_conv2d_backward(
 
     // Contiguous runs of the 2n samples, one per worker, each with its own
     // parameter accumulators and its own slice of dx.
-    let by_samples = parallel_over_samples(items);
-    let n_chunks = if by_samples {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let per_chunk = items.div_ceil(n_chunks).max(1);
-    let mut jobs: Vec<(usize, Option<&mut [f32]>)> = Vec::with_capacity(n_chunks);
-    if need_input {
-        for (i, chunk) in dx.chunks_mut(per_chunk * in_per).enumerate() {
-            jobs.push((i * per_chunk, Some(chunk)));
-        }
-    } else {
-        jobs.extend((0..items).step_by(per_chunk).map(|s| (s, None)));
-    }
+    let runs = SampleRuns::new(items, in_per, need_input.then_some(&mut dx[..]));
+    let (by_samples, per_chunk) = (runs.by_samples, runs.per_run);
 
     let (wt_c, wt_r) = (
         MatRef::row_major(weight, g.c_out, kdim).t(),
@@ -743,11 +760,7 @@ pub fn interval_conv2d_backward(
         part
     };
 
-    let partials: Vec<IntervalPartial> = if by_samples {
-        jobs.into_par_iter().map(run).collect()
-    } else {
-        jobs.into_iter().map(run).collect()
-    };
+    let partials: Vec<IntervalPartial> = runs.map(run);
     let mut dw = vec![0.0f32; dw_len];
     let mut dabs = vec![0.0f32; dw_len];
     let mut db = vec![0.0f32; db_len];
