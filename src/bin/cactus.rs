@@ -490,6 +490,7 @@ fn run_eval(
         rows: vec![Row {
             compression: "none".into(),
             ratio: 0.0,
+            sparsity: 0.0,
             format: "fp32".into(),
             certifier: "ibp".into(),
             clean: outcomes.clean_accuracy(),

@@ -12,8 +12,11 @@ use std::path::Path;
 pub struct Row {
     /// Pruning method (`none`, `gul1`, `lul1`, ...).
     pub compression: String,
-    /// Pruning ratio δ.
+    /// Pruning ratio δ as requested (fraction of weights, or of units for structured methods).
     pub ratio: f64,
+    /// Fraction of conv and linear weights that are zero after pruning (what a plot against
+    /// sparsity shows; differs from `ratio` for structured methods).
+    pub sparsity: f64,
     /// Weight format (`fp32`, `fp16`, `int8`, ...).
     pub format: String,
     /// The verifier behind `certified` (`ibp`).
@@ -39,12 +42,12 @@ impl Report {
     }
 
     pub fn to_csv(&self) -> String {
-        let mut s = String::from("compression,ratio,format,certifier,clean,pgd,certified\n");
+        let mut s = String::from("compression,ratio,sparsity,format,certifier,clean,pgd,certified\n");
         for r in &self.rows {
             writeln!(
                 s,
-                "{},{},{},{},{:.4},{:.4},{:.4}",
-                r.compression, r.ratio, r.format, r.certifier, r.clean, r.pgd, r.certified
+                "{},{},{:.4},{},{},{:.4},{:.4},{:.4}",
+                r.compression, r.ratio, r.sparsity, r.format, r.certifier, r.clean, r.pgd, r.certified
             )
             .expect("writing to a String");
         }
