@@ -2,6 +2,7 @@
 //! and the reports (`report`) that hold one row per compression setting.
 
 pub mod report;
+pub mod plot;
 
 pub use report::{Report, Row};
 
