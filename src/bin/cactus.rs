@@ -1,13 +1,18 @@
 //! The `cactus` command line.
 
 use anyhow::{bail, Context, Result};
+use cactus::attack::AwpConfig;
+use cactus::compress::prune::PruneMethod;
+use cactus::compress::quant::{Format, Granularity};
 use cactus::data::{self, DatasetKind, Split};
-use cactus::eval::{evaluate, EvalConfig, Report, Row};
-use cactus::io::{load_checkpoint, save_checkpoint};
+use cactus::eval::grid::compressed;
+use cactus::eval::plot::accuracy_svg;
+use cactus::eval::{evaluate_grid, grid, EvalConfig, Report, Setting};
+use cactus::io::{load_checkpoint, save_checkpoint, save_compressed_checkpoint, write_atomic};
 use cactus::nn::{Arch, Init, Layer, Mode, Model, ModelSpec};
 use cactus::rng::Rng;
 use cactus::train::trainer::{MODEL_FILE, STATE_FILE};
-use cactus::train::{Method, TrainConfig, Trainer};
+use cactus::train::{CactusConfig, CompressKind, Method, Strategy, TrainConfig, Trainer};
 use cactus::{Device, Tensor};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -28,13 +33,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a network (standard, IBP or SABR), save it after every epoch, then evaluate it.
+    /// Train a network (standard, IBP, SABR or CACTUS), save it after every epoch, then
+    /// evaluate it under compression.
     ///
-    /// With no options: SABR on `small`, the embedded mnist-mini digits, ε = 0.1.
+    /// With no options: CACTUS (pruning) on `small`, the embedded mnist-mini digits, ε = 0.1,
+    /// then the evaluation grid.
     Train(TrainArgs),
-    /// Clean, PGD and IBP-certified accuracy of a checkpoint on a test set; writes
-    /// report.json, report.csv and report.md.
+    /// Clean, PGD and IBP-certified accuracy of a checkpoint on a test set, for each pruning
+    /// and number format asked for; writes report.json, .csv, .md and report.svg.
     Eval(EvalArgs),
+    /// Write a pruned and/or quantized copy of a checkpoint (int weights with scale and zero
+    /// point, fp16 weights as F16) that `cactus eval` loads like any other.
+    Compress(CompressArgs),
     /// Build and initialise a model, and write it as a checkpoint PyTorch can load.
     Init {
         /// Architecture.
@@ -84,8 +94,31 @@ struct TrainArgs {
     /// Directory with the dataset's files (every dataset but mnist-mini).
     #[arg(long)]
     data: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "sabr")]
+    #[arg(long, value_enum, default_value = "cactus")]
     method: Method,
+    /// CACTUS: what the compression set holds (pruned networks, the AWP-perturbed network
+    /// standing in for quantization, or both).
+    #[arg(long, value_enum, default_value = "prune")]
+    compress: CompressKind,
+    /// CACTUS: how the set's networks are pruned.
+    #[arg(long, default_value = "gul1", value_parser = parse_prune_method)]
+    prune_method: PruneMethod,
+    /// CACTUS: how the set's pruning ratios are chosen each batch.
+    #[arg(long, value_enum, default_value = "sampling")]
+    strategy: Strategy,
+    /// CACTUS: pruning ratios (`sampling` draws from them, `fixed` uses them all) [default:
+    /// sampling from U(0.25, 0.75); fixed 0.25,0.5,0.75].
+    #[arg(long, value_delimiter = ',')]
+    ratios: Option<Vec<f64>>,
+    /// CACTUS: pruned networks drawn per batch by `sampling`.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// CACTUS: AWP radius in units of each weight tensor's int8 quantization step.
+    #[arg(long, default_value_t = 0.5)]
+    awp_eta: f32,
+    /// CACTUS: AWP's signed-gradient ascent steps.
+    #[arg(long, default_value_t = 1)]
+    awp_steps: usize,
     /// L-inf radius in pixel space ([0, 1]).
     #[arg(long, default_value_t = 0.1)]
     eps: f32,
@@ -130,6 +163,15 @@ struct TrainArgs {
     /// Test points for the final evaluation [default: the whole test split].
     #[arg(long)]
     eval_limit: Option<usize>,
+    /// Pruning methods of the final evaluation (`none` for no pruning).
+    #[arg(long, value_delimiter = ',', default_value = "none,gul1,lul1,gsl2", value_parser = parse_prune_choice)]
+    eval_prune: Vec<Option<PruneMethod>>,
+    /// Pruning ratios of the final evaluation.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.9")]
+    eval_ratios: Vec<f64>,
+    /// Weight formats of the final evaluation.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,fp16,int8,int4", value_parser = parse_format)]
+    eval_quant: Vec<Format>,
     /// Skip the final evaluation.
     #[arg(long)]
     no_eval: bool,
@@ -161,6 +203,21 @@ struct EvalArgs {
     /// Print the JSON report to stdout (instead of the table).
     #[arg(long)]
     json: bool,
+    /// Pruning methods (`none`, gul1, gul2, lul1, lul2, gsl1, gsl2, lsl1, lsl2), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "none", value_parser = parse_prune_choice)]
+    prune: Vec<Option<PruneMethod>>,
+    /// Pruning ratios δ in [0, 1) for every method of --prune.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.9,0.95,0.99")]
+    ratios: Vec<f64>,
+    /// Weight formats (fp32, fp16, intN with N in 2..=8), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "fp32", value_parser = parse_format)]
+    quant: Vec<Format>,
+    /// Also evaluate every pruned setting in every format of --quant (pruned, then quantized).
+    #[arg(long)]
+    joint: bool,
+    /// Integer quantization: one scale and zero point per tensor or per output channel.
+    #[arg(long, default_value = "per-tensor", value_parser = parse_granularity)]
+    granularity: Granularity,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Seed of the attack's random starts.
@@ -171,6 +228,49 @@ struct EvalArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct CompressArgs {
+    /// A model.safetensors written by cactus.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Pruning method (gul1, gul2, lul1, lul2, gsl1, gsl2, lsl1, lsl2).
+    #[arg(long, value_parser = parse_prune_method)]
+    prune: Option<PruneMethod>,
+    /// Pruning ratio δ in [0, 1) (with --prune).
+    #[arg(long)]
+    ratio: Option<f64>,
+    /// Weight format to store: fp32, fp16 or intN (N in 2..=8; stored as int8 codes with scale
+    /// and zero point).
+    #[arg(long, default_value = "fp32", value_parser = parse_format)]
+    quant: Format,
+    /// Integer quantization: one scale and zero point per tensor or per output channel.
+    #[arg(long, default_value = "per-tensor", value_parser = parse_granularity)]
+    granularity: Granularity,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_prune_method(s: &str) -> Result<PruneMethod, String> {
+    s.parse().map_err(|e: cactus::Error| e.to_string())
+}
+
+fn parse_prune_choice(s: &str) -> Result<Option<PruneMethod>, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        Ok(None)
+    } else {
+        parse_prune_method(s).map(Some)
+    }
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse().map_err(|e: cactus::Error| e.to_string())
+}
+
+fn parse_granularity(s: &str) -> Result<Granularity, String> {
+    s.parse().map_err(|e: cactus::Error| e.to_string())
 }
 
 fn parse_device(s: &str) -> Result<Device, String> {
@@ -211,6 +311,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             train(args, given)?;
         }
         Command::Eval(args) => eval(args)?,
+        Command::Compress(args) => compress(args)?,
         Command::Init {
             model,
             input,
@@ -305,9 +406,31 @@ impl TrainArgs {
             ramp_batches: self.ramp_batches,
             cert_weight: self.cert_weight,
             sabr_lambda: self.sabr_lambda,
+            cactus: CactusConfig {
+                compress: self.compress,
+                prune_method: self.prune_method,
+                strategy: self.strategy,
+                ratios: self.ratios.clone(),
+                samples: self.samples,
+                awp: AwpConfig {
+                    eta: self.awp_eta,
+                    steps: self.awp_steps,
+                },
+            },
         }
     }
 }
+
+/// CACTUS options given on the command line, for a method that is not CACTUS.
+const CACTUS_OPTIONS: [&str; 7] = [
+    "compress",
+    "prune_method",
+    "strategy",
+    "ratios",
+    "samples",
+    "awp_eta",
+    "awp_steps",
+];
 
 /// On `--resume`, the saved settings win; an option given on the command line must agree with
 /// them, except `--epochs`, which may extend the run.
@@ -337,13 +460,26 @@ fn resumed_config(
         ("ramp_batches", "ramp_batches"),
         ("cert_weight", "cert_weight"),
         ("sabr_lambda", "sabr_lambda"),
+        ("cactus.compress", "compress"),
+        ("cactus.prune_method", "prune_method"),
+        ("cactus.strategy", "strategy"),
+        ("cactus.ratios", "ratios"),
+        ("cactus.samples", "samples"),
+        ("cactus.awp.eta", "awp_eta"),
+        ("cactus.awp.steps", "awp_steps"),
     ] {
-        if on_command_line(option) && saved_json[field] != wanted_json[field] {
+        let at = |v: &serde_json::Value| {
+            field
+                .split('.')
+                .fold(v.clone(), |v, key| v.get(key).cloned().unwrap_or_default())
+        };
+        let (saved_value, wanted_value) = (at(&saved_json), at(&wanted_json));
+        if on_command_line(option) && saved_value != wanted_value {
             conflicts.push(format!(
                 "--{} {} (the run was started with {})",
                 option.replace('_', "-"),
-                wanted_json[field],
-                saved_json[field]
+                wanted_value,
+                saved_value
             ));
         }
     }
@@ -364,11 +500,31 @@ fn resumed_config(
 fn train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
     let wanted = args.config();
     wanted.validate()?;
+    if wanted.method != Method::Cactus {
+        let stray: Vec<String> = CACTUS_OPTIONS
+            .iter()
+            .filter(|id| given.value_source(id) == Some(ValueSource::CommandLine))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        if !stray.is_empty() {
+            bail!(
+                "{} only apply to --method cactus (this run trains with {})",
+                stray.join(", "),
+                wanted.method.name()
+            );
+        }
+    }
+    let settings = grid(&args.eval_prune, &args.eval_ratios, &args.eval_quant, false);
+    check_ratios(&args.eval_ratios, "--eval-ratios")?;
     let out = args.out.clone().unwrap_or_else(|| {
+        let method = match wanted.method {
+            Method::Cactus => format!("cactus-{}", wanted.cactus.compress.name().replace('+', "-")),
+            m => m.name().to_string(),
+        };
         PathBuf::from(format!(
             "out/{}-{}-{}",
             wanted.model.name(),
-            wanted.method.name(),
+            method,
             wanted.dataset.name()
         ))
     });
@@ -449,55 +605,134 @@ fn train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
         &test_set,
         config.eps,
         &EvalConfig::new(config.eps),
+        &settings,
+        Granularity::PerTensor,
         &out.join(MODEL_FILE),
         args.quiet,
     )?;
-    report.write(&out)?;
+    write_reports(&report, &out)?;
     println!("{}", report.to_table().trim_end());
     println!("reports in {}", out.display());
     Ok(())
 }
 
-/// Evaluate with a progress bar; one row (no compression, fp32, IBP).
+/// `report.json`, `.csv`, `.md` and the plot `report.svg`, each written atomically.
+fn write_reports(report: &Report, dir: &Path) -> Result<()> {
+    report.write(dir)?;
+    write_atomic(&dir.join("report.svg"), accuracy_svg(report).as_bytes())?;
+    Ok(())
+}
+
+fn check_ratios(ratios: &[f64], option: &str) -> Result<()> {
+    if let Some(r) = ratios
+        .iter()
+        .find(|r| !(r.is_finite() && (0.0..1.0).contains(*r)))
+    {
+        bail!("{option}: ratio {r} is not in [0, 1)");
+    }
+    Ok(())
+}
+
+/// Evaluate every setting with a progress bar; one report row per setting.
+#[allow(clippy::too_many_arguments)]
 fn run_eval(
     model: &Model,
     test_set: &data::Dataset,
     eps: f32,
     cfg: &EvalConfig,
+    settings: &[Setting],
+    granularity: Granularity,
     checkpoint: &Path,
     quiet: bool,
 ) -> Result<Report> {
+    let n = test_set.len() as u64;
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
-        let bar = ProgressBar::new(test_set.len() as u64);
+        let bar = ProgressBar::new(n * settings.len() as u64);
         bar.set_style(
             ProgressStyle::with_template(
-                "evaluating [{bar:25}] {pos}/{len} points [{elapsed_precise}<{eta_precise}]",
+                "evaluating {msg} [{bar:25}] {pos}/{len} points [{elapsed_precise}<{eta_precise}]",
             )
             .expect("valid template")
             .progress_chars("=> "),
         );
         bar
     };
-    let outcomes = evaluate(model, test_set, cfg, |done| bar.set_position(done as u64))?;
+    let label = |s: &Setting| match s.prune {
+        None => s.format.to_string(),
+        Some(m) => format!("{m} {} {}", s.ratio, s.format),
+    };
+    let rows = evaluate_grid(model, test_set, cfg, settings, granularity, |i, done| {
+        if done as u64 <= cfg.batch_size as u64 {
+            bar.set_message(label(&settings[i]));
+        }
+        bar.set_position(i as u64 * n + done as u64)
+    })?;
     bar.finish_and_clear();
     Ok(Report {
         checkpoint: checkpoint.display().to_string(),
         dataset: test_set.name.clone(),
         eps,
-        n: outcomes.len(),
-        rows: vec![Row {
-            compression: "none".into(),
-            ratio: 0.0,
-            sparsity: 0.0,
-            format: "fp32".into(),
-            certifier: "ibp".into(),
-            clean: outcomes.clean_accuracy(),
-            pgd: outcomes.pgd_accuracy(),
-            certified: outcomes.certified_accuracy(),
-        }],
+        n: test_set.len(),
+        rows,
     })
+}
+
+fn compress(args: CompressArgs) -> Result<()> {
+    if !args.checkpoint.exists() {
+        bail!("{}: no such file", args.checkpoint.display());
+    }
+    let setting = match (args.prune, args.ratio) {
+        (Some(m), Some(r)) => {
+            check_ratios(&[r], "--ratio")?;
+            Setting {
+                prune: Some(m),
+                ratio: r,
+                format: args.quant,
+            }
+        }
+        (Some(_), None) => bail!("--prune needs --ratio"),
+        (None, Some(_)) => bail!("--ratio needs --prune"),
+        (None, None) => Setting {
+            format: args.quant,
+            ..Setting::NONE
+        },
+    };
+    if setting.prune.is_none() && setting.format.is_identity() {
+        bail!("nothing to do: give --prune METHOD --ratio R and/or --quant fp16|intN");
+    }
+    let ckpt = load_checkpoint(&args.checkpoint)?;
+    // Prune in f32; the writer quantizes (the stored codes dequantize to exactly the fake
+    // quantizer's weights, so `eval` certifies the deployed network).
+    let pruned_only = Setting {
+        format: Format::Fp32,
+        ..setting
+    };
+    let (model, sparsity) = compressed(&ckpt.model, &pruned_only, args.granularity)?;
+    let mut extra = ckpt.extra.clone();
+    extra.insert(
+        "compress.source".into(),
+        args.checkpoint.display().to_string(),
+    );
+    extra.insert("compress.prune".into(), setting.compression());
+    extra.insert("compress.ratio".into(), setting.ratio.to_string());
+    extra.insert("compress.sparsity".into(), format!("{sparsity:.6}"));
+    extra.insert("compress.format".into(), setting.format.to_string());
+    extra.insert("compress.granularity".into(), args.granularity.to_string());
+    save_compressed_checkpoint(&args.out, &model, setting.format, args.granularity, &extra)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let bytes = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({}, {} at ratio {}, weight sparsity {:.2}%, {} bytes)",
+        args.out.display(),
+        setting.format,
+        setting.compression(),
+        setting.ratio,
+        100.0 * sparsity,
+        bytes
+    );
+    Ok(())
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
@@ -535,11 +770,15 @@ fn eval(args: EvalArgs) -> Result<()> {
         seed: args.seed,
         ..EvalConfig::new(eps)
     };
+    check_ratios(&args.ratios, "--ratios")?;
+    let settings = grid(&args.prune, &args.ratios, &args.quant, args.joint);
     let report = run_eval(
         &ckpt.model,
         &test_set,
         eps,
         &cfg,
+        &settings,
+        args.granularity,
         &args.checkpoint,
         args.quiet || args.json,
     )?;
@@ -550,7 +789,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."))
     });
-    report.write(&out)?;
+    write_reports(&report, &out)?;
     if args.json {
         println!("{}", report.to_json());
     } else {

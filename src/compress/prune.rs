@@ -134,6 +134,19 @@ impl FromStr for PruneMethod {
     }
 }
 
+impl serde::Serialize for PruneMethod {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PruneMethod {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl clap::ValueEnum for PruneMethod {
     fn value_variants<'a>() -> &'a [Self] {
         &PruneMethod::ALL

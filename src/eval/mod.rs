@@ -1,9 +1,12 @@
 //! Evaluation as the paper reports it: clean, PGD and IBP-certified accuracy on a test set,
-//! and the reports (`report`) that hold one row per compression setting.
+//! the grid of compression settings (`grid`), and the reports (`report`, `plot`) that hold one
+//! row per setting.
 
-pub mod report;
+pub mod grid;
 pub mod plot;
+pub mod report;
 
+pub use grid::{evaluate_grid, grid, Setting};
 pub use report::{Report, Row};
 
 use crate::attack::{pgd_robust_flags, PgdConfig};

@@ -2,7 +2,15 @@
 //! the same `nn.Sequential` (`0.weight` [out, in, kh, kw], `1.running_mean`, ...,
 //! `num_batches_tracked` as int64), and in the metadata the model's description (architecture,
 //! input shape, classes, width, normalisation), its layer list, and free-form training notes.
+//!
+//! A compressed checkpoint (`cactus compress`) stores its conv and linear weights in their
+//! deployed format: `F16` for fp16; for intN the integer codes `q` as `I8` under the weight's
+//! own name, with `<layer>.weight_scale` (`F32`, one per tensor or per output channel) and
+//! `<layer>.weight_zero_point` (`I32`, same length) beside it, so that `ŵ = scale·(q − zero_point)`
+//! along the first axis. The loader turns every form back into the f32 weights (exactly the fake
+//! quantizer's values).
 
+use crate::compress::quant::{dequantize_int, quantize_int, round_fp16, Format, Granularity};
 use crate::io::atomic::write_atomic;
 use crate::nn::{Layer, Model, ModelSpec};
 use crate::rng::Rng;
@@ -48,25 +56,121 @@ fn state_dict(model: &Model) -> Vec<(String, Entry<'_>)> {
     out
 }
 
+/// Whether the state-dict entry `name` of `model` is a conv or linear weight.
+fn is_compressible(model: &Model, name: &str) -> bool {
+    let Some((index, "weight")) = name.split_once('.') else {
+        return false;
+    };
+    index.parse::<usize>().ok().is_some_and(|i| {
+        matches!(
+            model.net.layers.get(i),
+            Some(Layer::Linear(_) | Layer::Conv2d(_))
+        )
+    })
+}
+
+/// One serialised tensor: name, little-endian bytes, dtype, shape.
+type Serialised = (String, Vec<u8>, Dtype, Vec<usize>);
+
+fn le_bytes<T: Copy, const N: usize>(values: &[T], to: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(|&v| to(v)).collect()
+}
+
+/// The file's tensors for one state-dict entry, with conv/linear weights in `format`.
+fn serialise(
+    model: &Model,
+    name: &str,
+    entry: &Entry<'_>,
+    format: Format,
+    granularity: Granularity,
+) -> Vec<Serialised> {
+    let t = match entry {
+        Entry::I64(v) => return vec![(name.into(), v.to_le_bytes().to_vec(), Dtype::I64, vec![])],
+        Entry::F32(t) => *t,
+    };
+    let shape = t.shape().to_vec();
+    if !is_compressible(model, name) {
+        return vec![(
+            name.into(),
+            le_bytes(t.data(), f32::to_le_bytes),
+            Dtype::F32,
+            shape,
+        )];
+    }
+    match format {
+        Format::Fp32 => vec![(
+            name.into(),
+            le_bytes(t.data(), f32::to_le_bytes),
+            Dtype::F32,
+            shape,
+        )],
+        Format::Fp16 => {
+            let halves: Vec<u16> = t
+                .data()
+                .iter()
+                .map(|&v| half::f16::from_f32(round_fp16(v)).to_bits())
+                .collect();
+            vec![(
+                name.into(),
+                le_bytes(&halves, u16::to_le_bytes),
+                Dtype::F16,
+                shape,
+            )]
+        }
+        Format::Int(bits) => {
+            let (q, scales, zero_points) = quantize_int(t, bits, granularity);
+            let codes: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+            let n = scales.len();
+            vec![
+                (name.into(), codes, Dtype::I8, shape),
+                (
+                    format!("{name}_scale"),
+                    le_bytes(&scales, f32::to_le_bytes),
+                    Dtype::F32,
+                    vec![n],
+                ),
+                (
+                    format!("{name}_zero_point"),
+                    le_bytes(&zero_points, i32::to_le_bytes),
+                    Dtype::I32,
+                    vec![n],
+                ),
+            ]
+        }
+    }
+}
+
 /// Write `model` to `path` atomically, with `extra` metadata (keys must not start with `cactus.`).
 pub fn save_checkpoint(path: &Path, model: &Model, extra: &BTreeMap<String, String>) -> Result<()> {
     write_atomic(path, &checkpoint_bytes(model, extra)?)
 }
 
+/// Write `model` with its conv and linear weights stored in `format` (see the module
+/// documentation); fp32 is a plain checkpoint.
+pub fn save_compressed_checkpoint(
+    path: &Path,
+    model: &Model,
+    format: Format,
+    granularity: Granularity,
+    extra: &BTreeMap<String, String>,
+) -> Result<()> {
+    write_atomic(path, &encode(model, format, granularity, extra)?)
+}
+
 /// The bytes of the checkpoint file `save_checkpoint` writes (a training state embeds them).
 pub fn checkpoint_bytes(model: &Model, extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
-    let entries = state_dict(model);
-    let bytes: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = entries
+    encode(model, Format::Fp32, Granularity::PerTensor, extra)
+}
+
+fn encode(
+    model: &Model,
+    format: Format,
+    granularity: Granularity,
+    extra: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let bytes: Vec<Serialised> = state_dict(model)
         .iter()
-        .map(|(name, e)| match e {
-            Entry::F32(t) => (
-                name.clone(),
-                t.data().iter().flat_map(|v| v.to_le_bytes()).collect(),
-                Dtype::F32,
-                t.shape().to_vec(),
-            ),
-            Entry::I64(v) => (name.clone(), v.to_le_bytes().to_vec(), Dtype::I64, vec![]),
-        })
+        .flat_map(|(name, e)| serialise(model, name, e, format, granularity))
         .collect();
     let views = bytes
         .iter()
@@ -87,6 +191,9 @@ pub fn checkpoint_bytes(model: &Model, extra: &BTreeMap<String, String>) -> Resu
         "cactus.layers".into(),
         serde_json::to_string(&model.net.describe()).expect("layer list serialises"),
     );
+    if !format.is_identity() {
+        meta.insert("cactus.weight_format".into(), format.to_string());
+    }
     safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))
 }
@@ -119,7 +226,8 @@ pub fn parse_checkpoint(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     // Size the architecture before allocating it: a corrupt description must not ask for
     // more memory than the file could possibly fill.
     let needed = spec.state_len().map_err(|e| bad(format!("{e}")))?;
-    if needed.saturating_mul(4) > bytes.len() {
+    // At least one byte per value (int8 weights); f32 state takes four.
+    if needed > bytes.len() {
         return Err(bad(format!(
             "the file holds {} bytes but its architecture ({}) needs {needed} values",
             bytes.len(),
@@ -155,7 +263,18 @@ pub fn parse_checkpoint(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
 
 /// Copy every state-dict tensor from the file into `model`, checking names, dtypes and shapes.
 fn fill_state(model: &mut Model, st: &SafeTensors<'_>) -> std::result::Result<(), String> {
-    let expected: Vec<String> = state_dict(model).into_iter().map(|(n, _)| n).collect();
+    let mut expected: Vec<String> = state_dict(model).into_iter().map(|(n, _)| n).collect();
+    let weights: Vec<String> = expected
+        .iter()
+        .filter(|n| is_compressible(model, n))
+        .cloned()
+        .collect();
+    let is_weight = |name: &str| weights.iter().any(|w| w == name);
+    expected.extend(
+        weights
+            .iter()
+            .flat_map(|n| [format!("{n}_scale"), format!("{n}_zero_point")]),
+    );
     for name in st.names() {
         if !expected.iter().any(|e| e == name) {
             return Err(format!("unexpected tensor '{name}' for this architecture"));
@@ -165,23 +284,62 @@ fn fill_state(model: &mut Model, st: &SafeTensors<'_>) -> std::result::Result<()
         let view = st
             .tensor(name)
             .map_err(|_| format!("missing tensor '{name}'"))?;
-        if view.dtype() != Dtype::F32 {
-            return Err(format!(
-                "tensor '{name}' is {:?}, expected F32",
-                view.dtype()
-            ));
-        }
         if view.shape() != shape {
             return Err(format!(
                 "tensor '{name}' has shape {:?}, expected {shape:?}",
                 view.shape()
             ));
         }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 if is_weight(name) => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+            Dtype::I8 if is_weight(name) => {
+                let q: Vec<i8> = data.iter().map(|&b| b as i8).collect();
+                let scale = st
+                    .tensor(&format!("{name}_scale"))
+                    .map_err(|_| format!("int weight '{name}' has no '{name}_scale'"))?;
+                let zero = st
+                    .tensor(&format!("{name}_zero_point"))
+                    .map_err(|_| format!("int weight '{name}' has no '{name}_zero_point'"))?;
+                if scale.dtype() != Dtype::F32 || zero.dtype() != Dtype::I32 {
+                    return Err(format!(
+                        "'{name}_scale' must be F32 and '{name}_zero_point' I32, got {:?} and {:?}",
+                        scale.dtype(),
+                        zero.dtype()
+                    ));
+                }
+                let scales: Vec<f32> = scale
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let zeros: Vec<i32> = zero
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let w = dequantize_int(&q, &scales, &zeros, shape)
+                    .map_err(|e| format!("int weight '{name}': {e}"))?;
+                w.into_vec()
+            }
+            other => {
+                return Err(format!(
+                    "tensor '{name}' is {other:?}, expected F32{}",
+                    if is_weight(name) {
+                        " (or F16, or I8 with scale and zero point)"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+        };
         if values.iter().any(|v| !v.is_finite()) {
             return Err(format!("tensor '{name}' contains NaN or infinite values"));
         }

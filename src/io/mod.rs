@@ -7,6 +7,6 @@ pub mod train_state;
 pub use atomic::write_atomic;
 pub use checkpoint::{
     checkpoint_bytes, load_checkpoint, load_checkpoint_for, parse_checkpoint, save_checkpoint,
-    Checkpoint,
+    save_compressed_checkpoint, Checkpoint,
 };
 pub use train_state::{load_train_state, save_train_state, TrainState};

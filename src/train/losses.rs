@@ -23,6 +23,8 @@ pub enum Method {
     Ibp,
     /// SABR: IBP over a small box around an adversarial point (Müller et al. 2023).
     Sabr,
+    /// CACTUS: the SABR loss averaged over a set of compressed versions of the network.
+    Cactus,
 }
 
 impl Method {
@@ -31,6 +33,7 @@ impl Method {
             Method::Std => "std",
             Method::Ibp => "ibp",
             Method::Sabr => "sabr",
+            Method::Cactus => "cactus",
         }
     }
 
@@ -87,6 +90,26 @@ pub fn sabr_cert_loss_at(
     )
 }
 
+/// SABR's adversarial centre: PGD over the clipped ε-box with batch norm in eval mode.
+pub fn sabr_centre(
+    model: &Model,
+    x: &Tensor,
+    y: &[usize],
+    eps: f32,
+    attack: &PgdConfig,
+    rng: &mut Rng,
+) -> Tensor {
+    pgd(
+        model,
+        x,
+        y,
+        &Region::linf_ball(x, eps),
+        attack,
+        Mode::Eval,
+        rng,
+    )
+}
+
 /// SABR's certified loss: PGD over the clipped ε-box (batch norm in eval mode) finds the centre.
 #[allow(clippy::too_many_arguments)]
 pub fn sabr_cert_loss(
@@ -99,15 +122,7 @@ pub fn sabr_cert_loss(
     attack: &PgdConfig,
     rng: &mut Rng,
 ) -> Tensor {
-    let x_adv = pgd(
-        model,
-        x,
-        y,
-        &Region::linf_ball(x, eps),
-        attack,
-        Mode::Eval,
-        rng,
-    );
+    let x_adv = sabr_centre(model, x, y, eps, attack, rng);
     sabr_cert_loss_at(model, x, &x_adv, y, eps, lambda, stats)
 }
 
@@ -120,11 +135,15 @@ pub struct BatchLoss {
     pub clean_ce: f32,
     /// The certified loss, where it was computed (certified methods past the warm-up).
     pub cert: Option<f32>,
+    /// SABR's adversarial centre, where it was computed.
+    pub sabr_centre: Option<Tensor>,
 }
 
 /// The training loss of `method` on one batch at schedule phase `phase`: a clean pass in train
 /// mode (updating batch norm's running statistics), then, for certified methods with a
-/// non-zero certified weight, `(1 − w)·CE + w·L_cert`.
+/// non-zero certified weight, `(1 − w)·CE + w·L_cert`. CACTUS's set loss is
+/// [`crate::train::cactus::cactus_loss`]; here `Method::Cactus` is the loss of one member of a
+/// set, which is SABR's.
 pub fn batch_loss(
     model: &mut Model,
     method: Method,
@@ -134,23 +153,36 @@ pub fn batch_loss(
     sabr_lambda: f32,
     rng: &mut Rng,
 ) -> BatchLoss {
-    let (logits, stats) = model.forward_batch_stats(x, true);
+    network_loss(model, method, x, y, phase, sabr_lambda, true, rng)
+}
+
+/// `batch_loss` of one network; its clean pass updates batch norm's running statistics only
+/// when `update_running` (in a compression set, only the full network's pass does).
+#[allow(clippy::too_many_arguments)]
+pub fn network_loss(
+    model: &mut Model,
+    method: Method,
+    x: &Tensor,
+    y: &[usize],
+    phase: Phase,
+    sabr_lambda: f32,
+    update_running: bool,
+    rng: &mut Rng,
+) -> BatchLoss {
+    let (logits, stats) = model.forward_batch_stats(x, update_running);
     let ce = cross_entropy(&logits, y);
     let clean_ce = ce.item();
     let w = phase.cert_weight;
+    let mut sabr_centre_found = None;
     let cert = match method {
         _ if !method.is_certified() || w <= 0.0 => None,
         Method::Ibp => Some(ibp_cert_loss(model, x, y, phase.eps, &stats)),
-        Method::Sabr => Some(sabr_cert_loss(
-            model,
-            x,
-            y,
-            phase.eps,
-            sabr_lambda,
-            &stats,
-            &PgdConfig::sabr(),
-            rng,
-        )),
+        Method::Sabr | Method::Cactus => {
+            let centre = sabr_centre(model, x, y, phase.eps, &PgdConfig::sabr(), rng);
+            let loss = sabr_cert_loss_at(model, x, &centre, y, phase.eps, sabr_lambda, &stats);
+            sabr_centre_found = Some(centre);
+            Some(loss)
+        }
         Method::Std => unreachable!("handled above"),
     };
     let (total, cert) = match cert {
@@ -165,5 +197,6 @@ pub fn batch_loss(
         logits: logits.detach(),
         clean_ce,
         cert,
+        sabr_centre: sabr_centre_found,
     }
 }

@@ -1,13 +1,18 @@
-//! Training: the optimiser, the losses (standard, IBP, SABR) and their schedule, and the
+//! Training: the optimiser, the losses (standard, IBP, SABR, CACTUS) and their schedule, and the
 //! trainer loop with resumable state.
 
+pub mod cactus;
 pub mod losses;
 pub mod optim;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
 
-pub use losses::{batch_loss, ibp_cert_loss, sabr_box, sabr_cert_loss, sabr_cert_loss_at, Method};
+pub use cactus::{cactus_loss, CactusConfig, CompressKind, Progress, Strategy};
+pub use losses::{
+    batch_loss, ibp_cert_loss, network_loss, sabr_box, sabr_centre, sabr_cert_loss,
+    sabr_cert_loss_at, BatchLoss, Method,
+};
 pub use optim::{Adam, AdamConfig, StepInfo, WeightDecay};
 pub use schedule::{Phase, Schedule};
 pub use step::standard_step;

@@ -7,6 +7,7 @@ use crate::data::{batches, epoch_order, num_batches, Dataset, DatasetKind};
 use crate::io::{load_train_state, save_checkpoint, save_train_state, TrainState};
 use crate::nn::{Arch, Init, Model, ModelSpec};
 use crate::rng::Rng;
+use crate::train::cactus::{cactus_loss, CactusConfig, Progress};
 use crate::train::losses::{batch_loss, Method};
 use crate::train::schedule::{Phase, Schedule};
 use crate::train::{Adam, AdamConfig, WeightDecay};
@@ -48,17 +49,21 @@ pub struct TrainConfig {
     pub cert_weight: f32,
     /// SABR's box size τ/ε.
     pub sabr_lambda: f32,
+    /// CACTUS's compression set (used by `Method::Cactus`).
+    #[serde(default)]
+    pub cactus: CactusConfig,
 }
 
 impl Default for TrainConfig {
-    /// The defaults of DESIGN.md's "Specification": SABR on `small`, mnist-mini, ε = 0.1.
+    /// The defaults of DESIGN.md's "Specification": CACTUS (pruning, sampled ratios) on `small`,
+    /// mnist-mini, ε = 0.1.
     fn default() -> Self {
         TrainConfig {
             model: Arch::Small,
             width: 1.0,
             init: Init::Ibp,
             dataset: DatasetKind::MnistMini,
-            method: Method::Sabr,
+            method: Method::Cactus,
             eps: 0.1,
             epochs: 8,
             batch_size: 64,
@@ -71,6 +76,7 @@ impl Default for TrainConfig {
             ramp_batches: 250,
             cert_weight: 0.75,
             sabr_lambda: 0.4,
+            cactus: CactusConfig::default(),
         }
     }
 }
@@ -127,7 +133,7 @@ impl TrainConfig {
         if self.limit_train == Some(0) {
             return bad("--limit-train must be at least 1".into());
         }
-        Ok(())
+        self.cactus.validate()
     }
 
     pub fn schedule(&self) -> Schedule {
@@ -167,6 +173,9 @@ impl TrainConfig {
         m.insert("train.method".into(), self.method.name().into());
         m.insert("train.dataset".into(), self.dataset.name().into());
         m.insert("train.eps".into(), self.eps.to_string());
+        if self.method == Method::Cactus {
+            m.insert("train.compress".into(), self.cactus.compress.name().into());
+        }
         m.insert("train.epochs_done".into(), epochs_done.to_string());
         m.insert(
             "train.config".into(),
@@ -327,15 +336,34 @@ impl Trainer {
         for (b, idx) in batches(&order, cfg.batch_size, true).enumerate() {
             phase = schedule.at(self.step);
             let (x, y) = data.batch(idx);
-            let out = batch_loss(
-                &mut self.model,
-                cfg.method,
-                &x,
-                &y,
-                phase,
-                cfg.sabr_lambda,
-                &mut self.rng,
-            );
+            let out = match cfg.method {
+                Method::Cactus => {
+                    let progress = Progress {
+                        step: self.step,
+                        total_steps: cfg.epochs * total as u64,
+                        ramp_end: schedule.length(),
+                    };
+                    cactus_loss(
+                        &mut self.model,
+                        &x,
+                        &y,
+                        phase,
+                        cfg.sabr_lambda,
+                        &cfg.cactus,
+                        progress,
+                        &mut self.rng,
+                    )?
+                }
+                method => batch_loss(
+                    &mut self.model,
+                    method,
+                    &x,
+                    &y,
+                    phase,
+                    cfg.sabr_lambda,
+                    &mut self.rng,
+                ),
+            };
             let loss = out.total.item();
             if !loss.is_finite() {
                 return Err(Error::Invalid(format!(

@@ -1,0 +1,347 @@
+//! CACTUS, compression-aware certified training (the paper's §4): the loss of a network `f` is
+//! the mean over a compression set `C(f)` of `(1 − w)·CE + w·L_SABR`, so that `f` stays
+//! certifiable when it is pruned or quantized.
+//!
+//! The set (DESIGN.md, "Specification") is rebuilt every batch from the current weights:
+//! - the full network `f`, whose clean pass alone updates batch norm's running statistics;
+//! - for pruning, `f` pruned with `prune_method` at the ratios the [`Strategy`] picks (masks
+//!   multiplied into the weights, so gradients reach only the kept weights);
+//! - for quantization, `f + Δ*`, the adversarial weight perturbation of [`crate::attack::awp`]
+//!   found by ascending `CE + L_cert` (the SABR box of `f`'s adversarial centre), a
+//!   differentiable proxy of int8 rounding.
+//!
+//! Every member runs its own clean pass (its own batch statistics, used for its bounds) and its
+//! own SABR attack.
+
+use crate::attack::{awp_perturbation, perturbed, AwpConfig};
+use crate::compress::prune::{apply_masks, prune_masks, PruneMethod};
+use crate::nn::{Layer, Model};
+use crate::ops::cross_entropy;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::losses::{network_loss, sabr_cert_loss_at, BatchLoss, Method};
+use crate::train::schedule::Phase;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What the compression set guards against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum CompressKind {
+    /// Pruned networks.
+    #[serde(rename = "prune")]
+    #[value(name = "prune")]
+    Prune,
+    /// The AWP-perturbed network (quantization proxy).
+    #[serde(rename = "quant")]
+    #[value(name = "quant")]
+    Quant,
+    /// Both: pruned networks and the AWP-perturbed one.
+    #[serde(rename = "prune+quant")]
+    #[value(name = "prune+quant")]
+    PruneQuant,
+}
+
+impl CompressKind {
+    pub fn prunes(self) -> bool {
+        self != CompressKind::Quant
+    }
+
+    pub fn quantizes(self) -> bool {
+        self != CompressKind::Prune
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CompressKind::Prune => "prune",
+            CompressKind::Quant => "quant",
+            CompressKind::PruneQuant => "prune+quant",
+        }
+    }
+}
+
+impl fmt::Display for CompressKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How the pruning ratios of the set are chosen (paper §4.4 and appendix D.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// `samples` ratios drawn each batch from U(0.25, 0.75), or uniformly from `ratios`.
+    Sampling,
+    /// Every ratio of `ratios` (default 0.25, 0.5, 0.75) each batch.
+    Fixed,
+    /// One ratio rising linearly from 0.25 to 0.75 over the batches after the ramp.
+    Progressive,
+    /// 0.15, 0.3, 0.45, 0.6, 0.75 each batch.
+    Dense,
+    /// The ratios at which the pruned weights hold 1%, 5% and 10% of the l1 weight mass,
+    /// clamped to [0.25, 0.75] (the paper names the strategy without an algorithm; ours).
+    Adaptive,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Sampling => "sampling",
+            Strategy::Fixed => "fixed",
+            Strategy::Progressive => "progressive",
+            Strategy::Dense => "dense",
+            Strategy::Adaptive => "adaptive",
+        }
+    }
+}
+
+/// The range `sampling` draws from and `progressive` walks, and `adaptive`'s clamp.
+pub const RATIO_RANGE: (f64, f64) = (0.25, 0.75);
+/// `fixed`'s ratios unless given.
+pub const FIXED_RATIOS: [f64; 3] = [0.25, 0.5, 0.75];
+/// `dense`'s ratios.
+pub const DENSE_RATIOS: [f64; 5] = [0.15, 0.3, 0.45, 0.6, 0.75];
+/// `adaptive`'s shares of the total l1 weight mass held by the pruned weights.
+pub const ADAPTIVE_MASS: [f64; 3] = [0.01, 0.05, 0.10];
+
+/// CACTUS's settings (`cactus train --method cactus ...`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CactusConfig {
+    pub compress: CompressKind,
+    /// How the pruned members are pruned (the paper trains with GUL1).
+    pub prune_method: PruneMethod,
+    pub strategy: Strategy,
+    /// Ratios for `sampling` (a list to draw from) and `fixed`.
+    pub ratios: Option<Vec<f64>>,
+    /// Pruned members drawn per batch by `sampling`.
+    pub samples: usize,
+    pub awp: AwpConfig,
+}
+
+impl Default for CactusConfig {
+    fn default() -> Self {
+        CactusConfig {
+            compress: CompressKind::Prune,
+            prune_method: "gul1".parse().expect("a method name"),
+            strategy: Strategy::Sampling,
+            ratios: None,
+            samples: 1,
+            awp: AwpConfig::default(),
+        }
+    }
+}
+
+impl CactusConfig {
+    /// An error naming the first setting out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        if let Some(ratios) = &self.ratios {
+            if ratios.is_empty() {
+                return bad("--ratios needs at least one ratio".into());
+            }
+            if let Some(r) = ratios
+                .iter()
+                .find(|r| !(r.is_finite() && (0.0..1.0).contains(*r)))
+            {
+                return bad(format!("--ratios: {r} is not in [0, 1)"));
+            }
+            if !matches!(self.strategy, Strategy::Sampling | Strategy::Fixed) {
+                return bad(format!(
+                    "--ratios applies to --strategy sampling and fixed, not {}",
+                    self.strategy.name()
+                ));
+            }
+        }
+        if self.samples == 0 {
+            return bad("--samples must be at least 1".into());
+        }
+        if self.samples != 1 && self.strategy != Strategy::Sampling {
+            return bad(format!(
+                "--samples applies to --strategy sampling, not {}",
+                self.strategy.name()
+            ));
+        }
+        if !(self.awp.eta.is_finite() && self.awp.eta >= 0.0) {
+            return bad(format!("--awp-eta must be ≥ 0, got {}", self.awp.eta));
+        }
+        Ok(())
+    }
+}
+
+/// Where the run stands, for strategies that move with it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// 0-based batch (optimiser step) of the whole run.
+    pub step: u64,
+    /// Batches in the whole run.
+    pub total_steps: u64,
+    /// First batch after warm-up and ramp.
+    pub ramp_end: u64,
+}
+
+/// The pruning ratios of this batch's set.
+pub fn set_ratios(
+    cfg: &CactusConfig,
+    model: &Model,
+    progress: Progress,
+    rng: &mut Rng,
+) -> Vec<f64> {
+    let (lo, hi) = RATIO_RANGE;
+    match cfg.strategy {
+        Strategy::Sampling => (0..cfg.samples)
+            .map(|_| match &cfg.ratios {
+                Some(list) => list[rng.below(list.len())],
+                None => lo + (hi - lo) * rng.uniform() as f64,
+            })
+            .collect(),
+        Strategy::Fixed => cfg.ratios.clone().unwrap_or_else(|| FIXED_RATIOS.to_vec()),
+        Strategy::Dense => DENSE_RATIOS.to_vec(),
+        Strategy::Progressive => {
+            let span = progress.total_steps.saturating_sub(progress.ramp_end);
+            let t = if span <= 1 {
+                if progress.step >= progress.ramp_end {
+                    1.0
+                } else {
+                    0.0
+                }
+            } else {
+                (progress.step.saturating_sub(progress.ramp_end) as f64 / (span - 1) as f64)
+                    .min(1.0)
+            };
+            vec![lo + (hi - lo) * t]
+        }
+        Strategy::Adaptive => ADAPTIVE_MASS
+            .iter()
+            .map(|&m| mass_ratio(model, m).clamp(lo, hi))
+            .collect(),
+    }
+}
+
+/// The fraction of conv and linear weights that, pruned smallest-first by `|w|`, hold the share
+/// `mass` of the total l1 weight mass. A histogram of `|w|` (linear in each bin) instead of a
+/// sort, so that it costs two passes over the weights.
+pub fn mass_ratio(model: &Model, mass: f64) -> f64 {
+    const BINS: usize = 4096;
+    let weights: Vec<&Tensor> = model
+        .net
+        .layers
+        .iter()
+        .filter_map(|l| match l {
+            Layer::Linear(l) => Some(&l.weight),
+            Layer::Conv2d(c) => Some(&c.weight),
+            _ => None,
+        })
+        .collect();
+    let values = || {
+        weights
+            .iter()
+            .flat_map(|w| w.data().iter().map(|v| v.abs() as f64))
+    };
+    let (n, max) = values().fold((0usize, 0.0f64), |(n, m), v| (n + 1, m.max(v)));
+    let total: f64 = values().sum();
+    if n == 0 || !(total > 0.0 && total.is_finite()) {
+        return 0.0;
+    }
+    let mut count = vec![0usize; BINS];
+    let mut sum = vec![0.0f64; BINS];
+    for v in values() {
+        let b = ((v / max * BINS as f64) as usize).min(BINS - 1);
+        count[b] += 1;
+        sum[b] += v;
+    }
+    let target = mass * total;
+    let (mut below_n, mut below_mass) = (0usize, 0.0f64);
+    for b in 0..BINS {
+        if below_mass + sum[b] >= target {
+            // Inside the bin, weights are taken as equal: the share of the bin needed.
+            let part = if sum[b] > 0.0 {
+                (target - below_mass) / sum[b]
+            } else {
+                0.0
+            };
+            return (below_n as f64 + part * count[b] as f64) / n as f64;
+        }
+        below_n += count[b];
+        below_mass += sum[b];
+    }
+    1.0
+}
+
+/// The CACTUS loss of one batch: the mean over the compression set of each member's
+/// `(1 − w)·CE + w·L_SABR`. The logits and clean CE reported are the full network's; the
+/// certified loss reported is the members' mean.
+#[allow(clippy::too_many_arguments)]
+pub fn cactus_loss(
+    model: &mut Model,
+    x: &Tensor,
+    y: &[usize],
+    phase: Phase,
+    sabr_lambda: f32,
+    cfg: &CactusConfig,
+    progress: Progress,
+    rng: &mut Rng,
+) -> Result<BatchLoss> {
+    let full = network_loss(model, Method::Cactus, x, y, phase, sabr_lambda, true, rng);
+    let mut members = Vec::new();
+    if cfg.compress.prunes() {
+        for ratio in set_ratios(cfg, model, progress, rng) {
+            let masks = prune_masks(model, cfg.prune_method, ratio)?;
+            let mut pruned = apply_masks(model, &masks);
+            members.push(network_loss(
+                &mut pruned,
+                Method::Cactus,
+                x,
+                y,
+                phase,
+                sabr_lambda,
+                false,
+                rng,
+            ));
+        }
+    }
+    if cfg.compress.quantizes() {
+        let centre = full.sabr_centre.as_ref();
+        let deltas = awp_perturbation(model, &cfg.awp, |net| {
+            let (logits, stats) = net.forward_batch_stats(x, false);
+            let ce = cross_entropy(&logits, y);
+            match centre {
+                Some(c) if phase.cert_weight > 0.0 => ce.add(&sabr_cert_loss_at(
+                    net,
+                    x,
+                    c,
+                    y,
+                    phase.eps,
+                    sabr_lambda,
+                    &stats,
+                )),
+                _ => ce,
+            }
+        });
+        let mut shifted = perturbed(model, &deltas);
+        members.push(network_loss(
+            &mut shifted,
+            Method::Cactus,
+            x,
+            y,
+            phase,
+            sabr_lambda,
+            false,
+            rng,
+        ));
+    }
+    let size = (members.len() + 1) as f32;
+    let total = members
+        .iter()
+        .fold(full.total.clone(), |acc, m| acc.add(&m.total))
+        .mul_scalar(1.0 / size);
+    let cert = full
+        .cert
+        .map(|c| (c + members.iter().map(|m| m.cert.unwrap_or(0.0)).sum::<f32>()) / size);
+    Ok(BatchLoss {
+        total,
+        logits: full.logits,
+        clean_ce: full.clean_ce,
+        cert,
+        sabr_centre: full.sabr_centre,
+    })
+}
