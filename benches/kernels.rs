@@ -1,4 +1,5 @@
-//! Kernel throughput on the CPU backend: GEMM and convolution forward/backward.
+//! Kernel throughput on the CPU backend: GEMM, convolution forward/backward, interval
+//! convolution, and the compression kernels (pruning masks, fake quantization).
 //! Names match the PyTorch comparison (`scripts/compare_pytorch.sh`).
 
 use cactus::autodiff::with_no_grad;
@@ -82,6 +83,40 @@ fn interval_conv(c: &mut Criterion) {
     g.finish();
 }
 
+/// The compression kernels on full-width cnn7's conv and linear weights for MNIST inputs
+/// (13.3 M weights): the GUL1 mask at δ = 0.5 (one global selection, no sort), and int8 fake
+/// quantization of every weight tensor (min/max per tensor, then rounding).
+fn compression(c: &mut Criterion) {
+    use cactus::compress::prune::prune_masks;
+    use cactus::compress::quant::{quantize_model, Format, Granularity};
+    use cactus::nn::{Arch, Model, ModelSpec};
+    let model = Model::new(
+        ModelSpec::new(Arch::Cnn7, [1, 28, 28], 10),
+        &mut Rng::seed(0),
+    )
+    .unwrap()
+    .detached();
+    let weights: usize = model
+        .net
+        .named_parameters()
+        .iter()
+        .filter(|(n, t)| n.ends_with("weight") && t.rank() > 1)
+        .map(|(_, t)| t.numel())
+        .sum();
+    assert!(weights > 13_000_000, "{weights} weights");
+    let gul1 = "gul1".parse().unwrap();
+    let mut g = c.benchmark_group("kernels");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(weights as u64));
+    g.bench_function("prune_mask_gul1_13M", |bench| {
+        bench.iter(|| black_box(prune_masks(&model, gul1, 0.5).unwrap()))
+    });
+    g.bench_function("fake_quant_int8_13M", |bench| {
+        bench.iter(|| black_box(quantize_model(&model, Format::INT8, Granularity::PerTensor)))
+    });
+    g.finish();
+}
+
 fn configured() -> Criterion {
     cactus::backend::cpu::allocator::keep_freed_memory();
     Criterion::default()
@@ -90,6 +125,6 @@ fn configured() -> Criterion {
 criterion_group! {
     name = benches;
     config = configured();
-    targets = matmul, conv, interval_conv
+    targets = matmul, conv, interval_conv, compression
 }
 criterion_main!(benches);

@@ -1,11 +1,13 @@
 //! Whole training steps on random data: standard (forward, cross-entropy, backward, Adam) and
-//! certified (IBP, SABR: the trainer's per-batch work past the ramp). Names match the PyTorch
+//! certified (IBP, SABR, CACTUS: the trainer's per-batch work past the ramp). Names match the PyTorch
 //! comparison (`scripts/compare_pytorch.sh`).
 
 use cactus::data::DatasetKind;
 use cactus::nn::{Arch, Init, Model, ModelSpec};
 use cactus::rng::Rng;
-use cactus::train::{batch_loss, standard_step, Adam, AdamConfig, Method, Phase, TrainConfig};
+use cactus::train::{
+    batch_loss, cactus_loss, standard_step, Adam, AdamConfig, Method, Phase, Progress, TrainConfig,
+};
 use cactus::Tensor;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use std::time::Duration;
@@ -31,7 +33,9 @@ fn step_bench(c: &mut Criterion, name: &str, arch: Arch, input: [usize; 3], batc
 
 /// One certified training step as `Trainer::run_epoch` takes it past the ramp: `batch_loss`
 /// (clean pass with batch statistics, then IBP over the ε-box or SABR's PGD + small-box IBP;
-/// 0.25·CE + 0.75·L_cert), backward, Adam (lr 5e-4, L2 decay 1e-5, clipping at norm 10).
+/// 0.25·CE + 0.75·L_cert) or CACTUS's `cactus_loss` with its default set (the full network and
+/// one pruned by GUL1 at a ratio drawn from U(0.25, 0.75), masks recomputed each step),
+/// backward, Adam (lr 5e-4, L2 decay 1e-5, clipping at norm 10).
 /// Full-width models with the IBP initialisation and the dataset's normalisation.
 fn certified_bench(
     c: &mut Criterion,
@@ -78,15 +82,27 @@ fn certified_bench(
     g.throughput(Throughput::Elements(batch as u64));
     g.bench_function(name, |b| {
         b.iter(|| {
-            let out = batch_loss(
-                &mut model,
-                cfg.method,
-                &x,
-                &y,
-                phase,
-                cfg.sabr_lambda,
-                &mut rng,
-            );
+            let out = match cfg.method {
+                Method::Cactus => {
+                    let progress = Progress {
+                        step: 1000,
+                        total_steps: 2000,
+                        ramp_end: 500,
+                    };
+                    cactus_loss(
+                        &mut model,
+                        &x,
+                        &y,
+                        phase,
+                        cfg.sabr_lambda,
+                        &cfg.cactus,
+                        progress,
+                        &mut rng,
+                    )
+                    .unwrap()
+                }
+                method => batch_loss(&mut model, method, &x, &y, phase, cfg.sabr_lambda, &mut rng),
+            };
             let grads = out.total.backward();
             drop(out);
             opt.step(&mut model.net.parameters_mut(), &grads).unwrap()
@@ -110,10 +126,12 @@ fn steps(c: &mut Criterion) {
         ("small_mnist_ibp_b128", Small, Mnist, Ibp, 128),
         ("small_mnist_sabr_b32", Small, Mnist, Sabr, 32),
         ("small_mnist_sabr_b128", Small, Mnist, Sabr, 128),
+        ("small_mnist_cactus_b128", Small, Mnist, Cactus, 128),
         ("cnn7_mnist_ibp_b128", Cnn7, Mnist, Ibp, 128),
         ("cnn7_mnist_sabr_b128", Cnn7, Mnist, Sabr, 128),
         ("cnn7_cifar_ibp_b128", Cnn7, Cifar10, Ibp, 128),
         ("cnn7_cifar_sabr_b128", Cnn7, Cifar10, Sabr, 128),
+        ("cnn7_cifar_cactus_b128", Cnn7, Cifar10, Cactus, 128),
     ];
     for (name, arch, dataset, method, batch) in certified {
         certified_bench(c, name, arch, dataset, method, batch);

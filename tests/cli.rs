@@ -64,7 +64,9 @@ fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     a
 }
 
-fn check_report(dir: &Path, n: usize) -> Value {
+/// Check report.json/.csv/.md/.svg in `dir`: `n` points, `rows` rows, the first the
+/// uncompressed network, accuracies ordered in every row.
+fn check_report(dir: &Path, n: usize, rows: usize) -> Value {
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     for key in ["checkpoint", "dataset", "eps", "n", "rows"] {
@@ -81,14 +83,26 @@ fn check_report(dir: &Path, n: usize) -> Value {
             .as_f64()
             .unwrap_or_else(|| panic!("row lacks {k}: {row}"))
     };
-    let (clean, pgd, cert) = (acc("clean"), acc("pgd"), acc("certified"));
-    assert!(
-        (0.0..=1.0).contains(&clean) && cert <= pgd && pgd <= clean,
-        "accuracies out of order: {row}"
-    );
+    assert_eq!(json["rows"].as_array().unwrap().len(), rows, "{json}");
+    for row in json["rows"].as_array().unwrap() {
+        let acc = |k: &str| {
+            row[k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("row lacks {k}: {row}"))
+        };
+        let (clean, pgd, cert) = (acc("clean"), acc("pgd"), acc("certified"));
+        assert!(
+            (0.0..=1.0).contains(&clean) && cert <= pgd && pgd <= clean,
+            "accuracies out of order: {row}"
+        );
+        assert!((0.0..1.0).contains(&acc("sparsity")), "{row}");
+    }
+    let _ = acc;
     let csv = std::fs::read_to_string(dir.join("report.csv")).unwrap();
-    assert!(csv.starts_with("compression,ratio,format,certifier,clean,pgd,certified\n"));
-    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(csv.starts_with("compression,ratio,sparsity,format,certifier,clean,pgd,certified\n"));
+    assert_eq!(csv.lines().count(), rows + 1, "{csv}");
+    let svg = std::fs::read_to_string(dir.join("report.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("| none |"), "{md}");
     json
@@ -119,7 +133,8 @@ fn train_writes_model_state_history_and_reports() {
         .filter(|n| n.contains("tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-    let report = check_report(&dir, 40);
+    // The default grid: unpruned in fp32/fp16/int8/int4, gul1/lul1/gsl2 at 0.5/0.7/0.9.
+    let report = check_report(&dir, 40, 13);
     assert_eq!(report["dataset"], "mnist-mini");
     assert!((report["eps"].as_f64().unwrap() - 0.1).abs() < 1e-6);
     let history: Value =
@@ -140,7 +155,7 @@ fn train_writes_model_state_history_and_reports() {
         "--json",
     ]);
     let printed: Value = serde_json::from_str(&json).expect("--json prints the report");
-    assert_eq!(printed, check_report(&eval_dir, 30));
+    assert_eq!(printed, check_report(&eval_dir, 30, 1));
 
     // Running into a directory that holds a run needs --resume.
     fails(&train_args(d, &["--epochs", "2"]), "--resume");
@@ -242,6 +257,224 @@ fn bad_input_gets_a_clear_error() {
     fails(
         &["train", "--out", d, "--resume"],
         "train_state.safetensors",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A short CACTUS run for every set strategy and compression kind: it trains, saves, and its
+/// settings are in the checkpoint.
+#[test]
+fn cactus_runs_with_every_strategy_and_kind() {
+    let cases: &[&[&str]] = &[
+        &["--strategy", "sampling"],
+        &[
+            "--strategy",
+            "sampling",
+            "--samples",
+            "2",
+            "--ratios",
+            "0.3,0.6",
+        ],
+        &["--strategy", "fixed", "--ratios", "0.4"],
+        &["--strategy", "progressive"],
+        &["--strategy", "dense", "--prune-method", "lsl2"],
+        &["--strategy", "adaptive", "--prune-method", "GSL1"],
+        &["--compress", "quant", "--awp-eta", "1", "--awp-steps", "2"],
+        &["--compress", "prune+quant"],
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        let dir = scratch(&format!("cactus-{i}"));
+        let d = dir.to_str().unwrap();
+        let mut args = vec!["--method", "cactus", "--epochs", "1", "--no-eval"];
+        args.extend_from_slice(extra);
+        ok(&train_args(d, &args));
+        let ckpt = load_checkpoint(&dir.join("model.safetensors")).unwrap();
+        assert_eq!(ckpt.extra["train.method"], "cactus", "{extra:?}");
+        let config: Value = serde_json::from_str(&ckpt.extra["train.config"]).unwrap();
+        if let Some(pos) = extra.iter().position(|a| *a == "--strategy") {
+            assert_eq!(config["cactus"]["strategy"], extra[pos + 1], "{config}");
+        }
+        let history: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("history.json")).unwrap())
+                .unwrap();
+        assert!(history[0]["cert_loss"].as_f64().unwrap().is_finite());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// `eval`'s grid: rows in order (uncompressed, formats, then each method × ratio, with --joint
+/// in each format), sparsity as pruned, and a compressed checkpoint written by `compress`
+/// evaluates exactly like the same setting of the grid.
+#[test]
+fn eval_grid_and_compressed_checkpoints_agree() {
+    let dir = scratch("grid");
+    let d = dir.to_str().unwrap();
+    ok(&train_args(
+        d,
+        &["--method", "sabr", "--epochs", "1", "--no-eval"],
+    ));
+    let model = format!("{d}/model.safetensors");
+    let json = ok(&[
+        "eval",
+        "--checkpoint",
+        &model,
+        "--limit",
+        "40",
+        "--prune",
+        "none,lul1,gsl2",
+        "--ratios",
+        "0,0.5,0.9",
+        "--quant",
+        "fp32,int8,fp16",
+        "--joint",
+        "--json",
+        "--out",
+        d,
+    ]);
+    let report: Value = serde_json::from_str(&json).unwrap();
+    check_report(&dir, 40, 3 + 2 * 2 * 3);
+    let rows = report["rows"].as_array().unwrap();
+    let key = |r: &Value| {
+        format!(
+            "{} {} {}",
+            r["compression"].as_str().unwrap(),
+            r["ratio"],
+            r["format"].as_str().unwrap()
+        )
+    };
+    let keys: Vec<String> = rows.iter().map(key).collect();
+    assert_eq!(
+        keys[..6],
+        [
+            "none 0.0 fp32",
+            "none 0.0 int8",
+            "none 0.0 fp16",
+            "lul1 0.5 fp32",
+            "lul1 0.5 int8",
+            "lul1 0.5 fp16"
+        ]
+    );
+    let lul1 = &rows[3];
+    assert!(
+        (lul1["sparsity"].as_f64().unwrap() - 0.5).abs() < 0.01,
+        "{lul1}"
+    );
+    let gsl2 = rows.iter().find(|r| key(r) == "gsl2 0.9 fp32").unwrap();
+    assert!(gsl2["sparsity"].as_f64().unwrap() > 0.5, "{gsl2}");
+
+    // The same settings as stand-alone checkpoints.
+    for (compress_args, setting) in [
+        (vec!["--quant", "int8"], "none 0.0 int8"),
+        (vec!["--prune", "lul1", "--ratio", "0.5"], "lul1 0.5 fp32"),
+        (
+            vec!["--prune", "lul1", "--ratio", "0.5", "--quant", "fp16"],
+            "lul1 0.5 fp16",
+        ),
+    ] {
+        let file = format!("{d}/compressed.safetensors");
+        let mut args = vec!["compress", "--checkpoint", &model, "--out", &file];
+        args.extend(compress_args.iter());
+        let said = ok(&args);
+        assert!(said.contains("wrote"), "{said}");
+        let sub = dir.join("c");
+        let json = ok(&[
+            "eval",
+            "--checkpoint",
+            &file,
+            "--limit",
+            "40",
+            "--json",
+            "--out",
+            sub.to_str().unwrap(),
+        ]);
+        let alone: Value = serde_json::from_str(&json).unwrap();
+        let expected = rows.iter().find(|r| key(r) == setting).unwrap();
+        for k in ["clean", "pgd", "certified"] {
+            assert_eq!(alone["rows"][0][k], expected[k], "{setting}: {k}");
+        }
+        let meta = load_checkpoint(Path::new(&file)).unwrap().extra;
+        assert_eq!(meta["train.method"], "sabr", "training notes are kept");
+        assert_eq!(
+            meta["compress.format"],
+            setting.split(' ').nth(2).unwrap(),
+            "{meta:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn compression_options_are_checked() {
+    let dir = scratch("bad-compress");
+    let d = dir.to_str().unwrap();
+    fails(
+        &train_args(d, &["--method", "sabr", "--compress", "quant"]),
+        "--compress",
+    );
+    fails(
+        &train_args(d, &["--method", "cactus", "--ratios", "0.5,1.5"]),
+        "1.5",
+    );
+    fails(
+        &train_args(
+            d,
+            &[
+                "--method",
+                "cactus",
+                "--strategy",
+                "dense",
+                "--ratios",
+                "0.5",
+            ],
+        ),
+        "--ratios",
+    );
+    fails(
+        &train_args(d, &["--prune-method", "xyz"]),
+        "unknown pruning method",
+    );
+    fails(&train_args(d, &["--eval-quant", "int9"]), "2..=8");
+    fails(&train_args(d, &["--compress", "both"]), "prune+quant");
+    ok(&train_args(
+        d,
+        &["--method", "ibp", "--epochs", "1", "--no-eval"],
+    ));
+    let model = format!("{d}/model.safetensors");
+    fails(
+        &["eval", "--checkpoint", &model, "--ratios", "1"],
+        "not in [0, 1)",
+    );
+    fails(
+        &["eval", "--checkpoint", &model, "--prune", "gul3"],
+        "unknown pruning method",
+    );
+    fails(
+        &["compress", "--checkpoint", &model, "--out", "x.safetensors"],
+        "nothing to do",
+    );
+    fails(
+        &[
+            "compress",
+            "--checkpoint",
+            &model,
+            "--prune",
+            "gul1",
+            "--out",
+            "x",
+        ],
+        "--ratio",
+    );
+    fails(
+        &[
+            "compress",
+            "--checkpoint",
+            "missing.safetensors",
+            "--quant",
+            "int8",
+            "--out",
+            "x",
+        ],
+        "no such file",
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

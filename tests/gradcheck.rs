@@ -1123,10 +1123,23 @@ fn sabr_loss_gradients_wrt_weights() {
     check_cert_loss(small, CertLoss::Sabr, 0.05, 32, 1e-3);
 }
 
+/// CACTUS's set loss (full network, one pruned at 0.5 and the AWP-perturbed one, each with its
+/// SABR loss) w.r.t. the weights of `small`. The masks, the AWP perturbation and the attacks are
+/// piecewise constant in the weights (drawn with the same seed at every evaluation), so the
+/// derivative is that of the mean of the members' losses at a fixed set; the few steps that
+/// switch one of them are rejected like ReLU switches.
+#[test]
+fn cactus_loss_gradients_wrt_weights() {
+    let mut small = nn::ModelSpec::new(nn::Arch::Small, [1, 8, 8], 4);
+    small.init = nn::Init::Ibp;
+    check_cert_loss(small, CertLoss::Cactus, 0.05, 33, 1e-3);
+}
+
 #[derive(Clone, Copy)]
 enum CertLoss {
     Ibp,
     Sabr,
+    Cactus,
 }
 
 fn check_cert_loss(spec: nn::ModelSpec, kind: CertLoss, eps: f32, seed: u64, h: f32) {
@@ -1143,6 +1156,38 @@ fn check_cert_loss(spec: nn::ModelSpec, kind: CertLoss, eps: f32, seed: u64, h: 
         match kind {
             CertLoss::Ibp => ibp_cert_loss(m, &x, &labels, eps, &stats),
             CertLoss::Sabr => sabr_cert_loss_at(m, &x, &x_adv, &labels, eps, 0.4, &stats),
+            CertLoss::Cactus => {
+                use cactus::train::{
+                    cactus_loss, CactusConfig, CompressKind, Phase, Progress, Strategy,
+                };
+                let cfg = CactusConfig {
+                    compress: CompressKind::PruneQuant,
+                    strategy: Strategy::Fixed,
+                    ratios: Some(vec![0.5]),
+                    ..CactusConfig::default()
+                };
+                let phase = Phase {
+                    eps,
+                    cert_weight: 0.75,
+                };
+                let progress = Progress {
+                    step: 0,
+                    total_steps: 1,
+                    ramp_end: 0,
+                };
+                cactus_loss(
+                    m,
+                    &x,
+                    &labels,
+                    phase,
+                    0.4,
+                    &cfg,
+                    progress,
+                    &mut Rng::seed(3),
+                )
+                .unwrap()
+                .total
+            }
         }
     };
     let base = loss_of(&mut model);
@@ -1170,7 +1215,8 @@ fn check_cert_loss(spec: nn::ModelSpec, kind: CertLoss, eps: f32, seed: u64, h: 
                     *t = Tensor::from_vec(v, t.shape()).requires_grad();
                 };
                 set(&mut model, delta);
-                let l = autodiff::with_no_grad(|| loss_of(&mut model)).item() as f64;
+                // With gradients: CACTUS's AWP ascends by them (the others do not need them).
+                let l = loss_of(&mut model).item() as f64;
                 set(&mut model, -delta);
                 l
             };

@@ -871,18 +871,47 @@ fn certified_points_of_a_trained_network_survive_pgd_and_sampling() {
     let start = std::time::Instant::now();
     let model = ibp_trained_small();
     eprintln!("training: {:?}", start.elapsed());
+    certified_points_hold(&model, "IBP-trained small", 5);
+    eprintln!("total: {:?}", start.elapsed());
+}
+
+/// The same checks on the *compressed* weights: what `cactus eval` certifies for a quantized or
+/// pruned network (bounds on the dequantized weights, running statistics of the full network)
+/// must hold for that network, not for the original.
+#[test]
+fn certified_points_of_quantized_and_pruned_networks_survive_pgd_and_sampling() {
+    use cactus::compress::prune::prune;
+    use cactus::compress::quant::{quantize_model, Format, Granularity};
+    let model = ibp_trained_small();
+    for (format, granularity) in [
+        (Format::INT8, Granularity::PerTensor),
+        (Format::INT4, Granularity::PerTensor),
+        (Format::Int(3), Granularity::PerChannel),
+        (Format::Fp16, Granularity::PerTensor),
+    ] {
+        let q = quantize_model(&model, format, granularity).detached();
+        certified_points_hold(&q, &format!("small at {format} {granularity}"), 10);
+    }
+    let (pruned, _) = prune(&model, "gul1".parse().unwrap(), 0.7).unwrap();
+    certified_points_hold(&pruned.detached(), "small pruned gul1 0.7", 10);
+}
+
+/// Certify 300 test points of `model` at ε = 0.08 (at least one in `min_share`), then attack
+/// every certified point with a strong PGD (no iterate may be misclassified, and the best points
+/// respect the margin bounds) and sample 20 of them (every layer inside its bounds).
+fn certified_points_hold(model: &Model, name: &str, min_share: usize) {
     let eps = 0.08;
     let (x, y) = mnist_14(Split::Test, 300, 3);
     let (cert, clean) = with_no_grad(|| {
-        let margins = margin_lower_bounds(&model, &input_box(&x, eps), &y, BnSource::Running);
+        let margins = margin_lower_bounds(model, &input_box(&x, eps), &y, BnSource::Running);
         let pred = model.forward(&x, Mode::Eval).argmax_rows();
         (certified(&margins, &y), pred)
     });
     let n_cert = cert.iter().filter(|&&c| c).count();
     let n_clean = clean.iter().zip(&y).filter(|(p, t)| p == t).count();
-    eprintln!("clean {n_clean}/300, certified {n_cert}/300 at eps {eps}");
+    eprintln!("{name}: clean {n_clean}/300, certified {n_cert}/300 at eps {eps}");
     assert!(
-        n_cert * 5 >= y.len(),
+        n_cert * min_share >= y.len(),
         "only {n_cert} of {} test points certified at eps {eps} (clean {n_clean}): the \
          soundness checks below would test too little",
         y.len()
@@ -907,7 +936,7 @@ fn certified_points_of_a_trained_network_survive_pgd_and_sampling() {
     };
     let region = Region::linf_ball(&xc, eps);
     let out = pgd_outcome(
-        &model,
+        model,
         &xc,
         &yc,
         &region,
@@ -925,7 +954,7 @@ fn certified_points_of_a_trained_network_survive_pgd_and_sampling() {
     }
     // The attack's best points respect the margin bounds too.
     let margins = with_no_grad(|| {
-        margin_lower_bounds(&model, &input_box(&xc, eps), &yc, BnSource::Running).to_vec()
+        margin_lower_bounds(model, &input_box(&xc, eps), &yc, BnSource::Running).to_vec()
     });
     let adv_logits = with_no_grad(|| model.forward(&out.x_adv, Mode::Eval)).to_vec();
     for (k, &t) in yc.iter().enumerate() {
@@ -943,7 +972,7 @@ fn certified_points_of_a_trained_network_survive_pgd_and_sampling() {
     }
     // The same attack is not toothless: at 3ε it breaks some of these points.
     let wide = Region::linf_ball(&xc, 3.0 * eps);
-    let broken = pgd_outcome(&model, &xc, &yc, &wide, &cfg, Mode::Eval, &mut Rng::seed(5))
+    let broken = pgd_outcome(model, &xc, &yc, &wide, &cfg, Mode::Eval, &mut Rng::seed(5))
         .fooled
         .iter()
         .filter(|&&f| f)
@@ -958,8 +987,8 @@ fn certified_points_of_a_trained_network_survive_pgd_and_sampling() {
     // Sampling: 20 certified points, about 200 points each plus gradient vertices.
     let some: Vec<usize> = (0..idx.len().min(20)).collect();
     let probe = Probe {
-        name: "IBP-trained small",
-        model: &model,
+        name,
+        model,
         bn: BnSource::Running,
         bn_name: "running",
         samples: 100,
@@ -974,7 +1003,6 @@ fn certified_points_of_a_trained_network_survive_pgd_and_sampling() {
         &mut Rng::seed(6),
     );
     assert_none(&found);
-    eprintln!("total: {:?}", start.elapsed());
 }
 
 /// The input box holds its exact corners max(x − ε, 0) and min(x + ε, 1) in f32: the

@@ -74,11 +74,18 @@ pub fn perturbed(model: &Model, deltas: &[Option<Tensor>]) -> Model {
 /// The perturbation `Δ*` that ascends `objective` (a scalar loss of the perturbed network) from
 /// `Δ = 0` within the balls of [`awp_radii`]. Only `Δ` is differentiated: `model`'s parameters
 /// are detached for the ascent. The result holds constants (no autodiff history).
+///
+/// # Panics
+/// Under `autodiff::no_grad()`: the ascent needs gradients.
 pub fn awp_perturbation(
     model: &Model,
     cfg: &AwpConfig,
     mut objective: impl FnMut(&mut Model) -> Tensor,
 ) -> Perturbation {
+    assert!(
+        crate::autodiff::is_grad_enabled(),
+        "AWP ascends by gradients: do not run it under autodiff::no_grad()"
+    );
     let radii = awp_radii(model, cfg.eta);
     let base = model.detached();
     let mut deltas: Vec<Option<Vec<f32>>> = base

@@ -42,12 +42,20 @@ impl Report {
     }
 
     pub fn to_csv(&self) -> String {
-        let mut s = String::from("compression,ratio,sparsity,format,certifier,clean,pgd,certified\n");
+        let mut s =
+            String::from("compression,ratio,sparsity,format,certifier,clean,pgd,certified\n");
         for r in &self.rows {
             writeln!(
                 s,
                 "{},{},{:.4},{},{},{:.4},{:.4},{:.4}",
-                r.compression, r.ratio, r.sparsity, r.format, r.certifier, r.clean, r.pgd, r.certified
+                r.compression,
+                r.ratio,
+                r.sparsity,
+                r.format,
+                r.certifier,
+                r.clean,
+                r.pgd,
+                r.certified
             )
             .expect("writing to a String");
         }

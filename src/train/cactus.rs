@@ -217,9 +217,9 @@ pub fn set_ratios(
     }
 }
 
-/// The fraction of conv and linear weights that, pruned smallest-first by `|w|`, hold the share
-/// `mass` of the total l1 weight mass. A histogram of `|w|` (linear in each bin) instead of a
-/// sort, so that it costs two passes over the weights.
+/// The fraction of conv and linear weights that, pruned smallest-first by `|w|`, hold at most the
+/// share `mass` of the total l1 weight mass. A histogram of `|w|` finds the bin where the running
+/// mass crosses the target; only that bin's weights are sorted, so no full sort is needed.
 pub fn mass_ratio(model: &Model, mass: f64) -> f64 {
     const BINS: usize = 4096;
     let weights: Vec<&Tensor> = model
@@ -242,24 +242,27 @@ pub fn mass_ratio(model: &Model, mass: f64) -> f64 {
     if n == 0 || !(total > 0.0 && total.is_finite()) {
         return 0.0;
     }
+    let bin = |v: f64| ((v / max * BINS as f64) as usize).min(BINS - 1);
     let mut count = vec![0usize; BINS];
     let mut sum = vec![0.0f64; BINS];
     for v in values() {
-        let b = ((v / max * BINS as f64) as usize).min(BINS - 1);
-        count[b] += 1;
-        sum[b] += v;
+        count[bin(v)] += 1;
+        sum[bin(v)] += v;
     }
     let target = mass * total;
     let (mut below_n, mut below_mass) = (0usize, 0.0f64);
     for b in 0..BINS {
-        if below_mass + sum[b] >= target {
-            // Inside the bin, weights are taken as equal: the share of the bin needed.
-            let part = if sum[b] > 0.0 {
-                (target - below_mass) / sum[b]
-            } else {
-                0.0
-            };
-            return (below_n as f64 + part * count[b] as f64) / n as f64;
+        if below_mass + sum[b] > target {
+            let mut inside: Vec<f64> = values().filter(|&v| bin(v) == b).collect();
+            inside.sort_by(f64::total_cmp);
+            for v in inside {
+                if below_mass + v > target {
+                    break;
+                }
+                below_mass += v;
+                below_n += 1;
+            }
+            return below_n as f64 / n as f64;
         }
         below_n += count[b];
         below_mass += sum[b];

@@ -200,6 +200,10 @@ pub struct EpochRecord {
     pub cert_loss: Option<f64>,
     /// Clean accuracy on the training batches (train-mode batch norm), a fraction.
     pub train_accuracy: f64,
+    /// Share of the training predictions that went to the most predicted class: near 1 when the
+    /// network collapsed to a constant classifier.
+    #[serde(default)]
+    pub majority_share: f64,
     /// ε and certified weight at the epoch's last batch.
     pub eps: f32,
     pub cert_weight: f32,
@@ -329,6 +333,7 @@ impl Trainer {
         let start = Instant::now();
         let (mut loss_sum, mut ce_sum, mut cert_sum, mut cert_n) = (0.0, 0.0, 0.0, 0usize);
         let (mut correct, mut seen) = (0usize, 0usize);
+        let mut predicted = vec![0usize; data.num_classes.max(1)];
         let mut phase = Phase {
             eps: 0.0,
             cert_weight: 0.0,
@@ -398,13 +403,13 @@ impl Trainer {
                 cert_n += 1;
             }
             seen += y.len();
-            correct += out
-                .logits
-                .argmax_rows()
-                .iter()
-                .zip(&y)
-                .filter(|(p, t)| p == t)
-                .count();
+            let predictions = out.logits.argmax_rows();
+            correct += predictions.iter().zip(&y).filter(|(p, t)| p == t).count();
+            for p in predictions {
+                if let Some(c) = predicted.get_mut(p) {
+                    *c += 1;
+                }
+            }
             let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
                 "loss {:.4}  acc {:5.1}%  ε {:.4}  cert w {:.2}  {:.0} samples/s",
@@ -425,6 +430,7 @@ impl Trainer {
             clean_ce: ce_sum / total as f64,
             cert_loss: (cert_n > 0).then(|| cert_sum / cert_n as f64),
             train_accuracy: correct as f64 / seen as f64,
+            majority_share: predicted.iter().copied().max().unwrap_or(0) as f64 / seen as f64,
             eps: phase.eps,
             cert_weight: phase.cert_weight,
             seconds,
@@ -453,6 +459,9 @@ impl Trainer {
         };
         while self.epoch < self.config.epochs {
             let r = self.run_epoch(data, &bar)?;
+            if let Some(warning) = collapse_warning(&r, data.num_classes) {
+                bar.suspend(|| eprintln!("warning: {warning}"));
+            }
             if !quiet {
                 bar.suspend(|| {
                     eprintln!(
@@ -473,4 +482,19 @@ impl Trainer {
         bar.finish_and_clear();
         Ok(())
     }
+}
+
+/// A warning when an epoch's predictions went almost all to one class (a constant classifier,
+/// the usual failure of certified training with a steep ramp), with what to try.
+pub fn collapse_warning(r: &EpochRecord, num_classes: usize) -> Option<String> {
+    const SHARE: f64 = 0.9;
+    (num_classes > 1 && r.majority_share >= SHARE).then(|| {
+        format!(
+            "epoch {}: {:.0}% of the training predictions went to one class (train accuracy              {:.1}%, ε {}): the network has collapsed to a near-constant classifier. Try --init              ibp, a longer --warmup-batches/--ramp-batches, or a lower --lr",
+            r.epoch,
+            100.0 * r.majority_share,
+            100.0 * r.train_accuracy,
+            r.eps
+        )
+    })
 }
