@@ -16,6 +16,7 @@
 #            [--datasets mnist-mini,fashion-mnist]
 #            [--variants sabr,cactus-prune,cactus-quant,cactus-both] [--seeds 0,1,2]
 #            [--eps 0.1] [--model small] [--width 1] [--threads 2] [--out out/compress]
+#            [--eval-limit N]   (evaluate on the first N test points only; default: all)
 # Runs are named ENGINE-DATASET-eEPS-MODEL-VARIANT-sSEED (MODEL is cnn7w<WIDTH> for cnn7): a
 # directory for cactus (report.json, history.json, model.safetensors), a JSON file (and .log) for
 # torch.
@@ -26,6 +27,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ENGINES=cactus,torch DATASETS=mnist-mini,fashion-mnist SEEDS=0,1,2 THREADS=2 EPS=0.1
 VARIANTS=sabr,cactus-prune,cactus-quant,cactus-both MODEL=small WIDTH=1 OUT=out/compress
+EVAL_LIMIT=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --engines) ENGINES="$2"; shift 2 ;;
@@ -37,6 +39,7 @@ while [[ $# -gt 0 ]]; do
         --width) WIDTH="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
+        --eval-limit) EVAL_LIMIT="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -49,6 +52,11 @@ case "$MODEL" in
     cnn7) model_args=(--model cnn7 --width "$WIDTH"); tag="cnn7w$WIDTH" ;;
     *) echo "unknown model $MODEL (small or cnn7)" >&2; exit 2 ;;
 esac
+
+cactus_limit=() torch_limit=()
+if [[ -n "$EVAL_LIMIT" ]]; then
+    cactus_limit=(--limit "$EVAL_LIMIT") torch_limit=(--limit-test "$EVAL_LIMIT")
+fi
 
 mkdir -p "$OUT"
 [[ ",$ENGINES," == *,cactus,* ]] && cargo build --release --quiet
@@ -87,7 +95,7 @@ for dataset in ${DATASETS//,/ }; do
                         # The test split of the training's dataset; --data where it has files.
                         ./target/release/cactus eval --checkpoint "$dir/model.safetensors" \
                             "${data[@]}" --prune "$PRUNE" --ratios "$RATIOS" --quant "$QUANT" \
-                            --out "$dir" --quiet
+                            "${cactus_limit[@]}" --out "$dir" --quiet
                         ;;
                     torch)
                         file="$OUT/$name.json"
@@ -96,7 +104,7 @@ for dataset in ${DATASETS//,/ }; do
                         bash scripts/torch_certified.sh "${method[@]}" "${model_args[@]}" \
                             --dataset "$dataset" "${data[@]}" --eps "$EPS" --seed "$seed" \
                             "${extra[@]}" --eval-prune "$PRUNE" --eval-ratios "$RATIOS" --eval-quant "$QUANT" \
-                            --threads "$THREADS" --out "$file" > "$OUT/$name.log"
+                            "${torch_limit[@]}" --threads "$THREADS" --out "$file" > "$OUT/$name.log"
                         ;;
                     *) echo "unknown engine $engine" >&2; exit 2 ;;
                 esac
