@@ -34,6 +34,28 @@ Workloads (random data, seed 0, NCHW, float32):
     small_mnist_sabr_b32, small_mnist_sabr_b128   model `small`, input 1x28x28
     cnn7_mnist_ibp_b128,  cnn7_mnist_sabr_b128    model `cnn7`,  input 1x28x28
     cnn7_cifar_ibp_b128,  cnn7_cifar_sabr_b128    model `cnn7`,  input 3x32x32
+  CACTUS steps (cactus's `cactus_loss` with its default compression set, past the ramp; the
+  member computation of scripts/torch_certified.py's cactus_loss, built from its functions
+  forward_with / sabr_box / margin_lower_bounds / cert_loss): the full net f and ONE copy of f
+  pruned by GUL1 at a ratio drawn from U(0.25, 0.75) (mask recomputed every step from the
+  detached weights, member weights w*mask); each member: 0.25*CE(clean pass, its own train-mode
+  batch statistics; only f updates the running ones) + 0.75*SABR loss (its own 8-step PGD on
+  its detached weights, BN in eval mode, then IBP on the 0.4*eps box with its clean batch
+  statistics); loss = mean of the two; backward; clip 10; Adam(5e-4, weight_decay=1e-5).
+  The GUL1 mask uses torch.kthvalue (a selection, as cactus), not torch_certified.prune_masks'
+  stable argsort (exact tie order, ~7x slower on 13 M weights), so the comparison times the
+  training step rather than a sort. Same models, inputs and eps as the SABR twins.
+    small_mnist_cactus_b128                       model `small`, input 1x28x28, eps 0.1
+    cnn7_cifar_cactus_b128                        model `cnn7`,  input 3x32x32, eps 8/255
+  compression kernels (kernels group; full-width cnn7 for MNIST inputs [1,28,28], 10 classes:
+  its 7 conv/linear weight tensors, 13,256,256 weights; "batch" = weights, so samples/s is
+  weights/s, as criterion's Throughput::Elements in benches/kernels.rs), no_grad:
+    prune_mask_gul1_13M   global unstructured l1 mask at ratio 0.5: k = floor(0.5 n) on the
+                          concatenated |w|, threshold = torch.kthvalue(|w|, k), one float mask
+                          (|w| > threshold) per tensor (ties at the threshold not resolved)
+    fake_quant_int8_13M   per tensor: aminmax, s = (max - min)/255, z = -128 - round(min/s),
+                          torch.fake_quantize_per_tensor_affine(w, s, z, -128, 127)
+                          (= s*(clamp(round(w/s) + z, -128, 127) - z), float32)
 
 Timing: `warm-up` reps (3, or only 1 if a rep takes more than 1 s), then reps until
 at least 5 reps AND at least 1 s of timed work; the median rep is reported
@@ -254,12 +276,111 @@ def w_cert_step(arch, data, method, batch, cert_weight=0.75, sabr_lambda=0.4):
     return batch, None, timed(step)
 
 
+def w_cactus_step(arch, data, batch, cert_weight=0.75, sabr_lambda=0.4):
+    """One CACTUS step (default set: f and f pruned by GUL1 at r ~ U(0.25, 0.75)); see the
+    module docstring. Mirrors torch_certified.cactus_loss with --compress prune --strategy
+    sampling --samples 1 --prune-method gul1, past the ramp (eps_t = eps, w_t = 0.75)."""
+    tc = torch_certified()
+    in_ch, hw, eps, (mean, std) = CERT_DATA[data]
+    torch.manual_seed(0)
+    if arch == "small":
+        model = tc.small_model((mean[0], std[0]), "ibp")
+    else:
+        model = ibp_init(nn.Sequential(tc.Normalize(mean, std), *cnn7(in_ch, hw)))
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, in_ch, hw, hw, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    gen = torch.Generator().manual_seed(1)  # ratios and attack starts
+    w = cert_weight
+    idx = tc.affine_indices(model)
+
+    def member(weights, bn):  # (1 - w)*CE(own clean pass) + w*SABR(own attack, own BN stats)
+        logits, stats = tc.forward_with(model, weights, x, bn)
+        c, r = tc.sabr_box(model, weights, x, y, eps, sabr_lambda, gen)
+        lb = tc.margin_lower_bounds(model, c, r, y, stats, weights)
+        return (1 - w) * F.cross_entropy(logits, y) + w * tc.cert_loss(lb, y)
+
+    def step():
+        full = member({}, "update")  # only f updates the running statistics
+        ratio = 0.25 + 0.5 * torch.rand(1, generator=gen).item()
+        ws = [model[i].weight.detach() for i in idx]
+        masks = gul1_masks(ws, ratio, tc.prune_count(ratio, sum(t.numel() for t in ws)))
+        pruned = member({i: model[i].weight * m for i, m in zip(idx, masks)}, "batch")
+        loss = (full + pruned) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        loss.item()
+    return batch, None, timed(step)
+
+
+# Compression kernels: the conv/linear weights of full-width cnn7 for MNIST inputs.
+CNN7_MNIST_WEIGHTS = 13_256_256
+
+
+def compression_weights():
+    torch.manual_seed(0)
+    model = cnn7(1, 28)
+    ws = [m.weight.detach() for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    n = sum(t.numel() for t in ws)
+    assert n == CNN7_MNIST_WEIGHTS, n
+    return ws, n
+
+
+def gul1_masks(ws, ratio, k=None):
+    """Global unstructured l1 masks: the k = floor(ratio*n) smallest |w| of all tensors pruned,
+    via the k-th smallest |w| (torch.kthvalue, a selection); weights equal to it are all
+    pruned (ties not resolved). Float 0/1 masks, one per tensor."""
+    n = sum(t.numel() for t in ws)
+    k = math.floor(ratio * n) if k is None else k
+    if k <= 0:
+        return [torch.ones_like(t) for t in ws]
+    with torch.no_grad():
+        thr = torch.kthvalue(torch.cat([t.abs().flatten() for t in ws]), k).values
+        return [(t.abs() > thr).float() for t in ws]
+
+
+def w_prune_mask():
+    ws, n = compression_weights()
+    return n, None, timed(lambda: gul1_masks(ws, 0.5))
+
+
+def fake_quant_int8(ws):
+    """int8 per-tensor asymmetric fake quantization with PyTorch's fused
+    torch.fake_quantize_per_tensor_affine (the explicit formula only if z falls outside
+    [-128, 127], i.e. a tensor of one sign; not the case here)."""
+    out = []
+    with torch.no_grad():
+        for t in ws:
+            lo, hi = (v.item() for v in torch.aminmax(t))
+            if lo == hi:
+                out.append(t.clone())
+                continue
+            s = (hi - lo) / 255.0
+            z = -128 - round(lo / s)
+            if -128 <= z <= 127:
+                out.append(torch.fake_quantize_per_tensor_affine(t, s, z, -128, 127))
+            else:
+                out.append(s * ((torch.round(t / s) + z).clamp(-128, 127) - z))
+    return out
+
+
+def w_fake_quant():
+    ws, n = compression_weights()
+    return n, None, timed(lambda: fake_quant_int8(ws))
+
+
 WORKLOADS = [
     # name, group, factory
     ("matmul_1024", "kernels", w_matmul),
     ("conv_fwd_32x64x28x28", "kernels", w_conv_fwd),
     ("conv_bwd_32x64x28x28", "kernels", w_conv_bwd),
     ("iconv_fwd_32x64x28x28", "kernels", w_iconv_fwd),
+    ("prune_mask_gul1_13M", "kernels", w_prune_mask),
+    ("fake_quant_int8_13M", "kernels", w_fake_quant),
     ("small_mnist_std_b32", "steps", lambda: w_step(small, 1, 28, 32)),
     ("small_mnist_std_b128", "steps", lambda: w_step(small, 1, 28, 128)),
     ("cnn7_mnist_std_b32", "steps", lambda: w_step(cnn7, 1, 28, 32)),
@@ -269,10 +390,12 @@ WORKLOADS = [
     ("small_mnist_ibp_b128", "steps", lambda: w_cert_step("small", "mnist", "ibp", 128)),
     ("small_mnist_sabr_b32", "steps", lambda: w_cert_step("small", "mnist", "sabr", 32)),
     ("small_mnist_sabr_b128", "steps", lambda: w_cert_step("small", "mnist", "sabr", 128)),
+    ("small_mnist_cactus_b128", "steps", lambda: w_cactus_step("small", "mnist", 128)),
     ("cnn7_mnist_ibp_b128", "steps", lambda: w_cert_step("cnn7", "mnist", "ibp", 128)),
     ("cnn7_mnist_sabr_b128", "steps", lambda: w_cert_step("cnn7", "mnist", "sabr", 128)),
     ("cnn7_cifar_ibp_b128", "steps", lambda: w_cert_step("cnn7", "cifar", "ibp", 128)),
     ("cnn7_cifar_sabr_b128", "steps", lambda: w_cert_step("cnn7", "cifar", "sabr", 128)),
+    ("cnn7_cifar_cactus_b128", "steps", lambda: w_cactus_step("cnn7", "cifar", 128)),
 ]
 
 
@@ -382,7 +505,9 @@ def main():
             row["gflops"] = flops / med / 1e9
         rows.append(row)
         gf = f"{row['gflops']:9.1f}" if "gflops" in row else f"{'-':>9}"
-        print(f"{name:<24} {batch:>5} {row['median_ms']:>11.3f} {row['samples_per_s']:>12.1f} {gf} "
+        sps = row["samples_per_s"]
+        sps = f"{sps:>12.4g}" if sps >= 1e7 else f"{sps:>12.1f}"  # weights/s of the 13M kernels
+        print(f"{name:<24} {batch:>5} {row['median_ms']:>11.3f} {sps} {gf} "
               f"{len(times):>5}", file=sys.stderr, flush=True)
 
     env["loadavg_1m_after"] = round(os.getloadavg()[0], 2)

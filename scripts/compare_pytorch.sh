@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # compare_pytorch.sh — benchmark cactus against PyTorch on this machine, back to back.
 #
+# Workloads: every criterion bench of `kernels` and `steps` (no --only: criterion runs them all,
+# the compression kernels prune_mask_gul1_13M / fake_quant_int8_13M and the CACTUS steps
+# small_mnist_cactus_b128 / cnn7_cifar_cactus_b128 included) and their twins in bench_torch.py.
+#
 # Runs, with the same number of threads on both sides:
 #   (a) cactus:  RAYON_NUM_THREADS=$T cargo bench --bench kernels --bench steps -- --noplot [FILTER]
 #                (criterion 0.5; results in target/criterion/{kernels,steps}/<name>/new/estimates.json)
@@ -34,11 +38,16 @@ Options:
   -h, --help       this help
 
 Workloads: matmul_1024 conv_fwd_32x64x28x28 conv_bwd_32x64x28x28 iconv_fwd_32x64x28x28
+           compression kernels (cnn7 MNIST weights, 13.3 M; samples/s = weights/s):
+           prune_mask_gul1_13M fake_quant_int8_13M
            small_mnist_std_b32 small_mnist_std_b128 cnn7_mnist_std_b32 cnn7_mnist_std_b128
            cnn7_cifar_std_b128
            certified steps (IBP, SABR; PyTorch side as scripts/torch_certified.py):
            small_mnist_ibp_b32 small_mnist_ibp_b128 small_mnist_sabr_b32 small_mnist_sabr_b128
            cnn7_mnist_ibp_b128 cnn7_mnist_sabr_b128 cnn7_cifar_ibp_b128 cnn7_cifar_sabr_b128
+           CACTUS steps (full net + one GUL1-pruned net, each with its own SABR loss; the report
+           adds the "cactus/sabr step cost ratio" per engine, budget ~2.1x):
+           small_mnist_cactus_b128 cnn7_cifar_cactus_b128
 Output:    target/compare/{torch.json,compare.md,compare.json}
 EOF
 }

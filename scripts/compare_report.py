@@ -29,12 +29,20 @@ NOISE = 0.10  # |ratio - 1| <= NOISE is reported as noise
 # Known workloads: name -> (group, batch = samples per iteration, FLOPs per iteration or None).
 # Must match scripts/bench_torch.py and benches/{kernels,steps}.rs.
 _CONV_FLOPS = 2.0 * 32 * 64 * 28 * 28 * 64 * 9
+# cnn7 (1x28x28 input, 10 classes): conv 1->64, 64->64, 64->128 (s2), 128->128 x2 (k3), then
+# linear 128*14*14 -> 512 and 512 -> 10.
+_CNN7_MNIST_WEIGHTS = (9 * (1 * 64 + 64 * 64 + 64 * 128 + 2 * 128 * 128)
+                       + 128 * 14 * 14 * 512 + 512 * 10)  # 13,256,256
 WORKLOADS = {
     "matmul_1024": ("kernels", 1, 2.0 * 1024 ** 3),
     "conv_fwd_32x64x28x28": ("kernels", 32, _CONV_FLOPS),
     "conv_bwd_32x64x28x28": ("kernels", 32, 2.0 * _CONV_FLOPS),
     # Interval conv forward: centre (W, bias) and radius (|W|), two convolutions.
     "iconv_fwd_32x64x28x28": ("kernels", 32, 2.0 * _CONV_FLOPS),
+    # Compression kernels on full-width cnn7's conv/linear weights for MNIST inputs: the "batch"
+    # is the number of weights (criterion's Throughput::Elements), so samples/s = weights/s.
+    "prune_mask_gul1_13M": ("kernels", _CNN7_MNIST_WEIGHTS, None),
+    "fake_quant_int8_13M": ("kernels", _CNN7_MNIST_WEIGHTS, None),
     "small_mnist_std_b32": ("steps", 32, None),
     "small_mnist_std_b128": ("steps", 128, None),
     "cnn7_mnist_std_b32": ("steps", 32, None),
@@ -45,11 +53,19 @@ WORKLOADS = {
     "small_mnist_ibp_b128": ("steps", 128, None),
     "small_mnist_sabr_b32": ("steps", 32, None),
     "small_mnist_sabr_b128": ("steps", 128, None),
+    "small_mnist_cactus_b128": ("steps", 128, None),
     "cnn7_mnist_ibp_b128": ("steps", 128, None),
     "cnn7_mnist_sabr_b128": ("steps", 128, None),
     "cnn7_cifar_ibp_b128": ("steps", 128, None),
     "cnn7_cifar_sabr_b128": ("steps", 128, None),
+    # CACTUS steps (default set: the full net + one GUL1-pruned copy, each with its own SABR).
+    "cnn7_cifar_cactus_b128": ("steps", 128, None),
 }
+# Derived: cost of a CACTUS step relative to the SABR step of the same model/data/batch, per
+# engine, from the same run (the issue's budget: at most ~2.1x for a two-network set).
+CACTUS_SABR_PAIRS = (("small_mnist_cactus_b128", "small_mnist_sabr_b128"),
+                     ("cnn7_cifar_cactus_b128", "cnn7_cifar_sabr_b128"))
+CACTUS_SABR_BUDGET = 2.1
 GROUPS = ("kernels", "steps")
 
 
@@ -127,6 +143,8 @@ def fmt(v, kind="ms"):
                 return format(v, spec)
         return format(v, ".3f")
     if kind == "rate":
+        if abs(v) >= 1e7:  # the compression kernels: weights/s
+            return f"{v / 1e6:.0f} M"
         return format(v, ".0f") if abs(v) >= 100 else format(v, ".1f")
     return format(v, ".1f")  # gflops
 
@@ -158,6 +176,39 @@ def table(rows, with_gflops):
 def geomean(xs):
     xs = [x for x in xs if x is not None and x > 0]
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+COMPRESSION_KERNELS = ("prune_mask_gul1_13M", "fake_quant_int8_13M")
+
+
+def cactus_sabr_lines(rows, cost):
+    """Markdown lines "cactus/sabr step cost ratio" (ms of the CACTUS step / ms of the SABR step,
+    per engine, same run) for each pair present; appends the values to `cost` for the JSON."""
+    by_name = {r["name"]: r for r in rows}
+    lines = []
+    for cac, sabr in CACTUS_SABR_PAIRS:
+        if cac not in by_name and sabr not in by_name:
+            continue
+        a, b = by_name.get(cac, {}), by_name.get(sabr, {})
+        entry = {"cactus_step": cac, "sabr_step": sabr}
+        cells = []
+        for engine in ("cactus", "torch"):
+            ms_c, ms_s = a.get(f"{engine}_ms"), b.get(f"{engine}_ms")
+            v = ms_c / ms_s if ms_c and ms_s else None
+            entry[engine] = v
+            label = "PyTorch" if engine == "torch" else "cactus"
+            if v is None:
+                cells.append(f"{label} -")
+            else:
+                over = " (over budget)" if v > CACTUS_SABR_BUDGET else ""
+                cells.append(f"{label} {v:.2f}x{over}")
+        cost.append(entry)
+        lines.append(f"- cactus/sabr step cost ratio `{cac}` / `{sabr}`: " + ", ".join(cells))
+    if lines:
+        lines = ["", f"CACTUS step cost relative to SABR (ms ratio, same engine and run; "
+                     f"budget ≤ ~{CACTUS_SABR_BUDGET}x for the full net + one pruned net):",
+                 ""] + lines
+    return lines
 
 
 # --------------------------------------------------------------------------- main
@@ -236,11 +287,15 @@ def main():
               f"within ±{NOISE:.0%} marked ≈ (noise))")
     md.append(f"- generated {time.strftime('%Y-%m-%d %H:%M:%S')}")
     summary = {}
+    cost = []
     for group in GROUPS + tuple(sorted({r["group"] for r in rows} - set(GROUPS))):
         g_rows = [r for r in rows if r["group"] == group]
         if not g_rows:
             continue
         md += ["", f"## {group}", "", table(g_rows, with_gflops=(group == "kernels"))]
+        if any(r["name"] in COMPRESSION_KERNELS for r in g_rows):
+            md += ["", "(prune_mask_gul1_13M, fake_quant_int8_13M: samples = weights, "
+                       f"{_CNN7_MNIST_WEIGHTS:,} per iteration; samples/s = weights/s)"]
         ratios = [r["ratio"] for r in g_rows if r["ratio"] is not None]
         gm = geomean(ratios)
         summary[group] = gm
@@ -248,6 +303,8 @@ def main():
             md.append("")
             md.append(f"Geometric mean ratio ({group}, {len(ratios)} of {len(g_rows)} workloads "
                       f"with both sides): {gm:.2f}")
+        if group == "steps":
+            md += cactus_sabr_lines(g_rows, cost)
     if notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     text = "\n".join(md) + "\n"
@@ -258,7 +315,8 @@ def main():
         f.write(text)
     with open(os.path.join(a.out_dir, "compare.json"), "w") as f:
         json.dump({"env": env, "threads": a.threads or env.get("threads"), "rows": rows,
-                   "geomean_ratio": summary, "notes": notes}, f, indent=2)
+                   "geomean_ratio": summary, "cactus_sabr_cost": cost, "notes": notes}, f,
+                  indent=2)
         f.write("\n")
     print(f"(wrote {os.path.join(a.out_dir, 'compare.md')} and compare.json)", file=sys.stderr)
     return 0
