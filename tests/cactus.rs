@@ -34,16 +34,7 @@ fn objective(net: &mut Model, x: &Tensor, y: &[usize]) -> Tensor {
 }
 
 fn weights(model: &Model) -> Vec<Option<&Tensor>> {
-    model
-        .net
-        .layers
-        .iter()
-        .map(|l| match l {
-            Layer::Linear(l) => Some(&l.weight),
-            Layer::Conv2d(c) => Some(&c.weight),
-            _ => None,
-        })
-        .collect()
+    model.net.layers.iter().map(Layer::weight).collect()
 }
 
 #[test]

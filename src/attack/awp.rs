@@ -10,7 +10,7 @@
 //! Biases and batch norm are not perturbed.
 
 use crate::compress::quant::quant_step;
-use crate::nn::{Layer, Model};
+use crate::nn::Model;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -32,25 +32,13 @@ impl Default for AwpConfig {
 /// One perturbation per layer of the model (`None` for layers without a weight).
 pub type Perturbation = Vec<Option<Tensor>>;
 
-fn weight_mut(layer: &mut Layer) -> Option<&mut Tensor> {
-    match layer {
-        Layer::Linear(l) => Some(&mut l.weight),
-        Layer::Conv2d(c) => Some(&mut c.weight),
-        _ => None,
-    }
-}
-
 /// The radius `η·q(W)` of each weighted layer's ball (`None` elsewhere).
 pub fn awp_radii(model: &Model, eta: f32) -> Vec<Option<f32>> {
     model
         .net
         .layers
         .iter()
-        .map(|layer| match layer {
-            Layer::Linear(l) => Some(eta * quant_step(&l.weight, 8)),
-            Layer::Conv2d(c) => Some(eta * quant_step(&c.weight, 8)),
-            _ => None,
-        })
+        .map(|layer| layer.weight().map(|w| eta * quant_step(w, 8)))
         .collect()
 }
 
@@ -64,7 +52,7 @@ pub fn perturbed(model: &Model, deltas: &[Option<Tensor>]) -> Model {
         "one perturbation per layer"
     );
     for (layer, delta) in copy.net.layers.iter_mut().zip(deltas) {
-        if let (Some(w), Some(d)) = (weight_mut(layer), delta) {
+        if let (Some(w), Some(d)) = (layer.weight_mut(), delta) {
             *w = w.add(d);
         }
     }
@@ -88,28 +76,17 @@ pub fn awp_perturbation(
     );
     let radii = awp_radii(model, cfg.eta);
     let base = model.detached();
-    let mut deltas: Vec<Option<Vec<f32>>> = base
-        .net
-        .layers
-        .iter()
-        .zip(&radii)
-        .map(|(layer, r)| {
-            r.map(|_| match layer {
-                Layer::Linear(l) => vec![0.0; l.weight.numel()],
-                Layer::Conv2d(c) => vec![0.0; c.weight.numel()],
-                _ => unreachable!("radii exist for weighted layers only"),
-            })
-        })
-        .collect();
     let shapes: Vec<Option<Vec<usize>>> = base
         .net
         .layers
         .iter()
-        .map(|layer| match layer {
-            Layer::Linear(l) => Some(l.weight.shape().to_vec()),
-            Layer::Conv2d(c) => Some(c.weight.shape().to_vec()),
-            _ => None,
-        })
+        .map(|layer| layer.weight().map(|w| w.shape().to_vec()))
+        .collect();
+    let mut deltas: Vec<Option<Vec<f32>>> = base
+        .net
+        .layers
+        .iter()
+        .map(|layer| layer.weight().map(|w| vec![0.0; w.numel()]))
         .collect();
     let as_tensors = |deltas: &[Option<Vec<f32>>], leaves: bool| -> Perturbation {
         deltas

@@ -244,15 +244,6 @@ fn check_ratio(ratio: f64) -> Result<()> {
     }
 }
 
-/// The weight of a conv or linear layer.
-fn weight_of(layer: &Layer) -> Option<&Tensor> {
-    match layer {
-        Layer::Linear(l) => Some(&l.weight),
-        Layer::Conv2d(c) => Some(&c.weight),
-        _ => None,
-    }
-}
-
 /// Magnitude pruning masks for `model` removing the fraction `ratio` (δ ∈ [0, 1)) of weights
 /// (unstructured) or units (structured). See the module documentation for the exact rules.
 pub fn prune_masks(model: &Model, method: PruneMethod, ratio: f64) -> Result<Masks> {
@@ -261,7 +252,7 @@ pub fn prune_masks(model: &Model, method: PruneMethod, ratio: f64) -> Result<Mas
     let weights: Vec<(usize, &Tensor)> = layers
         .iter()
         .enumerate()
-        .filter_map(|(i, l)| weight_of(l).map(|w| (i, w)))
+        .filter_map(|(i, l)| l.weight().map(|w| (i, w)))
         .collect();
     let total_weights: usize = weights.iter().map(|(_, w)| w.numel()).sum();
     let (mask_data, units) = match method.structure {
@@ -511,10 +502,8 @@ pub fn apply_masks(model: &Model, masks: &Masks) -> Model {
         copy.net.layers.len()
     );
     for (i, layer) in copy.net.layers.iter_mut().enumerate() {
-        let w = match layer {
-            Layer::Linear(l) => &mut l.weight,
-            Layer::Conv2d(c) => &mut c.weight,
-            _ => continue,
+        let Some(w) = layer.weight_mut() else {
+            continue;
         };
         if let Some(m) = masks.get(i) {
             assert_eq!(

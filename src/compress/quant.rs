@@ -606,12 +606,8 @@ pub fn quantize_model(model: &Model, format: Format, granularity: Granularity) -
     if format.is_identity() {
         return copy;
     }
-    for layer in &mut copy.net.layers {
-        match layer {
-            Layer::Linear(l) => l.weight = fake_quantize(&l.weight, format, granularity),
-            Layer::Conv2d(c) => c.weight = fake_quantize(&c.weight, format, granularity),
-            Layer::BatchNorm(_) | Layer::ReLU | Layer::Flatten => {}
-        }
+    for w in copy.net.layers.iter_mut().filter_map(Layer::weight_mut) {
+        *w = fake_quantize(w, format, granularity);
     }
     copy
 }

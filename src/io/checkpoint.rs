@@ -61,12 +61,11 @@ fn is_compressible(model: &Model, name: &str) -> bool {
     let Some((index, "weight")) = name.split_once('.') else {
         return false;
     };
-    index.parse::<usize>().ok().is_some_and(|i| {
-        matches!(
-            model.net.layers.get(i),
-            Some(Layer::Linear(_) | Layer::Conv2d(_))
-        )
-    })
+    index
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| model.net.layers.get(i))
+        .is_some_and(|layer| layer.weight().is_some())
 }
 
 /// One serialised tensor: name, little-endian bytes, dtype, shape.

@@ -53,6 +53,23 @@ impl Layer {
         }
     }
 
+    /// The weight of a conv or linear layer: what pruning and quantization compress.
+    pub fn weight(&self) -> Option<&Tensor> {
+        match self {
+            Layer::Linear(l) => Some(&l.weight),
+            Layer::Conv2d(c) => Some(&c.weight),
+            Layer::BatchNorm(_) | Layer::ReLU | Layer::Flatten => None,
+        }
+    }
+
+    pub fn weight_mut(&mut self) -> Option<&mut Tensor> {
+        match self {
+            Layer::Linear(l) => Some(&mut l.weight),
+            Layer::Conv2d(c) => Some(&mut c.weight),
+            Layer::BatchNorm(_) | Layer::ReLU | Layer::Flatten => None,
+        }
+    }
+
     /// Trainable tensors with their PyTorch names within the layer.
     pub fn parameters(&self) -> Vec<(&'static str, &Tensor)> {
         match self {

@@ -222,16 +222,7 @@ pub fn set_ratios(
 /// mass crosses the target; only that bin's weights are sorted, so no full sort is needed.
 pub fn mass_ratio(model: &Model, mass: f64) -> f64 {
     const BINS: usize = 4096;
-    let weights: Vec<&Tensor> = model
-        .net
-        .layers
-        .iter()
-        .filter_map(|l| match l {
-            Layer::Linear(l) => Some(&l.weight),
-            Layer::Conv2d(c) => Some(&c.weight),
-            _ => None,
-        })
-        .collect();
+    let weights: Vec<&Tensor> = model.net.layers.iter().filter_map(Layer::weight).collect();
     let values = || {
         weights
             .iter()

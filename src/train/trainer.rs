@@ -7,8 +7,9 @@ use crate::data::{batches, epoch_order, num_batches, Dataset, DatasetKind};
 use crate::io::{load_train_state, save_checkpoint, save_train_state, TrainState};
 use crate::nn::{Arch, Init, Model, ModelSpec};
 use crate::rng::Rng;
+use crate::tensor::Tensor;
 use crate::train::cactus::{cactus_loss, CactusConfig, Progress};
-use crate::train::losses::{batch_loss, Method};
+use crate::train::losses::{batch_loss, BatchLoss, Method};
 use crate::train::schedule::{Phase, Schedule};
 use crate::train::{Adam, AdamConfig, WeightDecay};
 use crate::{Error, Result};
@@ -165,6 +166,40 @@ impl TrainConfig {
         spec.init = self.init;
         spec.normalization = Some(self.dataset.normalization());
         spec
+    }
+
+    /// The loss of one training batch for this run's method: `batch_loss` of one network, or
+    /// CACTUS's set loss (whose strategies may depend on `progress`).
+    pub fn batch_loss(
+        &self,
+        model: &mut Model,
+        x: &Tensor,
+        y: &[usize],
+        phase: Phase,
+        progress: Progress,
+        rng: &mut Rng,
+    ) -> Result<BatchLoss> {
+        match self.method {
+            Method::Cactus => cactus_loss(
+                model,
+                x,
+                y,
+                phase,
+                self.sabr_lambda,
+                &self.cactus,
+                progress,
+                rng,
+            ),
+            method => Ok(batch_loss(
+                model,
+                method,
+                x,
+                y,
+                phase,
+                self.sabr_lambda,
+                rng,
+            )),
+        }
     }
 
     /// The settings as checkpoint metadata.
@@ -341,34 +376,12 @@ impl Trainer {
         for (b, idx) in batches(&order, cfg.batch_size, true).enumerate() {
             phase = schedule.at(self.step);
             let (x, y) = data.batch(idx);
-            let out = match cfg.method {
-                Method::Cactus => {
-                    let progress = Progress {
-                        step: self.step,
-                        total_steps: cfg.epochs * total as u64,
-                        ramp_end: schedule.length(),
-                    };
-                    cactus_loss(
-                        &mut self.model,
-                        &x,
-                        &y,
-                        phase,
-                        cfg.sabr_lambda,
-                        &cfg.cactus,
-                        progress,
-                        &mut self.rng,
-                    )?
-                }
-                method => batch_loss(
-                    &mut self.model,
-                    method,
-                    &x,
-                    &y,
-                    phase,
-                    cfg.sabr_lambda,
-                    &mut self.rng,
-                ),
+            let progress = Progress {
+                step: self.step,
+                total_steps: cfg.epochs * total as u64,
+                ramp_end: schedule.length(),
             };
+            let out = cfg.batch_loss(&mut self.model, &x, &y, phase, progress, &mut self.rng)?;
             let loss = out.total.item();
             if !loss.is_finite() {
                 return Err(Error::Invalid(format!(
