@@ -223,7 +223,7 @@ impl Masks {
 }
 
 /// `floor(ratio·n)`, where a product within a few ulps below an integer counts as that integer.
-fn count(ratio: f64, n: usize) -> usize {
+pub(crate) fn count(ratio: f64, n: usize) -> usize {
     let x = ratio * n as f64;
     let k = x.floor();
     let k = if (k + 1.0) - x <= 4.0 * f64::EPSILON * x.max(1.0) {
@@ -234,7 +234,7 @@ fn count(ratio: f64, n: usize) -> usize {
     (k as usize).min(n)
 }
 
-fn check_ratio(ratio: f64) -> Result<()> {
+pub(crate) fn check_ratio(ratio: f64) -> Result<()> {
     if (0.0..1.0).contains(&ratio) {
         Ok(())
     } else {
@@ -402,16 +402,42 @@ fn structured(
             .collect();
         scores.push(Some(s));
     }
+    let rows: Vec<usize> = weights.iter().map(|(_, w)| w.dim(0)).collect();
+    let (pruned_rows, report) = select_units(&scores, &rows, method.scope, ratio);
+    let masks = weights
+        .iter()
+        .zip(&pruned_rows)
+        .map(|((_, w), rows)| {
+            let row_len = w.numel() / rows.len().max(1);
+            let mut m = Vec::with_capacity(w.numel());
+            for &p in rows {
+                m.extend(std::iter::repeat_n(if p { 0.0 } else { 1.0 }, row_len));
+            }
+            m
+        })
+        .collect();
+    (masks, report)
+}
+
+/// Which units (weight rows) structured pruning removes, from each prunable weight's unit scores
+/// (`None`: never pruned, the classifier) and row counts: the ranking and one-unit-per-layer
+/// rules of the module documentation. Shared by the CPU path and the CUDA path (which scores the
+/// rows on the device).
+pub(crate) fn select_units(
+    scores: &[Option<Vec<f64>>],
+    rows: &[usize],
+    scope: Scope,
+    ratio: f64,
+) -> (Vec<Vec<bool>>, UnitReport) {
     let total: usize = scores.iter().flatten().map(|s| s.len()).sum();
     // (score, position in `weights`, unit) in ranking order.
     let cmp = |a: &(f64, usize, usize), b: &(f64, usize, usize)| -> Ordering {
         a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
     };
-    let mut pruned_rows: Vec<Vec<bool>> =
-        weights.iter().map(|(_, w)| vec![false; w.dim(0)]).collect();
+    let mut pruned_rows: Vec<Vec<bool>> = rows.iter().map(|&r| vec![false; r]).collect();
     let mut pruned = 0;
     let requested;
-    match method.scope {
+    match scope {
         Scope::Global => {
             requested = count(ratio, total);
             let mut all: Vec<(f64, usize, usize)> = Vec::with_capacity(total);
@@ -426,7 +452,7 @@ fn structured(
                 }
             }
             all.sort_unstable_by(cmp);
-            let mut lost = vec![0usize; weights.len()];
+            let mut lost = vec![0usize; rows.len()];
             for &(_, t, u) in &all {
                 if pruned == requested {
                     break;
@@ -462,20 +488,8 @@ fn structured(
             requested = req;
         }
     }
-    let masks = weights
-        .iter()
-        .zip(&pruned_rows)
-        .map(|((_, w), rows)| {
-            let row_len = w.numel() / rows.len().max(1);
-            let mut m = Vec::with_capacity(w.numel());
-            for &p in rows {
-                m.extend(std::iter::repeat_n(if p { 0.0 } else { 1.0 }, row_len));
-            }
-            m
-        })
-        .collect();
     (
-        masks,
+        pruned_rows,
         UnitReport {
             total,
             pruned,

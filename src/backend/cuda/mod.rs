@@ -1,0 +1,27 @@
+//! The CUDA backend: our kernels (`kernels/*.cu`), compiled at run time by NVRTC for the
+//! device's compute capability and launched through `cudarc`'s driver API.
+//!
+//! - `nvrtc`: compile one kernel module to a CUBIN for an `sm_XX` architecture, with NVRTC's log
+//!   on failure (also used without a GPU, to check every kernel in CI).
+//! - `context`: the process-wide device (one context and stream), probed before use so that a
+//!   machine without a driver gets a clear error; each module compiled once and cached with its
+//!   functions.
+//! - `buffer`: device buffers from a caching pool, so steady-state work does not call the
+//!   driver's allocator.
+//! - one module per kernel family with its launch wrappers (see `kernels/README.md`).
+//!
+//! Nothing here is needed on a CPU-only machine: every entry point checks for the driver (and
+//! NVRTC) first and returns an error naming what is missing.
+
+pub mod bounds;
+pub mod buffer;
+pub mod context;
+pub mod conv;
+pub mod nvrtc;
+pub mod prune;
+pub mod quant;
+pub mod train_ops;
+
+pub use buffer::DeviceBuffer;
+pub use context::{cuda, device_or_skip, driver_available, grid_1d, CudaBackend};
+pub use nvrtc::{compile_module, nvrtc_available, KernelModule};

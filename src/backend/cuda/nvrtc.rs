@@ -1,0 +1,98 @@
+//! Run-time compilation of `kernels/*.cu` with NVRTC (loaded dynamically: `libnvrtc.so.13`).
+
+use crate::backend::KERNEL_SOURCES;
+use crate::{Error, Result};
+use cudarc::nvrtc::{result, sys};
+use std::ffi::CString;
+
+/// One embedded kernel source file.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelModule {
+    /// The file stem, e.g. `interval_conv`.
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+impl KernelModule {
+    /// Every `kernels/*.cu`, in file-name order.
+    pub fn all() -> impl Iterator<Item = KernelModule> {
+        KERNEL_SOURCES
+            .iter()
+            .map(|&(name, source)| KernelModule { name, source })
+    }
+
+    /// The module called `name`.
+    pub fn named(name: &str) -> Result<KernelModule> {
+        Self::all()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::Invalid(format!("no kernel module '{name}' among kernels/*.cu")))
+    }
+}
+
+/// Whether NVRTC's shared library can be loaded (it ships with the CUDA toolkit, or in PyPI's
+/// `nvidia-cuda-nvrtc` wheel; `LD_LIBRARY_PATH` must reach it).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Compile `module` to a CUBIN for `arch` (`sm_90`, `sm_80`, …): ptxas runs too, so register
+/// and shared-memory errors surface here. An error carries NVRTC's log.
+pub fn compile_module(module: KernelModule, arch: &str) -> Result<Vec<u8>> {
+    if !nvrtc_available() {
+        return Err(Error::Invalid(
+            "NVRTC (libnvrtc.so.13) is not loadable: install the CUDA toolkit or the PyPI wheel \
+             nvidia-cuda-nvrtc==13.0.88 and put its lib folder on LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    let fail = |what: &str, e: &dyn std::fmt::Debug| {
+        Error::Invalid(format!(
+            "NVRTC, kernels/{}.cu for {arch}: {what}: {e:?}",
+            module.name
+        ))
+    };
+    let src = CString::new(module.source)
+        .map_err(|_| fail("source holds a NUL byte", &"kernels must be text"))?;
+    let name = CString::new(format!("{}.cu", module.name)).expect("a file name");
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| fail("create", &e))?;
+    let options = [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        "-lineinfo".to_string(),
+    ];
+    // SAFETY: `prog` is a live program created above; it is destroyed exactly once below.
+    let compiled = unsafe { result::compile_program(prog, &options) };
+    let log = unsafe { result::get_program_log(prog) }
+        .map(|chars| {
+            let bytes: Vec<u8> = chars
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            String::from_utf8_lossy(&bytes).trim().to_string()
+        })
+        .unwrap_or_default();
+    let cubin = compiled.map_err(|e| e.to_string()).and_then(|()| {
+        let mut size = 0usize;
+        // SAFETY: the program compiled; the buffer has the size NVRTC reports.
+        unsafe {
+            sys::nvrtcGetCUBINSize(prog, &mut size)
+                .result()
+                .map_err(|e| e.to_string())?;
+            let mut bytes = vec![0u8; size];
+            sys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr() as *mut _)
+                .result()
+                .map_err(|e| e.to_string())?;
+            Ok(bytes)
+        }
+    });
+    // SAFETY: destroyed once, after its last use.
+    let _ = unsafe { result::destroy_program(prog) };
+    cubin.map_err(|e| {
+        Error::Invalid(format!(
+            "NVRTC could not compile kernels/{}.cu for {arch} ({e}):\n{log}",
+            module.name
+        ))
+    })
+}

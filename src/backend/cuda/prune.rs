@@ -1,0 +1,285 @@
+//! Pruning masks on the device (`kernels/prune.cu`), equal to `compress::prune::prune_masks`.
+//!
+//! Unstructured methods select the threshold key by an 8-pass radix selection that stays on the
+//! device; structured methods score the units on the device and rank those few scores on the
+//! host with the CPU's rules (`select_units`), one small copy per call.
+
+use crate::backend::cuda::context::{cuda, driver_error, grid_1d, CudaBackend};
+use crate::backend::cuda::DeviceBuffer;
+use crate::compress::prune::{check_ratio, count, select_units, PruneMethod, Scope, Structure};
+use crate::{Error, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+/// One conv or linear weight on the device, in layer order.
+pub struct DeviceWeight<'a> {
+    pub values: &'a DeviceBuffer,
+    /// `[out, ...]`: rows are output units.
+    pub shape: &'a [usize],
+    /// The classifier (last linear layer): never pruned by structured methods.
+    pub classifier: bool,
+}
+
+fn launch_error(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| driver_error(name, e)
+}
+
+/// Blocks for a grid-stride walk over `n` values.
+fn stride_grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 1024) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// 0/1 masks (one per weight, same length) pruning the fraction `ratio` with `method`.
+pub fn prune_masks(
+    weights: &[DeviceWeight<'_>],
+    method: PruneMethod,
+    ratio: f64,
+) -> Result<Vec<DeviceBuffer>> {
+    check_ratio(ratio)?;
+    for w in weights {
+        let n: usize = w.shape.iter().product();
+        if n != w.values.len() || w.shape.is_empty() {
+            return Err(Error::Shape(format!(
+                "weight of shape {:?} holds {} values",
+                w.shape,
+                w.values.len()
+            )));
+        }
+    }
+    let backend = cuda()?;
+    match method.structure {
+        Structure::Unstructured => unstructured(backend, weights, method.scope, ratio),
+        Structure::Structured => structured(backend, weights, method, ratio),
+    }
+}
+
+/// The state {prefix, mask, k} of a selection of the `k`-th smallest key.
+fn selection_state(backend: &CudaBackend, k: usize) -> Result<CudaSlice<u64>> {
+    backend
+        .stream
+        .clone_htod(&[0u64, 0, k as u64])
+        .map_err(launch_error("copy selection state"))
+}
+
+/// Select the `k`-th smallest key over `group` (weights with their position offsets) into
+/// `state` by eight 8-bit radix passes.
+fn radix_select(
+    backend: &CudaBackend,
+    group: &[(&DeviceBuffer, u64)],
+    state: &mut CudaSlice<u64>,
+) -> Result<()> {
+    let histogram = backend.function("prune", "radix_histogram")?;
+    let pick = backend.function("prune", "radix_pick")?;
+    let mut hist = backend
+        .stream
+        .alloc_zeros::<u32>(256)
+        .map_err(launch_error("alloc histogram"))?;
+    for pass in 0..8 {
+        let shift = 56 - 8 * pass as i32;
+        for &(w, offset) in group {
+            let (n, offset) = (w.len() as i64, offset as i64);
+            let mut b = backend.stream.launch_builder(&histogram);
+            b.arg(w.slice())
+                .arg(&n)
+                .arg(&offset)
+                .arg(&*state)
+                .arg(&shift)
+                .arg(&mut hist);
+            // SAFETY: arguments match the kernel's signature; lengths are passed explicitly.
+            unsafe { b.launch(stride_grid(w.len())) }.map_err(launch_error("radix_histogram"))?;
+        }
+        let mut b = backend.stream.launch_builder(&pick);
+        b.arg(&mut hist).arg(&mut *state).arg(&shift);
+        // SAFETY: as above; one thread.
+        unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.map_err(launch_error("radix_pick"))?;
+    }
+    Ok(())
+}
+
+fn threshold_masks(
+    backend: &CudaBackend,
+    group: &[(&DeviceBuffer, u64)],
+    state: Option<&CudaSlice<u64>>,
+) -> Result<Vec<DeviceBuffer>> {
+    let kernel = backend.function("prune", "threshold_mask")?;
+    group
+        .iter()
+        .map(|&(w, offset)| {
+            let Some(state) = state else {
+                return ones(backend, w.len());
+            };
+            let mut mask = DeviceBuffer::uninit(w.len())?;
+            let (n, offset) = (w.len() as i64, offset as i64);
+            let mut b = backend.stream.launch_builder(&kernel);
+            b.arg(w.slice())
+                .arg(&n)
+                .arg(&offset)
+                .arg(state)
+                .arg(mask.slice_mut());
+            // SAFETY: arguments match the kernel's signature.
+            unsafe { b.launch(grid_1d(w.len())) }.map_err(launch_error("threshold_mask"))?;
+            Ok(mask)
+        })
+        .collect()
+}
+
+fn ones(backend: &CudaBackend, n: usize) -> Result<DeviceBuffer> {
+    let flags = backend
+        .stream
+        .alloc_zeros::<i32>(1)
+        .map_err(launch_error("alloc"))?;
+    row_mask(backend, &flags, n, n.max(1))
+}
+
+fn row_mask(
+    backend: &CudaBackend,
+    pruned: &CudaSlice<i32>,
+    n: usize,
+    row_len: usize,
+) -> Result<DeviceBuffer> {
+    let kernel = backend.function("prune", "row_mask")?;
+    let mut mask = DeviceBuffer::uninit(n)?;
+    let (n64, row) = (n as i64, row_len as i64);
+    let mut b = backend.stream.launch_builder(&kernel);
+    b.arg(pruned).arg(&n64).arg(&row).arg(mask.slice_mut());
+    // SAFETY: arguments match the kernel's signature.
+    unsafe { b.launch(grid_1d(n)) }.map_err(launch_error("row_mask"))?;
+    Ok(mask)
+}
+
+fn unstructured(
+    backend: &CudaBackend,
+    weights: &[DeviceWeight<'_>],
+    scope: Scope,
+    ratio: f64,
+) -> Result<Vec<DeviceBuffer>> {
+    let total: usize = weights.iter().map(|w| w.values.len()).sum();
+    if total as u64 > u32::MAX as u64 {
+        return Err(Error::Invalid(format!(
+            "pruning supports at most {} weights, the model has {total}",
+            u32::MAX
+        )));
+    }
+    match scope {
+        Scope::Global => {
+            let mut offset = 0u64;
+            let group: Vec<(&DeviceBuffer, u64)> = weights
+                .iter()
+                .map(|w| {
+                    let g = (w.values, offset);
+                    offset += w.values.len() as u64;
+                    g
+                })
+                .collect();
+            let k = count(ratio, total);
+            if k == 0 {
+                return threshold_masks(backend, &group, None);
+            }
+            let mut state = selection_state(backend, k)?;
+            radix_select(backend, &group, &mut state)?;
+            threshold_masks(backend, &group, Some(&state))
+        }
+        Scope::Local => weights
+            .iter()
+            .map(|w| {
+                let group = [(w.values, 0u64)];
+                let k = count(ratio, w.values.len());
+                let mut masks = if k == 0 {
+                    threshold_masks(backend, &group, None)?
+                } else {
+                    let mut state = selection_state(backend, k)?;
+                    radix_select(backend, &group, &mut state)?;
+                    threshold_masks(backend, &group, Some(&state))?
+                };
+                Ok(masks.remove(0))
+            })
+            .collect(),
+    }
+}
+
+fn structured(
+    backend: &CudaBackend,
+    weights: &[DeviceWeight<'_>],
+    method: PruneMethod,
+    ratio: f64,
+) -> Result<Vec<DeviceBuffer>> {
+    let norms = backend.function("prune", "row_norms")?;
+    let p: i32 = match method.norm {
+        crate::compress::prune::Norm::L1 => 1,
+        crate::compress::prune::Norm::L2 => 2,
+    };
+    let mut scores = Vec::with_capacity(weights.len());
+    for w in weights {
+        if w.classifier {
+            scores.push(None);
+            continue;
+        }
+        let rows = w.shape[0];
+        let row_len = (w.values.len() / rows.max(1)) as i64;
+        let mut out = backend
+            .stream
+            .alloc_zeros::<f64>(rows.max(1))
+            .map_err(launch_error("alloc scores"))?;
+        let rows_i32 = rows as i32;
+        let mut b = backend.stream.launch_builder(&norms);
+        b.arg(w.values.slice())
+            .arg(&rows_i32)
+            .arg(&row_len)
+            .arg(&p)
+            .arg(&mut out);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; one block per row.
+        unsafe { b.launch(cfg) }.map_err(launch_error("row_norms"))?;
+        let host = backend
+            .stream
+            .clone_dtoh(&out)
+            .map_err(launch_error("copy scores"))?;
+        scores.push(Some(host[..rows].to_vec()));
+    }
+    let rows: Vec<usize> = weights.iter().map(|w| w.shape[0]).collect();
+    let (pruned_rows, _) = select_units(&scores, &rows, method.scope, ratio);
+    weights
+        .iter()
+        .zip(&pruned_rows)
+        .map(|(w, pruned)| {
+            let flags: Vec<i32> = pruned.iter().map(|&p| i32::from(p)).collect();
+            let flags = backend
+                .stream
+                .clone_htod(&flags)
+                .map_err(launch_error("copy unit flags"))?;
+            let row_len = w.values.len() / pruned.len().max(1);
+            row_mask(backend, &flags, w.values.len(), row_len.max(1))
+        })
+        .collect()
+}
+
+/// `x·mask` elementwise: a pruned weight, or a masked gradient.
+pub fn apply_mask(x: &DeviceBuffer, mask: &DeviceBuffer) -> Result<DeviceBuffer> {
+    if x.len() != mask.len() {
+        return Err(Error::Shape(format!(
+            "mask of {} values for a tensor of {}",
+            mask.len(),
+            x.len()
+        )));
+    }
+    let backend = cuda()?;
+    let kernel = backend.function("prune", "apply_mask")?;
+    let mut y = DeviceBuffer::uninit(x.len())?;
+    let n = x.len() as i64;
+    let mut b = backend.stream.launch_builder(&kernel);
+    b.arg(x.slice())
+        .arg(mask.slice())
+        .arg(&n)
+        .arg(y.slice_mut());
+    // SAFETY: arguments match the kernel's signature.
+    unsafe { b.launch(grid_1d(x.len())) }.map_err(launch_error("apply_mask"))?;
+    Ok(y)
+}

@@ -1,0 +1,235 @@
+//! Fake quantization on the device (`kernels/quant.cu`), equal to `compress::quant` value for
+//! value: intN per tensor or per output channel (min/max reductions, then the parameters, the
+//! rounding and the straight-through gradient, all on the device) and the fp16 round trip.
+
+use crate::backend::cuda::context::{cuda, driver_error, grid_1d, CudaBackend};
+use crate::backend::cuda::DeviceBuffer;
+use crate::compress::quant::{int_range, Granularity};
+use crate::{Error, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+/// Scale, zero point and STE window of each channel (one for per-tensor), on the device.
+pub struct DeviceQuantParams {
+    pub scale: DeviceBuffer,
+    pub zero_point: CudaSlice<i32>,
+    pub ste_lo: DeviceBuffer,
+    pub ste_hi: DeviceBuffer,
+    /// Values per channel (the whole tensor for per-tensor).
+    pub row_len: usize,
+    pub len: usize,
+    pub qmin: i32,
+    pub qmax: i32,
+}
+
+fn err(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| driver_error(name, e)
+}
+
+fn check_bits(bits: u8) -> Result<(i32, i32)> {
+    if !(2..=8).contains(&bits) {
+        return Err(Error::Invalid(format!(
+            "integer quantization needs 2..=8 bits, got {bits}"
+        )));
+    }
+    Ok(int_range(bits))
+}
+
+/// `[lo; rows]`, `[hi; rows]` of the rows of `x` (`rows · row_len` values, or pairs of partial
+/// results when `lo_in` differs from `hi_in`).
+fn minmax_rows(
+    backend: &CudaBackend,
+    lo_in: &DeviceBuffer,
+    hi_in: &DeviceBuffer,
+    rows: usize,
+    row_len: usize,
+) -> Result<(DeviceBuffer, DeviceBuffer)> {
+    let f = backend.function("quant", "minmax_rows")?;
+    let (mut lo, mut hi) = (DeviceBuffer::uninit(rows)?, DeviceBuffer::uninit(rows)?);
+    let (rows_i32, row_i64) = (rows as i32, row_len as i64);
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(lo_in.slice())
+        .arg(hi_in.slice())
+        .arg(&rows_i32)
+        .arg(&row_i64)
+        .arg(lo.slice_mut())
+        .arg(hi.slice_mut());
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match the kernel's signature; one block per row.
+    unsafe { b.launch(cfg) }.map_err(err("minmax_rows"))?;
+    Ok((lo, hi))
+}
+
+/// The intN parameters of `w` (shape `shape`), computed from its own range.
+pub fn quant_params(
+    w: &DeviceBuffer,
+    shape: &[usize],
+    bits: u8,
+    granularity: Granularity,
+) -> Result<DeviceQuantParams> {
+    let (qmin, qmax) = check_bits(bits)?;
+    let n: usize = shape.iter().product();
+    if n != w.len() || n == 0 {
+        return Err(Error::Shape(format!(
+            "tensor of shape {shape:?} holds {} values",
+            w.len()
+        )));
+    }
+    let backend = cuda()?;
+    let (channels, row_len) = match granularity {
+        Granularity::PerChannel => (shape[0], n / shape[0]),
+        Granularity::PerTensor => (1, n),
+    };
+    let (lo, hi) = if channels == 1 {
+        // Two stages: one (min, max) per block, then over the blocks.
+        let blocks = n.div_ceil(256).clamp(1, 1024);
+        let f = backend.function("quant", "minmax_partial")?;
+        let (mut plo, mut phi) = (DeviceBuffer::uninit(blocks)?, DeviceBuffer::uninit(blocks)?);
+        let n64 = n as i64;
+        let mut b = backend.stream.launch_builder(&f);
+        b.arg(w.slice())
+            .arg(&n64)
+            .arg(plo.slice_mut())
+            .arg(phi.slice_mut());
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature.
+        unsafe { b.launch(cfg) }.map_err(err("minmax_partial"))?;
+        minmax_rows(backend, &plo, &phi, 1, blocks)?
+    } else {
+        minmax_rows(backend, w, w, channels, row_len)?
+    };
+    let f = backend.function("quant", "quant_params")?;
+    let mut scale = DeviceBuffer::uninit(channels)?;
+    let mut zero_point = backend
+        .stream
+        .alloc_zeros::<i32>(channels)
+        .map_err(err("alloc"))?;
+    let (mut ste_lo, mut ste_hi) = (
+        DeviceBuffer::uninit(channels)?,
+        DeviceBuffer::uninit(channels)?,
+    );
+    let c = channels as i32;
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(lo.slice())
+        .arg(hi.slice())
+        .arg(&c)
+        .arg(&qmin)
+        .arg(&qmax)
+        .arg(scale.slice_mut())
+        .arg(&mut zero_point)
+        .arg(ste_lo.slice_mut())
+        .arg(ste_hi.slice_mut());
+    // SAFETY: arguments match the kernel's signature.
+    unsafe { b.launch(grid_1d(channels)) }.map_err(err("quant_params"))?;
+    Ok(DeviceQuantParams {
+        scale,
+        zero_point,
+        ste_lo,
+        ste_hi,
+        row_len,
+        len: n,
+        qmin,
+        qmax,
+    })
+}
+
+fn check_len(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<()> {
+    if w.len() != p.len {
+        return Err(Error::Shape(format!(
+            "quantization parameters for {} values applied to {}",
+            p.len,
+            w.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `ŵ = s·(clamp(round(w/s) + z, qmin, qmax) − z)` with `p`'s parameters.
+pub fn fake_quantize_int(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<DeviceBuffer> {
+    check_len(w, p)?;
+    let backend = cuda()?;
+    let f = backend.function("quant", "fake_quant_int")?;
+    let mut y = DeviceBuffer::uninit(w.len())?;
+    let (n, row) = (w.len() as i64, p.row_len as i64);
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(w.slice())
+        .arg(&n)
+        .arg(&row)
+        .arg(p.scale.slice())
+        .arg(&p.zero_point)
+        .arg(&p.qmin)
+        .arg(&p.qmax)
+        .arg(y.slice_mut());
+    // SAFETY: arguments match the kernel's signature.
+    unsafe { b.launch(grid_1d(w.len())) }.map_err(err("fake_quant_int"))?;
+    Ok(y)
+}
+
+/// The integer codes `q` of `w` (copied to the host, for export).
+pub fn quantize_codes(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<Vec<i8>> {
+    check_len(w, p)?;
+    let backend = cuda()?;
+    let f = backend.function("quant", "quantize_int")?;
+    let mut q = backend
+        .stream
+        .alloc_zeros::<i8>(w.len())
+        .map_err(err("alloc"))?;
+    let (n, row) = (w.len() as i64, p.row_len as i64);
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(w.slice())
+        .arg(&n)
+        .arg(&row)
+        .arg(p.scale.slice())
+        .arg(&p.zero_point)
+        .arg(&p.qmin)
+        .arg(&p.qmax)
+        .arg(&mut q);
+    // SAFETY: arguments match the kernel's signature.
+    unsafe { b.launch(grid_1d(w.len())) }.map_err(err("quantize_int"))?;
+    backend.stream.clone_dtoh(&q).map_err(err("copy codes"))
+}
+
+/// The straight-through gradient of `fake_quantize_int` at `w`: `g` inside the window, else 0.
+pub fn ste_backward(
+    w: &DeviceBuffer,
+    g: &DeviceBuffer,
+    p: &DeviceQuantParams,
+) -> Result<DeviceBuffer> {
+    check_len(w, p)?;
+    check_len(g, p)?;
+    let backend = cuda()?;
+    let f = backend.function("quant", "ste_backward")?;
+    let mut dx = DeviceBuffer::uninit(w.len())?;
+    let (n, row) = (w.len() as i64, p.row_len as i64);
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(w.slice())
+        .arg(g.slice())
+        .arg(&n)
+        .arg(&row)
+        .arg(p.ste_lo.slice())
+        .arg(p.ste_hi.slice())
+        .arg(dx.slice_mut());
+    // SAFETY: arguments match the kernel's signature.
+    unsafe { b.launch(grid_1d(w.len())) }.map_err(err("ste_backward"))?;
+    Ok(dx)
+}
+
+/// The fp16 round trip of every value (ties to even; finite values clamped to ±65504).
+pub fn fake_quantize_fp16(w: &DeviceBuffer) -> Result<DeviceBuffer> {
+    let backend = cuda()?;
+    let f = backend.function("quant", "fake_quant_fp16")?;
+    let mut y = DeviceBuffer::uninit(w.len())?;
+    let n = w.len() as i64;
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(w.slice()).arg(&n).arg(y.slice_mut());
+    // SAFETY: arguments match the kernel's signature.
+    unsafe { b.launch(grid_1d(w.len())) }.map_err(err("fake_quant_fp16"))?;
+    Ok(y)
+}
