@@ -478,3 +478,13 @@ fn compression_options_are_checked() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn device_cuda_is_refused_with_a_reason() {
+    let dir = scratch("cuda");
+    fails(
+        &train_args(dir.to_str().unwrap(), &["--device", "cuda"]),
+        "device 'cuda'",
+    );
+    fails(&["eval", "--checkpoint", "x", "--device", "gpu"], "unknown device");
+}

@@ -25,7 +25,10 @@ impl FromStr for Device {
         match s.to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
             d if d == "cuda" || d.starts_with("cuda:") => Err(crate::Error::Invalid(
-                "device 'cuda': this build has no CUDA backend yet; use --device cpu".into(),
+                "device 'cuda': training and evaluation run on the CPU in this version (the CUDA \
+                 kernels in kernels/*.cu are built and tested op by op, but tensors do not yet \
+                 live on the GPU through a whole step); use --device cpu"
+                    .into(),
             )),
             other => Err(crate::Error::Invalid(format!(
                 "unknown device '{other}' (expected 'cpu')"
