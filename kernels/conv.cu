@@ -1,0 +1,726 @@
+// 2-D convolution (NCHW, f32; weight [O, C, KH, KW]; symmetric zero padding, any stride) as
+// implicit GEMM: the im2col matrix is never stored. Every kernel is one tiled GEMM whose
+// operand loaders gather their 64 × 16 tiles straight from the tensors, with zeros for
+// padding and for anything past the edges, so any size works. The CPU reference is
+// src/backend/cpu/conv.rs (im2col + GEMM) and src/ops/interval.rs (centre/radius form).
+//
+// Notation: P = N·OH·OW output pixels, KK = C·KH·KW taps, p = (n, oy, ox), kk = (c, ky, kx).
+//
+//   conv2d_fwd            Y[o, p]   = Σ_kk W[o, kk] · X(kk, p) (+ b[o])       M=O  N=P   K=KK
+//   interval_conv2d_fwd   the same for centres (W, b) and radii (|W|) at once
+//   conv2d_bwd_weight     dW[o, kk] = Σ_p gY[o, p] · X(kk, p)                 M=O  N=KK  K=P
+//   interval_..._weight   Σ gC·cols(c) + sign(W) ⊙ Σ gR·cols(r)
+//   conv2d_bwd_input      dX[c, q]  = Σ_(o,ky,kx) W[o, c, ky, kx] · gY(...)    M=C  N=N·H·W
+//   interval_..._input    dC with W and dR with |W| at once
+//   channel_sum           Σ over n and pixels per channel (bias gradients)
+//   sum_splits            adds the split-K partials of the weight gradients
+//
+// Tiling (as kernels/gemm.cu): a block of 256 threads computes a 64 × 64 tile of the output,
+// each thread a 4 × 4 micro-tile in registers, stepping through K 16 at a time. Tiles are
+// staged in shared memory k-major ([16][64 + 4]) so that a thread reads its 4 rows of A and
+// 4 columns of B as two float4s per k; the pitch of 68 keeps the float4s aligned and breaks
+// most bank conflicts of the transposed stores. Shared memory is double buffered and the next
+// tile is loaded into registers while the current one is multiplied, so one barrier per K-step
+// suffices and global latency overlaps the FMAs.
+//
+// Gathering: each loader keeps, per staged element, its position as mixed-radix digits, e.g.
+// (c, ky, kx) for a tap or (n, oy, ox) for a pixel, and advances them by 16 with two compares
+// instead of two integer divisions per element per K-step. Threads are laid out along the
+// dimension that is contiguous in memory (output pixels, i.e. ox), so loads coalesce.
+//
+// The interval kernels share one A tile between centres and radii (|W| is taken on the fly
+// from the same shared tile) and read c and r with the same gathered indices: one kernel, one
+// pass over the weights, twice the FMAs per load.
+//
+// The input gradient is a gather, not a scatter: for stride s the input pixels split into
+// s_h·s_w phases (iy mod s_h, ix mod s_w); in a phase exactly the taps ky ≡ (iy + ph) mod s_h
+// (and likewise kx) reach an output pixel, at oy = (iy + ph − ky) / s_h exactly. Each phase is
+// a dense implicit GEMM (blockIdx.z = phase) with no structural zeros in K, every dX element is
+// written once (no atomics, no zero fill, deterministic), and taps that miss every phase
+// (kernel smaller than the stride) give exact zeros.
+//
+// Indices are 32-bit: the Rust wrappers (src/backend/cuda/conv.rs) refuse tensors of 2^31
+// elements or more.
+
+#define BM 64
+#define BN 64
+#define BK 16
+#define THREADS 256
+#define LDS 68
+
+// The geometry, passed by value (src/backend/cuda/conv.rs: `Dims`, #[repr(C)], 13 × i32).
+struct ConvShape {
+    int n, c, h, w;   // input [n, c, h, w]
+    int o, kh, kw;    // weight [o, c, kh, kw]
+    int sh, sw;       // stride
+    int ph, pw;       // padding, both sides
+    int oh, ow;       // output size
+};
+
+// ---------------------------------------------------------------------------------------------
+// Mixed-radix counters
+// ---------------------------------------------------------------------------------------------
+
+// (hi, mid, lo) with mid < r1 and lo < r0.
+struct Digits {
+    int hi, mid, lo;
+};
+
+__device__ __forceinline__ Digits split3(int v, int r1, int r0) {
+    Digits d;
+    const int per = r1 * r0;
+    d.hi = v / per;
+    const int rem = v - d.hi * per;
+    d.mid = rem / r0;
+    d.lo = rem - d.mid * r0;
+    return d;
+}
+
+// d += s, where s = split3(step, r1, r0): each digit of s is below its radix, so one carry per
+// digit is enough.
+__device__ __forceinline__ void advance3(Digits& d, const Digits& s, int r1, int r0) {
+    d.lo += s.lo;
+    d.mid += s.mid;
+    d.hi += s.hi;
+    if (d.lo >= r0) { d.lo -= r0; d.mid += 1; }
+    if (d.mid >= r1) { d.mid -= r1; d.hi += 1; }
+}
+
+__device__ __forceinline__ bool in_range(int v, int n) { return (unsigned)v < (unsigned)n; }
+
+// ---------------------------------------------------------------------------------------------
+// Thread layouts of a 16 × 64 staged tile: each thread stages 4 elements, i = 0..3.
+// ---------------------------------------------------------------------------------------------
+
+// K-minor: a half warp takes 16 consecutive k of one row (operand contiguous along k).
+__device__ __forceinline__ int kminor_k() { return threadIdx.x & 15; }
+__device__ __forceinline__ int kminor_mn(int i) { return (threadIdx.x >> 4) + 16 * i; }
+// K-major: 64 consecutive threads take 64 consecutive m (or n) (operand contiguous along it).
+__device__ __forceinline__ int kmajor_k(int i) { return (threadIdx.x >> 6) + 4 * i; }
+__device__ __forceinline__ int kmajor_mn() { return threadIdx.x & 63; }
+
+// ---------------------------------------------------------------------------------------------
+// The GEMM main loop
+// ---------------------------------------------------------------------------------------------
+
+// acc[p] (the thread's 4 × 4 micro-tile at rows ty·4.., columns tx·4..) = Σ_k A_p(m, k) B_p(k, n)
+// over `ktiles` K-steps, for NP = max(NA, NB) products: A_p is A[min(p, NA − 1)] and B_p is
+// B[min(p, NB − 1)], with |A| for p = 1 when ABS_SECOND (the radius path of interval layers).
+// `la` / `lb` stage NA / NB operands: fetch() reads the thread's 4 elements of the next tile of
+// each into registers (zeros outside) and moves on by 16 in K; put() stores them in shared
+// memory. Every thread of the block must call this (it synchronises).
+template <int NA, int NB, bool ABS_SECOND, class LoadA, class LoadB>
+__device__ __forceinline__ void tile_gemm(LoadA& la, LoadB& lb, int ktiles,
+                                          float (&acc)[NA > NB ? NA : NB][4][4]) {
+    constexpr int NP = NA > NB ? NA : NB;
+    __shared__ __align__(16) float sa[2][NA][BK][LDS];
+    __shared__ __align__(16) float sb[2][NB][BK][LDS];
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+    for (int p = 0; p < NP; ++p)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[p][i][j] = 0.0f;
+    if (ktiles <= 0) return;   // uniform over the block
+
+    float ra[NA][4], rb[NB][4];
+    la.fetch(ra);
+    lb.fetch(rb);
+    la.put(ra, sa[0]);
+    lb.put(rb, sb[0]);
+    __syncthreads();
+    for (int kt = 0; kt < ktiles; ++kt) {
+        const int cur = kt & 1;
+        const bool more = kt + 1 < ktiles;
+        // Issue the next tile's global loads before this tile's FMAs.
+        if (more) {
+            la.fetch(ra);
+            lb.fetch(rb);
+        }
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            float a[NA][4], b[NB][4];
+#pragma unroll
+            for (int q = 0; q < NA; ++q) {
+                const float4 v = *reinterpret_cast<const float4*>(&sa[cur][q][k][ty * 4]);
+                a[q][0] = v.x; a[q][1] = v.y; a[q][2] = v.z; a[q][3] = v.w;
+            }
+#pragma unroll
+            for (int q = 0; q < NB; ++q) {
+                const float4 v = *reinterpret_cast<const float4*>(&sb[cur][q][k][tx * 4]);
+                b[q][0] = v.x; b[q][1] = v.y; b[q][2] = v.z; b[q][3] = v.w;
+            }
+#pragma unroll
+            for (int p = 0; p < NP; ++p) {
+                const int qa = NA == 1 ? 0 : p, qb = NB == 1 ? 0 : p;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const float av = (ABS_SECOND && p == 1) ? fabsf(a[qa][i]) : a[qa][i];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[p][i][j] = fmaf(av, b[qb][j], acc[p][i][j]);
+                }
+            }
+        }
+        // The other buffer was last read before the previous barrier: safe to overwrite.
+        if (more) {
+            la.put(ra, sa[cur ^ 1]);
+            lb.put(rb, sb[cur ^ 1]);
+        }
+        __syncthreads();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operand loaders
+// ---------------------------------------------------------------------------------------------
+
+// A(m, k) = src[m·ld + k], m < rows, k < kdim: the weight [O, KK] of the forward. K-minor.
+struct WeightRows {
+    const float* src;
+    int row[4];   // m·ld, or −1 past the last row
+    int k, kdim;
+
+    __device__ WeightRows(const float* s, int rows, int ld, int m0, int kdim_)
+        : src(s), k(kminor_k()), kdim(kdim_) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + kminor_mn(i);
+            row[i] = m < rows ? m * ld : -1;
+        }
+    }
+    __device__ __forceinline__ void fetch(float (&r)[1][4]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            r[0][i] = (k < kdim && row[i] >= 0) ? __ldg(src + row[i] + k) : 0.0f;
+        k += BK;
+    }
+    __device__ __forceinline__ void put(const float (&r)[1][4], float (&t)[1][BK][LDS]) const {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) t[0][kminor_k()][kminor_mn(i)] = r[0][i];
+    }
+};
+
+// B(kk, p) = X[n, c, oy·sh − ph + ky, ox·sw − pw + kx] (0 in the padding): the im2col matrix
+// of the forward, for CNT inputs read at the same indices (centres and radii). K-major: the
+// thread's output pixel p is fixed, its 4 taps advance by 16.
+template <int CNT>
+struct ColsByPixel {
+    const float* src[CNT];
+    int base;       // n·C·H·W of the pixel's sample, or −1 past the last pixel
+    int iy0, ix0;   // input position of tap (0, 0); may be negative
+    int c, h, w, kh, kw;
+    Digits tap[4];  // (c, ky, kx)
+    Digits step;
+
+    __device__ ColsByPixel(const float* s0, const float* s1, const ConvShape& g, int p)
+        : c(g.c), h(g.h), w(g.w), kh(g.kh), kw(g.kw) {
+        src[0] = s0;
+        if (CNT > 1) src[CNT - 1] = s1;
+        const int npix = g.n * g.oh * g.ow;
+        if (p < npix) {
+            const Digits d = split3(p, g.oh, g.ow);
+            base = d.hi * g.c * g.h * g.w;
+            iy0 = d.mid * g.sh - g.ph;
+            ix0 = d.lo * g.sw - g.pw;
+        } else {
+            base = -1;
+            iy0 = ix0 = 0;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) tap[i] = split3(kmajor_k(i), kh, kw);
+        step = split3(BK, kh, kw);
+    }
+    __device__ __forceinline__ void fetch(float (&r)[CNT][4]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int iy = iy0 + tap[i].mid, ix = ix0 + tap[i].lo;
+            const bool ok = base >= 0 && tap[i].hi < c && in_range(iy, h) && in_range(ix, w);
+            const int at = base + (tap[i].hi * h + iy) * w + ix;
+#pragma unroll
+            for (int q = 0; q < CNT; ++q) r[q][i] = ok ? __ldg(src[q] + at) : 0.0f;
+            advance3(tap[i], step, kh, kw);
+        }
+    }
+    __device__ __forceinline__ void put(const float (&r)[CNT][4],
+                                        float (&t)[CNT][BK][LDS]) const {
+#pragma unroll
+        for (int q = 0; q < CNT; ++q)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) t[q][kmajor_k(i)][kmajor_mn()] = r[q][i];
+    }
+};
+
+// A(o, p) = gY[n, o, oy, ox] for p in [kbeg, kend): the output gradient as the M × K operand
+// of the weight gradient. K-minor (a half warp reads 16 consecutive pixels of one channel).
+template <int CNT>
+struct OutGradRows {
+    const float* src[CNT];
+    int row[4];    // o·OH·OW, or −1 past the last channel
+    int p, kend;
+    int ohw, plane;   // OH·OW, O·OH·OW
+    Digits pos;       // (n, 0, pixel)
+    Digits step;
+
+    __device__ OutGradRows(const float* s0, const float* s1, const ConvShape& g, int m0,
+                           int kbeg, int kend_)
+        : kend(kend_) {
+        src[0] = s0;
+        if (CNT > 1) src[CNT - 1] = s1;
+        ohw = g.oh * g.ow;
+        plane = g.o * ohw;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int o = m0 + kminor_mn(i);
+            row[i] = o < g.o ? o * ohw : -1;
+        }
+        p = kbeg + kminor_k();
+        pos = split3(p, 1, ohw);
+        step = split3(BK, 1, ohw);
+    }
+    __device__ __forceinline__ void fetch(float (&r)[CNT][4]) {
+        const bool kin = p < kend;
+        const int at = pos.hi * plane + pos.lo;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int q = 0; q < CNT; ++q)
+                r[q][i] = (kin && row[i] >= 0) ? __ldg(src[q] + at + row[i]) : 0.0f;
+        p += BK;
+        advance3(pos, step, 1, ohw);
+    }
+    __device__ __forceinline__ void put(const float (&r)[CNT][4],
+                                        float (&t)[CNT][BK][LDS]) const {
+#pragma unroll
+        for (int q = 0; q < CNT; ++q)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) t[q][kminor_k()][kminor_mn(i)] = r[q][i];
+    }
+};
+
+// B(p, kk) = X(kk, p) for p in [kbeg, kend): the transposed im2col matrix of the weight
+// gradient. K-minor: a half warp takes 16 consecutive output pixels (coalesced along ox); the
+// thread's 4 taps kk are fixed, its pixel advances by 16.
+template <int CNT>
+struct ColsByTap {
+    const float* src[CNT];
+    int off[4];        // c·H·W of each tap
+    int dy[4], dx[4];  // ky − ph, kx − pw
+    bool live[4];      // kk < KK
+    int p, kend;
+    int chw, h, w, sh, sw, oh, ow;
+    Digits pos;        // (n, oy, ox)
+    Digits step;
+
+    __device__ ColsByTap(const float* s0, const float* s1, const ConvShape& g, int n0, int kbeg,
+                         int kend_)
+        : kend(kend_), h(g.h), w(g.w), sh(g.sh), sw(g.sw), oh(g.oh), ow(g.ow) {
+        src[0] = s0;
+        if (CNT > 1) src[CNT - 1] = s1;
+        chw = g.c * g.h * g.w;
+        const int kk_len = g.c * g.kh * g.kw;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int kk = n0 + kminor_mn(i);
+            live[i] = kk < kk_len;
+            const Digits t = split3(live[i] ? kk : 0, g.kh, g.kw);
+            off[i] = t.hi * g.h * g.w;
+            dy[i] = t.mid - g.ph;
+            dx[i] = t.lo - g.pw;
+        }
+        p = kbeg + kminor_k();
+        pos = split3(p, oh, ow);
+        step = split3(BK, oh, ow);
+    }
+    __device__ __forceinline__ void fetch(float (&r)[CNT][4]) {
+        const bool kin = p < kend;
+        const int at = pos.hi * chw;
+        const int yb = pos.mid * sh, xb = pos.lo * sw;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int iy = yb + dy[i], ix = xb + dx[i];
+            const bool ok = kin && live[i] && in_range(iy, h) && in_range(ix, w);
+            const int idx = at + off[i] + iy * w + ix;
+#pragma unroll
+            for (int q = 0; q < CNT; ++q) r[q][i] = ok ? __ldg(src[q] + idx) : 0.0f;
+        }
+        p += BK;
+        advance3(pos, step, oh, ow);
+    }
+    __device__ __forceinline__ void put(const float (&r)[CNT][4],
+                                        float (&t)[CNT][BK][LDS]) const {
+#pragma unroll
+        for (int q = 0; q < CNT; ++q)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) t[q][kminor_k()][kminor_mn(i)] = r[q][i];
+    }
+};
+
+// One stride phase of the input gradient: input pixels iy = py + sh·jy, ix = px + sw·jx meet
+// the taps ky = a + sh·ty, kx = b + sw·tx (a ≡ py + ph mod sh, b likewise), at output pixel
+// oy = qy + jy − ty, ox = qx + jx − tx with qy = (py + ph) / sh, qx = (px + pw) / sw.
+struct Phase {
+    int py, px;     // phase
+    int hp, wp;     // its input rows and columns
+    int a, b;       // first tap of the phase
+    int khp, kwp;   // its taps per axis (0 when the kernel is shorter than the offset)
+    int qy, qx;
+
+    __device__ Phase(const ConvShape& g, int z) {
+        py = z / g.sw;
+        px = z - py * g.sw;
+        hp = py < g.h ? (g.h - py + g.sh - 1) / g.sh : 0;
+        wp = px < g.w ? (g.w - px + g.sw - 1) / g.sw : 0;
+        a = (py + g.ph) % g.sh;
+        b = (px + g.pw) % g.sw;
+        qy = (py + g.ph) / g.sh;
+        qx = (px + g.pw) / g.sw;
+        khp = a < g.kh ? (g.kh - a + g.sh - 1) / g.sh : 0;
+        kwp = b < g.kw ? (g.kw - b + g.sw - 1) / g.sw : 0;
+    }
+};
+
+// A(c, (o, ty, tx)) = W[o, c, a + sh·ty, b + sw·tx]: the phase's taps of the weight, as the
+// M × K operand of the input gradient (M = C). K-minor. The weight is small and stays in
+// L1/L2, so the strided reads cost little.
+struct PhaseWeight {
+    const float* src;
+    int row[4];    // c·KH·KW, or −1 past the last channel
+    int o_len, ckk, kw, sh, sw, a, b, khp, kwp;
+    Digits pos;    // (o, ty, tx)
+    Digits step;
+
+    __device__ PhaseWeight(const float* s, const ConvShape& g, const Phase& ph, int m0)
+        : src(s), o_len(g.o), kw(g.kw), sh(g.sh), sw(g.sw), a(ph.a), b(ph.b) {
+        khp = ph.khp > 0 ? ph.khp : 1;   // radix only; an empty phase never fetches
+        kwp = ph.kwp > 0 ? ph.kwp : 1;
+        ckk = g.c * g.kh * g.kw;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int c = m0 + kminor_mn(i);
+            row[i] = c < g.c ? c * g.kh * g.kw : -1;
+        }
+        pos = split3(kminor_k(), khp, kwp);
+        step = split3(BK, khp, kwp);
+    }
+    __device__ __forceinline__ void fetch(float (&r)[1][4]) {
+        const bool kin = pos.hi < o_len;
+        const int at = pos.hi * ckk + (a + sh * pos.mid) * kw + b + sw * pos.lo;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            r[0][i] = (kin && row[i] >= 0) ? __ldg(src + at + row[i]) : 0.0f;
+        advance3(pos, step, khp, kwp);
+    }
+    __device__ __forceinline__ void put(const float (&r)[1][4], float (&t)[1][BK][LDS]) const {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) t[0][kminor_k()][kminor_mn(i)] = r[0][i];
+    }
+};
+
+// B((o, ty, tx), q) = gY[n, o, qy + jy − ty, qx + jx − tx] (0 outside the output) for the
+// phase's input pixel q = (n, jy, jx). K-major: q is fixed per thread (consecutive threads,
+// consecutive jx, consecutive ox), its 4 taps advance by 16.
+template <int CNT>
+struct PhaseOutGrad {
+    const float* src[CNT];
+    int base;       // n·O·OH·OW, or −1 past the phase's last pixel
+    int oy0, ox0;   // qy + jy, qx + jx
+    int o_len, oh, ow, khp, kwp;
+    Digits tap[4];  // (o, ty, tx)
+    Digits step;
+
+    __device__ PhaseOutGrad(const float* s0, const float* s1, const ConvShape& g,
+                            const Phase& ph, int q)
+        : o_len(g.o), oh(g.oh), ow(g.ow) {
+        src[0] = s0;
+        if (CNT > 1) src[CNT - 1] = s1;
+        khp = ph.khp > 0 ? ph.khp : 1;
+        kwp = ph.kwp > 0 ? ph.kwp : 1;
+        if (q < g.n * ph.hp * ph.wp) {
+            const Digits d = split3(q, ph.hp, ph.wp);
+            base = d.hi * g.o * g.oh * g.ow;
+            oy0 = ph.qy + d.mid;
+            ox0 = ph.qx + d.lo;
+        } else {
+            base = -1;
+            oy0 = ox0 = 0;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) tap[i] = split3(kmajor_k(i), khp, kwp);
+        step = split3(BK, khp, kwp);
+    }
+    __device__ __forceinline__ void fetch(float (&r)[CNT][4]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int oy = oy0 - tap[i].mid, ox = ox0 - tap[i].lo;
+            const bool ok =
+                base >= 0 && tap[i].hi < o_len && in_range(oy, oh) && in_range(ox, ow);
+            const int at = base + (tap[i].hi * oh + oy) * ow + ox;
+#pragma unroll
+            for (int q = 0; q < CNT; ++q) r[q][i] = ok ? __ldg(src[q] + at) : 0.0f;
+            advance3(tap[i], step, khp, kwp);
+        }
+    }
+    __device__ __forceinline__ void put(const float (&r)[CNT][4],
+                                        float (&t)[CNT][BK][LDS]) const {
+#pragma unroll
+        for (int q = 0; q < CNT; ++q)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) t[q][kmajor_k(i)][kmajor_mn()] = r[q][i];
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------
+
+// The forward's output offsets n·O·OH·OW + pixel of the thread's 4 columns (−1 past the end).
+__device__ __forceinline__ void output_columns(const ConvShape& g, int n0, int (&col)[4]) {
+    const int ohw = g.oh * g.ow, npix = g.n * ohw;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int p = n0 + (threadIdx.x & 15) * 4 + j;
+        const int n = p / ohw;
+        col[j] = p < npix ? p + n * (g.o - 1) * ohw : -1;
+    }
+}
+
+// y [n, o, oh, ow] = conv(x, w) + bias (bias read only when has_bias ≠ 0; pass any pointer
+// otherwise). Grid (⌈P/64⌉, ⌈O/64⌉), 256 threads.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    conv2d_fwd(const float* __restrict__ x, const float* __restrict__ w,
+               const float* __restrict__ bias, int has_bias, ConvShape g, float* __restrict__ y) {
+    const int kk_len = g.c * g.kh * g.kw, ohw = g.oh * g.ow;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    WeightRows la(w, g.o, kk_len, m0, kk_len);
+    ColsByPixel<1> lb(x, x, g, n0 + kmajor_mn());
+    float acc[1][4][4];
+    tile_gemm<1, 1, false>(la, lb, (kk_len + BK - 1) / BK, acc);
+
+    int col[4];
+    output_columns(g, n0, col);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int o = m0 + (threadIdx.x >> 4) * 4 + i;
+        if (o >= g.o) continue;
+        const float b = has_bias ? bias[o] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (col[j] >= 0) y[col[j] + o * ohw] = acc[0][i][j] + b;
+    }
+}
+
+// Boxes in centre/radius form: yc = conv(c, w) + bias, yr = conv(r, |w|), in one pass (each
+// tile of c, r and w loaded once). Grid and block as conv2d_fwd.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    interval_conv2d_fwd(const float* __restrict__ c, const float* __restrict__ r,
+                        const float* __restrict__ w, const float* __restrict__ bias,
+                        int has_bias, ConvShape g, float* __restrict__ yc,
+                        float* __restrict__ yr) {
+    const int kk_len = g.c * g.kh * g.kw, ohw = g.oh * g.ow;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    WeightRows la(w, g.o, kk_len, m0, kk_len);
+    ColsByPixel<2> lb(c, r, g, n0 + kmajor_mn());
+    float acc[2][4][4];
+    tile_gemm<1, 2, true>(la, lb, (kk_len + BK - 1) / BK, acc);
+
+    int col[4];
+    output_columns(g, n0, col);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int o = m0 + (threadIdx.x >> 4) * 4 + i;
+        if (o >= g.o) continue;
+        const float b = has_bias ? bias[o] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            if (col[j] < 0) continue;
+            yc[col[j] + o * ohw] = acc[0][i][j] + b;
+            yr[col[j] + o * ohw] = acc[1][i][j];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight gradient (split-K)
+// ---------------------------------------------------------------------------------------------
+
+// dW [o, kk] = Σ_p gy[n, o, oy, ox] · x(kk, p). The pixels are split into gridDim.z chunks of
+// `kchunk` (a multiple of 16); chunk z writes its partial sums to out + z·O·KK (the wrapper
+// adds them with sum_splits when there are several, in a fixed order: deterministic). The
+// weight gradient has few output tiles (O × KK) and a long K (every pixel of the batch), so
+// splitting K is what fills the GPU. Grid (⌈KK/64⌉, ⌈O/64⌉, splits).
+extern "C" __global__ void __launch_bounds__(THREADS)
+    conv2d_bwd_weight(const float* __restrict__ x, const float* __restrict__ gy, ConvShape g,
+                      int kchunk, float* __restrict__ out) {
+    const int kk_len = g.c * g.kh * g.kw, npix = g.n * g.oh * g.ow;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int kbeg = blockIdx.z * kchunk;
+    const int kend = min(npix, kbeg + kchunk);
+    OutGradRows<1> la(gy, gy, g, m0, kbeg, kend);
+    ColsByTap<1> lb(x, x, g, n0, kbeg, kend);
+    float acc[1][4][4];
+    tile_gemm<1, 1, false>(la, lb, (kend - kbeg + BK - 1) / BK, acc);
+
+    float* dst = out + (size_t)blockIdx.z * g.o * kk_len;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int o = m0 + (threadIdx.x >> 4) * 4 + i;
+        if (o >= g.o) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int kk = n0 + (threadIdx.x & 15) * 4 + j;
+            if (kk < kk_len) dst[o * kk_len + kk] = acc[0][i][j];
+        }
+    }
+}
+
+// Interval weight gradient: dW = Σ gc · cols(c) + sign(w) ⊙ Σ gr · cols(r) (the radius path
+// multiplies by |w|; sign(0) = 0 as on the CPU). One kernel: both products accumulate side by
+// side over the same pixels. Split-K as conv2d_bwd_weight (the sign is applied per chunk,
+// which is exact since it is linear in the chunk's sums).
+extern "C" __global__ void __launch_bounds__(THREADS)
+    interval_conv2d_bwd_weight(const float* __restrict__ c, const float* __restrict__ r,
+                               const float* __restrict__ gc, const float* __restrict__ gr,
+                               const float* __restrict__ w, ConvShape g, int kchunk,
+                               float* __restrict__ out) {
+    const int kk_len = g.c * g.kh * g.kw, npix = g.n * g.oh * g.ow;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int kbeg = blockIdx.z * kchunk;
+    const int kend = min(npix, kbeg + kchunk);
+    OutGradRows<2> la(gc, gr, g, m0, kbeg, kend);
+    ColsByTap<2> lb(c, r, g, n0, kbeg, kend);
+    float acc[2][4][4];
+    tile_gemm<2, 2, false>(la, lb, (kend - kbeg + BK - 1) / BK, acc);
+
+    float* dst = out + (size_t)blockIdx.z * g.o * kk_len;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int o = m0 + (threadIdx.x >> 4) * 4 + i;
+        if (o >= g.o) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int kk = n0 + (threadIdx.x & 15) * 4 + j;
+            if (kk >= kk_len) continue;
+            const float wv = w[o * kk_len + kk];
+            float v = acc[0][i][j];
+            if (wv > 0.0f) v += acc[1][i][j];
+            else if (wv < 0.0f) v -= acc[1][i][j];
+            dst[o * kk_len + kk] = v;
+        }
+    }
+}
+
+// out[i] = Σ_s parts[s·len + i], s = 0..splits−1 in order.
+extern "C" __global__ void sum_splits(const float* __restrict__ parts, int splits, int len,
+                                      float* __restrict__ out) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    float s = 0.0f;
+    for (int z = 0; z < splits; ++z) s += parts[(size_t)z * len + i];
+    out[i] = s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input gradient (gather by stride phase)
+// ---------------------------------------------------------------------------------------------
+
+// The dx offsets n·C·H·W + iy·W + ix of the thread's 4 phase columns (the channel's c·H·W is
+// added per row), −1 past the phase's last pixel.
+__device__ __forceinline__ void phase_columns(const ConvShape& g, const Phase& ph, int n0,
+                                              int (&col)[4]) {
+    const int q_len = g.n * ph.hp * ph.wp;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int q = n0 + (threadIdx.x & 15) * 4 + j;
+        if (q < q_len) {
+            const Digits d = split3(q, ph.hp, ph.wp);
+            col[j] = d.hi * g.c * g.h * g.w + (ph.py + g.sh * d.mid) * g.w + ph.px + g.sw * d.lo;
+        } else {
+            col[j] = -1;
+        }
+    }
+}
+
+// dx [n, c, h, w] = the adjoint of conv2d_fwd applied to gy. Grid (⌈N·⌈H/sh⌉·⌈W/sw⌉ / 64⌉,
+// ⌈C/64⌉, sh·sw): blockIdx.z is the phase; blocks past their phase's pixels return at once.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    conv2d_bwd_input(const float* __restrict__ gy, const float* __restrict__ w, ConvShape g,
+                     float* __restrict__ dx) {
+    const Phase ph(g, blockIdx.z);
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    if (n0 >= g.n * ph.hp * ph.wp) return;   // uniform over the block
+    const int k_len = g.o * ph.khp * ph.kwp;
+    PhaseWeight la(w, g, ph, m0);
+    PhaseOutGrad<1> lb(gy, gy, g, ph, n0 + kmajor_mn());
+    float acc[1][4][4];
+    tile_gemm<1, 1, false>(la, lb, (k_len + BK - 1) / BK, acc);
+
+    int col[4];
+    phase_columns(g, ph, n0, col);
+    const int hw = g.h * g.w;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int c = m0 + (threadIdx.x >> 4) * 4 + i;
+        if (c >= g.c) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (col[j] >= 0) dx[col[j] + c * hw] = acc[0][i][j];
+    }
+}
+
+// Interval input gradient: dc = adjoint(w)(gc), dr = adjoint(|w|)(gr), one pass. Grid and
+// block as conv2d_bwd_input.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    interval_conv2d_bwd_input(const float* __restrict__ gc, const float* __restrict__ gr,
+                              const float* __restrict__ w, ConvShape g,
+                              float* __restrict__ dc, float* __restrict__ dr) {
+    const Phase ph(g, blockIdx.z);
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    if (n0 >= g.n * ph.hp * ph.wp) return;
+    const int k_len = g.o * ph.khp * ph.kwp;
+    PhaseWeight la(w, g, ph, m0);
+    PhaseOutGrad<2> lb(gc, gr, g, ph, n0 + kmajor_mn());
+    float acc[2][4][4];
+    tile_gemm<1, 2, true>(la, lb, (k_len + BK - 1) / BK, acc);
+
+    int col[4];
+    phase_columns(g, ph, n0, col);
+    const int hw = g.h * g.w;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int c = m0 + (threadIdx.x >> 4) * 4 + i;
+        if (c >= g.c) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            if (col[j] < 0) continue;
+            dc[col[j] + c * hw] = acc[0][i][j];
+            dr[col[j] + c * hw] = acc[1][i][j];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias gradient
+// ---------------------------------------------------------------------------------------------
+
+// out[ch] = Σ_{i < n} Σ_{s < hw} x[(i·channels + ch)·hw + s]: one block of 256 per channel,
+// a fixed-order tree at the end (deterministic).
+extern "C" __global__ void __launch_bounds__(THREADS)
+    channel_sum(const float* __restrict__ x, int n, int channels, int hw,
+                float* __restrict__ out) {
+    __shared__ float part[THREADS];
+    const int ch = blockIdx.x;
+    const int total = n * hw;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < total; i += THREADS) {
+        const int b = i / hw;
+        s += x[(b * channels + ch) * hw + (i - b * hw)];
+    }
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int half = THREADS / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[ch] = part[0];
+}

@@ -1,0 +1,1010 @@
+//! Convolution and matrix multiplication on the GPU: safe launch wrappers for `kernels/conv.cu`
+//! and `kernels/gemm.cu`, on [`DeviceBuffer`]s of f32, NCHW, weights `[O, C, KH, KW]`.
+//!
+//! Every kernel is one tiled SGEMM: 64 × 64 output tiles per block of 256 threads, each thread
+//! a 4 × 4 micro-tile in registers, K in steps of 16 through double-buffered shared memory
+//! (the next tile's global loads overlap the current tile's FMAs). The convolutions are
+//! *implicit* GEMMs: the loaders gather the im2col matrix tile by tile from the tensor, with
+//! zeros for padding, so no `C·KH·KW × N·OH·OW` buffer is ever written or read.
+//!
+//! | wrapper | GEMM (M × N, inner K) |
+//! |---|---|
+//! | [`conv2d_forward`] | y = W · cols(x) + b: O × N·OH·OW, K = C·KH·KW |
+//! | [`interval_conv2d_forward`] | the same on centres (W, b) and radii (\|W\|) in one kernel |
+//! | [`conv2d_backward_weight`] | dW = gY · cols(x)ᵀ: O × C·KH·KW, K = N·OH·OW, split over K |
+//! | [`interval_conv2d_backward_weight`] | gC · cols(c)ᵀ + sign(W) ⊙ gR · cols(r)ᵀ, one kernel |
+//! | [`conv2d_backward_input`] | dX = Wᵀ ⋆ gY gathered per stride phase: C × N·H·W |
+//! | [`interval_conv2d_backward_input`] | dC with W and dR with \|W\|, one kernel |
+//! | [`channel_sum`], [`conv2d_backward_bias`] | per-channel sums (bias gradients) |
+//! | [`matmul`], [`sgemm`] | C = α·op(A)·op(B) + β·C, row-major |
+//!
+//! Why these shapes: the weight gradient has few output tiles and a very long K (every pixel
+//! of the batch), so it is split over K into partial sums added in a fixed order (no atomics:
+//! deterministic). The input gradient is a gather, not a scatter: for stride s the input
+//! pixels fall into s_h·s_w phases in which a fixed subset of the taps reaches the output
+//! exactly, so each phase is a dense GEMM with no structural zeros, every dX element is written
+//! once, and no zero fill or atomics are needed. The interval kernels read each tile of the
+//! weight once for both halves (|W| on the fly) and the centre and radius tiles with the same
+//! gathered indices.
+//!
+//! Shapes are checked and errors returned (never a panic); batch 0 or 0 output channels give
+//! empty or zero results without a launch. Kernels index with 32-bit integers, so every tensor
+//! must hold fewer than [`MAX_ELEMENTS`] values. The interval functions come in two layouts:
+//! separate centre and radius buffers, and `_stacked` ones on `[2, N, …]` buffers (centres
+//! then radii), the layout of `Tensor::interval_conv2d`.
+
+use crate::backend::cpu::conv::ConvGeometry;
+use crate::backend::cuda::buffer::DeviceBuffer;
+use crate::backend::cuda::context::{cuda, driver_error, grid_1d, CudaBackend};
+use crate::ops::Conv2dParams;
+use crate::{Error, Result};
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use std::sync::OnceLock;
+
+/// Every (module, kernel) these wrappers launch: `tests/cuda_conv.rs` checks that each is in
+/// its compiled module, on machines without a GPU too.
+pub const KERNELS: &[(&str, &str)] = &[
+    ("conv", "conv2d_fwd"),
+    ("conv", "interval_conv2d_fwd"),
+    ("conv", "conv2d_bwd_weight"),
+    ("conv", "interval_conv2d_bwd_weight"),
+    ("conv", "sum_splits"),
+    ("conv", "conv2d_bwd_input"),
+    ("conv", "interval_conv2d_bwd_input"),
+    ("conv", "channel_sum"),
+    ("gemm", "sgemm"),
+];
+
+/// Tensors handed to the kernels hold fewer values than this: indices are 32-bit, and the
+/// factor 2 of headroom covers the index arithmetic past the last K-step.
+pub const MAX_ELEMENTS: usize = 1 << 30;
+
+/// Output tile edge (M and N) of every kernel.
+const TILE: usize = 64;
+/// K-step of every kernel.
+const TILE_K: usize = 16;
+const THREADS: u32 = 256;
+/// CUDA's limit on grid dimensions y and z.
+const GRID_YZ: usize = 65_535;
+
+/// The geometry of a convolution: input `[n, c, h, w]`, weight `[o, c, kh, kw]`, symmetric zero
+/// padding, no dilation or groups (the CPU's [`ConvGeometry`], with errors instead of panics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// (vertical, horizontal)
+    pub stride: (usize, usize),
+    /// (vertical, horizontal), added on both sides.
+    pub padding: (usize, usize),
+}
+
+impl From<ConvGeometry> for ConvShape {
+    fn from(g: ConvGeometry) -> ConvShape {
+        ConvShape {
+            n: g.n,
+            c: g.c_in,
+            h: g.h,
+            w: g.w,
+            o: g.c_out,
+            kh: g.kh,
+            kw: g.kw,
+            stride: g.stride,
+            padding: g.padding,
+        }
+    }
+}
+
+/// What the kernels receive by value: `struct ConvShape` of `kernels/conv.cu`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: i32,
+    c: i32,
+    h: i32,
+    w: i32,
+    o: i32,
+    kh: i32,
+    kw: i32,
+    sh: i32,
+    sw: i32,
+    ph: i32,
+    pw: i32,
+    oh: i32,
+    ow: i32,
+}
+
+// SAFETY: a #[repr(C)] struct of i32s, which is the layout of the kernels' `ConvShape`.
+unsafe impl DeviceRepr for Dims {}
+
+/// A validated geometry with its sizes.
+#[derive(Clone, Copy, Debug)]
+struct Checked {
+    dims: Dims,
+    input_len: usize,
+    weight_len: usize,
+    output_len: usize,
+    /// N·OH·OW
+    pixels: usize,
+    /// C·KH·KW
+    taps: usize,
+}
+
+impl ConvShape {
+    /// The geometry of convolving `input` `[n, c, h, w]` with `weight` `[o, c, kh, kw]`.
+    pub fn new(input: [usize; 4], weight: [usize; 4], params: Conv2dParams) -> Result<ConvShape> {
+        if input[1] != weight[1] {
+            return Err(Error::Shape(format!(
+                "conv2d: input {input:?} has {} channels, weight {weight:?} expects {}",
+                input[1], weight[1]
+            )));
+        }
+        let s = ConvShape {
+            n: input[0],
+            c: input[1],
+            h: input[2],
+            w: input[3],
+            o: weight[0],
+            kh: weight[2],
+            kw: weight[3],
+            stride: params.stride,
+            padding: params.padding,
+        };
+        s.check()?;
+        Ok(s)
+    }
+
+    /// (OH, OW), or an error for a zero stride or a kernel larger than the padded input.
+    pub fn output_hw(&self) -> Result<(usize, usize)> {
+        let axis = |input: usize, k: usize, stride: usize, pad: usize, what: &str| {
+            if stride == 0 {
+                return Err(Error::Shape(format!("conv2d: {what} stride is 0")));
+            }
+            let padded = input
+                .checked_add(pad.checked_mul(2).ok_or_else(|| too_large(self))?)
+                .ok_or_else(|| too_large(self))?;
+            if k == 0 || padded < k {
+                return Err(Error::Shape(format!(
+                    "conv2d: kernel {what} {k} does not fit the padded input {what} {padded}"
+                )));
+            }
+            Ok((padded - k) / stride + 1)
+        };
+        Ok((
+            axis(self.h, self.kh, self.stride.0, self.padding.0, "height")?,
+            axis(self.w, self.kw, self.stride.1, self.padding.1, "width")?,
+        ))
+    }
+
+    /// n·c·h·w
+    pub fn input_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+
+    /// o·c·kh·kw
+    pub fn weight_len(&self) -> usize {
+        self.o * self.c * self.kh * self.kw
+    }
+
+    /// n·o·oh·ow
+    pub fn output_len(&self) -> Result<usize> {
+        Ok(self.check()?.output_len)
+    }
+
+    /// Every check the kernels rely on, and the sizes.
+    fn check(&self) -> Result<Checked> {
+        if self.c == 0 || self.h == 0 || self.w == 0 {
+            return Err(Error::Shape(format!(
+                "conv2d: channels, height and width of the input must be positive, got {self:?}"
+            )));
+        }
+        let (oh, ow) = self.output_hw()?;
+        let product = |xs: &[usize]| {
+            xs.iter()
+                .try_fold(1usize, |acc, &x| acc.checked_mul(x))
+                .filter(|&v| v < MAX_ELEMENTS)
+                .ok_or_else(|| too_large(self))
+        };
+        let input_len = product(&[self.n, self.c, self.h, self.w])?;
+        let weight_len = product(&[self.o, self.c, self.kh, self.kw])?;
+        let output_len = product(&[self.n, self.o, oh, ow])?;
+        let pixels = product(&[self.n, oh, ow])?;
+        let taps = product(&[self.c, self.kh, self.kw])?;
+        // The padded extents and strides enter the kernels' index arithmetic too.
+        let _ = product(&[self.h + 2 * self.padding.0, self.w + 2 * self.padding.1])?;
+        let _ = product(&[self.stride.0, self.stride.1, TILE])?;
+        if self.o.div_ceil(TILE) > GRID_YZ || self.c.div_ceil(TILE) > GRID_YZ {
+            return Err(too_large(self));
+        }
+        if self.stride.0 * self.stride.1 > GRID_YZ {
+            return Err(Error::Shape(format!(
+                "conv2d: stride {:?} has more than {GRID_YZ} phases",
+                self.stride
+            )));
+        }
+        let i = |v: usize| v as i32; // every value is below MAX_ELEMENTS < i32::MAX here
+        Ok(Checked {
+            dims: Dims {
+                n: i(self.n),
+                c: i(self.c),
+                h: i(self.h),
+                w: i(self.w),
+                o: i(self.o),
+                kh: i(self.kh),
+                kw: i(self.kw),
+                sh: i(self.stride.0),
+                sw: i(self.stride.1),
+                ph: i(self.padding.0),
+                pw: i(self.padding.1),
+                oh: i(oh),
+                ow: i(ow),
+            },
+            input_len,
+            weight_len,
+            output_len,
+            pixels,
+            taps,
+        })
+    }
+}
+
+fn too_large(s: &ConvShape) -> Error {
+    Error::Shape(format!(
+        "conv2d: {s:?} is too large for the CUDA kernels (every tensor must hold fewer than \
+         2^30 values)"
+    ))
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::Shape(format!(
+            "{what} has {got} values, the geometry needs {want}"
+        )))
+    }
+}
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per).max(1) as u32
+}
+
+fn config(grid: (u32, u32, u32)) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The first `len` values of a buffer, as a kernel argument.
+fn view(b: &DeviceBuffer, len: usize) -> CudaView<'_, f32> {
+    b.slice().slice(0..len)
+}
+
+fn view_mut(b: &mut DeviceBuffer, len: usize) -> CudaViewMut<'_, f32> {
+    b.slice_mut().slice_mut(0..len)
+}
+
+/// The two halves `[0, half)` and `[half, 2·half)` of a stacked buffer.
+fn halves(b: &DeviceBuffer, half: usize) -> (CudaView<'_, f32>, CudaView<'_, f32>) {
+    (b.slice().slice(0..half), b.slice().slice(half..2 * half))
+}
+
+/// The same for writing; the second view runs on to the end of the allocation (kernels are
+/// given their lengths by the geometry, and write `half` values into it).
+fn halves_mut(b: &mut DeviceBuffer, half: usize) -> (CudaViewMut<'_, f32>, CudaViewMut<'_, f32>) {
+    b.slice_mut().split_at_mut(half)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------
+
+fn check_forward(
+    x_len: usize,
+    w: &DeviceBuffer,
+    bias: Option<&DeviceBuffer>,
+    g: &ConvShape,
+    stacked: usize,
+) -> Result<Checked> {
+    let k = g.check()?;
+    check_len("conv2d input", x_len, stacked * k.input_len)?;
+    check_len("conv2d weight", w.len(), k.weight_len)?;
+    if let Some(b) = bias {
+        check_len("conv2d bias", b.len(), g.o)?;
+    }
+    Ok(k)
+}
+
+fn forward_grid(k: &Checked) -> (u32, u32, u32) {
+    (blocks(k.pixels, TILE), blocks(k.dims.o as usize, TILE), 1)
+}
+
+/// y `[n, o, oh, ow]` = conv(x `[n, c, h, w]`, w `[o, c, kh, kw]`) + bias `[o]`.
+pub fn conv2d_forward(
+    x: &DeviceBuffer,
+    w: &DeviceBuffer,
+    bias: Option<&DeviceBuffer>,
+    g: &ConvShape,
+) -> Result<DeviceBuffer> {
+    let k = check_forward(x.len(), w, bias, g, 1)?;
+    let mut y = DeviceBuffer::uninit(k.output_len)?;
+    if k.output_len == 0 {
+        return Ok(y);
+    }
+    let backend = cuda()?;
+    let f = backend.function("conv", "conv2d_fwd")?;
+    let (xv, wv) = (view(x, k.input_len), view(w, k.weight_len));
+    // Without a bias the kernel never reads the pointer; the weight stands in.
+    let bv = bias.map_or_else(|| view(w, k.weight_len), |b| view(b, g.o));
+    let has_bias = i32::from(bias.is_some());
+    let mut yv = view_mut(&mut y, k.output_len);
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(&xv)
+        .arg(&wv)
+        .arg(&bv)
+        .arg(&has_bias)
+        .arg(&k.dims)
+        .arg(&mut yv);
+    // SAFETY: the arguments match the kernel's signature; every index it forms is below the
+    // lengths checked above.
+    unsafe { b.launch(config(forward_grid(&k))) }.map_err(|e| driver_error("conv2d_fwd", e))?;
+    Ok(y)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn interval_forward_views(
+    backend: &CudaBackend,
+    c: &CudaView<'_, f32>,
+    r: &CudaView<'_, f32>,
+    w: &DeviceBuffer,
+    bias: Option<&DeviceBuffer>,
+    k: &Checked,
+    yc: &mut CudaViewMut<'_, f32>,
+    yr: &mut CudaViewMut<'_, f32>,
+) -> Result<()> {
+    let f = backend.function("conv", "interval_conv2d_fwd")?;
+    let wv = view(w, k.weight_len);
+    let bv = bias.map_or_else(|| view(w, k.weight_len), |b| view(b, k.dims.o as usize));
+    let has_bias = i32::from(bias.is_some());
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(c)
+        .arg(r)
+        .arg(&wv)
+        .arg(&bv)
+        .arg(&has_bias)
+        .arg(&k.dims)
+        .arg(yc)
+        .arg(yr);
+    // SAFETY: as in conv2d_forward; c, r, yc and yr hold input_len / output_len values.
+    unsafe { b.launch(config(forward_grid(k))) }
+        .map_err(|e| driver_error("interval_conv2d_fwd", e))?;
+    Ok(())
+}
+
+/// Boxes in centre/radius form: (conv(c, w) + bias, conv(r, |w|)), one kernel. `c` and `r` are
+/// `[n, c, h, w]` each; the radii are taken as given (the caller keeps them ≥ 0).
+pub fn interval_conv2d_forward(
+    c: &DeviceBuffer,
+    r: &DeviceBuffer,
+    w: &DeviceBuffer,
+    bias: Option<&DeviceBuffer>,
+    g: &ConvShape,
+) -> Result<(DeviceBuffer, DeviceBuffer)> {
+    let k = check_forward(c.len(), w, bias, g, 1)?;
+    check_len("interval conv2d radii", r.len(), k.input_len)?;
+    let mut yc = DeviceBuffer::uninit(k.output_len)?;
+    let mut yr = DeviceBuffer::uninit(k.output_len)?;
+    if k.output_len == 0 {
+        return Ok((yc, yr));
+    }
+    let backend = cuda()?;
+    interval_forward_views(
+        backend,
+        &view(c, k.input_len),
+        &view(r, k.input_len),
+        w,
+        bias,
+        &k,
+        &mut view_mut(&mut yc, k.output_len),
+        &mut view_mut(&mut yr, k.output_len),
+    )?;
+    Ok((yc, yr))
+}
+
+/// [`interval_conv2d_forward`] on a stacked box `x` `[2, n, c, h, w]` (centres, then radii),
+/// returning the stacked `[2, n, o, oh, ow]`.
+pub fn interval_conv2d_forward_stacked(
+    x: &DeviceBuffer,
+    w: &DeviceBuffer,
+    bias: Option<&DeviceBuffer>,
+    g: &ConvShape,
+) -> Result<DeviceBuffer> {
+    let k = check_forward(x.len(), w, bias, g, 2)?;
+    let mut y = DeviceBuffer::uninit(2 * k.output_len)?;
+    if k.output_len == 0 {
+        return Ok(y);
+    }
+    let backend = cuda()?;
+    let (c, r) = halves(x, k.input_len);
+    let (mut yc, mut yr) = halves_mut(&mut y, k.output_len);
+    interval_forward_views(backend, &c, &r, w, bias, &k, &mut yc, &mut yr)?;
+    Ok(y)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight gradient
+// ---------------------------------------------------------------------------------------------
+
+/// How the weight gradient's K (= N·OH·OW pixels) is split: `(splits, chunk)` with `chunk` a
+/// multiple of 16 and `splits = ⌈pixels / chunk⌉`. Aims at four blocks per multiprocessor
+/// while giving every block at least 16 K-steps (256 pixels), so that the partial sums cost
+/// little next to the products, and keeps the partials below [`MAX_ELEMENTS`].
+pub fn weight_gradient_splits(g: &ConvShape, multiprocessors: usize) -> Result<(usize, usize)> {
+    let k = g.check()?;
+    Ok(splits_for(&k, multiprocessors))
+}
+
+fn splits_for(k: &Checked, multiprocessors: usize) -> (usize, usize) {
+    let tiles = (k.dims.o as usize).div_ceil(TILE) * k.taps.div_ceil(TILE);
+    let ktiles = k.pixels.div_ceil(TILE_K).max(1);
+    let wanted = (4 * multiprocessors.max(1)).div_ceil(tiles.max(1));
+    let most = (ktiles / 16)
+        .min(GRID_YZ)
+        .min((MAX_ELEMENTS - 1) / k.weight_len.max(1));
+    let splits = wanted.min(most).max(1);
+    let chunk = ktiles.div_ceil(splits) * TILE_K;
+    (k.pixels.div_ceil(chunk).max(1), chunk)
+}
+
+fn multiprocessors(backend: &CudaBackend) -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        backend
+            .context
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map(|v| v.max(1) as usize)
+            .unwrap_or(132)
+    })
+}
+
+/// Sources of a weight-gradient launch: plain (x, gy) or interval (c, r, gc, gr, w).
+enum WeightGradArgs<'a> {
+    Plain {
+        x: CudaView<'a, f32>,
+        gy: CudaView<'a, f32>,
+    },
+    Interval {
+        c: CudaView<'a, f32>,
+        r: CudaView<'a, f32>,
+        gc: CudaView<'a, f32>,
+        gr: CudaView<'a, f32>,
+        w: CudaView<'a, f32>,
+    },
+}
+
+/// Runs the split-K weight-gradient kernel (partials straight into dW when there is one
+/// split, else into a scratch buffer added up by `sum_splits`).
+fn weight_gradient(k: &Checked, args: WeightGradArgs<'_>) -> Result<DeviceBuffer> {
+    if k.weight_len == 0 {
+        return DeviceBuffer::uninit(0);
+    }
+    if k.pixels == 0 {
+        return DeviceBuffer::zeros(k.weight_len);
+    }
+    let backend = cuda()?;
+    let (splits, chunk) = splits_for(k, multiprocessors(backend));
+    let mut dw = DeviceBuffer::uninit(k.weight_len)?;
+    let mut scratch = if splits > 1 {
+        Some(DeviceBuffer::uninit(splits * k.weight_len)?)
+    } else {
+        None
+    };
+    let grid = (
+        blocks(k.taps, TILE),
+        blocks(k.dims.o as usize, TILE),
+        splits as u32,
+    );
+    let chunk_i = chunk as i32;
+    {
+        let mut out = match scratch.as_mut() {
+            Some(s) => view_mut(s, splits * k.weight_len),
+            None => view_mut(&mut dw, k.weight_len),
+        };
+        let name = match args {
+            WeightGradArgs::Plain { .. } => "conv2d_bwd_weight",
+            WeightGradArgs::Interval { .. } => "interval_conv2d_bwd_weight",
+        };
+        let f = backend.function("conv", name)?;
+        let mut b = backend.stream.launch_builder(&f);
+        match &args {
+            WeightGradArgs::Plain { x, gy } => {
+                b.arg(x).arg(gy);
+            }
+            WeightGradArgs::Interval { c, r, gc, gr, w } => {
+                b.arg(c).arg(r).arg(gc).arg(gr).arg(w);
+            }
+        }
+        b.arg(&k.dims).arg(&chunk_i).arg(&mut out);
+        // SAFETY: arguments as the kernel declares them; chunk z writes only the z-th
+        // weight-sized slice of `out`, which holds `splits` of them.
+        unsafe { b.launch(config(grid)) }.map_err(|e| driver_error(name, e))?;
+    }
+    if let Some(parts) = &scratch {
+        let f = backend.function("conv", "sum_splits")?;
+        let (splits_i, len_i) = (splits as i32, k.weight_len as i32);
+        let pv = view(parts, splits * k.weight_len);
+        let mut out = view_mut(&mut dw, k.weight_len);
+        let mut b = backend.stream.launch_builder(&f);
+        b.arg(&pv).arg(&splits_i).arg(&len_i).arg(&mut out);
+        // SAFETY: reads splits·len values, writes len.
+        unsafe { b.launch(grid_1d(k.weight_len)) }.map_err(|e| driver_error("sum_splits", e))?;
+    }
+    Ok(dw)
+}
+
+/// dW `[o, c, kh, kw]` = Σ over the batch of grad_out ⊗ im2col(x).
+pub fn conv2d_backward_weight(
+    x: &DeviceBuffer,
+    grad_out: &DeviceBuffer,
+    g: &ConvShape,
+) -> Result<DeviceBuffer> {
+    let k = g.check()?;
+    check_len("conv2d input", x.len(), k.input_len)?;
+    check_len("conv2d output gradient", grad_out.len(), k.output_len)?;
+    weight_gradient(
+        &k,
+        WeightGradArgs::Plain {
+            x: view(x, k.input_len),
+            gy: view(grad_out, k.output_len),
+        },
+    )
+}
+
+/// The weight gradient of [`interval_conv2d_forward`]: Σ grad_c ⊗ cols(c) + sign(w) ⊙
+/// Σ grad_r ⊗ cols(r) (sign(0) = 0), one kernel.
+pub fn interval_conv2d_backward_weight(
+    c: &DeviceBuffer,
+    r: &DeviceBuffer,
+    grad_c: &DeviceBuffer,
+    grad_r: &DeviceBuffer,
+    w: &DeviceBuffer,
+    g: &ConvShape,
+) -> Result<DeviceBuffer> {
+    let k = g.check()?;
+    check_len("interval conv2d centres", c.len(), k.input_len)?;
+    check_len("interval conv2d radii", r.len(), k.input_len)?;
+    check_len(
+        "interval conv2d centre gradient",
+        grad_c.len(),
+        k.output_len,
+    )?;
+    check_len(
+        "interval conv2d radius gradient",
+        grad_r.len(),
+        k.output_len,
+    )?;
+    check_len("interval conv2d weight", w.len(), k.weight_len)?;
+    weight_gradient(
+        &k,
+        WeightGradArgs::Interval {
+            c: view(c, k.input_len),
+            r: view(r, k.input_len),
+            gc: view(grad_c, k.output_len),
+            gr: view(grad_r, k.output_len),
+            w: view(w, k.weight_len),
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input gradient
+// ---------------------------------------------------------------------------------------------
+
+fn input_grid(k: &Checked) -> (u32, u32, u32) {
+    let d = &k.dims;
+    // Phase 0 has the most input pixels: ⌈H/sh⌉·⌈W/sw⌉ per sample.
+    let most = (d.n as usize)
+        * (d.h as usize).div_ceil(d.sh as usize)
+        * (d.w as usize).div_ceil(d.sw as usize);
+    (
+        blocks(most, TILE),
+        blocks(d.c as usize, TILE),
+        (d.sh * d.sw) as u32,
+    )
+}
+
+/// dX `[n, c, h, w]`: grad_out `[n, o, oh, ow]` through the adjoint of the convolution.
+pub fn conv2d_backward_input(
+    grad_out: &DeviceBuffer,
+    w: &DeviceBuffer,
+    g: &ConvShape,
+) -> Result<DeviceBuffer> {
+    let k = g.check()?;
+    check_len("conv2d output gradient", grad_out.len(), k.output_len)?;
+    check_len("conv2d weight", w.len(), k.weight_len)?;
+    let mut dx = DeviceBuffer::uninit(k.input_len)?;
+    if k.input_len == 0 {
+        return Ok(dx);
+    }
+    let backend = cuda()?;
+    let f = backend.function("conv", "conv2d_bwd_input")?;
+    let (gv, wv) = (view(grad_out, k.output_len), view(w, k.weight_len));
+    let mut dv = view_mut(&mut dx, k.input_len);
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(&gv).arg(&wv).arg(&k.dims).arg(&mut dv);
+    // SAFETY: arguments as declared; the phases partition dX, each element written once.
+    unsafe { b.launch(config(input_grid(&k))) }.map_err(|e| driver_error("conv2d_bwd_input", e))?;
+    Ok(dx)
+}
+
+fn interval_input_views(
+    backend: &CudaBackend,
+    gc: &CudaView<'_, f32>,
+    gr: &CudaView<'_, f32>,
+    w: &DeviceBuffer,
+    k: &Checked,
+    dc: &mut CudaViewMut<'_, f32>,
+    dr: &mut CudaViewMut<'_, f32>,
+) -> Result<()> {
+    let f = backend.function("conv", "interval_conv2d_bwd_input")?;
+    let wv = view(w, k.weight_len);
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(gc).arg(gr).arg(&wv).arg(&k.dims).arg(dc).arg(dr);
+    // SAFETY: as conv2d_backward_input, for both halves.
+    unsafe { b.launch(config(input_grid(k))) }
+        .map_err(|e| driver_error("interval_conv2d_bwd_input", e))?;
+    Ok(())
+}
+
+/// The input gradients of [`interval_conv2d_forward`]: (adjoint of w applied to grad_c,
+/// adjoint of |w| applied to grad_r), one kernel.
+pub fn interval_conv2d_backward_input(
+    grad_c: &DeviceBuffer,
+    grad_r: &DeviceBuffer,
+    w: &DeviceBuffer,
+    g: &ConvShape,
+) -> Result<(DeviceBuffer, DeviceBuffer)> {
+    let k = g.check()?;
+    check_len(
+        "interval conv2d centre gradient",
+        grad_c.len(),
+        k.output_len,
+    )?;
+    check_len(
+        "interval conv2d radius gradient",
+        grad_r.len(),
+        k.output_len,
+    )?;
+    check_len("interval conv2d weight", w.len(), k.weight_len)?;
+    let mut dc = DeviceBuffer::uninit(k.input_len)?;
+    let mut dr = DeviceBuffer::uninit(k.input_len)?;
+    if k.input_len == 0 {
+        return Ok((dc, dr));
+    }
+    interval_input_views(
+        cuda()?,
+        &view(grad_c, k.output_len),
+        &view(grad_r, k.output_len),
+        w,
+        &k,
+        &mut view_mut(&mut dc, k.input_len),
+        &mut view_mut(&mut dr, k.input_len),
+    )?;
+    Ok((dc, dr))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias gradient
+// ---------------------------------------------------------------------------------------------
+
+/// `[channels]`: the sum of `x` `[n, channels, hw]` over n and hw, per channel.
+pub fn channel_sum(x: &DeviceBuffer, n: usize, channels: usize, hw: usize) -> Result<DeviceBuffer> {
+    let len = n
+        .checked_mul(channels)
+        .and_then(|v| v.checked_mul(hw))
+        .filter(|&v| v < MAX_ELEMENTS)
+        .ok_or_else(|| {
+            Error::Shape(format!(
+                "channel_sum: [{n}, {channels}, {hw}] exceeds 2^30 values"
+            ))
+        })?;
+    check_len("channel_sum input", x.len(), len)?;
+    channel_sum_view(&view(x, len.max(1)), n, channels, hw)
+}
+
+/// [`channel_sum`] of a view holding n·channels·hw (< 2^30) values.
+fn channel_sum_view(
+    x: &CudaView<'_, f32>,
+    n: usize,
+    channels: usize,
+    hw: usize,
+) -> Result<DeviceBuffer> {
+    if channels == 0 {
+        return DeviceBuffer::uninit(0);
+    }
+    if n == 0 || hw == 0 {
+        return DeviceBuffer::zeros(channels);
+    }
+    let mut out = DeviceBuffer::uninit(channels)?;
+    let backend = cuda()?;
+    let f = backend.function("conv", "channel_sum")?;
+    // Each is at most n·channels·hw < 2^30.
+    let (n_i, c_i, hw_i) = (n as i32, channels as i32, hw as i32);
+    let mut ov = view_mut(&mut out, channels);
+    let mut b = backend.stream.launch_builder(&f);
+    b.arg(x).arg(&n_i).arg(&c_i).arg(&hw_i).arg(&mut ov);
+    // SAFETY: one block per channel; reads n·channels·hw values, writes `channels`.
+    unsafe { b.launch(config((channels as u32, 1, 1))) }
+        .map_err(|e| driver_error("channel_sum", e))?;
+    Ok(out)
+}
+
+/// The bias gradient `[o]`: grad_out `[n, o, oh, ow]` summed per channel.
+pub fn conv2d_backward_bias(grad_out: &DeviceBuffer, g: &ConvShape) -> Result<DeviceBuffer> {
+    let k = g.check()?;
+    let d = &k.dims;
+    channel_sum(grad_out, g.n, g.o, (d.oh * d.ow) as usize)
+}
+
+// ---------------------------------------------------------------------------------------------
+// All gradients at once
+// ---------------------------------------------------------------------------------------------
+
+/// Gradients of a convolution on the device; each is `Some` exactly when it was asked for.
+#[derive(Default)]
+pub struct DeviceConvGrads {
+    /// `[n, c, h, w]` (stacked `[2, n, c, h, w]` for the interval convolution)
+    pub input: Option<DeviceBuffer>,
+    /// `[o, c, kh, kw]`
+    pub weight: Option<DeviceBuffer>,
+    /// `[o]`
+    pub bias: Option<DeviceBuffer>,
+}
+
+/// Gradients of [`conv2d_forward`] given `grad_out` `[n, o, oh, ow]`: the device counterpart
+/// of the CPU's `conv2d_backward`.
+pub fn conv2d_backward(
+    x: &DeviceBuffer,
+    w: &DeviceBuffer,
+    grad_out: &DeviceBuffer,
+    g: &ConvShape,
+    need_input: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> Result<DeviceConvGrads> {
+    let k = g.check()?;
+    check_len("conv2d input", x.len(), k.input_len)?;
+    check_len("conv2d weight", w.len(), k.weight_len)?;
+    check_len("conv2d output gradient", grad_out.len(), k.output_len)?;
+    Ok(DeviceConvGrads {
+        input: need_input
+            .then(|| conv2d_backward_input(grad_out, w, g))
+            .transpose()?,
+        weight: need_weight
+            .then(|| conv2d_backward_weight(x, grad_out, g))
+            .transpose()?,
+        bias: need_bias
+            .then(|| conv2d_backward_bias(grad_out, g))
+            .transpose()?,
+    })
+}
+
+/// Gradients of [`interval_conv2d_forward_stacked`]: `x` is the stacked box `[2, n, c, h, w]`,
+/// `grad_out` the stacked `[2, n, o, oh, ow]` (centre gradients, then radius gradients); the
+/// input gradient comes back stacked, the bias gradient is the centre gradient's channel sum.
+/// The device counterpart of the CPU's `interval_conv2d_backward`.
+pub fn interval_conv2d_backward_stacked(
+    x: &DeviceBuffer,
+    w: &DeviceBuffer,
+    grad_out: &DeviceBuffer,
+    g: &ConvShape,
+    need_input: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> Result<DeviceConvGrads> {
+    let k = g.check()?;
+    check_len("interval conv2d input", x.len(), 2 * k.input_len)?;
+    check_len("interval conv2d weight", w.len(), k.weight_len)?;
+    check_len(
+        "interval conv2d output gradient",
+        grad_out.len(),
+        2 * k.output_len,
+    )?;
+    let mut grads = DeviceConvGrads::default();
+    if need_input {
+        let mut dx = DeviceBuffer::uninit(2 * k.input_len)?;
+        if k.input_len > 0 {
+            let (gc, gr) = halves(grad_out, k.output_len);
+            let (mut dc, mut dr) = halves_mut(&mut dx, k.input_len);
+            interval_input_views(cuda()?, &gc, &gr, w, &k, &mut dc, &mut dr)?;
+        }
+        grads.input = Some(dx);
+    }
+    if need_weight {
+        let (c, r) = halves(x, k.input_len);
+        let (gc, gr) = halves(grad_out, k.output_len);
+        grads.weight = Some(weight_gradient(
+            &k,
+            WeightGradArgs::Interval {
+                c,
+                r,
+                gc,
+                gr,
+                w: view(w, k.weight_len),
+            },
+        )?);
+    }
+    if need_bias {
+        let d = &k.dims;
+        let (gc, _) = halves(grad_out, k.output_len.max(1));
+        grads.bias = Some(channel_sum_view(&gc, g.n, g.o, (d.oh * d.ow) as usize)?);
+    }
+    Ok(grads)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix multiplication
+// ---------------------------------------------------------------------------------------------
+
+/// One SGEMM, row-major: C (m × n, row pitch `ldc`) = alpha·op(A)·op(B) + beta·C, op(A) m × k
+/// and op(B) k × n. `trans_a`: A is stored k × m (else m × k), row pitch `lda`; likewise B.
+/// beta = 0 ignores C's previous values (NaN included).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmSpec {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+impl GemmSpec {
+    /// C = op(A)·op(B) on densely stored matrices (every pitch is a row length).
+    pub fn dense(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> GemmSpec {
+        GemmSpec {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            lda: if trans_a { m } else { k },
+            ldb: if trans_b { k } else { n },
+            ldc: n,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
+}
+
+/// Values a row-major `rows × cols` matrix with row pitch `ld` spans, after checking that the
+/// kernel's 32-bit offsets cannot wrap (they are formed, though never read, up to two K-steps
+/// and a tile of rows past the end).
+fn matrix_span(what: &str, rows: usize, cols: usize, ld: usize) -> Result<usize> {
+    if ld < cols {
+        return Err(Error::Shape(format!(
+            "sgemm: {what} has rows of {cols} values but a pitch of {ld}"
+        )));
+    }
+    let span = if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1)
+            .checked_mul(ld)
+            .and_then(|v| v.checked_add(cols))
+            .ok_or_else(|| Error::Shape(format!("sgemm: {what} is too large")))?
+    };
+    let reach = (2 * TILE_K + TILE)
+        .checked_mul(ld)
+        .and_then(|v| v.checked_add(span + TILE));
+    if reach.is_none_or(|v| v > i32::MAX as usize) {
+        return Err(Error::Shape(format!(
+            "sgemm: {what} ({rows} × {cols}, pitch {ld}) is too large for 32-bit offsets"
+        )));
+    }
+    Ok(span)
+}
+
+/// C = alpha·op(A)·op(B) + beta·C as `spec` describes, in place on `c`.
+pub fn sgemm(
+    spec: &GemmSpec,
+    a: &DeviceBuffer,
+    b: &DeviceBuffer,
+    c: &mut DeviceBuffer,
+) -> Result<()> {
+    let s = spec;
+    let (a_rows, a_cols) = if s.trans_a { (s.k, s.m) } else { (s.m, s.k) };
+    let (b_rows, b_cols) = if s.trans_b { (s.n, s.k) } else { (s.k, s.n) };
+    let a_span = matrix_span("A", a_rows, a_cols, s.lda)?;
+    let b_span = matrix_span("B", b_rows, b_cols, s.ldb)?;
+    let c_span = matrix_span("C", s.m, s.n, s.ldc)?;
+    for (what, have, need) in [
+        ("A", a.len(), a_span),
+        ("B", b.len(), b_span),
+        ("C", c.len(), c_span),
+    ] {
+        if have < need {
+            return Err(Error::Shape(format!(
+                "sgemm: {what} has {have} values, {}×{}×{} needs {need}",
+                s.m, s.k, s.n
+            )));
+        }
+    }
+    if s.m == 0 || s.n == 0 {
+        return Ok(());
+    }
+    if s.m.div_ceil(TILE) > GRID_YZ || s.k > i32::MAX as usize {
+        return Err(Error::Shape(format!(
+            "sgemm: {} × {} × {} is too large",
+            s.m, s.k, s.n
+        )));
+    }
+    let backend = cuda()?;
+    let f = backend.function("gemm", "sgemm")?;
+    let i = |v: usize| v as i32; // bounded by the span checks above
+    let (m, n, k) = (i(s.m), i(s.n), i(s.k));
+    let (lda, ldb, ldc) = (i(s.lda), i(s.ldb), i(s.ldc));
+    let (ta, tb) = (i32::from(s.trans_a), i32::from(s.trans_b));
+    // A K of 0 reads neither operand (its span is 0; the allocation holds at least 256).
+    let av = view(a, a_span.max(1));
+    let bv = view(b, b_span.max(1));
+    let mut cv = view_mut(c, c_span);
+    let mut l = backend.stream.launch_builder(&f);
+    l.arg(&m)
+        .arg(&n)
+        .arg(&k)
+        .arg(&s.alpha)
+        .arg(&av)
+        .arg(&lda)
+        .arg(&ta)
+        .arg(&bv)
+        .arg(&ldb)
+        .arg(&tb)
+        .arg(&s.beta)
+        .arg(&mut cv);
+    l.arg(&ldc);
+    // SAFETY: arguments as the kernel declares them; the spans checked above cover every
+    // element it reads or writes.
+    unsafe { l.launch(config((blocks(s.n, TILE), blocks(s.m, TILE), 1))) }
+        .map_err(|e| driver_error("sgemm", e))?;
+    Ok(())
+}
+
+/// op(A)·op(B) `[m, n]` of dense row-major matrices: A is `[m, k]` (`[k, m]` when `trans_a`),
+/// B is `[k, n]` (`[n, k]` when `trans_b`).
+pub fn matmul(
+    a: &DeviceBuffer,
+    b: &DeviceBuffer,
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<DeviceBuffer> {
+    let spec = GemmSpec::dense(m, n, k, trans_a, trans_b);
+    let len = m
+        .checked_mul(n)
+        .ok_or_else(|| Error::Shape(format!("matmul: {m} × {n} is too large")))?;
+    let ak = m.checked_mul(k);
+    let bk = k.checked_mul(n);
+    check_len("matmul A", a.len(), ak.unwrap_or(usize::MAX))?;
+    check_len("matmul B", b.len(), bk.unwrap_or(usize::MAX))?;
+    if k == 0 {
+        return DeviceBuffer::zeros(len);
+    }
+    let mut c = DeviceBuffer::uninit(len)?;
+    sgemm(&spec, a, b, &mut c)?;
+    Ok(c)
+}
