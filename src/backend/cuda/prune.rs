@@ -78,8 +78,8 @@ fn radix_select(
         .stream
         .alloc_zeros::<u32>(256)
         .map_err(launch_error("alloc histogram"))?;
-    for pass in 0..8 {
-        let shift = 56 - 8 * pass as i32;
+    for pass in 0..8i32 {
+        let shift = 56 - 8 * pass;
         for &(w, offset) in group {
             let (n, offset) = (w.len() as i64, offset as i64);
             let mut b = backend.stream.launch_builder(&histogram);
