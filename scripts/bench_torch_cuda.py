@@ -1,0 +1,604 @@
+#!/usr/bin/env python3
+"""PyTorch eager twins of cactus's GPU kernel benches, and the cactus-vs-PyTorch GPU report.
+
+What: the same five workloads as the criterion bench `benches/kernels_cuda.rs` (group
+"kernels_cuda"), run in PyTorch eager mode on one GPU in float32, timed as criterion times
+cactus (every rep waits for the GPU), written as JSON; and a `report` mode (standard library
+only) that reads that JSON plus criterion's results and writes a Markdown/JSON comparison.
+Normally run through `scripts/compare_cuda.sh`, on a machine with an NVIDIA GPU (H100/H200)
+and a CUDA build of PyTorch; no Rust toolchain is needed there.
+
+Usage:
+    python3 scripts/bench_torch_cuda.py [--device cuda] [--tf32] [--quick] [--only NAMES]
+        [--warmup N] [--reps N] [--min-time S] [--host-qparams] [--peak-tflops T]
+        [--out target/compare-cuda/torch.json]
+    python3 scripts/bench_torch_cuda.py report [--criterion-dir target/criterion]
+        [--torch-json target/compare-cuda/torch.json] [--out-dir target/compare-cuda]
+        [--since EPOCH] [--bench-bin PATH] [--peak-tflops T]
+  (`--device cpu` exists only for smoke tests where there is no GPU: slow, and no % of peak.)
+
+Workloads (random data, seed 0, NCHW, float32, under torch.no_grad):
+  matmul_4096              torch.mm of two 4096x4096 matrices; 2*4096^3 flops
+  conv_fwd_128x128x16x16   F.conv2d(x[128,128,16,16], w[128,128,3,3], b[128], stride 1, pad 1)
+                           (cuDNN, torch.backends.cudnn.benchmark = True; the warm-up reps
+                           absorb its autotuning); 2*128*128*16*16*128*9 flops
+  iconv_fwd_128x128x16x16  the interval convolution: centre F.conv2d(x, w, b) and radius
+                           F.conv2d(r, w.abs()) (|w| taken every rep; cactus does both in one
+                           kernel); two convolutions' flops
+  prune_mask_gul1_13M      global unstructured l1 mask at ratio 0.5 over full-width cnn7's
+                           conv+linear weights for [1,28,28] inputs (13,256,256 weights; same
+                           model and seed as scripts/bench_torch.py): k = floor(0.5 n),
+                           threshold = torch.kthvalue(cat |w|, k), one float mask (|w| > thr)
+                           per tensor; throughput in weights/s
+  fake_quant_int8_13M      per-tensor asymmetric int8 fake quantization of those weights:
+                           aminmax, s = (max-min)/255, z = -128 - round(min/s),
+                           torch.fake_quantize_per_tensor_affine(w, s, z, -128, 127).
+                           By default s and z stay on the device (the tensor-qparams overload,
+                           z clamped to [-128, 127]), as cactus's quant_params keeps them there;
+                           --host-qparams reads them back per tensor with .item() exactly as
+                           scripts/bench_torch.py does (7 host round trips per rep).
+
+Precision: TF32 is OFF by default (torch.backends.cuda.matmul.allow_tf32 = False,
+torch.backends.cudnn.allow_tf32 = False, float32 matmul precision "highest"), so both sides
+compute in full fp32; --tf32 allows TensorFloat-32 (tensor cores: % of the FP32 non-tensor
+peak can then pass 100).
+
+Timing: `--warmup` reps (default 10), then reps until at least `--reps` (default 50) and at
+least `--min-time` s (default 1.0) of timed work; per rep the wall time from a
+torch.cuda.synchronize() before to one after (criterion's cactus iterations also end in a
+stream synchronize, so both include launch overhead); CUDA-event time of the same reps is
+recorded as `gpu_median_ms`. The median rep is reported. `--quick`: 2 warm-up reps, at least
+10 reps and 0.2 s.
+
+% of peak: GFLOP/s / the GPU's peak FP32 non-tensor-core rate, looked up by
+torch.cuda.get_device_name() (H100 SXM 67, H100 PCIe 51, H100 NVL 60, H200 67, H200 NVL 60,
+A100 19.5 TFLOP/s; unknown GPUs: omitted unless --peak-tflops is given).
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+GROUP = "kernels_cuda"
+N_MATMUL = 4096
+CONV = dict(n=128, ci=128, co=128, h=16, w=16, k=3)
+CONV_FLOPS = 2.0 * CONV["n"] * CONV["co"] * CONV["h"] * CONV["w"] * CONV["ci"] * CONV["k"] ** 2
+# cnn7 (1x28x28 input, 10 classes): conv 1->64, 64->64, 64->128 (s2), 128->128 x2 (k3), then
+# linear 128*14*14 -> 512 and 512 -> 10.
+CNN7_MNIST_WEIGHTS = (9 * (1 * 64 + 64 * 64 + 64 * 128 + 2 * 128 * 128)
+                      + 128 * 14 * 14 * 512 + 512 * 10)  # 13,256,256
+
+# name -> (elements per iteration as criterion's Throughput counts them, flops or None)
+WORKLOADS = {
+    "matmul_4096": (2 * N_MATMUL ** 3, 2.0 * N_MATMUL ** 3),
+    "conv_fwd_128x128x16x16": (int(CONV_FLOPS), CONV_FLOPS),
+    "iconv_fwd_128x128x16x16": (int(2 * CONV_FLOPS), 2.0 * CONV_FLOPS),
+    "prune_mask_gul1_13M": (CNN7_MNIST_WEIGHTS, None),
+    "fake_quant_int8_13M": (CNN7_MNIST_WEIGHTS, None),
+}
+
+# Peak FP32 rate without tensor cores, TFLOP/s (NVIDIA data sheets, boost clock). First match
+# wins: every substring of the key must occur in the upper-cased device name.
+PEAK_FP32_TFLOPS = [
+    (("H100", "PCIE"), 51.0, "H100 PCIe"),
+    (("H100", "NVL"), 60.0, "H100 NVL"),
+    (("H100",), 67.0, "H100 SXM"),
+    (("H200", "NVL"), 60.0, "H200 NVL"),
+    (("H200",), 67.0, "H200"),
+    (("A100",), 19.5, "A100"),
+]
+
+
+def peak_fp32(gpu_name, override=None):
+    """(TFLOP/s, label) of the FP32 non-tensor peak of `gpu_name`, or (None, None)."""
+    if override:
+        return float(override), "given (--peak-tflops)"
+    name = (gpu_name or "").upper()
+    for keys, tflops, label in PEAK_FP32_TFLOPS:
+        if all(k in name for k in keys):
+            return tflops, label
+    return None, None
+
+
+def pct_of_peak(gflops, peak_tflops):
+    if gflops is None or not peak_tflops:
+        return None
+    return 100.0 * gflops / (peak_tflops * 1e3)
+
+
+# =========================================================================== bench mode
+
+def bench_args(argv):
+    p = argparse.ArgumentParser(
+        prog="bench_torch_cuda.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                   help="cuda (default); cpu only for smoke tests without a GPU")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 in matmul and cuDNN")
+    p.add_argument("--quick", action="store_true", help="fewer reps (smoke test, noisier)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up reps (default 10; quick 2)")
+    p.add_argument("--reps", type=int, default=None, help="minimum timed reps (default 50; quick 10)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="minimum seconds of timed work (default 1.0; quick 0.2)")
+    p.add_argument("--only", default="", help="comma-separated workload names (default: all)")
+    p.add_argument("--host-qparams", action="store_true",
+                   help="fake quant: read s, z back per tensor (.item()) as bench_torch.py does")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="FP32 non-tensor peak in TFLOP/s (default: looked up by GPU name)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (--device cpu only)")
+    p.add_argument("--out", default="", help="write the JSON here ('-' = stdout)")
+    p.add_argument("--list", action="store_true", help="list workload names and exit")
+    return p.parse_args(argv)
+
+
+def cnn7(nn, in_ch, hw, width=1.0):
+    """Full-width cnn7, layer for layer as scripts/bench_torch.py's cnn7."""
+    layers, c, size = [], in_ch, hw
+    for out, s in zip((64, 64, 128, 128, 128), (1, 1, 2, 1, 1)):
+        out = int(out * width)
+        layers += [nn.Conv2d(c, out, 3, stride=s, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+        c = out
+        size = (size + 2 - 3) // s + 1
+    fc = int(512 * width)
+    layers += [nn.Flatten(), nn.Linear(c * size * size, fc), nn.BatchNorm1d(fc), nn.ReLU(),
+               nn.Linear(fc, 10)]
+    return nn.Sequential(*layers)
+
+
+class Bench:
+    def __init__(self, a):
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+        self.torch, self.nn, self.F, self.a = torch, nn, F, a
+        self.dev = torch.device(a.device)
+        self.cuda = a.device == "cuda"
+
+    # ----------------------------------------------------------------- data
+    def randn(self, *shape, seed, scale=0.5):
+        g = self.torch.Generator().manual_seed(seed)
+        return (self.torch.randn(*shape, generator=g) * scale).to(self.dev)
+
+    def compression_weights(self):
+        torch = self.torch
+        torch.manual_seed(0)
+        model = cnn7(self.nn, 1, 28)
+        ws = [m.weight.detach().to(self.dev) for m in model
+              if isinstance(m, (self.nn.Conv2d, self.nn.Linear))]
+        n = sum(t.numel() for t in ws)
+        assert n == CNN7_MNIST_WEIGHTS, n
+        return ws
+
+    # ----------------------------------------------------------------- workloads
+    # Each returns (fn, check) where fn() runs one rep and check() (untimed, optional) returns a
+    # dict of sanity values for the JSON.
+    def matmul_4096(self):
+        a = self.randn(N_MATMUL, N_MATMUL, seed=0)
+        b = self.randn(N_MATMUL, N_MATMUL, seed=1)
+        return (lambda: self.torch.mm(a, b)), None
+
+    def _conv_data(self):
+        c = CONV
+        x = self.randn(c["n"], c["ci"], c["h"], c["w"], seed=2)
+        r = self.randn(c["n"], c["ci"], c["h"], c["w"], seed=3).abs()  # radii >= 0
+        w = self.randn(c["co"], c["ci"], c["k"], c["k"], seed=4)
+        b = self.randn(c["co"], seed=5)
+        return x, r, w, b
+
+    def conv_fwd_128x128x16x16(self):
+        x, _, w, b = self._conv_data()
+        return (lambda: self.F.conv2d(x, w, b, stride=1, padding=1)), None
+
+    def iconv_fwd_128x128x16x16(self):
+        x, r, w, b = self._conv_data()
+        F = self.F
+
+        def fwd():
+            return (F.conv2d(x, w, b, stride=1, padding=1),
+                    F.conv2d(r, w.abs(), None, stride=1, padding=1))
+        return fwd, None
+
+    def gul1_masks(self, ws, ratio):
+        """As scripts/bench_torch.py's gul1_masks: the k = floor(ratio*n) smallest |w| of all
+        tensors pruned via torch.kthvalue (a selection); ties at the threshold all pruned."""
+        torch = self.torch
+        n = sum(t.numel() for t in ws)
+        k = math.floor(ratio * n)
+        if k <= 0:
+            return [torch.ones_like(t) for t in ws]
+        thr = torch.kthvalue(torch.cat([t.abs().flatten() for t in ws]), k).values
+        return [(t.abs() > thr).float() for t in ws]
+
+    def prune_mask_gul1_13M(self):
+        ws = self.compression_weights()
+
+        def check():
+            masks = self.gul1_masks(ws, 0.5)
+            kept = sum(float(m.sum().item()) for m in masks)
+            return {"kept_fraction": kept / CNN7_MNIST_WEIGHTS}
+        return (lambda: self.gul1_masks(ws, 0.5)), check
+
+    def fake_quant_host(self, ws):
+        """scripts/bench_torch.py's fake_quant_int8, verbatim in effect (host s and z)."""
+        torch = self.torch
+        out = []
+        for t in ws:
+            lo, hi = (v.item() for v in torch.aminmax(t))
+            if lo == hi:
+                out.append(t.clone())
+                continue
+            s = (hi - lo) / 255.0
+            z = -128 - round(lo / s)
+            if -128 <= z <= 127:
+                out.append(torch.fake_quantize_per_tensor_affine(t, s, z, -128, 127))
+            else:
+                out.append(s * ((torch.round(t / s) + z).clamp(-128, 127) - z))
+        return out
+
+    def fake_quant_device(self, ws):
+        """Same arithmetic with s and z kept on the device (no host round trip): the
+        tensor-qparams overload of fake_quantize_per_tensor_affine, z clamped to [-128, 127]
+        (equal to the host variant whenever a tensor has both signs, as all of cnn7's do)."""
+        torch = self.torch
+        out = []
+        for t in ws:
+            lo, hi = torch.aminmax(t)
+            s = ((hi - lo) / 255.0).clamp_min(torch.finfo(torch.float32).tiny).reshape(1)
+            z = (-128 - torch.round(lo / s)).clamp(-128, 127).to(torch.int32).reshape(1)
+            out.append(torch.fake_quantize_per_tensor_affine(t, s, z, -128, 127))
+        return out
+
+    def fake_quant_int8_13M(self):
+        ws = self.compression_weights()
+        fq = self.fake_quant_host if self.a.host_qparams else self.fake_quant_device
+
+        def check():
+            a, b = self.fake_quant_device(ws), self.fake_quant_host(ws)
+            diff = max(float((x - y).abs().max().item()) for x, y in zip(a, b))
+            return {"qparams": "host" if self.a.host_qparams else "device",
+                    "max_abs_diff_device_vs_host_qparams": diff}
+        return (lambda: fq(ws)), check
+
+    # ----------------------------------------------------------------- timing
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def measure(self, fn, warmup, reps, min_time):
+        torch = self.torch
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        wall, gpu = [], []
+        ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) \
+            if self.cuda else None
+        while len(wall) < reps or sum(wall) < min_time:
+            t0 = time.perf_counter()
+            if ev:
+                ev[0].record()
+            fn()
+            if ev:
+                ev[1].record()
+            self.sync()
+            wall.append(time.perf_counter() - t0)
+            if ev:
+                gpu.append(ev[0].elapsed_time(ev[1]) / 1e3)
+        return wall, gpu
+
+
+def environment(torch, a):
+    env = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "device": a.device,
+        "tf32": bool(a.tf32),
+        "quick": bool(a.quick),
+        "host_qparams": bool(a.host_qparams),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if a.device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        env.update({
+            "gpu_name": torch.cuda.get_device_name(0),
+            "gpu_capability": "%d.%d" % torch.cuda.get_device_capability(0),
+            "gpu_sms": props.multi_processor_count,
+            "gpu_memory_gib": round(props.total_memory / 2 ** 30, 1),
+            "cudnn": torch.backends.cudnn.version(),
+        })
+    else:
+        env["gpu_name"] = None
+        env["torch_num_threads"] = torch.get_num_threads()
+    peak, label = peak_fp32(env["gpu_name"], a.peak_tflops) if a.device == "cuda" \
+        else (a.peak_tflops, "given (--peak-tflops)" if a.peak_tflops else None)
+    env["peak_fp32_tflops"] = peak
+    env["peak_fp32_source"] = label
+    return env
+
+
+def bench_main(argv):
+    a = bench_args(argv)
+    if a.list:
+        print("\n".join(WORKLOADS))
+        return 0
+    only = [s.strip() for s in a.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in WORKLOADS]
+    if unknown:
+        print(f"bench_torch_cuda.py: error: unknown workload(s) {', '.join(unknown)} "
+              f"(known: {', '.join(WORKLOADS)})", file=sys.stderr)
+        return 2
+    names = [n for n in WORKLOADS if not only or n in only]
+    warmup = a.warmup if a.warmup is not None else (2 if a.quick else 10)
+    reps = a.reps if a.reps is not None else (10 if a.quick else 50)
+    min_time = a.min_time if a.min_time is not None else (0.2 if a.quick else 1.0)
+    reps = max(reps, 1)
+
+    import torch
+    if a.device == "cuda":
+        if not torch.cuda.is_available():
+            print(f"bench_torch_cuda.py: error: no CUDA GPU visible to PyTorch "
+                  f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}; "
+                  f"torch.cuda.is_available() is False). Run on a machine with an NVIDIA GPU "
+                  f"and a CUDA build of PyTorch, or use --device cpu for a smoke test.",
+                  file=sys.stderr)
+            return 3
+        warmup = max(warmup, 1)  # cuDNN benchmark mode autotunes on the first call
+    elif a.threads:
+        torch.set_num_threads(a.threads)
+    torch.backends.cuda.matmul.allow_tf32 = bool(a.tf32)
+    torch.backends.cudnn.allow_tf32 = bool(a.tf32)
+    torch.set_float32_matmul_precision("high" if a.tf32 else "highest")
+    torch.backends.cudnn.benchmark = True
+
+    env = environment(torch, a)
+    env.update({"warmup": warmup, "min_reps": reps, "min_time_s": min_time})
+    peak = env["peak_fp32_tflops"]
+    where = env["gpu_name"] or f"CPU ({env.get('torch_num_threads')} threads; smoke test only)"
+    peak_s = f"{peak:g} TFLOP/s ({env['peak_fp32_source']})" if peak else "unknown"
+    print(f"# PyTorch {env['torch']} (CUDA {env['torch_cuda']}) on {where} | TF32 "
+          f"{'on' if a.tf32 else 'off'} | peak FP32 {peak_s}", file=sys.stderr)
+    print(f"{'workload':<24} {'median ms':>10} {'gpu ms':>9} {'GFLOP/s':>9} {'% peak':>7} "
+          f"{'elements/s':>11} {'reps':>5}", file=sys.stderr)
+
+    b = Bench(a)
+    rows = []
+    with torch.no_grad():
+        for name in names:
+            elements, flops = WORKLOADS[name]
+            fn, check = getattr(b, name)()
+            wall, gpu = b.measure(fn, warmup, reps, min_time)
+            med = statistics.median(wall)
+            row = {"name": name, "group": GROUP, "elements": elements,
+                   "median_ms": med * 1e3, "min_ms": min(wall) * 1e3, "reps": len(wall),
+                   "elements_per_s": elements / med}
+            if gpu:
+                row["gpu_median_ms"] = statistics.median(gpu) * 1e3
+            if flops is not None:
+                row["flops"] = flops
+                row["gflops"] = flops / med / 1e9
+                row["pct_peak_fp32"] = pct_of_peak(row["gflops"], peak)
+            if check is not None:
+                row["check"] = check()
+            rows.append(row)
+            gms = f"{row['gpu_median_ms']:9.3f}" if "gpu_median_ms" in row else f"{'-':>9}"
+            gf = f"{row['gflops']:9.1f}" if "gflops" in row else f"{'-':>9}"
+            pk = row.get("pct_peak_fp32")
+            pk = f"{pk:6.1f}%" if pk is not None else f"{'-':>7}"
+            print(f"{name:<24} {row['median_ms']:>10.3f} {gms} {gf} {pk} "
+                  f"{row['elements_per_s']:>11.4g} {len(wall):>5}", file=sys.stderr, flush=True)
+            del fn
+            if b.cuda:
+                torch.cuda.empty_cache()
+
+    result = {"env": env, "rows": rows}
+    if a.out == "-":
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    elif a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        print(f"# wrote {a.out}", file=sys.stderr)
+    return 0
+
+
+# =========================================================================== report mode
+
+def report_args(argv):
+    p = argparse.ArgumentParser(
+        prog="bench_torch_cuda.py report",
+        description="Compare cactus's criterion results of group kernels_cuda with the "
+                    "PyTorch twins' JSON; writes OUT/compare.md and OUT/compare.json.")
+    p.add_argument("--criterion-dir", default="target/criterion")
+    p.add_argument("--torch-json", default="target/compare-cuda/torch.json")
+    p.add_argument("--out-dir", default="target/compare-cuda")
+    p.add_argument("--since", type=float, default=None,
+                   help="epoch seconds; cactus results older than this are flagged stale")
+    p.add_argument("--bench-bin", default="", help="the cactus bench binary (header only)")
+    p.add_argument("--nvrtc-dir", default="", help="NVRTC folder used (header only)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="FP32 non-tensor peak in TFLOP/s (default: by GPU name)")
+    return p.parse_args(argv)
+
+
+def nvidia_smi():
+    """(name, driver, CUDA version the driver supports) from nvidia-smi, or Nones."""
+    name = driver = cuda = None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=30)
+        if out.returncode == 0 and out.stdout.strip():
+            first = out.stdout.strip().splitlines()[0]
+            name, _, driver = (s.strip() for s in first.rpartition(","))
+        out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30)
+        for tok in out.stdout.split("CUDA Version:")[1:2]:
+            cuda = tok.split()[0].strip("|")
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        pass
+    return name, driver, cuda
+
+
+def load_cactus(crit_dir, name, notes, since):
+    path = os.path.join(crit_dir, GROUP, name, "new", "estimates.json")
+    if not os.path.isfile(path):
+        hits = sorted(glob.glob(os.path.join(glob.escape(crit_dir), "*", glob.escape(name),
+                                             "new", "estimates.json")))
+        if not hits:
+            notes.append(f"`{name}`: no cactus result ({path} not found)")
+            return None, None
+        path = hits[0]
+        notes.append(f"`{name}`: cactus result found under another group: {path}")
+    try:
+        with open(path) as f:
+            ns = float(json.load(f)["median"]["point_estimate"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        notes.append(f"`{name}`: unreadable cactus result {path} ({type(e).__name__}: {e})")
+        return None, None
+    if since is not None and os.path.getmtime(path) < since:
+        notes.append(f"`{name}`: cactus result is stale (from an earlier run, "
+                     f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(path)))})")
+    return ns / 1e6, path
+
+
+def load_torch(path, notes):
+    if not os.path.isfile(path):
+        notes.append(f"no PyTorch results ({path} not found)")
+        return {}, {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data.get("env", {}), {r["name"]: r for r in data.get("rows", []) if "name" in r}
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        notes.append(f"unreadable PyTorch results {path} ({type(e).__name__}: {e})")
+        return {}, {}
+
+
+def _fmt_helpers():
+    """compare_report.py's number formats, so both reports read alike."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from compare_report import NOISE, fmt, fmt_ratio  # noqa: E402 (standard library only)
+    return NOISE, fmt, fmt_ratio
+
+
+def fmt_throughput(flops, elements, ms, fmt):
+    if not ms:
+        return "-"
+    if flops:
+        return f"{fmt(flops / (ms / 1e3) / 1e9, 'gf')} GFLOP/s"
+    return f"{elements / (ms / 1e3) / 1e9:.2f} G weights/s"
+
+
+def report_main(argv):
+    a = report_args(argv)
+    NOISE, fmt, fmt_ratio = _fmt_helpers()
+    notes = []
+    env, trows = load_torch(a.torch_json, notes)
+    if not os.path.isdir(a.criterion_dir):
+        notes.append(f"no criterion directory {a.criterion_dir} (cactus bench not run?)")
+    smi_name, driver, smi_cuda = nvidia_smi()
+    gpu = env.get("gpu_name") or smi_name
+    if env and env.get("device") not in (None, "cuda"):
+        notes.append(f"the PyTorch side ran on `{env.get('device')}`, not the GPU: "
+                     "not a GPU comparison (smoke test)")
+    peak, peak_src = peak_fp32(gpu, a.peak_tflops)
+    tf32 = bool(env.get("tf32"))
+
+    rows = []
+    for name, (elements, flops) in WORKLOADS.items():
+        t = trows.get(name)
+        if t is None and trows:
+            notes.append(f"`{name}`: no PyTorch result in {a.torch_json}")
+        torch_ms = float(t["median_ms"]) if t and t.get("median_ms") is not None else None
+        cactus_ms, cpath = load_cactus(a.criterion_dir, name, notes, a.since)
+
+        def gf(ms):
+            return flops / (ms / 1e3) / 1e9 if ms and flops else None
+
+        ratio = torch_ms / cactus_ms if torch_ms and cactus_ms else None
+        rows.append({
+            "name": name, "elements": elements, "flops": flops,
+            "torch_ms": torch_ms, "cactus_ms": cactus_ms,
+            "torch_gpu_ms": t.get("gpu_median_ms") if t else None,
+            "torch_elements_per_s": elements / (torch_ms / 1e3) if torch_ms else None,
+            "cactus_elements_per_s": elements / (cactus_ms / 1e3) if cactus_ms else None,
+            "torch_gflops": gf(torch_ms), "cactus_gflops": gf(cactus_ms),
+            "torch_pct_peak_fp32": pct_of_peak(gf(torch_ms), peak),
+            "cactus_pct_peak_fp32": pct_of_peak(gf(cactus_ms), peak),
+            "ratio": ratio,
+            "verdict": None if ratio is None else ("noise" if abs(ratio - 1) <= NOISE
+                                                   else "cactus faster" if ratio > 1
+                                                   else "PyTorch faster"),
+            "cactus_source": cpath,
+            "torch_check": t.get("check") if t else None,
+        })
+
+    def pct(v):
+        return "-" if v is None else f"{v:.1f} %"
+
+    head = ["workload", "PyTorch ms", "cactus ms", "PyTorch throughput", "cactus throughput",
+            "PyTorch % peak", "cactus % peak", "ratio cactus/PyTorch"]
+    table = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in rows:
+        table.append("| " + " | ".join([
+            r["name"], fmt(r["torch_ms"]), fmt(r["cactus_ms"]),
+            fmt_throughput(r["flops"], r["elements"], r["torch_ms"], fmt),
+            fmt_throughput(r["flops"], r["elements"], r["cactus_ms"], fmt),
+            pct(r["torch_pct_peak_fp32"]), pct(r["cactus_pct_peak_fp32"]),
+            fmt_ratio(r["ratio"])]) + " |")
+
+    ratios = [r["ratio"] for r in rows if r["ratio"]]
+    gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if ratios else None
+    md = ["# cactus vs PyTorch on the GPU (float32, group kernels_cuda)", ""]
+    md.append(f"- GPU: {gpu or '?'}" + (f" (driver {driver}, CUDA {smi_cuda or '?'})"
+                                       if driver else " (driver: nvidia-smi not available)"))
+    md.append(f"- PyTorch: {env.get('torch', '?')} (CUDA {env.get('torch_cuda', '?')}, cuDNN "
+              f"{env.get('cudnn', '?')}, eager, cudnn.benchmark on, TF32 "
+              f"{'ON: % of the FP32 non-tensor peak can pass 100' if tf32 else 'off'})"
+              + (" — quick mode, noisy" if env.get("quick") else ""))
+    if env.get("host_qparams"):
+        md.append("- PyTorch fake quant with host qparams (.item() per tensor, as bench_torch.py)")
+    md.append(f"- cactus: criterion medians from `{a.criterion_dir}` (every iteration "
+              "synchronizes)" + (f", binary `{a.bench_bin}`" if a.bench_bin else "")
+              + (f", NVRTC from `{a.nvrtc_dir}`" if a.nvrtc_dir else ""))
+    md.append("- peak FP32 (non-tensor-core): "
+              + (f"{peak:g} TFLOP/s ({peak_src})" if peak else "unknown for this GPU: % omitted"))
+    md.append(f"- ratio = PyTorch ms ÷ cactus ms = cactus throughput ÷ PyTorch throughput "
+              f"(> 1: cactus faster; within ±{NOISE:.0%} marked ≈ (noise))")
+    md.append(f"- generated {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    md += ["", *table, "",
+           f"(prune_mask_gul1_13M, fake_quant_int8_13M: {CNN7_MNIST_WEIGHTS:,} cnn7 weights "
+           "per iteration; throughput in weights/s)"]
+    if gm is not None:
+        md += ["", f"Geometric mean ratio ({len(ratios)} of {len(rows)} workloads with both "
+                   f"sides): {gm:.2f}"]
+    if notes:
+        md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    text = "\n".join(md) + "\n"
+    print(text)
+    os.makedirs(a.out_dir, exist_ok=True)
+    with open(os.path.join(a.out_dir, "compare.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(a.out_dir, "compare.json"), "w") as f:
+        json.dump({"gpu": gpu, "driver": driver, "driver_cuda": smi_cuda,
+                   "peak_fp32_tflops": peak, "peak_fp32_source": peak_src,
+                   "bench_bin": a.bench_bin or None, "nvrtc_dir": a.nvrtc_dir or None,
+                   "torch_env": env, "rows": rows, "geomean_ratio": gm, "notes": notes},
+                  f, indent=2)
+        f.write("\n")
+    print(f"(wrote {os.path.join(a.out_dir, 'compare.md')} and compare.json)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        sys.exit(report_main(sys.argv[2:]))
+    sys.exit(bench_main(sys.argv[1:]))
