@@ -22,6 +22,8 @@ pub mod prune;
 pub mod quant;
 pub mod train_ops;
 
+pub use bounds::LinearDims;
 pub use buffer::DeviceBuffer;
 pub use context::{cuda, device_or_skip, driver_available, grid_1d, CudaBackend};
 pub use nvrtc::{compile_module, nvrtc_available, KernelModule};
+pub use train_ops::{ChannelDims, DeviceLabels};
