@@ -486,5 +486,8 @@ fn device_cuda_is_refused_with_a_reason() {
         &train_args(dir.to_str().unwrap(), &["--device", "cuda"]),
         "device 'cuda'",
     );
-    fails(&["eval", "--checkpoint", "x", "--device", "gpu"], "unknown device");
+    fails(
+        &["eval", "--checkpoint", "x", "--device", "gpu"],
+        "unknown device",
+    );
 }
