@@ -30,8 +30,17 @@ fn every_kernel_module_compiles_for_sm90_and_sm80() {
         for arch in ["sm_90", "sm_80"] {
             let cubin = compile_module(module, arch).unwrap_or_else(|e| panic!("{e}"));
             // An ELF image.
-            assert_eq!(&cubin[..4], b"\x7fELF", "kernels/{}.cu for {arch}", module.name);
-            eprintln!("kernels/{}.cu for {arch}: {} bytes", module.name, cubin.len());
+            assert_eq!(
+                &cubin[..4],
+                b"\x7fELF",
+                "kernels/{}.cu for {arch}",
+                module.name
+            );
+            eprintln!(
+                "kernels/{}.cu for {arch}: {} bytes",
+                module.name,
+                cubin.len()
+            );
         }
     }
 }
@@ -46,5 +55,8 @@ fn a_broken_kernel_reports_nvrtc_log() {
         source: "extern \"C\" __global__ void f(float* x) { x[0] = undefined_name; }",
     };
     let err = compile_module(broken, "sm_90").unwrap_err().to_string();
-    assert!(err.contains("broken.cu") && err.contains("undefined_name"), "{err}");
+    assert!(
+        err.contains("broken.cu") && err.contains("undefined_name"),
+        "{err}"
+    );
 }
