@@ -385,3 +385,84 @@ fn compressed_checkpoints_load_as_their_fake_quantized_weights() {
     assert!(err.contains("0.weight_scale"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Batch-norm recalibration of a pruned network: the first BN layer's running statistics become
+/// the average over the calibration batches of its batch mean and unbiased variance, computed
+/// here directly from the first convolution's output.
+#[test]
+fn bn_recalibration_averages_batch_statistics() {
+    use cactus::compress::prune::prune;
+    use cactus::data::Dataset;
+    use cactus::eval::{recalibrate_bn, Recalibration};
+    use cactus::nn::Mode;
+    let mut spec = ModelSpec::new(Arch::Cnn7, [1, 28, 28], 10);
+    spec.width = 0.125;
+    let model = Model::new(spec, &mut Rng::seed(12)).unwrap();
+    let (pruned, _) = prune(&model, "gul1".parse().unwrap(), 0.6).unwrap();
+    let data: Dataset = mnist_mini::load(Split::Train).unwrap().limit(40);
+    let r = Recalibration {
+        data: &data,
+        batches: 2,
+        batch_size: 16,
+    };
+    let recalibrated = recalibrate_bn(&pruned, &r);
+    let Layer::BatchNorm(bn) = &recalibrated.net.layers[1] else {
+        panic!("cnn7's second layer is batch norm");
+    };
+    let c = bn.channels();
+    let (mut mean, mut var) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for b in 0..2 {
+        let idx: Vec<usize> = (b * 16..(b + 1) * 16).collect();
+        let (x, _) = data.batch(&idx);
+        let h = pruned.net.layers[0].forward(&pruned.normalize(&x), Mode::Train);
+        let (n, hw) = (h.dim(0), h.dim(2) * h.dim(3));
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|i| {
+                    let start = (i * c + ch) * hw;
+                    h.data()[start..start + hw].iter().map(|&v| v as f64)
+                })
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let v = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (vals.len() - 1) as f64;
+            mean[ch] += m / 2.0;
+            var[ch] += v / 2.0;
+        }
+    }
+    for ch in 0..c {
+        let (got_m, got_v) = (
+            bn.running_mean.data()[ch] as f64,
+            bn.running_var.data()[ch] as f64,
+        );
+        assert!(
+            (got_m - mean[ch]).abs() <= 1e-4 * (1.0 + mean[ch].abs()),
+            "mean {ch}"
+        );
+        assert!(
+            (got_v - var[ch]).abs() <= 1e-4 * (1.0 + var[ch].abs()),
+            "var {ch}"
+        );
+    }
+    // The pruned network itself is unchanged; a network without batch norm is returned as is.
+    let Layer::BatchNorm(before) = &pruned.net.layers[1] else {
+        unreachable!()
+    };
+    assert!(before.running_mean.bit_eq(&model_bn_mean(&model)));
+    let small = small_model(13);
+    let same = recalibrate_bn(&small, &r);
+    for (a, b) in small
+        .net
+        .named_parameters()
+        .iter()
+        .zip(same.net.named_parameters())
+    {
+        assert!(a.1.bit_eq(b.1));
+    }
+}
+
+fn model_bn_mean(model: &Model) -> Tensor {
+    match &model.net.layers[1] {
+        Layer::BatchNorm(bn) => bn.running_mean.clone(),
+        _ => panic!("no batch norm"),
+    }
+}

@@ -491,3 +491,53 @@ fn device_cuda_is_refused_with_a_reason() {
         "unknown device",
     );
 }
+
+/// `eval --recalibrate-bn N` on a batch-norm network: recorded in the report; 0 is refused.
+#[test]
+fn eval_recalibrates_batch_norm_on_request() {
+    let dir = scratch("recal");
+    let d = dir.to_str().unwrap();
+    ok(&train_args(
+        d,
+        &[
+            "--model",
+            "cnn7",
+            "--width",
+            "0.125",
+            "--method",
+            "std",
+            "--epochs",
+            "1",
+            "--no-eval",
+        ],
+    ));
+    let model = format!("{d}/model.safetensors");
+    let json = ok(&[
+        "eval",
+        "--checkpoint",
+        &model,
+        "--limit",
+        "30",
+        "--prune",
+        "gul1",
+        "--ratios",
+        "0.5",
+        "--recalibrate-bn",
+        "2",
+        "--batch-size",
+        "16",
+        "--json",
+        "--out",
+        d,
+    ]);
+    let report: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["bn_recalibration_batches"], 2);
+    assert_eq!(report["rows"].as_array().unwrap().len(), 2);
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("re-estimated on 2 training batches"), "{md}");
+    fails(
+        &["eval", "--checkpoint", &model, "--recalibrate-bn", "0"],
+        "at least 1 batch",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -7,7 +7,7 @@ use cactus::compress::quant::{Format, Granularity};
 use cactus::data::{self, DatasetKind, Split};
 use cactus::eval::grid::compressed;
 use cactus::eval::plot::accuracy_svg;
-use cactus::eval::{evaluate_grid, grid, EvalConfig, Report, Setting};
+use cactus::eval::{evaluate_grid, grid, EvalConfig, Recalibration, Report, Setting};
 use cactus::io::{load_checkpoint, save_checkpoint, save_compressed_checkpoint, write_atomic};
 use cactus::nn::{Arch, Init, Layer, Mode, Model, ModelSpec};
 use cactus::rng::Rng;
@@ -218,6 +218,11 @@ struct EvalArgs {
     /// Integer quantization: one scale and zero point per tensor or per output channel.
     #[arg(long, default_value = "per-tensor", value_parser = parse_granularity)]
     granularity: Granularity,
+    /// Re-estimate each compressed network's batch-norm statistics on the first N batches (of
+    /// --batch-size) of the training split before evaluating it [default: keep the full
+    /// network's].
+    #[arg(long, value_name = "N")]
+    recalibrate_bn: Option<usize>,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Seed of the attack's random starts.
@@ -607,6 +612,7 @@ fn train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
         &EvalConfig::new(config.eps),
         &settings,
         Granularity::PerTensor,
+        None,
         &out.join(MODEL_FILE),
         args.quiet,
     )?;
@@ -642,6 +648,7 @@ fn run_eval(
     cfg: &EvalConfig,
     settings: &[Setting],
     granularity: Granularity,
+    recalibration: Option<&Recalibration<'_>>,
     checkpoint: &Path,
     quiet: bool,
 ) -> Result<Report> {
@@ -663,18 +670,27 @@ fn run_eval(
         None => s.format.to_string(),
         Some(m) => format!("{m} {} {}", s.ratio, s.format),
     };
-    let rows = evaluate_grid(model, test_set, cfg, settings, granularity, |i, done| {
-        if done as u64 <= cfg.batch_size as u64 {
-            bar.set_message(label(&settings[i]));
-        }
-        bar.set_position(i as u64 * n + done as u64)
-    })?;
+    let rows = evaluate_grid(
+        model,
+        test_set,
+        cfg,
+        settings,
+        granularity,
+        recalibration,
+        |i, done| {
+            if done as u64 <= cfg.batch_size as u64 {
+                bar.set_message(label(&settings[i]));
+            }
+            bar.set_position(i as u64 * n + done as u64)
+        },
+    )?;
     bar.finish_and_clear();
     Ok(Report {
         checkpoint: checkpoint.display().to_string(),
         dataset: test_set.name.clone(),
         eps,
         n: test_set.len(),
+        bn_recalibration_batches: recalibration.map(|r| r.batches),
         rows,
     })
 }
@@ -772,6 +788,19 @@ fn eval(args: EvalArgs) -> Result<()> {
     };
     check_ratios(&args.ratios, "--ratios")?;
     let settings = grid(&args.prune, &args.ratios, &args.quant, args.joint);
+    let train_set = match args.recalibrate_bn {
+        Some(0) => bail!("--recalibrate-bn needs at least 1 batch"),
+        Some(_) => Some(data::load(dataset, args.data.as_deref(), Split::Train)?),
+        None => None,
+    };
+    let recalibration = train_set
+        .as_ref()
+        .zip(args.recalibrate_bn)
+        .map(|(data, batches)| Recalibration {
+            data,
+            batches,
+            batch_size: args.batch_size,
+        });
     let report = run_eval(
         &ckpt.model,
         &test_set,
@@ -779,6 +808,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         &cfg,
         &settings,
         args.granularity,
+        recalibration.as_ref(),
         &args.checkpoint,
         args.quiet || args.json,
     )?;

@@ -3,14 +3,18 @@
 //! PGD, IBP-certified), one report row per setting.
 //!
 //! A compressed network keeps the full network's batch-norm running statistics (DESIGN.md, "BN
-//! in a compression set"). Quantized settings are certified on the dequantized weights: the
-//! bounds are about the network that would be deployed.
+//! in a compression set") unless the caller asks for recalibration ([`Recalibration`]): then
+//! its running statistics are re-estimated on training images first, as a deployment would.
+//! Quantized settings are certified on the dequantized weights: the bounds are about the network
+//! that would be deployed.
 
+use crate::autodiff::with_no_grad;
 use crate::compress::prune::{apply_masks, prune_masks, PruneMethod};
 use crate::compress::quant::{quantize_model, Format, Granularity};
 use crate::data::Dataset;
 use crate::eval::{evaluate, EvalConfig, Row};
-use crate::nn::Model;
+use crate::nn::{Layer, Mode, Model};
+use crate::tensor::Tensor;
 use crate::Result;
 
 /// One point of the grid: an optional pruning, then a number format.
@@ -96,14 +100,98 @@ pub fn compressed(
     ))
 }
 
+/// Re-estimate batch norm's running statistics of compressed networks on training images.
+#[derive(Clone, Copy)]
+pub struct Recalibration<'a> {
+    /// Training images (the first `batches · batch_size` are used, in order).
+    pub data: &'a Dataset,
+    pub batches: usize,
+    pub batch_size: usize,
+}
+
+/// A copy of `model` whose batch-norm running statistics are the averages, over the first
+/// `batches` batches of `data`, of each layer's batch mean and unbiased batch variance in
+/// training mode (PyTorch's cumulative average, `momentum=None`). Without batch norm, or with no
+/// images, the copy is unchanged.
+pub fn recalibrate_bn(model: &Model, r: &Recalibration<'_>) -> Model {
+    let mut net = model.detached();
+    let n = r
+        .data
+        .len()
+        .min(r.batches.saturating_mul(r.batch_size.max(1)));
+    let indices: Vec<usize> = (0..n).collect();
+    let bn_layers = net
+        .net
+        .layers
+        .iter()
+        .filter(|l| matches!(l, Layer::BatchNorm(_)))
+        .count();
+    if bn_layers == 0 || n == 0 {
+        return net;
+    }
+    // Per batch-norm layer: sums of batch means and unbiased variances, per channel.
+    let mut sums: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut count = 0usize;
+    with_no_grad(|| {
+        for chunk in indices.chunks(r.batch_size.max(2)) {
+            if chunk.len() < 2 {
+                continue; // one sample has no variance
+            }
+            let (x, _) = r.data.batch(chunk);
+            let mut h = net.normalize(&x);
+            let mut k = 0;
+            for layer in &net.net.layers {
+                h = match layer {
+                    Layer::BatchNorm(bn) => {
+                        let (y, stats) = bn.forward_batch(&h);
+                        let per_channel = h.numel() / h.dim(1);
+                        let unbias = per_channel as f64 / (per_channel.max(2) - 1) as f64;
+                        if sums.len() <= k {
+                            sums.push((vec![0.0; bn.channels()], vec![0.0; bn.channels()]));
+                        }
+                        for (s, &m) in sums[k].0.iter_mut().zip(stats.mean.data()) {
+                            *s += m as f64;
+                        }
+                        for (s, &v) in sums[k].1.iter_mut().zip(stats.var.data()) {
+                            *s += v as f64 * unbias;
+                        }
+                        k += 1;
+                        y
+                    }
+                    other => other.forward(&h, Mode::Train),
+                };
+            }
+            count += 1;
+        }
+    });
+    if count == 0 {
+        return net;
+    }
+    let mut k = 0;
+    for layer in &mut net.net.layers {
+        if let Layer::BatchNorm(bn) = layer {
+            let (mean, var) = &sums[k];
+            let avg =
+                |v: &[f64]| -> Vec<f32> { v.iter().map(|s| (s / count as f64) as f32).collect() };
+            let c = bn.channels();
+            bn.running_mean = Tensor::from_vec(avg(mean), &[c]);
+            bn.running_var = Tensor::from_vec(avg(var), &[c]);
+            k += 1;
+        }
+    }
+    net
+}
+
 /// Evaluate every setting on `data`; `progress(setting index, points done in it)` after each
-/// batch.
+/// batch. With `recalibration`, every compressed setting (not the network as it is) gets its
+/// batch-norm statistics re-estimated first.
 pub fn evaluate_grid(
     model: &Model,
     data: &Dataset,
     cfg: &EvalConfig,
     settings: &[Setting],
     granularity: Granularity,
+    recalibration: Option<&Recalibration<'_>>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Row>> {
     let model = model.detached();
@@ -112,6 +200,10 @@ pub fn evaluate_grid(
         .enumerate()
         .map(|(i, setting)| {
             let (net, sparsity) = compressed(&model, setting, granularity)?;
+            let net = match recalibration {
+                Some(r) if *setting != Setting::NONE => recalibrate_bn(&net, r),
+                _ => net,
+            };
             let outcomes = evaluate(&net, data, cfg, |done| progress(i, done))?;
             Ok(Row {
                 compression: setting.compression(),

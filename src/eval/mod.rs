@@ -6,7 +6,7 @@ pub mod grid;
 pub mod plot;
 pub mod report;
 
-pub use grid::{evaluate_grid, grid, Setting};
+pub use grid::{evaluate_grid, grid, recalibrate_bn, Recalibration, Setting};
 pub use report::{Report, Row};
 
 use crate::attack::{pgd_robust_flags, PgdConfig};

@@ -516,6 +516,7 @@ mod tests {
             dataset: "cifar10".into(),
             eps: 0.03,
             n: 1000,
+            bn_recalibration_batches: None,
             rows,
         }
     }

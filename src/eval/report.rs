@@ -33,6 +33,10 @@ pub struct Report {
     pub eps: f32,
     /// Test points evaluated.
     pub n: usize,
+    /// Training batches on which compressed networks' batch-norm statistics were re-estimated
+    /// (absent: they keep the full network's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bn_recalibration_batches: Option<usize>,
     pub rows: Vec<Row>,
 }
 
@@ -68,6 +72,13 @@ impl Report {
             "# Evaluation of `{}`\n\n{} test points of {}, ε = {}; accuracies in %.\n\n",
             self.checkpoint, self.n, self.dataset, self.eps
         );
+        if let Some(b) = self.bn_recalibration_batches {
+            writeln!(
+                s,
+                "Compressed networks' batch-norm statistics re-estimated on {b} training batches.\n"
+            )
+            .expect("writing to a String");
+        }
         s.push_str("| compression | ratio | format | certifier | clean | PGD | certified |\n");
         s.push_str("|---|---:|---|---|---:|---:|---:|\n");
         for r in &self.rows {
