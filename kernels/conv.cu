@@ -15,13 +15,9 @@
 //   channel_sum           Σ over n and pixels per channel (bias gradients)
 //   sum_splits            adds the split-K partials of the weight gradients
 //
-// Tiling (as kernels/gemm.cu): a block of 256 threads computes a 64 × 64 tile of the output,
-// each thread a 4 × 4 micro-tile in registers, stepping through K 16 at a time. Tiles are
-// staged in shared memory k-major ([16][64 + 4]) so that a thread reads its 4 rows of A and
-// 4 columns of B as two float4s per k; the pitch of 68 keeps the float4s aligned and breaks
-// most bank conflicts of the transposed stores. Shared memory is double buffered and the next
-// tile is loaded into registers while the current one is multiplied, so one barrier per K-step
-// suffices and global latency overlaps the FMAs.
+// Tiling: kernels/tile_gemm.cuh (shared with kernels/gemm.cu): a block of 256 threads computes
+// a 64 × 64 tile of the output, each thread a 4 × 4 micro-tile, stepping through K 16 at a
+// time with double-buffered shared tiles; this file supplies the operand loaders and epilogues.
 //
 // Gathering: each loader keeps, per staged element, its position as mixed-radix digits, e.g.
 // (c, ky, kx) for a tap or (n, oy, ox) for a pixel, and advances them by 16 with two compares
@@ -42,11 +38,7 @@
 // Indices are 32-bit: the Rust wrappers (src/backend/cuda/conv.rs) refuse tensors of 2^31
 // elements or more.
 
-#define BM 64
-#define BN 64
-#define BK 16
-#define THREADS 256
-#define LDS 68
+#include "tile_gemm.cuh"
 
 // The geometry, passed by value (src/backend/cuda/conv.rs: `Dims`, #[repr(C)], 13 × i32).
 struct ConvShape {
@@ -89,89 +81,6 @@ __device__ __forceinline__ void advance3(Digits& d, const Digits& s, int r1, int
 __device__ __forceinline__ bool in_range(int v, int n) { return (unsigned)v < (unsigned)n; }
 
 // ---------------------------------------------------------------------------------------------
-// Thread layouts of a 16 × 64 staged tile: each thread stages 4 elements, i = 0..3.
-// ---------------------------------------------------------------------------------------------
-
-// K-minor: a half warp takes 16 consecutive k of one row (operand contiguous along k).
-__device__ __forceinline__ int kminor_k() { return threadIdx.x & 15; }
-__device__ __forceinline__ int kminor_mn(int i) { return (threadIdx.x >> 4) + 16 * i; }
-// K-major: 64 consecutive threads take 64 consecutive m (or n) (operand contiguous along it).
-__device__ __forceinline__ int kmajor_k(int i) { return (threadIdx.x >> 6) + 4 * i; }
-__device__ __forceinline__ int kmajor_mn() { return threadIdx.x & 63; }
-
-// ---------------------------------------------------------------------------------------------
-// The GEMM main loop
-// ---------------------------------------------------------------------------------------------
-
-// acc[p] (the thread's 4 × 4 micro-tile at rows ty·4.., columns tx·4..) = Σ_k A_p(m, k) B_p(k, n)
-// over `ktiles` K-steps, for NP = max(NA, NB) products: A_p is A[min(p, NA − 1)] and B_p is
-// B[min(p, NB − 1)], with |A| for p = 1 when ABS_SECOND (the radius path of interval layers).
-// `la` / `lb` stage NA / NB operands: fetch() reads the thread's 4 elements of the next tile of
-// each into registers (zeros outside) and moves on by 16 in K; put() stores them in shared
-// memory. Every thread of the block must call this (it synchronises).
-template <int NA, int NB, bool ABS_SECOND, class LoadA, class LoadB>
-__device__ __forceinline__ void tile_gemm(LoadA& la, LoadB& lb, int ktiles,
-                                          float (&acc)[NA > NB ? NA : NB][4][4]) {
-    constexpr int NP = NA > NB ? NA : NB;
-    __shared__ __align__(16) float sa[2][NA][BK][LDS];
-    __shared__ __align__(16) float sb[2][NB][BK][LDS];
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-#pragma unroll
-    for (int p = 0; p < NP; ++p)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) acc[p][i][j] = 0.0f;
-    if (ktiles <= 0) return;   // uniform over the block
-
-    float ra[NA][4], rb[NB][4];
-    la.fetch(ra);
-    lb.fetch(rb);
-    la.put(ra, sa[0]);
-    lb.put(rb, sb[0]);
-    __syncthreads();
-    for (int kt = 0; kt < ktiles; ++kt) {
-        const int cur = kt & 1;
-        const bool more = kt + 1 < ktiles;
-        // Issue the next tile's global loads before this tile's FMAs.
-        if (more) {
-            la.fetch(ra);
-            lb.fetch(rb);
-        }
-#pragma unroll
-        for (int k = 0; k < BK; ++k) {
-            float a[NA][4], b[NB][4];
-#pragma unroll
-            for (int q = 0; q < NA; ++q) {
-                const float4 v = *reinterpret_cast<const float4*>(&sa[cur][q][k][ty * 4]);
-                a[q][0] = v.x; a[q][1] = v.y; a[q][2] = v.z; a[q][3] = v.w;
-            }
-#pragma unroll
-            for (int q = 0; q < NB; ++q) {
-                const float4 v = *reinterpret_cast<const float4*>(&sb[cur][q][k][tx * 4]);
-                b[q][0] = v.x; b[q][1] = v.y; b[q][2] = v.z; b[q][3] = v.w;
-            }
-#pragma unroll
-            for (int p = 0; p < NP; ++p) {
-                const int qa = NA == 1 ? 0 : p, qb = NB == 1 ? 0 : p;
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const float av = (ABS_SECOND && p == 1) ? fabsf(a[qa][i]) : a[qa][i];
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) acc[p][i][j] = fmaf(av, b[qb][j], acc[p][i][j]);
-                }
-            }
-        }
-        // The other buffer was last read before the previous barrier: safe to overwrite.
-        if (more) {
-            la.put(ra, sa[cur ^ 1]);
-            lb.put(rb, sb[cur ^ 1]);
-        }
-        __syncthreads();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Operand loaders
 // ---------------------------------------------------------------------------------------------
 
@@ -196,8 +105,7 @@ struct WeightRows {
         k += BK;
     }
     __device__ __forceinline__ void put(const float (&r)[1][4], float (&t)[1][BK][LDS]) const {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) t[0][kminor_k()][kminor_mn(i)] = r[0][i];
+        put_kminor<1>(r, t);
     }
 };
 
@@ -244,10 +152,7 @@ struct ColsByPixel {
     }
     __device__ __forceinline__ void put(const float (&r)[CNT][4],
                                         float (&t)[CNT][BK][LDS]) const {
-#pragma unroll
-        for (int q = 0; q < CNT; ++q)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) t[q][kmajor_k(i)][kmajor_mn()] = r[q][i];
+        put_kmajor<CNT>(r, t);
     }
 };
 
@@ -291,10 +196,7 @@ struct OutGradRows {
     }
     __device__ __forceinline__ void put(const float (&r)[CNT][4],
                                         float (&t)[CNT][BK][LDS]) const {
-#pragma unroll
-        for (int q = 0; q < CNT; ++q)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) t[q][kminor_k()][kminor_mn(i)] = r[q][i];
+        put_kminor<CNT>(r, t);
     }
 };
 
@@ -349,10 +251,7 @@ struct ColsByTap {
     }
     __device__ __forceinline__ void put(const float (&r)[CNT][4],
                                         float (&t)[CNT][BK][LDS]) const {
-#pragma unroll
-        for (int q = 0; q < CNT; ++q)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) t[q][kminor_k()][kminor_mn(i)] = r[q][i];
+        put_kminor<CNT>(r, t);
     }
 };
 
@@ -412,8 +311,7 @@ struct PhaseWeight {
         advance3(pos, step, khp, kwp);
     }
     __device__ __forceinline__ void put(const float (&r)[1][4], float (&t)[1][BK][LDS]) const {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) t[0][kminor_k()][kminor_mn(i)] = r[0][i];
+        put_kminor<1>(r, t);
     }
 };
 
@@ -463,10 +361,7 @@ struct PhaseOutGrad {
     }
     __device__ __forceinline__ void put(const float (&r)[CNT][4],
                                         float (&t)[CNT][BK][LDS]) const {
-#pragma unroll
-        for (int q = 0; q < CNT; ++q)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) t[q][kmajor_k(i)][kmajor_mn()] = r[q][i];
+        put_kmajor<CNT>(r, t);
     }
 };
 
@@ -485,44 +380,18 @@ __device__ __forceinline__ void output_columns(const ConvShape& g, int n0, int (
     }
 }
 
-// y [n, o, oh, ow] = conv(x, w) + bias (bias read only when has_bias ≠ 0; pass any pointer
-// otherwise). Grid (⌈P/64⌉, ⌈O/64⌉), 256 threads.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    conv2d_fwd(const float* __restrict__ x, const float* __restrict__ w,
-               const float* __restrict__ bias, int has_bias, ConvShape g, float* __restrict__ y) {
+// CNT = 1: yc = conv(c, w) + bias; CNT = 2 also yr = conv(r, |w|) (centre/radius boxes, each
+// tile of c, r and w loaded once). r and yr are not touched when CNT = 1.
+template <int CNT>
+__device__ __forceinline__ void conv_fwd(const float* c, const float* r, const float* w,
+                                         const float* bias, int has_bias, const ConvShape& g,
+                                         float* yc, float* yr) {
     const int kk_len = g.c * g.kh * g.kw, ohw = g.oh * g.ow;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     WeightRows la(w, g.o, kk_len, m0, kk_len);
-    ColsByPixel<1> lb(x, x, g, n0 + kmajor_mn());
-    float acc[1][4][4];
-    tile_gemm<1, 1, false>(la, lb, (kk_len + BK - 1) / BK, acc);
-
-    int col[4];
-    output_columns(g, n0, col);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int o = m0 + (threadIdx.x >> 4) * 4 + i;
-        if (o >= g.o) continue;
-        const float b = has_bias ? bias[o] : 0.0f;
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-            if (col[j] >= 0) y[col[j] + o * ohw] = acc[0][i][j] + b;
-    }
-}
-
-// Boxes in centre/radius form: yc = conv(c, w) + bias, yr = conv(r, |w|), in one pass (each
-// tile of c, r and w loaded once). Grid and block as conv2d_fwd.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    interval_conv2d_fwd(const float* __restrict__ c, const float* __restrict__ r,
-                        const float* __restrict__ w, const float* __restrict__ bias,
-                        int has_bias, ConvShape g, float* __restrict__ yc,
-                        float* __restrict__ yr) {
-    const int kk_len = g.c * g.kh * g.kw, ohw = g.oh * g.ow;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    WeightRows la(w, g.o, kk_len, m0, kk_len);
-    ColsByPixel<2> lb(c, r, g, n0 + kmajor_mn());
-    float acc[2][4][4];
-    tile_gemm<1, 2, true>(la, lb, (kk_len + BK - 1) / BK, acc);
+    ColsByPixel<CNT> lb(c, r, g, n0 + kmajor_mn());
+    float acc[CNT][4][4];
+    tile_gemm<1, CNT, CNT == 2>(la, lb, (kk_len + BK - 1) / BK, acc);
 
     int col[4];
     output_columns(g, n0, col);
@@ -535,31 +404,48 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         for (int j = 0; j < 4; ++j) {
             if (col[j] < 0) continue;
             yc[col[j] + o * ohw] = acc[0][i][j] + b;
-            yr[col[j] + o * ohw] = acc[1][i][j];
+            if (CNT == 2) yr[col[j] + o * ohw] = acc[CNT - 1][i][j];
         }
     }
+}
+
+// y [n, o, oh, ow] = conv(x, w) + bias (bias read only when has_bias ≠ 0; pass any pointer
+// otherwise). Grid (⌈P/64⌉, ⌈O/64⌉), 256 threads.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    conv2d_fwd(const float* __restrict__ x, const float* __restrict__ w,
+               const float* __restrict__ bias, int has_bias, ConvShape g, float* __restrict__ y) {
+    conv_fwd<1>(x, x, w, bias, has_bias, g, y, y);
+}
+
+// Boxes in centre/radius form: yc = conv(c, w) + bias, yr = conv(r, |w|), in one pass (each
+// tile of c, r and w loaded once). Grid and block as conv2d_fwd.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    interval_conv2d_fwd(const float* __restrict__ c, const float* __restrict__ r,
+                        const float* __restrict__ w, const float* __restrict__ bias,
+                        int has_bias, ConvShape g, float* __restrict__ yc,
+                        float* __restrict__ yr) {
+    conv_fwd<2>(c, r, w, bias, has_bias, g, yc, yr);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Weight gradient (split-K)
 // ---------------------------------------------------------------------------------------------
 
-// dW [o, kk] = Σ_p gy[n, o, oy, ox] · x(kk, p). The pixels are split into gridDim.z chunks of
-// `kchunk` (a multiple of 16); chunk z writes its partial sums to out + z·O·KK (the wrapper
-// adds them with sum_splits when there are several, in a fixed order: deterministic). The
-// weight gradient has few output tiles (O × KK) and a long K (every pixel of the batch), so
-// splitting K is what fills the GPU. Grid (⌈KK/64⌉, ⌈O/64⌉, splits).
-extern "C" __global__ void __launch_bounds__(THREADS)
-    conv2d_bwd_weight(const float* __restrict__ x, const float* __restrict__ gy, ConvShape g,
-                      int kchunk, float* __restrict__ out) {
+// CNT = 1: out = Σ_p gc · cols(c); CNT = 2: out = Σ gc · cols(c) + sign(w) ⊙ Σ gr · cols(r), the
+// two products accumulated side by side over the same pixels (r, gr and w are not read when
+// CNT = 1). Pixels [z·kchunk, (z + 1)·kchunk) of chunk z = blockIdx.z, written to out + z·O·KK.
+template <int CNT>
+__device__ __forceinline__ void conv_bwd_weight(const float* c, const float* r, const float* gc,
+                                                const float* gr, const float* w,
+                                                const ConvShape& g, int kchunk, float* out) {
     const int kk_len = g.c * g.kh * g.kw, npix = g.n * g.oh * g.ow;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int kbeg = blockIdx.z * kchunk;
     const int kend = min(npix, kbeg + kchunk);
-    OutGradRows<1> la(gy, gy, g, m0, kbeg, kend);
-    ColsByTap<1> lb(x, x, g, n0, kbeg, kend);
-    float acc[1][4][4];
-    tile_gemm<1, 1, false>(la, lb, (kend - kbeg + BK - 1) / BK, acc);
+    OutGradRows<CNT> la(gc, gr, g, m0, kbeg, kend);
+    ColsByTap<CNT> lb(c, r, g, n0, kbeg, kend);
+    float acc[CNT][4][4];
+    tile_gemm<CNT, CNT, false>(la, lb, (kend - kbeg + BK - 1) / BK, acc);
 
     float* dst = out + (size_t)blockIdx.z * g.o * kk_len;
 #pragma unroll
@@ -569,9 +455,27 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int kk = n0 + (threadIdx.x & 15) * 4 + j;
-            if (kk < kk_len) dst[o * kk_len + kk] = acc[0][i][j];
+            if (kk >= kk_len) continue;
+            float v = acc[0][i][j];
+            if (CNT == 2) {
+                const float wv = w[o * kk_len + kk];
+                if (wv > 0.0f) v += acc[CNT - 1][i][j];
+                else if (wv < 0.0f) v -= acc[CNT - 1][i][j];
+            }
+            dst[o * kk_len + kk] = v;
         }
     }
+}
+
+// dW [o, kk] = Σ_p gy[n, o, oy, ox] · x(kk, p). The pixels are split into gridDim.z chunks of
+// `kchunk` (a multiple of 16); chunk z writes its partial sums to out + z·O·KK (the wrapper
+// adds them with sum_splits when there are several, in a fixed order: deterministic). The
+// weight gradient has few output tiles (O × KK) and a long K (every pixel of the batch), so
+// splitting K is what fills the GPU. Grid (⌈KK/64⌉, ⌈O/64⌉, splits).
+extern "C" __global__ void __launch_bounds__(THREADS)
+    conv2d_bwd_weight(const float* __restrict__ x, const float* __restrict__ gy, ConvShape g,
+                      int kchunk, float* __restrict__ out) {
+    conv_bwd_weight<1>(x, x, gy, gy, nullptr, g, kchunk, out);
 }
 
 // Interval weight gradient: dW = Σ gc · cols(c) + sign(w) ⊙ Σ gr · cols(r) (the radius path
@@ -583,31 +487,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
                                const float* __restrict__ gc, const float* __restrict__ gr,
                                const float* __restrict__ w, ConvShape g, int kchunk,
                                float* __restrict__ out) {
-    const int kk_len = g.c * g.kh * g.kw, npix = g.n * g.oh * g.ow;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    const int kbeg = blockIdx.z * kchunk;
-    const int kend = min(npix, kbeg + kchunk);
-    OutGradRows<2> la(gc, gr, g, m0, kbeg, kend);
-    ColsByTap<2> lb(c, r, g, n0, kbeg, kend);
-    float acc[2][4][4];
-    tile_gemm<2, 2, false>(la, lb, (kend - kbeg + BK - 1) / BK, acc);
-
-    float* dst = out + (size_t)blockIdx.z * g.o * kk_len;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int o = m0 + (threadIdx.x >> 4) * 4 + i;
-        if (o >= g.o) continue;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int kk = n0 + (threadIdx.x & 15) * 4 + j;
-            if (kk >= kk_len) continue;
-            const float wv = w[o * kk_len + kk];
-            float v = acc[0][i][j];
-            if (wv > 0.0f) v += acc[1][i][j];
-            else if (wv < 0.0f) v -= acc[1][i][j];
-            dst[o * kk_len + kk] = v;
-        }
-    }
+    conv_bwd_weight<2>(c, r, gc, gr, w, g, kchunk, out);
 }
 
 // out[i] = Σ_s parts[s·len + i], s = 0..splits−1 in order.
@@ -641,47 +521,19 @@ __device__ __forceinline__ void phase_columns(const ConvShape& g, const Phase& p
     }
 }
 
-// dx [n, c, h, w] = the adjoint of conv2d_fwd applied to gy. Grid (⌈N·⌈H/sh⌉·⌈W/sw⌉ / 64⌉,
-// ⌈C/64⌉, sh·sw): blockIdx.z is the phase; blocks past their phase's pixels return at once.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    conv2d_bwd_input(const float* __restrict__ gy, const float* __restrict__ w, ConvShape g,
-                     float* __restrict__ dx) {
+// CNT = 1: dc = adjoint(w)(gc); CNT = 2 also dr = adjoint(|w|)(gr) in the same pass (gr and dr
+// are not touched when CNT = 1). The phase is blockIdx.z.
+template <int CNT>
+__device__ __forceinline__ void conv_bwd_input(const float* gc, const float* gr, const float* w,
+                                               const ConvShape& g, float* dc, float* dr) {
     const Phase ph(g, blockIdx.z);
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     if (n0 >= g.n * ph.hp * ph.wp) return;   // uniform over the block
     const int k_len = g.o * ph.khp * ph.kwp;
     PhaseWeight la(w, g, ph, m0);
-    PhaseOutGrad<1> lb(gy, gy, g, ph, n0 + kmajor_mn());
-    float acc[1][4][4];
-    tile_gemm<1, 1, false>(la, lb, (k_len + BK - 1) / BK, acc);
-
-    int col[4];
-    phase_columns(g, ph, n0, col);
-    const int hw = g.h * g.w;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int c = m0 + (threadIdx.x >> 4) * 4 + i;
-        if (c >= g.c) continue;
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-            if (col[j] >= 0) dx[col[j] + c * hw] = acc[0][i][j];
-    }
-}
-
-// Interval input gradient: dc = adjoint(w)(gc), dr = adjoint(|w|)(gr), one pass. Grid and
-// block as conv2d_bwd_input.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    interval_conv2d_bwd_input(const float* __restrict__ gc, const float* __restrict__ gr,
-                              const float* __restrict__ w, ConvShape g,
-                              float* __restrict__ dc, float* __restrict__ dr) {
-    const Phase ph(g, blockIdx.z);
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    if (n0 >= g.n * ph.hp * ph.wp) return;
-    const int k_len = g.o * ph.khp * ph.kwp;
-    PhaseWeight la(w, g, ph, m0);
-    PhaseOutGrad<2> lb(gc, gr, g, ph, n0 + kmajor_mn());
-    float acc[2][4][4];
-    tile_gemm<1, 2, true>(la, lb, (k_len + BK - 1) / BK, acc);
+    PhaseOutGrad<CNT> lb(gc, gr, g, ph, n0 + kmajor_mn());
+    float acc[CNT][4][4];
+    tile_gemm<1, CNT, CNT == 2>(la, lb, (k_len + BK - 1) / BK, acc);
 
     int col[4];
     phase_columns(g, ph, n0, col);
@@ -694,9 +546,26 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         for (int j = 0; j < 4; ++j) {
             if (col[j] < 0) continue;
             dc[col[j] + c * hw] = acc[0][i][j];
-            dr[col[j] + c * hw] = acc[1][i][j];
+            if (CNT == 2) dr[col[j] + c * hw] = acc[CNT - 1][i][j];
         }
     }
+}
+
+// dx [n, c, h, w] = the adjoint of conv2d_fwd applied to gy. Grid (⌈N·⌈H/sh⌉·⌈W/sw⌉ / 64⌉,
+// ⌈C/64⌉, sh·sw): blockIdx.z is the phase; blocks past their phase's pixels return at once.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    conv2d_bwd_input(const float* __restrict__ gy, const float* __restrict__ w, ConvShape g,
+                     float* __restrict__ dx) {
+    conv_bwd_input<1>(gy, gy, w, g, dx, dx);
+}
+
+// Interval input gradient: dc = adjoint(w)(gc), dr = adjoint(|w|)(gr), one pass. Grid and
+// block as conv2d_bwd_input.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    interval_conv2d_bwd_input(const float* __restrict__ gc, const float* __restrict__ gr,
+                              const float* __restrict__ w, ConvShape g,
+                              float* __restrict__ dc, float* __restrict__ dr) {
+    conv_bwd_input<2>(gc, gr, w, g, dc, dr);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 //! Every `kernels/*.cu` compiles with NVRTC for the GPUs we target (sm_90: H100/H200, sm_80:
 //! A100), ptxas included, without a GPU. Skips, saying so, where NVRTC cannot be loaded
 //! (`bash scripts/get_nvrtc.sh` fetches it; `.ci/run` does, and sets CACTUS_REQUIRE_NVRTC=1 so
-//! that a missing library fails instead of skipping).
+//! that a missing library fails instead of skipping). The `#include "name.cuh"` resolution
+//! (kernels/*.cuh, embedded as headers, never compiled alone) is checked without NVRTC.
 
 use cactus::backend::cuda::{compile_module, nvrtc_available, KernelModule};
+use cactus::backend::KERNEL_HEADERS;
+use std::collections::BTreeSet;
 
 fn nvrtc_or_skip(test: &str) -> bool {
     if nvrtc_available() {
@@ -57,6 +60,91 @@ fn a_broken_kernel_reports_nvrtc_log() {
     let err = compile_module(broken, "sm_90").unwrap_err().to_string();
     assert!(
         err.contains("broken.cu") && err.contains("undefined_name"),
+        "{err}"
+    );
+}
+
+/// A module of the given text (tests only: the source must be `'static`).
+fn module(name: &'static str, source: String) -> KernelModule {
+    KernelModule {
+        name,
+        source: Box::leak(source.into_boxed_str()),
+    }
+}
+
+#[test]
+fn every_header_is_included_and_every_include_resolved() {
+    assert!(!KERNEL_HEADERS.is_empty(), "no kernels/*.cuh embedded");
+    let mut used = BTreeSet::new();
+    for m in KernelModule::all() {
+        let text = m.expanded_source().unwrap_or_else(|e| panic!("{e}"));
+        for line in text.lines() {
+            assert!(
+                !line.trim_start().starts_with("#include"),
+                "kernels/{}.cu: unresolved {line}",
+                m.name
+            );
+            if let Some(h) = line.strip_prefix("#line 1 \"") {
+                used.insert(h.trim_end_matches('"').to_string());
+            }
+        }
+    }
+    for (h, _) in KERNEL_HEADERS {
+        assert!(used.contains(*h), "kernels/{h} is included by no module");
+    }
+}
+
+#[test]
+fn an_include_is_inserted_once_and_keeps_line_numbers() {
+    let (h, text) = KERNEL_HEADERS[0];
+    let m = module(
+        "m",
+        format!("// one\n#include \"{h}\"\n  #  include \"{h}\" // again\nint after;\n"),
+    );
+    let out = m.expanded_source().unwrap();
+    assert_eq!(out.matches(&format!("#line 1 \"{h}\"")).count(), 1, "{out}");
+    assert!(out.contains(text.trim_end()), "{out}");
+    // After the header, line numbering resumes at the module's line 3 (the repeated include,
+    // now blank), so `int after;` is still line 4 of m.cu.
+    let lines: Vec<&str> = out.lines().collect();
+    let after = lines.iter().position(|l| *l == "int after;").unwrap();
+    assert_eq!(lines[after - 2], "#line 3 \"m.cu\"", "{out}");
+    assert_eq!(lines[after - 1], "");
+    assert_eq!(lines[0], "// one");
+    assert_eq!(lines[1], format!("#line 1 \"{h}\""));
+}
+
+#[test]
+fn an_unknown_include_is_an_error_naming_the_file() {
+    let m = module(
+        "broken",
+        "// a kernel\n#include \"no_such_header.cuh\"\n".to_string(),
+    );
+    let err = m.expanded_source().unwrap_err().to_string();
+    assert!(
+        err.contains("kernels/broken.cu:2") && err.contains("no_such_header.cuh"),
+        "{err}"
+    );
+    // compile_module reports it before it needs NVRTC.
+    let err = compile_module(m, "sm_90").unwrap_err().to_string();
+    assert!(err.contains("no_such_header.cuh"), "{err}");
+}
+
+#[test]
+fn nvrtc_reports_module_lines_after_an_include() {
+    if !nvrtc_or_skip("nvrtc_reports_module_lines_after_an_include") {
+        return;
+    }
+    let (h, _) = KERNEL_HEADERS[0];
+    let m = module(
+        "broken",
+        format!(
+            "#include \"{h}\"\n\nextern \"C\" __global__ void f(float* x) {{ x[0] = undefined_name; }}\n"
+        ),
+    );
+    let err = compile_module(m, "sm_90").unwrap_err().to_string();
+    assert!(
+        err.contains("broken.cu(3)") && err.contains("undefined_name"),
         "{err}"
     );
 }

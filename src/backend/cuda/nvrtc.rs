@@ -1,9 +1,14 @@
 //! Run-time compilation of `kernels/*.cu` with NVRTC (loaded dynamically: `libnvrtc.so.13`).
+//!
+//! NVRTC compiles one source string and we give it no include paths, so a module's
+//! `#include "name.cuh"` lines are resolved here first, textually, from the embedded
+//! `kernels/*.cuh` (see [`KernelModule::expanded_source`]).
 
-use crate::backend::KERNEL_SOURCES;
+use crate::backend::{KERNEL_HEADERS, KERNEL_SOURCES};
 use crate::{Error, Result};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
+use std::fmt::Write as _;
 
 /// One embedded kernel source file.
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +32,71 @@ impl KernelModule {
             .find(|m| m.name == name)
             .ok_or_else(|| Error::Invalid(format!("no kernel module '{name}' among kernels/*.cu")))
     }
+
+    /// The source NVRTC compiles: `source` with each `#include "name.cuh"` line replaced by the
+    /// embedded `kernels/name.cuh`, recursively, each header at most once per module (as if it
+    /// began with `#pragma once`; a repeated include becomes an empty line). Every inserted
+    /// header is framed by `#line` directives, so NVRTC's messages and `-lineinfo` name the
+    /// header or the module with their own line numbers. An include of a header that is not
+    /// embedded is an error naming the file and the line. `#include <…>` lines are left to
+    /// NVRTC (which has no CUDA headers: kernels use none). Includes are resolved on every line
+    /// that is an include directive, also inside `#if` blocks.
+    pub fn expanded_source(&self) -> Result<String> {
+        let file = format!("{}.cu", self.name);
+        let mut out = String::with_capacity(self.source.len());
+        let mut included = Vec::new();
+        expand_includes(&file, self.source, &mut included, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// The file name in a `#include "name"` line, if `line` is one.
+fn quoted_include(line: &str) -> Option<&str> {
+    let rest = line.trim_start().strip_prefix('#')?.trim_start();
+    let rest = rest
+        .strip_prefix("include")?
+        .trim_start()
+        .strip_prefix('"')?;
+    rest.find('"').map(|end| &rest[..end])
+}
+
+/// Append `source` (the text of `file`) to `out` with its quoted includes expanded; `included`
+/// holds the headers already inserted.
+fn expand_includes(
+    file: &str,
+    source: &str,
+    included: &mut Vec<&'static str>,
+    out: &mut String,
+) -> Result<()> {
+    for (i, line) in source.lines().enumerate() {
+        let Some(name) = quoted_include(line) else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let Some(&(header, text)) = KERNEL_HEADERS.iter().find(|(h, _)| *h == name) else {
+            let known: Vec<&str> = KERNEL_HEADERS.iter().map(|(h, _)| *h).collect();
+            return Err(Error::Invalid(format!(
+                "kernels/{file}:{}: #include \"{name}\": no such header, kernels/{name} is not \
+                 embedded (kernels/*.cuh: {})",
+                i + 1,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        if included.contains(&header) {
+            out.push('\n'); // keeps the following line numbers
+            continue;
+        }
+        included.push(header);
+        writeln!(out, "#line 1 \"{header}\"").unwrap();
+        expand_includes(header, text, included, out)?;
+        writeln!(out, "#line {} \"{file}\"", i + 2).unwrap();
+    }
+    Ok(())
 }
 
 /// Whether NVRTC's shared library can be loaded (it ships with the CUDA toolkit, or in PyPI's
@@ -36,9 +106,12 @@ pub fn nvrtc_available() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
-/// Compile `module` to a CUBIN for `arch` (`sm_90`, `sm_80`, …): ptxas runs too, so register
-/// and shared-memory errors surface here. An error carries NVRTC's log.
+/// Compile `module` (its includes expanded: [`KernelModule::expanded_source`]) to a CUBIN for
+/// `arch` (`sm_90`, `sm_80`, …): ptxas runs too, so register and shared-memory errors surface
+/// here. An error carries NVRTC's log.
 pub fn compile_module(module: KernelModule, arch: &str) -> Result<Vec<u8>> {
+    // First, so that an unknown include is reported even where NVRTC is missing.
+    let source = module.expanded_source()?;
     if !nvrtc_available() {
         return Err(Error::Invalid(
             "NVRTC (libnvrtc.so.13) is not loadable: install the CUDA toolkit or the PyPI wheel \
@@ -52,7 +125,7 @@ pub fn compile_module(module: KernelModule, arch: &str) -> Result<Vec<u8>> {
             module.name
         ))
     };
-    let src = CString::new(module.source)
+    let src = CString::new(source)
         .map_err(|_| fail("source holds a NUL byte", &"kernels must be text"))?;
     let name = CString::new(format!("{}.cu", module.name)).expect("a file name");
     let prog = result::create_program(&src, Some(&name)).map_err(|e| fail("create", &e))?;
