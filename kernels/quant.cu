@@ -35,15 +35,18 @@ __device__ void block_minmax(float& lo, float& hi) {
     hi = s_hi[0];
 }
 
-// One (min, max) per block over a grid-stride walk of x[0..n).
+// One (min, max) per block over a grid-stride walk of x[0..n). A NaN or infinite value sets
+// *non_finite (the CPU refuses to quantize such a tensor; fminf/fmaxf alone would skip a NaN).
 extern "C" __global__ void minmax_partial(const float* x, long long n, float* part_lo,
-                                          float* part_hi) {
+                                          float* part_hi, int* non_finite) {
     float lo = __int_as_float(0x7f800000);   // +inf
     float hi = __int_as_float(0xff800000);   // -inf
     for (long long i = blockIdx.x * (long long)BLOCK + threadIdx.x; i < n;
          i += (long long)gridDim.x * BLOCK) {
-        lo = fminf(lo, x[i]);
-        hi = fmaxf(hi, x[i]);
+        float v = x[i];
+        if (!(fabsf(v) <= 3.402823466e38f)) *non_finite = 1;
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
     }
     block_minmax(lo, hi);
     if (threadIdx.x == 0) {
@@ -55,7 +58,8 @@ extern "C" __global__ void minmax_partial(const float* x, long long n, float* pa
 // (min, max) of each of `rows` rows of `row_len` values; one block per row. With lo_in/hi_in
 // the rows are pairs of partial results (lo_in[r], hi_in[r]) instead of raw values.
 extern "C" __global__ void minmax_rows(const float* lo_in, const float* hi_in, int rows,
-                                       long long row_len, float* lo_out, float* hi_out) {
+                                       long long row_len, float* lo_out, float* hi_out,
+                                       int* non_finite) {
     int r = blockIdx.x;
     if (r >= rows) return;
     float lo = __int_as_float(0x7f800000);
@@ -63,6 +67,8 @@ extern "C" __global__ void minmax_rows(const float* lo_in, const float* hi_in, i
     const float* a = lo_in + r * row_len;
     const float* b = hi_in + r * row_len;
     for (long long i = threadIdx.x; i < row_len; i += BLOCK) {
+        if (!(fabsf(a[i]) <= 3.402823466e38f) || !(fabsf(b[i]) <= 3.402823466e38f))
+            *non_finite = 1;
         lo = fminf(lo, a[i]);
         hi = fmaxf(hi, b[i]);
     }
@@ -138,8 +144,10 @@ extern "C" __global__ void quantize_int(const float* x, long long n, long long r
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i >= n) return;
     long long c = i / row_len;
+    float v = x[i];
+    if (v != v) { q_out[i] = 0; return; }   // as the CPU (a NaN code is 0)
     double s = (double)scale[c];
-    double r = rint(fmin(fmax((double)x[i] / s, -1099511627776.0), 1099511627776.0));
+    double r = rint(fmin(fmax((double)v / s, -1099511627776.0), 1099511627776.0));
     double q = fmin(fmax(r + (double)zero_point[c], (double)qmin), (double)qmax);
     q_out[i] = (signed char)(int)q;
 }

@@ -8,7 +8,7 @@ use cactus::backend::cuda::quant::{
     fake_quantize_fp16, fake_quantize_int, quant_params, quantize_codes, ste_backward,
 };
 use cactus::backend::cuda::{device_or_skip, DeviceBuffer};
-use cactus::compress::prune::{prune_masks, PruneMethod};
+use cactus::compress::prune::{prune_masks, PruneMethod, Structure};
 use cactus::compress::quant::{fake_quantize, quantize_int, Format, Granularity};
 use cactus::nn::{Arch, Init, Layer, Model, ModelSpec};
 use cactus::rng::Rng;
@@ -39,7 +39,8 @@ fn pruning_masks_match_the_cpu() {
     let Some(_gpu) = device_or_skip("pruning_masks_match_the_cpu") else {
         return;
     };
-    for model in models() {
+    for (m, model) in models().into_iter().enumerate() {
+        let tied = m == 2;
         let layers = &model.net.layers;
         let classifier = layers.iter().rposition(|l| matches!(l, Layer::Linear(_)));
         let uploaded: Vec<(usize, DeviceBuffer, Vec<usize>)> = layers
@@ -57,6 +58,12 @@ fn pruning_masks_match_the_cpu() {
             })
             .collect();
         for method in PruneMethod::ALL {
+            // Structured scores are sums of a row in another order on the device: units whose
+            // scores tie up to rounding may rank differently, so the rounded model, built to tie,
+            // checks unstructured methods only.
+            if tied && method.structure == Structure::Structured {
+                continue;
+            }
             for ratio in [0.0, 0.1, 0.5, 0.7, 0.95, 0.99] {
                 let cpu = prune_masks(&model, method, ratio).unwrap();
                 let gpu = cuda_masks(&weights, method, ratio).unwrap();
@@ -172,4 +179,12 @@ fn bad_shapes_are_errors() {
     assert!(quant_params(&dev, &[3], 9, Granularity::PerTensor).is_err());
     let other = DeviceBuffer::from_host(&[1.0, 2.0]).unwrap();
     assert!(apply_mask(&dev, &other).is_err());
+    // Non-finite weights cannot be quantized (the CPU refuses them too).
+    for bad in [f32::NAN, f32::INFINITY] {
+        let dev = DeviceBuffer::from_host(&[1.0, bad, -2.0]).unwrap();
+        for granularity in [Granularity::PerTensor, Granularity::PerChannel] {
+            let err = quant_params(&dev, &[3, 1], 8, granularity).err().unwrap();
+            assert!(err.to_string().contains("NaN or infinite"), "{err}");
+        }
+    }
 }

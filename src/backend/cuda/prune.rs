@@ -1,8 +1,11 @@
 //! Pruning masks on the device (`kernels/prune.cu`), equal to `compress::prune::prune_masks`.
 //!
 //! Unstructured methods select the threshold key by an 8-pass radix selection that stays on the
-//! device; structured methods score the units on the device and rank those few scores on the
-//! host with the CPU's rules (`select_units`), one small copy per call.
+//! device: the masks equal the CPU's exactly. Structured methods score the units on the device
+//! and rank those few scores on the host with the CPU's rules (`select_units`), one small copy
+//! per call; the device sums a row in another order than the CPU, so units whose scores tie up
+//! to rounding may rank differently (a CPU emulation of the kernels found this only for rows that
+//! are permutations of each other).
 
 use crate::backend::cuda::context::{cuda, driver_error, grid_1d, CudaBackend};
 use crate::backend::cuda::DeviceBuffer;

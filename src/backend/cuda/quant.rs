@@ -42,6 +42,7 @@ fn minmax_rows(
     hi_in: &DeviceBuffer,
     rows: usize,
     row_len: usize,
+    non_finite: &mut CudaSlice<i32>,
 ) -> Result<(DeviceBuffer, DeviceBuffer)> {
     let f = backend.function("quant", "minmax_rows")?;
     let (mut lo, mut hi) = (DeviceBuffer::uninit(rows)?, DeviceBuffer::uninit(rows)?);
@@ -52,7 +53,8 @@ fn minmax_rows(
         .arg(&rows_i32)
         .arg(&row_i64)
         .arg(lo.slice_mut())
-        .arg(hi.slice_mut());
+        .arg(hi.slice_mut())
+        .arg(non_finite);
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (256, 1, 1),
@@ -63,7 +65,8 @@ fn minmax_rows(
     Ok((lo, hi))
 }
 
-/// The intN parameters of `w` (shape `shape`), computed from its own range.
+/// The intN parameters of `w` (shape `shape`), computed from its own range. A tensor holding NaN
+/// or infinities is an error, as on the CPU (one flag is copied back to check it).
 pub fn quant_params(
     w: &DeviceBuffer,
     shape: &[usize],
@@ -83,6 +86,7 @@ pub fn quant_params(
         Granularity::PerChannel => (shape[0], n / shape[0]),
         Granularity::PerTensor => (1, n),
     };
+    let mut non_finite = backend.stream.alloc_zeros::<i32>(1).map_err(err("alloc"))?;
     let (lo, hi) = if channels == 1 {
         // Two stages: one (min, max) per block, then over the blocks.
         let blocks = n.div_ceil(256).clamp(1, 1024);
@@ -101,10 +105,21 @@ pub fn quant_params(
         };
         // SAFETY: arguments match the kernel's signature.
         unsafe { b.launch(cfg) }.map_err(err("minmax_partial"))?;
-        minmax_rows(backend, &plo, &phi, 1, blocks)?
+        minmax_rows(backend, &plo, &phi, 1, blocks, &mut non_finite)?
     } else {
-        minmax_rows(backend, w, w, channels, row_len)?
+        minmax_rows(backend, w, w, channels, row_len, &mut non_finite)?
     };
+    let flag = backend
+        .stream
+        .clone_dtoh(&non_finite)
+        .map_err(err("copy flag"))?;
+    if flag[0] != 0 {
+        return Err(Error::Invalid(
+            "cannot quantize weights to integers: the tensor holds NaN or infinite values (the \
+             network has diverged)"
+                .into(),
+        ));
+    }
     let f = backend.function("quant", "quant_params")?;
     let mut scale = DeviceBuffer::uninit(channels)?;
     let mut zero_point = backend
