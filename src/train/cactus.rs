@@ -228,8 +228,9 @@ pub fn mass_ratio(model: &Model, mass: f64) -> f64 {
             .iter()
             .flat_map(|w| w.data().iter().map(|v| v.abs() as f64))
     };
-    let (n, max) = values().fold((0usize, 0.0f64), |(n, m), v| (n + 1, m.max(v)));
-    let total: f64 = values().sum();
+    let (n, max, total) = values().fold((0usize, 0.0f64, 0.0f64), |(n, m, t), v| {
+        (n + 1, m.max(v), t + v)
+    });
     if n == 0 || !(total > 0.0 && total.is_finite()) {
         return 0.0;
     }
