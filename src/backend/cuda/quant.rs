@@ -97,7 +97,8 @@ pub fn quant_params(
         b.arg(w.slice())
             .arg(&n64)
             .arg(plo.slice_mut())
-            .arg(phi.slice_mut());
+            .arg(phi.slice_mut())
+            .arg(&mut non_finite);
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (256, 1, 1),
