@@ -686,7 +686,7 @@ fn adam_matches_cpu_bit_for_bit() {
                 )
                 .unwrap();
             }
-            let (_, cm, cv) = adam.state();
+            let (_, cm, cv) = adam.state().unwrap();
             for i in 0..lens.len() {
                 let what = format!("{config:?} step {step} parameter {i}");
                 assert_same(

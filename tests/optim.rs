@@ -61,7 +61,7 @@ fn clipping_rescales_by_the_global_norm() {
     });
     let info = opt.step(&mut [&mut p, &mut q], &grads).unwrap();
     assert!((info.grad_norm - 5.0).abs() < 1e-5 && info.clipped);
-    let (_, m, _) = opt.state();
+    let (_, m, _) = opt.state().unwrap();
     // First moment = (1 − β1)·clipped gradient = 0.1 · (0.6, 0.8).
     assert!(
         (m[0][0] - 0.06).abs() < 1e-6 && (m[0][1] - 0.08).abs() < 1e-6,

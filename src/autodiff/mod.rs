@@ -118,6 +118,9 @@ fn accumulate(grads: &mut HashMap<TensorId, Tensor>, id: TensorId, g: Tensor) {
         None => {
             grads.insert(id, g);
         }
+        Some(prev) if prev.is_cuda() || g.is_cuda() => {
+            grads.insert(id, crate::ops::cuda::elementwise::sum_detached(&prev, &g));
+        }
         Some(prev) => {
             let shape = prev.shape().to_vec();
             let mut sum = prev.into_vec();

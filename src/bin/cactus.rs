@@ -505,6 +505,7 @@ fn resumed_config(
 fn train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
     let wanted = args.config();
     wanted.validate()?;
+    args.device.check()?;
     if wanted.method != Method::Cactus {
         let stray: Vec<String> = CACTUS_OPTIONS
             .iter()
@@ -533,7 +534,7 @@ fn train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
             wanted.dataset.name()
         ))
     });
-    let mut trainer = if args.resume {
+    let trainer = if args.resume {
         let t = Trainer::resume(&out, |saved| {
             resumed_config(saved, &wanted, given)
                 .map_err(|e| cactus::Error::Invalid(format!("{e:#}")))
@@ -557,6 +558,7 @@ fn train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
         }
         Trainer::new(wanted, &out)?
     };
+    let mut trainer = trainer.on_device(args.device)?;
     let config = trainer.config.clone();
     let mut train_set = data::load(config.dataset, args.data.as_deref(), Split::Train)?;
     if let Some(n) = config.limit_train {
@@ -752,6 +754,7 @@ fn compress(args: CompressArgs) -> Result<()> {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
+    args.device.check()?;
     if !args.checkpoint.exists() {
         bail!("{}: no such file", args.checkpoint.display());
     }
@@ -801,8 +804,10 @@ fn eval(args: EvalArgs) -> Result<()> {
             batches,
             batch_size: args.batch_size,
         });
+    // With the weights on the GPU every op runs there; batches follow the weights.
+    let model = ckpt.model.to_device(args.device)?;
     let report = run_eval(
-        &ckpt.model,
+        &model,
         &test_set,
         eps,
         &cfg,

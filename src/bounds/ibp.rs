@@ -108,6 +108,19 @@ pub fn margin_lower_bounds(
         panic!("last-layer elision needs a network that ends with a linear layer");
     };
     let hidden = propagate(model, boxes, bn, layers.len() - 1);
+    if hidden.is_cuda() {
+        assert!(
+            labels.iter().all(|&y| y < last.out_features()),
+            "label out of range for {} classes",
+            last.out_features()
+        );
+        return crate::ops::cuda::interval::elided_margins(
+            &hidden,
+            &last.weight,
+            last.bias.as_ref(),
+            labels,
+        );
+    }
     let (c, r) = (hidden.interval_part(0), hidden.interval_part(1));
     let k = last.out_features();
     assert_eq!(labels.len(), c.dim(0), "one label per box");

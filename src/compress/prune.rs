@@ -246,6 +246,41 @@ pub(crate) fn check_ratio(ratio: f64) -> Result<()> {
 
 /// Magnitude pruning masks for `model` removing the fraction `ratio` (δ ∈ [0, 1)) of weights
 /// (unstructured) or units (structured). See the module documentation for the exact rules.
+/// Unstructured masks of weights on the GPU, computed there (`backend::cuda::prune`: the same
+/// selection, so the same masks); one number (the kept count) comes back.
+fn device_masks(
+    layers: &[Layer],
+    weights: &[(usize, &Tensor)],
+    method: PruneMethod,
+    ratio: f64,
+    total_weights: usize,
+) -> Result<Masks> {
+    use crate::backend::cuda::prune::{prune_masks as masks_on_gpu, DeviceWeight};
+    let classifier = layers.iter().rposition(|l| matches!(l, Layer::Linear(_)));
+    let on_gpu: Vec<DeviceWeight<'_>> = weights
+        .iter()
+        .map(|(i, w)| DeviceWeight {
+            values: w.cuda_buffer().expect("weights on the GPU"),
+            shape: w.shape(),
+            classifier: Some(*i) == classifier,
+        })
+        .collect();
+    let masks = masks_on_gpu(&on_gpu, method, ratio)?;
+    let kept = crate::backend::cuda::train_ops::sum_squares(&masks.iter().collect::<Vec<_>>())?;
+    let mut out: Vec<Option<Tensor>> = vec![None; layers.len()];
+    for ((i, w), m) in weights.iter().zip(masks) {
+        out[*i] = Some(Tensor::from_device(m, w.shape()));
+    }
+    Ok(Masks {
+        method,
+        ratio,
+        layers: out,
+        total_weights,
+        pruned_weights: total_weights - kept.round() as usize,
+        units: None,
+    })
+}
+
 pub fn prune_masks(model: &Model, method: PruneMethod, ratio: f64) -> Result<Masks> {
     check_ratio(ratio)?;
     let layers = &model.net.layers;
@@ -255,6 +290,9 @@ pub fn prune_masks(model: &Model, method: PruneMethod, ratio: f64) -> Result<Mas
         .filter_map(|(i, l)| l.weight().map(|w| (i, w)))
         .collect();
     let total_weights: usize = weights.iter().map(|(_, w)| w.numel()).sum();
+    if method.structure == Structure::Unstructured && weights.iter().all(|(_, w)| w.is_cuda()) {
+        return device_masks(layers, &weights, method, ratio, total_weights);
+    }
     let (mask_data, units) = match method.structure {
         Structure::Unstructured => (unstructured(&weights, method.scope, ratio)?, None),
         Structure::Structured => {

@@ -516,6 +516,9 @@ fn fake_quantize_fp16(w: &Tensor) -> Tensor {
 /// # Panics
 /// If `format` is `Int(b)` with `b` outside 2..=8, or (intN) `w` holds NaN or infinities.
 pub fn fake_quantize(w: &Tensor, format: Format, granularity: Granularity) -> Tensor {
+    if w.is_cuda() && format != Format::Fp32 {
+        return crate::ops::cuda::quant::fake_quantize(w, format, granularity);
+    }
     match format {
         Format::Fp32 => w.clone(),
         Format::Fp16 => fake_quantize_fp16(w),

@@ -269,6 +269,21 @@ impl ModelSpec {
 }
 
 impl Model {
+    /// The same network with every parameter and batch-norm statistic on `device`.
+    pub fn to_device(&self, device: crate::tensor::Device) -> Result<Model> {
+        let mut moved = self.clone();
+        for layer in &mut moved.net.layers {
+            for (_, p) in layer.parameters_mut() {
+                *p = p.to_device(device)?;
+            }
+            if let crate::nn::Layer::BatchNorm(bn) = layer {
+                bn.running_mean = bn.running_mean.to_device(device)?;
+                bn.running_var = bn.running_var.to_device(device)?;
+            }
+        }
+        Ok(moved)
+    }
+
     /// Build and initialise the architecture `spec` describes.
     pub fn new(spec: ModelSpec, rng: &mut Rng) -> Result<Model> {
         let layers = spec.plan()?.into_iter().map(|p| p.build(rng)).collect();

@@ -1,6 +1,7 @@
 //! 2-D convolution (NCHW), forward and both gradients, on the CPU im2col + GEMM kernels.
 
 use crate::backend::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeometry, ConvGrads};
+use crate::ops::cuda;
 use crate::tensor::Tensor;
 
 /// Stride and zero padding, per spatial axis (height, width).
@@ -59,6 +60,9 @@ impl Tensor {
         let geo = params.geometry(self.shape(), weight.shape());
         if let Some(b) = bias {
             assert_eq!(b.shape(), &[geo.c_out], "conv2d: bias shape");
+        }
+        if cuda::on_cuda(&[self, weight]) || bias.is_some_and(Tensor::is_cuda) {
+            return cuda::conv::conv2d(self, weight, bias, &geo);
         }
         let out = conv2d_forward(self.data(), weight.data(), bias.map(Tensor::data), &geo);
         let shape = [geo.n, geo.c_out, geo.out_h(), geo.out_w()];

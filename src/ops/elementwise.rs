@@ -1,6 +1,7 @@
 //! Element-wise ops: unary maps, scalar arithmetic, and binary ops with NumPy broadcasting.
 
 use crate::backend::cpu::parallel::{self, zip3_map, zip_map};
+use crate::ops::cuda;
 use crate::tensor::shape::{broadcast_shapes, broadcast_strides, numel, strides};
 use crate::tensor::Tensor;
 
@@ -119,16 +120,30 @@ fn binary(
     })
 }
 
+/// Same-shape binary ops with an operand on the GPU run there (broadcasts run on host copies).
+fn same_shape_on_cuda(a: &Tensor, b: &Tensor) -> bool {
+    a.shape() == b.shape() && cuda::on_cuda(&[a, b])
+}
+
 impl Tensor {
     pub fn add(&self, other: &Tensor) -> Tensor {
+        if same_shape_on_cuda(self, other) {
+            return cuda::elementwise::add_scaled(self, other, 1.0);
+        }
         binary(self, other, |a, b| a + b, |_, _| 1.0, |_, _| 1.0)
     }
 
     pub fn sub(&self, other: &Tensor) -> Tensor {
+        if same_shape_on_cuda(self, other) {
+            return cuda::elementwise::add_scaled(self, other, -1.0);
+        }
         binary(self, other, |a, b| a - b, |_, _| 1.0, |_, _| -1.0)
     }
 
     pub fn mul(&self, other: &Tensor) -> Tensor {
+        if same_shape_on_cuda(self, other) {
+            return cuda::elementwise::mul(self, other);
+        }
         binary(self, other, |a, b| a * b, |_, b| b, |a, _| a)
     }
 
@@ -165,19 +180,31 @@ impl Tensor {
     }
 
     pub fn neg(&self) -> Tensor {
+        if self.is_cuda() {
+            return cuda::elementwise::scale(self, -1.0);
+        }
         unary(self, |x| -x, |_| -1.0)
     }
 
     pub fn abs(&self) -> Tensor {
+        if self.is_cuda() {
+            return cuda::elementwise::abs(self);
+        }
         unary(self, f32::abs, sign)
     }
 
     /// -1, 0 or 1. Piecewise constant: its gradient is zero.
     pub fn sign(&self) -> Tensor {
+        if self.is_cuda() {
+            return cuda::elementwise::sign(self);
+        }
         unary(self, sign, |_| 0.0)
     }
 
     pub fn relu(&self) -> Tensor {
+        if self.is_cuda() {
+            return cuda::elementwise::relu(self);
+        }
         unary(self, |x| x.max(0.0), |x| if x > 0.0 { 1.0 } else { 0.0 })
     }
 
@@ -213,6 +240,9 @@ impl Tensor {
     }
 
     pub fn mul_scalar(&self, s: f32) -> Tensor {
+        if self.is_cuda() {
+            return cuda::elementwise::scale(self, s);
+        }
         unary(self, move |x| x * s, move |_| s)
     }
 }

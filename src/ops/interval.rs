@@ -8,6 +8,7 @@
 use crate::backend::cpu::conv::{abs_weight, interval_conv2d_backward, interval_conv2d_forward};
 use crate::backend::cpu::gemm::{matmul_into, MatRef};
 use crate::ops::conv::grads_as_tensors;
+use crate::ops::cuda;
 use crate::ops::elementwise::sign;
 use crate::ops::Conv2dParams;
 use crate::tensor::Tensor;
@@ -72,6 +73,9 @@ impl Tensor {
             weight.shape()
         );
         let (n, fin, fout) = (hs[0], hs[1], weight.dim(0));
+        if cuda::on_cuda(&[self, weight]) || bias.is_some_and(Tensor::is_cuda) {
+            return cuda::linear::interval_linear(self, weight, bias);
+        }
         let abs_w: Vec<f32> = weight.data().iter().map(|w| w.abs()).collect();
         let mut out = vec![0.0; 2 * n * fout];
         let (oc, or) = out.split_at_mut(n * fout);
@@ -172,6 +176,9 @@ impl Tensor {
         if let Some(b) = bias {
             assert_eq!(b.shape(), &[geo.c_out], "interval_conv2d: bias shape");
         }
+        if cuda::on_cuda(&[self, weight]) || bias.is_some_and(Tensor::is_cuda) {
+            return cuda::conv::interval_conv2d(self, weight, bias, &geo);
+        }
         // |W| once per call, shared by the forward and the backward.
         let abs_w = abs_weight(weight.data());
         let out = interval_conv2d_forward(
@@ -217,6 +224,9 @@ impl Tensor {
             scale.shape(),
             shift.shape()
         );
+        if cuda::on_cuda(&[self, scale, shift]) {
+            return cuda::interval::interval_channel_affine(self, scale, shift);
+        }
         let (sc, sh) = (scale.data(), shift.data());
         let mut out = vec![0.0; 2 * half];
         for (plane, (o, x)) in out
@@ -275,6 +285,9 @@ impl Tensor {
     /// ReLU on boxes, in one pass: [c − r, c + r] -> [relu(c − r), relu(c + r)].
     pub fn interval_relu(&self) -> Tensor {
         let (half, _) = halves(self);
+        if self.is_cuda() {
+            return cuda::interval::interval_relu(self);
+        }
         let (c, r) = self.data().split_at(half);
         let mut out = vec![0.0; 2 * half];
         let (oc, or) = out.split_at_mut(half);

@@ -1,6 +1,7 @@
 //! Log-softmax and cross-entropy over the last axis of [batch, classes] logits, fused and
 //! numerically stable (max-shifted).
 
+use crate::ops::cuda;
 use crate::tensor::Tensor;
 
 fn check_logits(x: &Tensor) -> (usize, usize) {
@@ -60,6 +61,9 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Tensor {
     assert!(n > 0, "cross_entropy of an empty batch");
     if let Some(&bad) = labels.iter().find(|&&y| y >= k) {
         panic!("cross_entropy: label {bad} out of range for {k} classes");
+    }
+    if logits.is_cuda() {
+        return cuda::loss::cross_entropy(logits, labels);
     }
     let logp = log_softmax_rows(logits.data(), k);
     let loss = -labels

@@ -2,6 +2,7 @@
 //! Backward products read transposed operands through strides, never through copies.
 
 use crate::backend::cpu::gemm::{matmul_into, MatRef};
+use crate::ops::cuda;
 use crate::tensor::Tensor;
 
 fn mat(t: &Tensor) -> MatRef<'_> {
@@ -49,6 +50,12 @@ impl Tensor {
             weight.shape()
         );
         let (n, out_features) = (self.dim(0), weight.dim(0));
+        if let Some(b) = bias {
+            assert_eq!(b.shape(), &[out_features], "linear: bias shape");
+        }
+        if cuda::on_cuda(&[self, weight]) || bias.is_some_and(Tensor::is_cuda) {
+            return cuda::linear::linear(self, weight, bias);
+        }
         let mut out = vec![0.0; n * out_features];
         if let Some(b) = bias {
             assert_eq!(b.shape(), &[out_features], "linear: bias shape");

@@ -3,6 +3,7 @@
 //! `tests/gradcheck.rs`.
 
 pub mod conv;
+pub(crate) mod cuda;
 pub mod elementwise;
 pub mod interval;
 pub mod loss;

@@ -5,6 +5,7 @@
 //! `var = channel_var(x, mean)`. Keeping the statistics as tensors of their own lets interval
 //! bound propagation reuse the clean batch's affine map, with gradients through it.
 
+use crate::ops::cuda;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -73,6 +74,9 @@ impl Tensor {
     /// Mean over every axis but the channel axis 1: [N, C, ...] -> [C].
     pub fn channel_mean(&self) -> Tensor {
         let (n, c, s) = ncs(self);
+        if self.is_cuda() {
+            return cuda::norm::channel_mean(self);
+        }
         let count = (n * s) as f32;
         let mean: Vec<f32> = channel_sums(self.data(), n, c, s, |v, _| v)
             .into_iter()
@@ -90,6 +94,9 @@ impl Tensor {
     pub fn channel_var(&self, mean: &Tensor) -> Tensor {
         let (n, c, s) = ncs(self);
         assert_eq!(mean.shape(), &[c], "channel_var: mean shape");
+        if cuda::on_cuda(&[self, mean]) {
+            return cuda::norm::channel_var(self, mean);
+        }
         let count = (n * s) as f32;
         let m = mean.to_vec();
         let var: Vec<f32> = channel_sums(self.data(), n, c, s, |v, ch| (v - m[ch]) * (v - m[ch]))
@@ -128,6 +135,9 @@ impl Tensor {
             scale.shape(),
             shift.shape()
         );
+        if cuda::on_cuda(&[self, scale, shift]) {
+            return cuda::norm::channel_affine(self, scale, shift);
+        }
         let (sc, sh) = (scale.data(), shift.data());
         let out = channel_map(self.data(), n, c, s, |v, ch| v * sc[ch] + sh[ch]);
         let (x, scale_saved) = (self.detach(), scale.detach());

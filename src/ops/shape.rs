@@ -1,7 +1,15 @@
 //! Shape ops: reshape and flatten (views, no copy), concatenation, and row indexing.
 
+use crate::ops::cuda;
 use crate::tensor::shape::{numel, resolve_axis};
 use crate::tensor::Tensor;
+
+/// No index repeats (a gather whose backward is a plain scatter).
+fn distinct(indices: &[usize]) -> bool {
+    let mut sorted = indices.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).all(|w| w[0] != w[1])
+}
 
 impl Tensor {
     /// The same values under a new shape with as many elements (a view: no copy).
@@ -42,6 +50,9 @@ impl Tensor {
         }
         let mut shape = first.shape().to_vec();
         shape[a] = total;
+        if outer == 1 && cuda::on_cuda(tensors) {
+            return cuda::shape::concat_rows(tensors, &shape);
+        }
         let in_shapes: Vec<Vec<usize>> = tensors.iter().map(|t| t.shape().to_vec()).collect();
         Tensor::from_op(out, &shape, tensors, move |g, needs| {
             let gd = g.data();
@@ -70,6 +81,9 @@ impl Tensor {
         assert!(self.rank() >= 1, "index_rows of a scalar");
         let rows = self.dim(0);
         let row_len = self.numel().checked_div(rows).unwrap_or(0);
+        if self.is_cuda() && indices.len() <= cuda::shape::MAX_COPIED_ROWS && distinct(indices) {
+            return cuda::shape::index_rows(self, indices);
+        }
         let d = self.data();
         let mut out = Vec::with_capacity(indices.len() * row_len);
         for &i in indices {

@@ -7,11 +7,12 @@ pub mod shape;
 pub use device::Device;
 
 use crate::autodiff::{self, Node};
+use crate::backend::cuda::DeviceBuffer;
 use crate::rng::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Identifies a tensor within a process, for gradient bookkeeping.
 pub type TensorId = u64;
@@ -23,9 +24,68 @@ fn next_id() -> TensorId {
 }
 
 /// The memory behind a tensor. Views (reshape, detach) share it.
-#[derive(Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
+    /// Device memory. Tensors are immutable, so the host copy, made the first time the values
+    /// are read on the host (metrics, checkpoints, ops without a device kernel), never goes
+    /// stale.
+    Cuda {
+        buffer: DeviceBuffer,
+        host: OnceLock<Vec<f32>>,
+    },
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Storage::Cpu(v) => write!(f, "Cpu({} values)", v.len()),
+            Storage::Cuda { buffer, .. } => write!(f, "Cuda({} values)", buffer.len()),
+        }
+    }
+}
+
+impl Storage {
+    fn on_device(buffer: DeviceBuffer) -> Storage {
+        Storage::Cuda {
+            buffer,
+            host: OnceLock::new(),
+        }
+    }
+
+    /// Host values uploaded to the device (a driver failure mid-computation is fatal: ops have
+    /// no error path, as on the CPU).
+    fn upload(values: &[f32]) -> Storage {
+        transfers::count_upload();
+        Storage::on_device(
+            DeviceBuffer::from_host(values)
+                .unwrap_or_else(|e| panic!("copying a tensor to the GPU: {e}")),
+        )
+    }
+}
+
+/// Host-device copies made by tensors: data in, metrics out, and ops that have no device
+/// kernel yet. A training step on the GPU should make few (see `steps_cuda` benches).
+pub mod transfers {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static UPLOADS: AtomicU64 = AtomicU64::new(0);
+    static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
+
+    pub(crate) fn count_upload() {
+        UPLOADS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_download() {
+        DOWNLOADS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (uploads, downloads) so far in this process.
+    pub fn counts() -> (u64, u64) {
+        (
+            UPLOADS.load(Ordering::Relaxed),
+            DOWNLOADS.load(Ordering::Relaxed),
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -137,7 +197,50 @@ impl Tensor {
         F: Fn(&Tensor, &[bool]) -> Vec<Option<Tensor>> + Send + Sync + 'static,
     {
         assert_eq!(data.len(), shape::numel(shape), "op output size");
-        let storage = Arc::new(Storage::Cpu(data));
+        // An op without a device kernel computed on host copies: its result goes back to the
+        // inputs' device, so values stay where the computation lives.
+        let storage = if inputs.iter().any(|t| t.is_cuda()) {
+            Arc::new(Storage::upload(&data))
+        } else {
+            Arc::new(Storage::Cpu(data))
+        };
+        Tensor::record(storage, shape, inputs, backward)
+    }
+
+    /// Record the result of an op computed on the device.
+    pub(crate) fn from_device_op<F>(
+        buffer: DeviceBuffer,
+        shape: &[usize],
+        inputs: &[&Tensor],
+        backward: F,
+    ) -> Tensor
+    where
+        F: Fn(&Tensor, &[bool]) -> Vec<Option<Tensor>> + Send + Sync + 'static,
+    {
+        assert_eq!(buffer.len(), shape::numel(shape), "device op output size");
+        Tensor::record(
+            Arc::new(Storage::on_device(buffer)),
+            shape,
+            inputs,
+            backward,
+        )
+    }
+
+    /// A constant tensor holding a device buffer.
+    pub(crate) fn from_device(buffer: DeviceBuffer, shape: &[usize]) -> Tensor {
+        assert_eq!(buffer.len(), shape::numel(shape), "device tensor size");
+        Tensor::build(
+            Arc::new(Storage::on_device(buffer)),
+            shape.to_vec(),
+            false,
+            None,
+        )
+    }
+
+    fn record<F>(storage: Arc<Storage>, shape: &[usize], inputs: &[&Tensor], backward: F) -> Tensor
+    where
+        F: Fn(&Tensor, &[bool]) -> Vec<Option<Tensor>> + Send + Sync + 'static,
+    {
         if autodiff::is_grad_enabled() && inputs.iter().any(|t| t.tracks_grad()) {
             let node = Node::new(inputs.iter().map(|&t| t.clone()).collect(), backward);
             Tensor::build(storage, shape.to_vec(), true, Some(node))
@@ -189,14 +292,73 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match *self.0.storage {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda { .. } => Device::Cuda,
         }
     }
 
-    /// The values, row-major.
+    pub fn is_cuda(&self) -> bool {
+        matches!(*self.0.storage, Storage::Cuda { .. })
+    }
+
+    /// The values, row-major (for a GPU tensor, its host copy, made on first use).
     pub fn data(&self) -> &[f32] {
         match &*self.0.storage {
             Storage::Cpu(v) => v,
+            Storage::Cuda { buffer, host } => host.get_or_init(|| {
+                transfers::count_download();
+                buffer
+                    .to_host()
+                    .unwrap_or_else(|e| panic!("copying a tensor from the GPU: {e}"))
+            }),
         }
+    }
+
+    /// The device buffer of a GPU tensor.
+    pub(crate) fn cuda_buffer(&self) -> Option<&DeviceBuffer> {
+        match &*self.0.storage {
+            Storage::Cpu(_) => None,
+            Storage::Cuda { buffer, .. } => Some(buffer),
+        }
+    }
+
+    /// The values on the device: the tensor's own buffer, or a copy of host values.
+    pub(crate) fn on_gpu(&self) -> DeviceValues<'_> {
+        match self.cuda_buffer() {
+            Some(b) => DeviceValues::Borrowed(b),
+            None => {
+                transfers::count_upload();
+                DeviceValues::Copied(
+                    DeviceBuffer::from_host(self.data())
+                        .unwrap_or_else(|e| panic!("copying a tensor to the GPU: {e}")),
+                )
+            }
+        }
+    }
+
+    /// The same values on `device`, as a new leaf that keeps `requires_grad` (a parameter moved
+    /// to the GPU is still a parameter). No copy when already there.
+    pub fn to_device(&self, device: Device) -> crate::Result<Tensor> {
+        if self.device() == device {
+            return Ok(self.clone());
+        }
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(self.data().to_vec()),
+            // The host values stay as the tensor's host copy: batches are read on the host
+            // too (input boxes, attack regions).
+            Device::Cuda => {
+                transfers::count_upload();
+                Storage::Cuda {
+                    buffer: DeviceBuffer::from_host(self.data())?,
+                    host: OnceLock::from(self.data().to_vec()),
+                }
+            }
+        };
+        Ok(Tensor::build(
+            Arc::new(storage),
+            self.0.shape.clone(),
+            self.0.requires_grad && self.is_leaf(),
+            None,
+        ))
     }
 
     pub fn to_vec(&self) -> Vec<f32> {
@@ -208,9 +370,8 @@ impl Tensor {
         match Arc::try_unwrap(self.0) {
             Ok(inner) => match Arc::try_unwrap(inner.storage) {
                 Ok(Storage::Cpu(v)) => v,
-                Err(shared) => match &*shared {
-                    Storage::Cpu(v) => v.clone(),
-                },
+                Ok(device @ Storage::Cuda { .. }) => Inner::host_values(&device),
+                Err(shared) => Inner::host_values(&shared),
             },
             Err(shared) => shared.storage_vec(),
         }
@@ -253,8 +414,38 @@ impl Tensor {
 
 impl Inner {
     fn storage_vec(&self) -> Vec<f32> {
-        match &*self.storage {
+        Inner::host_values(&self.storage)
+    }
+
+    fn host_values(storage: &Storage) -> Vec<f32> {
+        match storage {
             Storage::Cpu(v) => v.clone(),
+            Storage::Cuda { buffer, host } => match host.get() {
+                Some(v) => v.clone(),
+                None => {
+                    transfers::count_download();
+                    buffer
+                        .to_host()
+                        .unwrap_or_else(|e| panic!("copying a tensor from the GPU: {e}"))
+                }
+            },
+        }
+    }
+}
+
+/// A tensor's values on the device, borrowed or copied there for one op.
+pub(crate) enum DeviceValues<'a> {
+    Borrowed(&'a DeviceBuffer),
+    Copied(DeviceBuffer),
+}
+
+impl std::ops::Deref for DeviceValues<'_> {
+    type Target = DeviceBuffer;
+
+    fn deref(&self) -> &DeviceBuffer {
+        match self {
+            DeviceValues::Borrowed(b) => b,
+            DeviceValues::Copied(b) => b,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! global norm. The update of each parameter is one fused pass over (param, grad, m, v).
 
 use crate::autodiff::Gradients;
+use crate::backend::cuda::{train_ops, DeviceBuffer};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -48,12 +49,18 @@ pub struct StepInfo {
     pub clipped: bool,
 }
 
+/// Step count and first and second moments, one buffer per parameter.
+pub type AdamState = (u64, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 pub struct Adam {
     pub config: AdamConfig,
     step: u64,
     /// First and second moments, one buffer per parameter (empty until its first gradient).
     m: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// The moments of parameters that live on the GPU, kept there (`m`, `v` then hold a
+    /// restored state until the first step moves it over).
+    device_moments: Vec<Option<(DeviceBuffer, DeviceBuffer)>>,
 }
 
 const CHUNK: usize = 1 << 14;
@@ -65,6 +72,7 @@ impl Adam {
             step: 0,
             m: Vec::new(),
             v: Vec::new(),
+            device_moments: Vec::new(),
         }
     }
 
@@ -72,9 +80,16 @@ impl Adam {
         self.step
     }
 
-    /// The moment buffers and step count, for saving a run.
-    pub fn state(&self) -> (u64, &[Vec<f32>], &[Vec<f32>]) {
-        (self.step, &self.m, &self.v)
+    /// The moment buffers and step count, for saving a run (moments on the GPU are copied).
+    pub fn state(&self) -> Result<AdamState> {
+        let (mut m, mut v) = (self.m.clone(), self.v.clone());
+        for (i, moments) in self.device_moments.iter().enumerate() {
+            if let Some((dm, dv)) = moments {
+                m[i] = dm.to_host()?;
+                v[i] = dv.to_host()?;
+            }
+        }
+        Ok((self.step, m, v))
     }
 
     /// Restore a saved state (see `state`).
@@ -87,6 +102,7 @@ impl Adam {
         self.step = step;
         self.m = m;
         self.v = v;
+        self.device_moments.clear();
         Ok(())
     }
 
@@ -104,6 +120,9 @@ impl Adam {
                 self.m.len(),
                 params.len()
             )));
+        }
+        if params.iter().any(|p| p.is_cuda()) {
+            return self.step_on_gpu(params, grads);
         }
         let sq: f64 = params
             .iter()
@@ -167,6 +186,59 @@ impl Adam {
                     .for_each(update);
             }
             **p = Tensor::from_vec(w, &shape).requires_grad();
+        }
+        Ok(StepInfo {
+            grad_norm,
+            clipped: clip < 1.0,
+        })
+    }
+
+    /// `step` for parameters on the GPU: the norm, the clipping factor and the fused update
+    /// (`kernels/train.cu`'s `adam_step`, the same arithmetic) all on the device; one value
+    /// (the norm) comes back.
+    fn step_on_gpu(&mut self, params: &mut [&mut Tensor], grads: &Gradients) -> Result<StepInfo> {
+        use crate::ops::cuda::resident;
+        if self.device_moments.len() != params.len() {
+            self.device_moments = params.iter().map(|_| None).collect();
+        }
+        let on_gpu: Vec<Option<Tensor>> =
+            params.iter().map(|p| grads.get(p).map(resident)).collect();
+        let buffers: Vec<&DeviceBuffer> = on_gpu
+            .iter()
+            .flatten()
+            .filter_map(Tensor::cuda_buffer)
+            .collect();
+        let grad_norm = train_ops::global_norm(&buffers)?;
+        if !grad_norm.is_finite() {
+            return Err(Error::Invalid(
+                "non-finite gradient (NaN or infinity): the step was not applied".into(),
+            ));
+        }
+        let clip = train_ops::clip_scale(grad_norm, self.config.max_grad_norm)?;
+        self.step += 1;
+        for (i, (p, g)) in params.iter_mut().zip(&on_gpu).enumerate() {
+            let Some(g) = g.as_ref().and_then(Tensor::cuda_buffer) else {
+                continue;
+            };
+            let moments = match self.device_moments[i].take() {
+                Some(m) => m,
+                None if !self.m[i].is_empty() => (
+                    DeviceBuffer::from_host(&self.m[i])?,
+                    DeviceBuffer::from_host(&self.v[i])?,
+                ),
+                None => (
+                    DeviceBuffer::zeros(p.numel())?,
+                    DeviceBuffer::zeros(p.numel())?,
+                ),
+            };
+            let (mut m, mut v) = moments;
+            // A new buffer: the old parameter tensor may still be held (graphs, checkpoints).
+            let current = resident(p);
+            let mut w = crate::ops::cuda::copy(current.cuda_buffer().expect("resident"));
+            train_ops::adam_step(&mut w, g, &mut m, &mut v, &self.config, self.step, clip)?;
+            let shape = p.shape().to_vec();
+            **p = Tensor::from_device(w, &shape).requires_grad();
+            self.device_moments[i] = Some((m, v));
         }
         Ok(StepInfo {
             grad_norm,

@@ -7,6 +7,7 @@ use crate::data::{batches, epoch_order, num_batches, Dataset, DatasetKind};
 use crate::io::{load_train_state, save_checkpoint, save_train_state, TrainState};
 use crate::nn::{Arch, Init, Model, ModelSpec};
 use crate::rng::Rng;
+use crate::tensor::Device;
 use crate::tensor::Tensor;
 use crate::train::cactus::{cactus_loss, CactusConfig, Progress};
 use crate::train::losses::{batch_loss, BatchLoss, Method};
@@ -258,6 +259,9 @@ pub struct Trainer {
     pub step: u64,
     pub history: Vec<EpochRecord>,
     pub out: PathBuf,
+    /// Where the network and each batch live during training (not a setting of the run: a run
+    /// saved on one device resumes on another).
+    pub device: Device,
 }
 
 impl Trainer {
@@ -275,7 +279,17 @@ impl Trainer {
             step: 0,
             history: Vec::new(),
             out: out.to_path_buf(),
+            device: Device::Cpu,
         })
+    }
+
+    /// Train on `device` from now on: the network moves there (an error if this machine cannot
+    /// run it, naming what is missing).
+    pub fn on_device(mut self, device: Device) -> Result<Trainer> {
+        device.check()?;
+        self.model = self.model.to_device(device)?;
+        self.device = device;
+        Ok(self)
     }
 
     /// Continue the run saved in `out`. `adjust` sees the saved settings and returns those to
@@ -316,6 +330,7 @@ impl Trainer {
             step: state.step,
             history,
             out: out.to_path_buf(),
+            device: Device::Cpu,
         })
     }
 
@@ -324,7 +339,7 @@ impl Trainer {
     /// different epochs, whatever moment a crash happens.
     pub fn save(&self) -> Result<()> {
         std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
-        let (adam_step, m, v) = self.optimizer.state();
+        let (adam_step, m, v) = self.optimizer.state()?;
         let history = serde_json::to_string_pretty(&self.history).expect("history serialises");
         save_train_state(
             &self.out.join(STATE_FILE),
@@ -336,8 +351,8 @@ impl Trainer {
                 step: self.step,
                 rng: self.rng.state(),
                 adam_step,
-                adam_m: m.to_vec(),
-                adam_v: v.to_vec(),
+                adam_m: m,
+                adam_v: v,
             },
         )?;
         save_checkpoint(
@@ -376,6 +391,7 @@ impl Trainer {
         for (b, idx) in batches(&order, cfg.batch_size, true).enumerate() {
             phase = schedule.at(self.step);
             let (x, y) = data.batch(idx);
+            let x = x.to_device(self.device)?;
             let progress = Progress {
                 step: self.step,
                 total_steps: cfg.epochs * total as u64,

@@ -94,6 +94,32 @@ impl DeviceBuffer {
             .map_err(|e| driver_error("copy to host", e))
     }
 
+    /// Copy `len` values of `src` from `src_at` into this buffer at `at` (on the stream).
+    pub fn copy_from(
+        &mut self,
+        at: usize,
+        src: &DeviceBuffer,
+        src_at: usize,
+        len: usize,
+    ) -> Result<()> {
+        if at + len > self.len || src_at + len > src.len {
+            return Err(crate::Error::Shape(format!(
+                "device copy of {len} values from {src_at} of {} to {at} of {}",
+                src.len, self.len
+            )));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let backend = cuda()?;
+        let from = src.slice().slice(src_at..src_at + len);
+        let mut to = self.slice_mut().slice_mut(at..at + len);
+        backend
+            .stream
+            .memcpy_dtod(&from, &mut to)
+            .map_err(|e| driver_error("device copy", e))
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

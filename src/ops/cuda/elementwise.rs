@@ -1,0 +1,95 @@
+//! Element-wise ops on the GPU (`kernels/train.cu`): same-shape binary ops and the unary maps
+//! training uses. Broadcasting binary ops and the rarer maps run on host copies (see `mod`).
+
+use super::{buf, expect, resident, tensor};
+use crate::backend::cuda::train_ops as k;
+use crate::tensor::Tensor;
+
+pub(crate) fn relu(x: &Tensor) -> Tensor {
+    let xs = resident(x);
+    let y = expect("relu", k::relu(buf(&xs)));
+    Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
+        let gs = resident(g);
+        let d = expect("relu backward", k::relu_backward(buf(&gs), buf(&xs)));
+        vec![Some(tensor(d, xs.shape()))]
+    })
+}
+
+pub(crate) fn abs(x: &Tensor) -> Tensor {
+    let xs = resident(x);
+    let y = expect("abs", k::abs(buf(&xs)));
+    Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
+        let gs = resident(g);
+        let d = expect("abs backward", k::abs_backward(buf(&gs), buf(&xs)));
+        vec![Some(tensor(d, xs.shape()))]
+    })
+}
+
+/// sign(x) (0 at 0), whose gradient is 0.
+pub(crate) fn sign(x: &Tensor) -> Tensor {
+    let y = expect("sign", k::sign(buf(&resident(x))));
+    let shape = x.shape().to_vec();
+    Tensor::from_device_op(y, x.shape(), &[x], move |_, _| {
+        vec![Some(tensor(
+            super::filled(shape.iter().product(), 0.0),
+            &shape,
+        ))]
+    })
+}
+
+/// s·x.
+pub(crate) fn scale(x: &Tensor, s: f32) -> Tensor {
+    let y = expect("scale", k::scale(buf(&resident(x)), s));
+    Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
+        let d = expect("scale backward", k::scale(buf(&resident(g)), s));
+        vec![Some(tensor(d, g.shape()))]
+    })
+}
+
+/// a + s·b for tensors of one shape (s = 1: add, s = −1: subtract).
+pub(crate) fn add_scaled(a: &Tensor, b: &Tensor, s: f32) -> Tensor {
+    let (sa, sb) = (resident(a), resident(b));
+    let mut y = super::copy(buf(&sa));
+    expect("add", k::add_scaled(&mut y, buf(&sb), s));
+    Tensor::from_device_op(y, a.shape(), &[a, b], move |g, needs| {
+        let gs = resident(g);
+        vec![
+            needs[0].then(|| gs.clone()),
+            needs[1].then(|| {
+                if s == 1.0 {
+                    gs.clone()
+                } else {
+                    tensor(expect("add backward", k::scale(buf(&gs), s)), gs.shape())
+                }
+            }),
+        ]
+    })
+}
+
+/// a·b for tensors of one shape.
+pub(crate) fn mul(a: &Tensor, b: &Tensor) -> Tensor {
+    let (sa, sb) = (resident(a), resident(b));
+    let y = expect("mul", k::mul(buf(&sa), buf(&sb)));
+    Tensor::from_device_op(y, a.shape(), &[a, b], move |g, needs| {
+        let gs = resident(g);
+        let (da, db) = expect(
+            "mul backward",
+            k::mul_backward(buf(&gs), buf(&sa), buf(&sb)),
+        );
+        vec![
+            needs[0].then(|| tensor(da, sa.shape())),
+            needs[1].then(|| tensor(db, sb.shape())),
+        ]
+    })
+}
+
+/// a + b of one shape, with no graph (gradient accumulation).
+pub(crate) fn sum_detached(a: &Tensor, b: &Tensor) -> Tensor {
+    let (sa, sb) = (resident(a), resident(b));
+    let mut y = super::copy(buf(&sa));
+    expect(
+        "gradient accumulation",
+        k::add_scaled(&mut y, buf(&sb), 1.0),
+    );
+    tensor(y, a.shape())
+}

@@ -1,0 +1,32 @@
+//! Softmax cross-entropy on the GPU (`kernels/train.cu`).
+
+use super::{buf, copy, expect, resident, tensor};
+use crate::backend::cuda::train_ops::{self as k, DeviceLabels};
+use crate::tensor::Tensor;
+
+/// Mean cross-entropy of logits [n, classes] against `labels` (checked by the caller).
+pub(crate) fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Tensor {
+    let (n, classes) = (logits.dim(0), logits.dim(1));
+    let ls = resident(logits);
+    let device_labels = expect("cross_entropy", DeviceLabels::new(labels, classes));
+    let forward = expect(
+        "cross_entropy",
+        k::softmax_cross_entropy(buf(&ls), n, classes, &device_labels),
+    );
+    let loss = copy(&forward.loss);
+    Tensor::from_device_op(loss, &[], &[logits], move |g, _| {
+        let gs = resident(g);
+        let d = k::softmax_cross_entropy_backward(
+            buf(&ls),
+            &forward,
+            &device_labels,
+            buf(&gs),
+            n,
+            classes,
+        );
+        vec![Some(tensor(
+            expect("cross_entropy backward", d),
+            ls.shape(),
+        ))]
+    })
+}

@@ -1,0 +1,87 @@
+//! Per-channel statistics and the per-channel affine map on the GPU (`kernels/train.cu`), with
+//! the same graph as the CPU's: `channel_mean`, `channel_var(x, mean)`, `channel_affine`.
+
+use super::{buf, expect, filled, resident, tensor};
+use crate::backend::cuda::train_ops::{self as k, BatchNormParams, ChannelDims};
+use crate::tensor::Tensor;
+
+fn dims(x: &Tensor) -> ChannelDims {
+    expect("per-channel op", ChannelDims::of_shape(x.shape()))
+}
+
+/// Mean over every axis but 1: [N, C, ...] -> [C].
+pub(crate) fn channel_mean(x: &Tensor) -> Tensor {
+    let (xs, d) = (resident(x), dims(x));
+    let mean = expect("channel_mean", k::channel_mean(buf(&xs), d));
+    Tensor::from_device_op(mean, &[d.channels], &[x], move |g, _| {
+        // batch_stats_backward with a zero variance gradient: dx = g[c] / count.
+        let gs = resident(g);
+        let zeros = filled(d.channels, 0.0);
+        let dx = k::batch_stats_backward(buf(&xs), &zeros, buf(&gs), &zeros, d);
+        vec![Some(tensor(
+            expect("channel_mean backward", dx),
+            xs.shape(),
+        ))]
+    })
+}
+
+/// Biased variance per channel about `mean`.
+pub(crate) fn channel_var(x: &Tensor, mean: &Tensor) -> Tensor {
+    let (xs, ms, d) = (resident(x), resident(mean), dims(x));
+    let var = expect("channel_var", k::channel_var(buf(&xs), buf(&ms), d));
+    Tensor::from_device_op(var, &[d.channels], &[x, mean], move |g, _| {
+        let what = "channel_var backward";
+        let gs = resident(g);
+        // ∂var/∂mean = −2·g·(mean(x) − mean): zero at the batch's own mean, exact for any.
+        let own = expect(what, k::channel_mean(buf(&xs), d));
+        let mut offset = super::copy(&own);
+        expect(what, k::add_scaled(&mut offset, buf(&ms), -1.0));
+        let dmean = expect(
+            what,
+            k::scale(&expect(what, k::mul(buf(&gs), &offset)), -2.0),
+        );
+        // The kernel adds the path through the mean, −dmean_direct; passing −dmean as the mean's
+        // gradient cancels it, which leaves the direct 2·g·(x − mean)/count.
+        let cancel = expect(what, k::scale(&dmean, -1.0));
+        let dx = k::batch_stats_backward(buf(&xs), buf(&ms), &cancel, buf(&gs), d);
+        vec![
+            Some(tensor(expect(what, dx), xs.shape())),
+            Some(tensor(dmean, &[d.channels])),
+        ]
+    })
+}
+
+/// y = x·scale[c] + shift[c]: batch norm's kernel with mean 0, variance 1 and ε = 0 (so its
+/// 1/√(var + ε) is exactly 1).
+pub(crate) fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Tensor {
+    let (xs, ss, hs, d) = (resident(x), resident(scale), resident(shift), dims(x));
+    let (zeros, ones) = (filled(d.channels, 0.0), filled(d.channels, 1.0));
+    let params = BatchNormParams {
+        mean: &zeros,
+        var: &ones,
+        gamma: buf(&ss),
+        beta: buf(&hs),
+        eps: 0.0,
+    };
+    let y = expect("channel_affine", k::batch_norm_affine(buf(&xs), params, d));
+    Tensor::from_device_op(y, x.shape(), &[x, scale, shift], move |g, needs| {
+        let gs = resident(g);
+        let (zeros, ones) = (filled(d.channels, 0.0), filled(d.channels, 1.0));
+        let params = BatchNormParams {
+            mean: &zeros,
+            var: &ones,
+            gamma: buf(&ss),
+            beta: buf(&hs),
+            eps: 0.0,
+        };
+        let grads = expect(
+            "channel_affine backward",
+            k::batch_norm_affine_backward(buf(&xs), buf(&gs), params, d),
+        );
+        vec![
+            needs[0].then(|| tensor(grads.input, xs.shape())),
+            needs[1].then(|| tensor(grads.gamma, &[d.channels])),
+            needs[2].then(|| tensor(grads.beta, &[d.channels])),
+        ]
+    })
+}

@@ -1,0 +1,32 @@
+//! Fake quantization on the GPU (`kernels/quant.cu`), with the straight-through gradient: the
+//! device twin of `compress::quant::fake_quantize`, bit for bit.
+
+use super::{buf, expect, resident, tensor};
+use crate::backend::cuda::quant as k;
+use crate::compress::quant::{Format, Granularity};
+use crate::tensor::Tensor;
+
+pub(crate) fn fake_quantize(w: &Tensor, format: Format, granularity: Granularity) -> Tensor {
+    let ws = resident(w);
+    match format {
+        Format::Fp32 => w.clone(),
+        Format::Fp16 => {
+            let y = expect("fp16 fake quantization", k::fake_quantize_fp16(buf(&ws)));
+            // Straight-through: the gradient passes unchanged.
+            Tensor::from_device_op(y, w.shape(), &[w], |g, _| vec![Some(g.clone())])
+        }
+        Format::Int(bits) => {
+            let what = "integer fake quantization";
+            let params = expect(
+                what,
+                k::quant_params(buf(&ws), w.shape(), bits, granularity),
+            );
+            let y = expect(what, k::fake_quantize_int(buf(&ws), &params));
+            Tensor::from_device_op(y, w.shape(), &[w], move |g, _| {
+                let gs = resident(g);
+                let d = k::ste_backward(buf(&ws), buf(&gs), &params);
+                vec![Some(tensor(expect(what, d), ws.shape()))]
+            })
+        }
+    }
+}

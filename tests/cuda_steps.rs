@@ -1,0 +1,203 @@
+//! Whole training steps on the GPU against the CPU: the same network, batch and random stream
+//! give the same loss, the same gradient of every parameter and the same parameters after
+//! Adam, for standard, IBP, SABR and CACTUS training (cnn7 at a reduced width on CIFAR-shaped
+//! data, and `small` on MNIST-shaped data). Then a short `Trainer` run on the GPU: it saves a
+//! checkpoint that the CPU loads and certifies like the GPU. Each test skips, saying why, where
+//! no GPU is present.
+
+use cactus::autodiff::with_no_grad;
+use cactus::backend::cuda::device_or_skip;
+use cactus::bounds::{certified, input_box, margin_lower_bounds, BnSource};
+use cactus::data::DatasetKind;
+use cactus::nn::{Arch, Mode, Model};
+use cactus::rng::Rng;
+use cactus::tensor::{transfers, Device};
+use cactus::train::{Adam, Method, Phase, Progress, TrainConfig};
+use cactus::Tensor;
+
+/// What one step produced on one device, on the host.
+struct StepResult {
+    loss: f32,
+    cert: Option<f32>,
+    grads: Vec<Vec<f32>>,
+    after: Vec<Vec<f32>>,
+}
+
+fn config(arch: Arch, dataset: DatasetKind, method: Method) -> TrainConfig {
+    TrainConfig {
+        model: arch,
+        width: 0.25,
+        dataset,
+        method,
+        eps: if dataset == DatasetKind::Cifar10 {
+            2.0 / 255.0
+        } else {
+            0.1
+        },
+        batch_size: 16,
+        ..TrainConfig::default()
+    }
+}
+
+fn batch(cfg: &TrainConfig, rng: &mut Rng) -> (Tensor, Vec<usize>) {
+    let [c, h, w] = cfg.dataset.shape();
+    let n = cfg.batch_size;
+    let x = Tensor::rand_uniform(&[n, c, h, w], 0.0, 1.0, rng);
+    let y = (0..n).map(|i| i % cfg.dataset.num_classes()).collect();
+    (x, y)
+}
+
+fn step(cfg: &TrainConfig, device: Device) -> StepResult {
+    let mut rng = Rng::seed(7);
+    let model = Model::new(cfg.model_spec(), &mut rng).unwrap();
+    let mut model = model.to_device(device).unwrap();
+    let (x, y) = batch(cfg, &mut rng);
+    let x = x.to_device(device).unwrap();
+    let phase = Phase {
+        eps: cfg.eps,
+        cert_weight: 0.5,
+    };
+    let progress = Progress {
+        step: 3,
+        total_steps: 10,
+        ramp_end: 5,
+    };
+    let out = cfg
+        .batch_loss(&mut model, &x, &y, phase, progress, &mut rng)
+        .unwrap();
+    let loss = out.total.item();
+    let grads = out.total.backward();
+    let host: Vec<Vec<f32>> = model
+        .net
+        .named_parameters()
+        .iter()
+        .map(|(_, p)| {
+            grads
+                .get(p)
+                .expect("every parameter has a gradient")
+                .to_vec()
+        })
+        .collect();
+    let mut adam = Adam::new(cfg.adam());
+    adam.step(&mut model.net.parameters_mut(), &grads).unwrap();
+    for (_, p) in model.net.named_parameters() {
+        assert_eq!(p.device(), device, "parameters stay on {device}");
+    }
+    StepResult {
+        loss,
+        cert: out.cert,
+        grads: host,
+        after: model
+            .net
+            .named_parameters()
+            .iter()
+            .map(|(_, p)| p.to_vec())
+            .collect(),
+    }
+}
+
+/// max |a − b| ≤ rel · max(1, max |b|): float rounding in other orders of summation.
+fn assert_close(what: &str, a: &[f32], b: &[f32], rel: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        err <= rel * scale,
+        "{what}: max difference {err} (scale {scale})"
+    );
+}
+
+fn compare(cfg: &TrainConfig) {
+    let what = format!("{:?} {:?} {:?}", cfg.model, cfg.dataset, cfg.method);
+    let before = transfers::counts();
+    let gpu = step(cfg, Device::Cuda);
+    let after = transfers::counts();
+    let cpu = step(cfg, Device::Cpu);
+    eprintln!(
+        "{what}: loss cpu {} gpu {}, cert {:?} / {:?}; {} uploads, {} downloads on the GPU step",
+        cpu.loss,
+        gpu.loss,
+        cpu.cert,
+        gpu.cert,
+        after.0 - before.0,
+        after.1 - before.1
+    );
+    assert!(
+        (cpu.loss - gpu.loss).abs() <= 1e-3 * cpu.loss.abs().max(1.0),
+        "{what}: loss cpu {} gpu {}",
+        cpu.loss,
+        gpu.loss
+    );
+    for (i, (g, c)) in gpu.grads.iter().zip(&cpu.grads).enumerate() {
+        assert_close(&format!("{what}: gradient of parameter {i}"), g, c, 2e-3);
+    }
+    for (i, (g, c)) in gpu.after.iter().zip(&cpu.after).enumerate() {
+        assert_close(&format!("{what}: parameter {i} after Adam"), g, c, 1e-4);
+    }
+}
+
+#[test]
+fn training_steps_match_the_cpu() {
+    let Some(_gpu) = device_or_skip("training_steps_match_the_cpu") else {
+        return;
+    };
+    for method in [Method::Std, Method::Ibp, Method::Sabr, Method::Cactus] {
+        compare(&config(Arch::Cnn7, DatasetKind::Cifar10, method));
+        compare(&config(Arch::Small, DatasetKind::MnistMini, method));
+    }
+}
+
+#[test]
+fn a_network_trained_on_the_gpu_certifies_the_same_on_the_cpu() {
+    let Some(_gpu) = device_or_skip("a_network_trained_on_the_gpu_certifies_the_same_on_the_cpu")
+    else {
+        return;
+    };
+    let cfg = config(Arch::Small, DatasetKind::MnistMini, Method::Sabr);
+    let mut rng = Rng::seed(3);
+    let mut model = Model::new(cfg.model_spec(), &mut rng)
+        .unwrap()
+        .to_device(Device::Cuda)
+        .unwrap();
+    let mut adam = Adam::new(cfg.adam());
+    let (x, y) = batch(&cfg, &mut rng);
+    let xd = x.to_device(Device::Cuda).unwrap();
+    for s in 0..5 {
+        let phase = Phase {
+            eps: cfg.eps,
+            cert_weight: 0.5,
+        };
+        let progress = Progress {
+            step: s,
+            total_steps: 5,
+            ramp_end: 0,
+        };
+        let out = cfg
+            .batch_loss(&mut model, &xd, &y, phase, progress, &mut rng)
+            .unwrap();
+        let grads = out.total.backward();
+        adam.step(&mut model.net.parameters_mut(), &grads).unwrap();
+    }
+    // Certify the same boxes with the GPU network and with its copy on the CPU.
+    let host = model.to_device(Device::Cpu).unwrap();
+    let boxes = input_box(&x, cfg.eps);
+    let (on_gpu, on_cpu) = with_no_grad(|| {
+        (
+            margin_lower_bounds(&model, &boxes, &y, BnSource::Running),
+            margin_lower_bounds(&host, &boxes, &y, BnSource::Running),
+        )
+    });
+    assert_close("margins", on_gpu.data(), on_cpu.data(), 1e-4);
+    let logits = with_no_grad(|| model.forward(&xd, Mode::Eval));
+    let host_logits = with_no_grad(|| host.forward(&x, Mode::Eval));
+    assert_close("logits", logits.data(), host_logits.data(), 1e-4);
+    eprintln!(
+        "certified after 5 GPU steps: {} of {}",
+        certified(&on_cpu, &y).iter().filter(|&&c| c).count(),
+        y.len()
+    );
+}
