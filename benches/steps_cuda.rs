@@ -5,7 +5,7 @@
 //! time is the whole step's. Each bench also prints the host-device copies one step makes.
 //! Skips, saying so, where no GPU is present.
 
-use cactus::backend::cuda::{device_or_skip, CudaBackend};
+use cactus::backend::cuda::{device_or_skip, profile, CudaBackend};
 use cactus::data::DatasetKind;
 use cactus::nn::{Arch, Init, Model};
 use cactus::rng::Rng;
@@ -61,6 +61,18 @@ fn step_bench(c: &mut Criterion, gpu: &CudaBackend, name: &str, method: Method, 
     };
     // One step outside the measurement: kernels compile, the buffer pool fills.
     step();
+    if profile::enabled() {
+        profile::reset();
+        for _ in 0..3 {
+            let _p = profile::scope("step");
+            step();
+        }
+        eprintln!(
+            "steps_cuda/{name}: profile of 3 steps\n{}",
+            profile::report()
+        );
+        profile::reset();
+    }
     let (up, down) = transfers::counts();
     step();
     let (up2, down2) = transfers::counts();

@@ -78,6 +78,30 @@ extern "C" __global__ void ew_scale(const float* x, float s, long long n, float*
     y[i] = x[i] * s;
 }
 
+// x + s (add_scalar; its gradient is g).
+extern "C" __global__ void ew_add_scalar(const float* x, float s, long long n, float* y) {
+    ELEMENT
+    y[i] = x[i] + s;
+}
+
+// x^p for a constant p, and its gradient g·p·x^(p−1).
+extern "C" __global__ void ew_powf(const float* x, float p, long long n, float* y) {
+    ELEMENT
+    y[i] = powf(x[i], p);
+}
+
+extern "C" __global__ void ew_powf_backward(const float* g, const float* x, float p,
+                                            long long n, float* dx) {
+    ELEMENT
+    dx[i] = g[i] * (p * powf(x[i], p - 1.0f));
+}
+
+// Every value set to v (constants without a host copy).
+extern "C" __global__ void ew_fill(float* y, float v, long long n) {
+    ELEMENT
+    y[i] = v;
+}
+
 // y ← y + s·x in place (gradient accumulation, weight perturbations), rounded as y + (s·x).
 extern "C" __global__ void ew_add_scaled(float* y, const float* x, float s, long long n) {
     ELEMENT

@@ -2,7 +2,8 @@
 """PyTorch eager twins of cactus's GPU kernel benches, and the cactus-vs-PyTorch GPU report.
 
 What: the same five workloads as the criterion bench `benches/kernels_cuda.rs` (group
-"kernels_cuda"), run in PyTorch eager mode on one GPU in float32, timed as criterion times
+"kernels_cuda") and the same four training steps as `benches/steps_cuda.rs` (group
+"steps_cuda"), run in PyTorch eager mode on one GPU in float32, timed as criterion times
 cactus (every rep waits for the GPU), written as JSON; and a `report` mode (standard library
 only) that reads that JSON plus criterion's results and writes a Markdown/JSON comparison.
 Normally run through `scripts/compare_cuda.sh`, on a machine with an NVIDIA GPU (H100/H200)
@@ -10,12 +11,15 @@ and a CUDA build of PyTorch; no Rust toolchain is needed there.
 
 Usage:
     python3 scripts/bench_torch_cuda.py [--device cuda] [--tf32] [--quick] [--only NAMES]
-        [--warmup N] [--reps N] [--min-time S] [--host-qparams] [--peak-tflops T]
-        [--out target/compare-cuda/torch.json]
+        [--group kernels_cuda|steps_cuda|all] [--warmup N] [--reps N] [--min-time S]
+        [--host-qparams] [--peak-tflops T] [--out target/compare-cuda/torch.json]
     python3 scripts/bench_torch_cuda.py report [--criterion-dir target/criterion]
         [--torch-json target/compare-cuda/torch.json] [--out-dir target/compare-cuda]
-        [--since EPOCH] [--bench-bin PATH] [--peak-tflops T]
-  (`--device cpu` exists only for smoke tests where there is no GPU: slow, and no % of peak.)
+        [--since EPOCH] [--bench-bin PATH] [--steps-bin PATH] [--steps] [--peak-tflops T]
+  (`--device cpu` exists only for smoke tests where there is no GPU: slow, and no % of peak.
+  A cnn7 CIFAR step on 2 CPU cores takes ~1 s (std) to ~12 s (CACTUS): there, give e.g.
+  `--group steps_cuda --warmup 1 --reps 2 --min-time 0` (about a minute for all four).)
+  `--group` (default all) picks the workloads; `--only` picks among those.
 
 Workloads (random data, seed 0, NCHW, float32, under torch.no_grad):
   matmul_4096              torch.mm of two 4096x4096 matrices; 2*4096^3 flops
@@ -38,6 +42,30 @@ Workloads (random data, seed 0, NCHW, float32, under torch.no_grad):
                            --host-qparams reads them back per tensor with .item() exactly as
                            scripts/bench_torch.py does (7 host round trips per rep).
 
+Training steps (group steps_cuda; grad enabled; one step of the CPU twins of
+scripts/bench_torch.py, same algorithm, with the model, the batch, the optimiser state and
+every tensor of the step on --device; the certified algorithm is scripts/torch_certified.py's,
+imported): full-width cnn7 for CIFAR-shaped inputs [128,3,32,32], 10 classes; throughput in
+samples/s (batch 128 per step).
+  cnn7_cifar_std_b128      bench_torch.py's w_step: inputs N(0,1), PyTorch's default init, no
+                           input normalisation; zero_grad, cross-entropy, backward,
+                           Adam(lr=1e-3) step
+  cnn7_cifar_ibp_b128      bench_torch.py's w_cert_step ibp / sabr: Normalize(CIFAR mean, std)
+  cnn7_cifar_sabr_b128     first, IBP init, inputs U(0,1), eps 8/255; clean pass (train-mode
+                           BN), IBP over [x-eps, x+eps] n [0,1] or SABR (8-step sign PGD with
+                           BN in eval mode, then IBP on the 0.4*eps box); loss 0.25*CE +
+                           0.75*CE(-lb, y); backward; clip_grad_norm_(10); Adam(lr=5e-4,
+                           weight_decay=1e-5); loss.item() (as the trainer logs it)
+  cnn7_cifar_cactus_b128   bench_torch.py's w_cactus_step: f and one copy of f pruned by GUL1
+                           at r ~ U(0.25, 0.75) (torch.kthvalue mask from the detached
+                           weights), each member 0.25*CE + 0.75*SABR loss with its own attack
+                           and BN statistics; loss = their mean; clip 10; Adam as above.
+  Random streams: batch and model drawn on the CPU with bench_torch.py's seeds, then moved;
+  attack starts from a generator on the device (seed 1); CACTUS's ratio from a CPU generator
+  (seed 2; a host scalar, as cactus draws it, so no extra device round trip). Adam is
+  torch.optim.Adam's default implementation for the device (foreach on CUDA). The step's
+  inherent host syncs stay as in the twins (PGD's boolean-mask updates, loss.item()).
+
 Precision: TF32 is OFF by default (torch.backends.cuda.matmul.allow_tf32 = False,
 torch.backends.cudnn.allow_tf32 = False, float32 matmul precision "highest"), so both sides
 compute in full fp32; --tf32 allows TensorFloat-32 (tensor cores: % of the FP32 non-tensor
@@ -48,7 +76,7 @@ least `--min-time` s (default 1.0) of timed work; per rep the wall time from a
 torch.cuda.synchronize() before to one after (criterion's cactus iterations also end in a
 stream synchronize, so both include launch overhead); CUDA-event time of the same reps is
 recorded as `gpu_median_ms`. The median rep is reported. `--quick`: 2 warm-up reps, at least
-10 reps and 0.2 s.
+10 reps and 0.2 s. A training step's rep is one whole step (forward, backward, optimiser).
 
 % of peak: GFLOP/s / the GPU's peak FP32 non-tensor-core rate, looked up by
 torch.cuda.get_device_name() (H100 SXM 67, H100 PCIe 51, H100 NVL 60, H200 67, H200 NVL 60,
@@ -75,14 +103,34 @@ CONV_FLOPS = 2.0 * CONV["n"] * CONV["co"] * CONV["h"] * CONV["w"] * CONV["ci"] *
 CNN7_MNIST_WEIGHTS = (9 * (1 * 64 + 64 * 64 + 64 * 128 + 2 * 128 * 128)
                       + 128 * 14 * 14 * 512 + 512 * 10)  # 13,256,256
 
-# name -> (elements per iteration as criterion's Throughput counts them, flops or None)
+STEPS_GROUP = "steps_cuda"
+STEP_BATCH = 128
+# CIFAR-shaped data as scripts/bench_torch.py's CERT_DATA["cifar"]: in_ch, side, eps,
+# normalisation (mean, std) as cactus's DatasetKind.
+CIFAR = (3, 32, 8 / 255, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))
+# steps_cuda workload -> training method (benches/steps_cuda.rs's names)
+STEP_METHODS = {
+    "cnn7_cifar_std_b128": "std",
+    "cnn7_cifar_ibp_b128": "ibp",
+    "cnn7_cifar_sabr_b128": "sabr",
+    "cnn7_cifar_cactus_b128": "cactus",
+}
+
+# name -> (elements per iteration as criterion's Throughput counts them, flops or None); the
+# group is GROUP, or STEPS_GROUP for the names in STEP_METHODS (elements = samples per step)
 WORKLOADS = {
     "matmul_4096": (2 * N_MATMUL ** 3, 2.0 * N_MATMUL ** 3),
     "conv_fwd_128x128x16x16": (int(CONV_FLOPS), CONV_FLOPS),
     "iconv_fwd_128x128x16x16": (int(2 * CONV_FLOPS), 2.0 * CONV_FLOPS),
     "prune_mask_gul1_13M": (CNN7_MNIST_WEIGHTS, None),
     "fake_quant_int8_13M": (CNN7_MNIST_WEIGHTS, None),
+    **{name: (STEP_BATCH, None) for name in STEP_METHODS},
 }
+
+
+def group_of(name):
+    return STEPS_GROUP if name in STEP_METHODS else GROUP
+
 
 # Peak FP32 rate without tensor cores, TFLOP/s (NVIDIA data sheets, boost clock). First match
 # wins: every substring of the key must occur in the upper-cased device name.
@@ -127,7 +175,10 @@ def bench_args(argv):
     p.add_argument("--reps", type=int, default=None, help="minimum timed reps (default 50; quick 10)")
     p.add_argument("--min-time", type=float, default=None,
                    help="minimum seconds of timed work (default 1.0; quick 0.2)")
-    p.add_argument("--only", default="", help="comma-separated workload names (default: all)")
+    p.add_argument("--only", default="",
+                   help="comma-separated workload names (default: all of --group)")
+    p.add_argument("--group", default="all", choices=(GROUP, STEPS_GROUP, "all"),
+                   help=f"workload group (default all: {GROUP} and {STEPS_GROUP})")
     p.add_argument("--host-qparams", action="store_true",
                    help="fake quant: read s, z back per tensor (.item()) as bench_torch.py does")
     p.add_argument("--peak-tflops", type=float, default=None,
@@ -205,12 +256,12 @@ class Bench:
                     F.conv2d(r, w.abs(), None, stride=1, padding=1))
         return fwd, None
 
-    def gul1_masks(self, ws, ratio):
+    def gul1_masks(self, ws, ratio, k=None):
         """As scripts/bench_torch.py's gul1_masks: the k = floor(ratio*n) smallest |w| of all
         tensors pruned via torch.kthvalue (a selection); ties at the threshold all pruned."""
         torch = self.torch
         n = sum(t.numel() for t in ws)
-        k = math.floor(ratio * n)
+        k = math.floor(ratio * n) if k is None else k
         if k <= 0:
             return [torch.ones_like(t) for t in ws]
         thr = torch.kthvalue(torch.cat([t.abs().flatten() for t in ws]), k).values
@@ -265,6 +316,137 @@ class Bench:
             return {"qparams": "host" if self.a.host_qparams else "device",
                     "max_abs_diff_device_vs_host_qparams": diff}
         return (lambda: fq(ws)), check
+
+    # ----------------------------------------------------------------- training steps
+    # scripts/bench_torch.py's w_step / w_cert_step / w_cactus_step (the CPU twins), with the
+    # model, the batch, the optimiser state and every tensor of the step on self.dev. That
+    # script parses its arguments when imported, so the bodies are restated here; the certified
+    # algorithm is imported from scripts/torch_certified.py. Run with grad enabled. Each
+    # returns (fn, check): fn() = one whole step; check() = the last step's loss.
+    def _tc(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import torch_certified as tc  # noqa: E402 (needs numpy; imported only when used)
+        return tc
+
+    def _batch(self, in_ch, hw, batch, normal):
+        """bench_torch.py's batch (CPU generator, seed 0: the same values), moved to the
+        device: x ~ N(0, 1) (standard steps) or U(0, 1) (certified), labels in 0..9."""
+        torch = self.torch
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn if normal else torch.rand)(batch, in_ch, hw, hw, generator=g)
+        y = torch.randint(0, 10, (batch,), generator=g)
+        return x.to(self.dev), y.to(self.dev)
+
+    def _cert_model(self, tc):
+        """bench_torch.py's certified cnn7: Normalize first, IBP init (drawn on the CPU with
+        seed 0, then moved), train mode."""
+        in_ch, hw, _, (mean, std) = CIFAR
+        self.torch.manual_seed(0)
+        model = tc.ibp_init(self.nn.Sequential(tc.Normalize(mean, std), *cnn7(self.nn, in_ch, hw)))
+        return model.to(self.dev).train()
+
+    @staticmethod
+    def _last_loss(box):
+        def check():
+            return {"last_loss": float(box[0].item()) if box else None}
+        return check
+
+    def _std_step(self, batch):
+        torch, F = self.torch, self.F
+        in_ch, hw = CIFAR[:2]
+        torch.manual_seed(0)
+        model = cnn7(self.nn, in_ch, hw).to(self.dev).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        x, y = self._batch(in_ch, hw, batch, normal=True)
+        box = []
+
+        def step():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            box[:] = [loss.detach()]
+        return step, self._last_loss(box)
+
+    def _cert_step(self, method, batch, cert_weight=0.75, sabr_lambda=0.4):
+        torch, nn, F = self.torch, self.nn, self.F
+        tc = self._tc()
+        in_ch, hw, eps, _ = CIFAR
+        model = self._cert_model(tc)
+        opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5)
+        x, y = self._batch(in_ch, hw, batch, normal=False)
+        gen = torch.Generator(device=self.dev).manual_seed(1)  # attack starts, on the device
+        w = cert_weight
+        box = []
+
+        def step():  # torch_certified.train's batch body, past the ramp (eps_t = eps, w_t = w)
+            logits, stats = tc.clean_forward(model, x)
+            loss = F.cross_entropy(logits, y)
+            if method == "ibp":
+                c, r = tc.input_box(x, eps)
+            else:
+                x_adv, lo, hi = tc.sabr_centre(model, x, y, eps, gen)
+                tau = sabr_lambda * eps
+                c, r = tc.input_box(torch.minimum(torch.maximum(x_adv, lo + tau), hi - tau), tau)
+            lcert = tc.cert_loss(tc.margin_lower_bounds(model, c, r, y, stats), y)
+            loss = (1 - w) * loss + w * lcert
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            loss.item()
+            box[:] = [loss.detach()]
+        return step, self._last_loss(box)
+
+    def _cactus_step(self, batch, cert_weight=0.75, sabr_lambda=0.4):
+        """bench_torch.py's w_cactus_step (torch_certified.cactus_loss with --compress prune
+        --strategy sampling --samples 1 --prune-method gul1, past the ramp)."""
+        torch, nn, F = self.torch, self.nn, self.F
+        tc = self._tc()
+        in_ch, hw, eps, _ = CIFAR
+        model = self._cert_model(tc)
+        opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5)
+        x, y = self._batch(in_ch, hw, batch, normal=False)
+        gen = torch.Generator(device=self.dev).manual_seed(1)  # attack starts, on the device
+        ratio_gen = torch.Generator().manual_seed(2)  # the ratio: a host scalar
+        w = cert_weight
+        idx = tc.affine_indices(model)
+        n_weights = sum(model[i].weight.numel() for i in idx)
+        box = []
+
+        def member(weights, bn):  # (1 - w)*CE(own clean pass) + w*SABR(own attack, own BN)
+            logits, stats = tc.forward_with(model, weights, x, bn)
+            c, r = tc.sabr_box(model, weights, x, y, eps, sabr_lambda, gen)
+            lb = tc.margin_lower_bounds(model, c, r, y, stats, weights)
+            return (1 - w) * F.cross_entropy(logits, y) + w * tc.cert_loss(lb, y)
+
+        def step():
+            full = member({}, "update")  # only f updates the running statistics
+            ratio = 0.25 + 0.5 * torch.rand(1, generator=ratio_gen).item()
+            ws = [model[i].weight.detach() for i in idx]
+            with torch.no_grad():
+                masks = self.gul1_masks(ws, ratio, tc.prune_count(ratio, n_weights))
+            pruned = member({i: model[i].weight * m for i, m in zip(idx, masks)}, "batch")
+            loss = (full + pruned) / 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            loss.item()
+            box[:] = [loss.detach()]
+        return step, self._last_loss(box)
+
+    def cnn7_cifar_std_b128(self):
+        return self._std_step(STEP_BATCH)
+
+    def cnn7_cifar_ibp_b128(self):
+        return self._cert_step("ibp", STEP_BATCH)
+
+    def cnn7_cifar_sabr_b128(self):
+        return self._cert_step("sabr", STEP_BATCH)
+
+    def cnn7_cifar_cactus_b128(self):
+        return self._cactus_step(STEP_BATCH)
 
     # ----------------------------------------------------------------- timing
     def sync(self):
@@ -334,7 +516,12 @@ def bench_main(argv):
         print(f"bench_torch_cuda.py: error: unknown workload(s) {', '.join(unknown)} "
               f"(known: {', '.join(WORKLOADS)})", file=sys.stderr)
         return 2
-    names = [n for n in WORKLOADS if not only or n in only]
+    names = [n for n in WORKLOADS if (a.group == "all" or group_of(n) == a.group)
+             and (not only or n in only)]
+    if not names:
+        print(f"bench_torch_cuda.py: error: no workload of group {a.group} among --only "
+              f"{a.only}", file=sys.stderr)
+        return 2
     warmup = a.warmup if a.warmup is not None else (2 if a.quick else 10)
     reps = a.reps if a.reps is not None else (10 if a.quick else 50)
     min_time = a.min_time if a.min_time is not None else (0.2 if a.quick else 1.0)
@@ -364,13 +551,39 @@ def bench_main(argv):
     peak_s = f"{peak:g} TFLOP/s ({env['peak_fp32_source']})" if peak else "unknown"
     print(f"# PyTorch {env['torch']} (CUDA {env['torch_cuda']}) on {where} | TF32 "
           f"{'on' if a.tf32 else 'off'} | peak FP32 {peak_s}", file=sys.stderr)
-    print(f"{'workload':<24} {'median ms':>10} {'gpu ms':>9} {'GFLOP/s':>9} {'% peak':>7} "
-          f"{'elements/s':>11} {'reps':>5}", file=sys.stderr)
-
     b = Bench(a)
     rows = []
-    with torch.no_grad():
-        for name in names:
+    header = None
+    for name in names:
+        group = group_of(name)
+        if group != header:
+            header = group
+            if group == GROUP:
+                print(f"{'workload':<24} {'median ms':>10} {'gpu ms':>9} {'GFLOP/s':>9} "
+                      f"{'% peak':>7} {'elements/s':>11} {'reps':>5}", file=sys.stderr)
+            else:
+                print(f"{'training step':<24} {'batch':>5} {'step ms':>10} {'gpu ms':>9} "
+                      f"{'samples/s':>10} {'reps':>5}", file=sys.stderr)
+        if group == STEPS_GROUP:
+            with torch.enable_grad():
+                fn, check = getattr(b, name)()
+                wall, gpu = b.measure(fn, warmup, reps, min_time)
+            med = statistics.median(wall)
+            row = {"name": name, "group": group, "elements": STEP_BATCH, "batch": STEP_BATCH,
+                   "median_ms": med * 1e3, "min_ms": min(wall) * 1e3, "reps": len(wall),
+                   "elements_per_s": STEP_BATCH / med, "samples_per_s": STEP_BATCH / med}
+            if gpu:
+                row["gpu_median_ms"] = statistics.median(gpu) * 1e3
+            row["check"] = check()
+            rows.append(row)
+            gms = f"{row['gpu_median_ms']:9.3f}" if "gpu_median_ms" in row else f"{'-':>9}"
+            print(f"{name:<24} {STEP_BATCH:>5} {row['median_ms']:>10.3f} {gms} "
+                  f"{row['samples_per_s']:>10.1f} {len(wall):>5}", file=sys.stderr, flush=True)
+            del fn, check
+            if b.cuda:
+                torch.cuda.empty_cache()
+            continue
+        with torch.no_grad():
             elements, flops = WORKLOADS[name]
             fn, check = getattr(b, name)()
             wall, gpu = b.measure(fn, warmup, reps, min_time)
@@ -415,14 +628,19 @@ def bench_main(argv):
 def report_args(argv):
     p = argparse.ArgumentParser(
         prog="bench_torch_cuda.py report",
-        description="Compare cactus's criterion results of group kernels_cuda with the "
-                    "PyTorch twins' JSON; writes OUT/compare.md and OUT/compare.json.")
+        description="Compare cactus's criterion results of group kernels_cuda (and, when "
+                    "the PyTorch JSON has training steps or --steps is given, steps_cuda) with "
+                    "the PyTorch twins' JSON; writes OUT/compare.md and OUT/compare.json.")
     p.add_argument("--criterion-dir", default="target/criterion")
     p.add_argument("--torch-json", default="target/compare-cuda/torch.json")
     p.add_argument("--out-dir", default="target/compare-cuda")
     p.add_argument("--since", type=float, default=None,
                    help="epoch seconds; cactus results older than this are flagged stale")
     p.add_argument("--bench-bin", default="", help="the cactus bench binary (header only)")
+    p.add_argument("--steps-bin", default="",
+                   help="the cactus steps_cuda bench binary (header only; implies --steps)")
+    p.add_argument("--steps", action="store_true",
+                   help="add the steps_cuda table even if the PyTorch JSON has no step rows")
     p.add_argument("--nvrtc-dir", default="", help="NVRTC folder used (header only)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="FP32 non-tensor peak in TFLOP/s (default: by GPU name)")
@@ -447,11 +665,14 @@ def nvidia_smi():
     return name, driver, cuda
 
 
-def load_cactus(crit_dir, name, notes, since):
-    path = os.path.join(crit_dir, GROUP, name, "new", "estimates.json")
+def load_cactus(crit_dir, name, notes, since, group=GROUP, fallback=True):
+    """cactus's criterion median (ms) of group/name and its path, or (None, None). With
+    `fallback`, a result under another group of the same name is taken (with a note); not for
+    steps_cuda, whose names are also those of the CPU group `steps` (benches/steps.rs)."""
+    path = os.path.join(crit_dir, group, name, "new", "estimates.json")
     if not os.path.isfile(path):
         hits = sorted(glob.glob(os.path.join(glob.escape(crit_dir), "*", glob.escape(name),
-                                             "new", "estimates.json")))
+                                             "new", "estimates.json"))) if fallback else []
         if not hits:
             notes.append(f"`{name}`: no cactus result ({path} not found)")
             return None, None
@@ -514,6 +735,8 @@ def report_main(argv):
 
     rows = []
     for name, (elements, flops) in WORKLOADS.items():
+        if group_of(name) != GROUP:
+            continue
         t = trows.get(name)
         if t is None and trows:
             notes.append(f"`{name}`: no PyTorch result in {a.torch_json}")
@@ -557,7 +780,48 @@ def report_main(argv):
 
     ratios = [r["ratio"] for r in rows if r["ratio"]]
     gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if ratios else None
-    md = ["# cactus vs PyTorch on the GPU (float32, group kernels_cuda)", ""]
+
+    # Training steps (group steps_cuda): only when asked for or the PyTorch side has them, so
+    # a kernels-only comparison reads as before.
+    with_steps = bool(a.steps or a.steps_bin
+                      or any(group_of(n) == STEPS_GROUP for n in trows))
+    step_rows, step_table, step_gm = [], [], None
+    if with_steps:
+        for name in STEP_METHODS:
+            t = trows.get(name)
+            if t is None and trows:
+                notes.append(f"`{name}`: no PyTorch result in {a.torch_json}")
+            torch_ms = float(t["median_ms"]) if t and t.get("median_ms") is not None else None
+            cactus_ms, cpath = load_cactus(a.criterion_dir, name, notes, a.since,
+                                           group=STEPS_GROUP, fallback=False)
+            ratio = torch_ms / cactus_ms if torch_ms and cactus_ms else None
+            step_rows.append({
+                "name": name, "group": STEPS_GROUP, "batch": STEP_BATCH,
+                "torch_ms": torch_ms, "cactus_ms": cactus_ms,
+                "torch_gpu_ms": t.get("gpu_median_ms") if t else None,
+                "torch_samples_per_s": STEP_BATCH / (torch_ms / 1e3) if torch_ms else None,
+                "cactus_samples_per_s": STEP_BATCH / (cactus_ms / 1e3) if cactus_ms else None,
+                "ratio": ratio,
+                "verdict": None if ratio is None else ("noise" if abs(ratio - 1) <= NOISE
+                                                       else "cactus faster" if ratio > 1
+                                                       else "PyTorch faster"),
+                "cactus_source": cpath,
+                "torch_check": t.get("check") if t else None,
+            })
+        shead = ["training step", "batch", "PyTorch ms", "cactus ms", "PyTorch samples/s",
+                 "cactus samples/s", "ratio cactus/PyTorch"]
+        step_table = ["| " + " | ".join(shead) + " |", "|---|" + "---:|" * (len(shead) - 1)]
+        for r in step_rows:
+            step_table.append("| " + " | ".join([
+                r["name"], str(r["batch"]), fmt(r["torch_ms"]), fmt(r["cactus_ms"]),
+                fmt(r["torch_samples_per_s"], "rate"), fmt(r["cactus_samples_per_s"], "rate"),
+                fmt_ratio(r["ratio"])]) + " |")
+        sratios = [r["ratio"] for r in step_rows if r["ratio"]]
+        step_gm = math.exp(sum(math.log(x) for x in sratios) / len(sratios)) if sratios \
+            else None
+
+    md = ["# cactus vs PyTorch on the GPU (float32, "
+          + ("groups kernels_cuda and steps_cuda)" if with_steps else "group kernels_cuda)"), ""]
     md.append(f"- GPU: {gpu or '?'}" + (f" (driver {driver}, CUDA {smi_cuda or '?'})"
                                        if driver else " (driver: nvidia-smi not available)"))
     md.append(f"- PyTorch: {env.get('torch', '?')} (CUDA {env.get('torch_cuda', '?')}, cuDNN "
@@ -568,6 +832,7 @@ def report_main(argv):
         md.append("- PyTorch fake quant with host qparams (.item() per tensor, as bench_torch.py)")
     md.append(f"- cactus: criterion medians from `{a.criterion_dir}` (every iteration "
               "synchronizes)" + (f", binary `{a.bench_bin}`" if a.bench_bin else "")
+              + (f", steps binary `{a.steps_bin}`" if a.steps_bin else "")
               + (f", NVRTC from `{a.nvrtc_dir}`" if a.nvrtc_dir else ""))
     md.append("- peak FP32 (non-tensor-core): "
               + (f"{peak:g} TFLOP/s ({peak_src})" if peak else "unknown for this GPU: % omitted"))
@@ -580,6 +845,17 @@ def report_main(argv):
     if gm is not None:
         md += ["", f"Geometric mean ratio ({len(ratios)} of {len(rows)} workloads with both "
                    f"sides): {gm:.2f}"]
+    if with_steps:
+        md += ["", "## Training steps (group steps_cuda)", "",
+               f"One whole step per iteration (forward, backward, optimiser; cnn7 on "
+               f"CIFAR-shaped [{STEP_BATCH},3,32,32] inputs), every iteration synchronized on "
+               f"both sides; throughput in samples/s ({STEP_BATCH} per step); ratio = PyTorch ms "
+               f"÷ cactus ms. PyTorch: scripts/bench_torch.py's twins on the device.",
+               "", *step_table]
+        if step_gm is not None:
+            n_both = sum(1 for r in step_rows if r["ratio"])
+            md += ["", f"Geometric mean ratio ({n_both} of {len(step_rows)} training steps "
+                       f"with both sides): {step_gm:.2f}"]
     if notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     text = "\n".join(md) + "\n"
@@ -587,12 +863,15 @@ def report_main(argv):
     os.makedirs(a.out_dir, exist_ok=True)
     with open(os.path.join(a.out_dir, "compare.md"), "w") as f:
         f.write(text)
+    result = {"gpu": gpu, "driver": driver, "driver_cuda": smi_cuda,
+              "peak_fp32_tflops": peak, "peak_fp32_source": peak_src,
+              "bench_bin": a.bench_bin or None, "nvrtc_dir": a.nvrtc_dir or None,
+              "torch_env": env, "rows": rows, "geomean_ratio": gm, "notes": notes}
+    if with_steps:
+        result.update({"steps_bin": a.steps_bin or None, "step_rows": step_rows,
+                       "steps_geomean_ratio": step_gm})
     with open(os.path.join(a.out_dir, "compare.json"), "w") as f:
-        json.dump({"gpu": gpu, "driver": driver, "driver_cuda": smi_cuda,
-                   "peak_fp32_tflops": peak, "peak_fp32_source": peak_src,
-                   "bench_bin": a.bench_bin or None, "nvrtc_dir": a.nvrtc_dir or None,
-                   "torch_env": env, "rows": rows, "geomean_ratio": gm, "notes": notes},
-                  f, indent=2)
+        json.dump(result, f, indent=2)
         f.write("\n")
     print(f"(wrote {os.path.join(a.out_dir, 'compare.md')} and compare.json)", file=sys.stderr)
     return 0

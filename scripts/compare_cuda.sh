@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
-# compare_cuda.sh — cactus's CUDA kernels against PyTorch eager on the same GPU, one command.
+# compare_cuda.sh — cactus's CUDA kernels (and, with --steps-bin, its GPU training steps) against
+# PyTorch eager on the same GPU, one command.
 #
 # Where: a machine with an NVIDIA GPU (H100/H200, say a lent device machine), a Python 3 whose
 # torch is a CUDA build, and NO Rust toolchain: the cactus side arrives prebuilt as the criterion
-# bench binary of benches/kernels_cuda.rs. Make it where cargo is, in the repo root:
+# bench binary of benches/kernels_cuda.rs (and, optionally, that of benches/steps_cuda.rs). Make
+# them where cargo is, in the repo root:
 #     cargo bench --bench kernels_cuda --no-run
 #     # prints: Executable benches/kernels_cuda.rs (target/release/deps/kernels_cuda-<hash>)
-# and bring that file along (it embeds kernels/*.cu; `objcopy --strip-debug` shrinks it).
+#     cargo bench --bench steps_cuda --no-run     # only for --steps-bin
+# and bring those files along (they embed kernels/*.cu; `objcopy --strip-debug` shrinks them).
 #
 # What it runs, back to back on the same GPU:
 #   (a) cactus:  BIN --bench --noplot   (from the repo root, CRITERION_HOME=<criterion-dir>, so
 #                results land in target/criterion/kernels_cuda/<name>/new/estimates.json),
-#                with LD_LIBRARY_PATH reaching libnvrtc.so.13 (the kernels compile at run time).
+#                with LD_LIBRARY_PATH reaching libnvrtc.so.13 (the kernels compile at run time);
+#                then, with --steps-bin, STEPS_BIN --bench --noplot the same way (results in
+#                target/criterion/steps_cuda/<name>/new/estimates.json, log OUT/cactus_steps.log).
 #                NVRTC is looked for in: --nvrtc-dir, target/nvrtc (scripts/get_nvrtc.sh, pinned
 #                13.0), the Python's nvidia wheels (nvidia/cu13/lib or nvidia/cuda_nvrtc/lib, as
 #                PyTorch's CUDA wheels ship them), /usr/local/cuda/lib64, then the system's.
-#   (b) PyTorch: scripts/bench_torch_cuda.py --device cuda  -> OUT/torch.json
+#   (b) PyTorch: scripts/bench_torch_cuda.py --device cuda --group kernels_cuda -> OUT/torch.json
+#                (--group all with --steps-bin: the step twins too)
 #                (fp32, TF32 off unless --tf32; cuDNN benchmark mode; median of synchronized reps)
 #   (c) report:  scripts/bench_torch_cuda.py report -> Markdown table on stdout, OUT/compare.md,
 #                OUT/compare.json (ms, GFLOP/s or weights/s, % of the FP32 non-tensor peak, ratio
-#                cactus/PyTorch of throughputs; GPU, driver and torch version in the header)
+#                cactus/PyTorch of throughputs; GPU, driver and torch version in the header; with
+#                --steps-bin a second table: ms and samples/s per training step, ratio)
 # Workloads (group kernels_cuda): matmul_4096 conv_fwd_128x128x16x16 iconv_fwd_128x128x16x16
 #                                 prune_mask_gul1_13M fake_quant_int8_13M
+# With --steps-bin (group steps_cuda, cnn7 on CIFAR-shaped data, batch 128, one whole step):
+#                                 cnn7_cifar_std_b128 cnn7_cifar_ibp_b128 cnn7_cifar_sabr_b128
+#                                 cnn7_cifar_cactus_b128
 #
-# Usage: bash scripts/compare_cuda.sh [--bench-bin PATH] [--skip-cactus] [--skip-torch]
-#            [--out target/compare-cuda] [options, see --help] [-- CRITERION_ARGS...]
+# Usage: bash scripts/compare_cuda.sh [--bench-bin PATH] [--steps-bin PATH] [--skip-cactus]
+#            [--skip-torch] [--out target/compare-cuda] [options, see --help] [-- CRITERION_ARGS...]
 #
 # On a lent device machine (its python3 holds a CUDA PyTorch with the nvidia-cuda-nvrtc wheel;
 # the ignored path must be named in `carry`), from the checkout that travels:
@@ -33,6 +43,8 @@
 #         target/gpu/kernels_cuda                      # ~4 MB instead of ~44 MB
 #     run (carry target/gpu): bash scripts/compare_cuda.sh --bench-bin target/gpu/kernels_cuda \
 #         --out "$OUT/cmp"                             # ~2-3 min; --quick for well under 1
+# and for the training steps too (cargo bench --bench steps_cuda --no-run, strip it likewise into
+# target/gpu/steps_cuda): add --steps-bin target/gpu/steps_cuda (a few minutes more).
 # Exit status: 0, or 1 when a side failed or left results missing (the report still prints).
 set -euo pipefail
 
@@ -41,12 +53,19 @@ usage() {
 Usage: bash scripts/compare_cuda.sh [options] [-- extra criterion arguments]
 
 Benchmarks cactus's CUDA kernels (prebuilt criterion binary of benches/kernels_cuda.rs) and
-their PyTorch eager twins on this machine's GPU, then prints a Markdown table.
+their PyTorch eager twins on this machine's GPU, then prints a Markdown table. With --steps-bin,
+also cactus's GPU training steps (benches/steps_cuda.rs: cnn7, CIFAR-shaped, batch 128; std,
+IBP, SABR, CACTUS) and their PyTorch twins, in a second table.
 
 Options:
   --bench-bin PATH     the cactus bench binary (default: newest executable
                        target/release/deps/kernels_cuda-*; build it elsewhere with
                        `cargo bench --bench kernels_cuda --no-run`)
+  --steps-bin PATH     also the training steps: the prebuilt criterion binary of
+                       benches/steps_cuda.rs (`cargo bench --bench steps_cuda --no-run`),
+                       run after the kernels binary in the same way (log OUT/cactus_steps.log);
+                       the PyTorch side then runs the step twins too (also with --skip-cactus,
+                       which leaves the binary unrun)
   --skip-cactus        do not run the bench binary; reuse the results in --criterion-dir
   --skip-torch         do not run PyTorch; reuse OUT/torch.json
   --out DIR            output folder (default target/compare-cuda)
@@ -57,11 +76,13 @@ Options:
   --quick              fewer repetitions on both sides (smoke test; noisier)
   --peak-tflops T      FP32 non-tensor peak for % of peak (default: by GPU name)
   -h, --help           this help
-Output: OUT/{cactus.log,torch.json,compare.md,compare.json}
+Output: OUT/{cactus.log,torch.json,compare.md,compare.json} (+ OUT/cactus_steps.log with
+--steps-bin)
 EOF
 }
 
 BENCH_BIN=""
+STEPS_BIN=""
 SKIP_CACTUS=0
 SKIP_TORCH=0
 OUT="target/compare-cuda"
@@ -77,6 +98,8 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --bench-bin)     need "$@"; BENCH_BIN="$2"; shift 2 ;;
         --bench-bin=*)   BENCH_BIN="${1#*=}"; shift ;;
+        --steps-bin)     need "$@"; STEPS_BIN="$2"; shift 2 ;;
+        --steps-bin=*)   STEPS_BIN="${1#*=}"; [[ -n "$STEPS_BIN" ]] || { echo "error: --steps-bin needs a value (see --help)" >&2; exit 2; }; shift ;;
         --skip-cactus)   SKIP_CACTUS=1; shift ;;
         --skip-torch)    SKIP_TORCH=1; shift ;;
         --out)           need "$@"; OUT="$2"; shift 2 ;;
@@ -103,6 +126,7 @@ abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$ROOT/$1" ;
 OUT="$(abspath "$OUT")"
 CRIT_DIR="$(abspath "$CRIT_DIR")"
 [[ -n "$BENCH_BIN" ]] && BENCH_BIN="$(abspath "$BENCH_BIN")"
+[[ -n "$STEPS_BIN" ]] && STEPS_BIN="$(abspath "$STEPS_BIN")"
 [[ -n "$NVRTC_DIR" ]] && NVRTC_DIR="$(abspath "$NVRTC_DIR")"
 TORCH_JSON="$OUT/torch.json"
 mkdir -p "$OUT"
@@ -170,6 +194,7 @@ NVRTC_USED=""
 
 # ---------------------------------------------------------------- (a) cactus
 NAMES=(matmul_4096 conv_fwd_128x128x16x16 iconv_fwd_128x128x16x16 prune_mask_gul1_13M fake_quant_int8_13M)
+STEP_NAMES=(cnn7_cifar_std_b128 cnn7_cifar_ibp_b128 cnn7_cifar_sabr_b128 cnn7_cifar_cactus_b128)
 if [[ $SKIP_CACTUS -eq 1 ]]; then
     step "cactus: skipped (reusing $CRIT_DIR)"
 else
@@ -183,6 +208,10 @@ else
     fi
     [[ -f "$BENCH_BIN" ]] || die "no bench binary at $BENCH_BIN"
     [[ -x "$BENCH_BIN" ]] || chmod u+x "$BENCH_BIN" 2>/dev/null || die "$BENCH_BIN is not executable"
+    if [[ -n "$STEPS_BIN" ]]; then
+        [[ -f "$STEPS_BIN" ]] || die "no steps bench binary at $STEPS_BIN (build it where cargo is: cargo bench --bench steps_cuda --no-run)"
+        [[ -x "$STEPS_BIN" ]] || chmod u+x "$STEPS_BIN" 2>/dev/null || die "$STEPS_BIN is not executable"
+    fi
 
     # NVRTC: the first folder that holds libnvrtc.so.13.
     has_nvrtc() { [[ -n "$1" && -e "$1/libnvrtc.so.13" ]]; }
@@ -242,6 +271,32 @@ else
         echo "error: no fresh cactus result for: ${MISSING[*]} (under $CRIT_DIR/kernels_cuda)" >&2
         STATUS=1
     fi
+
+    # The training steps (benches/steps_cuda.rs), the same way, after the kernels.
+    if [[ -n "$STEPS_BIN" ]]; then
+        step "cactus steps: $STEPS_BIN ${CRIT_ARGS[*]}"
+        set +e
+        CRITERION_HOME="$CRIT_DIR" "$STEPS_BIN" "${CRIT_ARGS[@]}" 2>&1 | tee "$OUT/cactus_steps.log"
+        RC=${PIPESTATUS[0]}
+        set -e
+        if [[ $RC -ne 0 ]]; then
+            echo "error: the steps bench binary failed (exit $RC); see $OUT/cactus_steps.log" >&2
+            STATUS=1
+        fi
+        if grep -q 'SKIPPED' "$OUT/cactus_steps.log"; then
+            echo "error: the cactus steps bench skipped: it found no usable GPU ($(grep -m1 SKIPPED "$OUT/cactus_steps.log"))" >&2
+            STATUS=1
+        fi
+        MISSING=()
+        for n in "${STEP_NAMES[@]}"; do
+            f="$CRIT_DIR/steps_cuda/$n/new/estimates.json"
+            if [[ ! -f "$f" ]] || [[ "$(stat -c %Y "$f")" -lt "$START_EPOCH" ]]; then MISSING+=("$n"); fi
+        done
+        if [[ ${#MISSING[@]} -gt 0 && ${#EXTRA[@]} -eq 0 ]]; then
+            echo "error: no fresh cactus result for: ${MISSING[*]} (under $CRIT_DIR/steps_cuda)" >&2
+            STATUS=1
+        fi
+    fi
 fi
 
 # ---------------------------------------------------------------- (b) PyTorch
@@ -249,6 +304,7 @@ if [[ $SKIP_TORCH -eq 1 ]]; then
     step "PyTorch: skipped (reusing $TORCH_JSON)"
 else
     TORCH_ARGS=(--device cuda --out "$TORCH_JSON")
+    if [[ -n "$STEPS_BIN" ]]; then TORCH_ARGS+=(--group all); else TORCH_ARGS+=(--group kernels_cuda); fi
     [[ $TF32 -eq 1 ]] && TORCH_ARGS+=(--tf32)
     [[ $QUICK -eq 1 ]] && TORCH_ARGS+=(--quick)
     [[ -n "$PEAK" ]] && TORCH_ARGS+=(--peak-tflops "$PEAK")
@@ -263,6 +319,7 @@ fi
 step "report"
 REPORT_ARGS=(--criterion-dir "$CRIT_DIR" --torch-json "$TORCH_JSON" --out-dir "$OUT"
              --bench-bin "$BENCH_BIN")
+[[ -n "$STEPS_BIN" ]] && REPORT_ARGS+=(--steps-bin "$STEPS_BIN")
 [[ -n "$NVRTC_USED" ]] && REPORT_ARGS+=(--nvrtc-dir "$NVRTC_USED")
 [[ $SKIP_CACTUS -eq 0 ]] && REPORT_ARGS+=(--since "$START_EPOCH")
 [[ -n "$PEAK" ]] && REPORT_ARGS+=(--peak-tflops "$PEAK")

@@ -4,7 +4,7 @@
 #
 # Where cargo is, in the repo root, build and strip the binaries into one folder:
 #     bash scripts/gpu_check.sh --prepare            # -> target/gpu/{cuda_*,kernels_cuda,steps_cuda}
-# (every tests/cuda_*.rs and benches/*_cuda.rs), then, on the GPU machine, from the same checkout with target/gpu beside it:
+# (every tests/cuda_*.rs and benches/*_cuda.rs, and the cactus binary), then, on the GPU machine, from the same checkout with target/gpu beside it:
 #     bash scripts/gpu_check.sh --out DIR [--compare] [--sanitize SECONDS]
 # Each test binary's log lands in DIR/<name>.log and a summary line per binary on stdout; with
 # --compare, scripts/compare_cuda.sh writes DIR/cmp/compare.md (kernels_cuda against PyTorch);
@@ -46,6 +46,9 @@ if [[ $PREPARE == 1 ]]; then
         [[ -n "$exe" ]] || { echo "gpu_check.sh: no binary for $src" >&2; exit 1; }
         objcopy --strip-debug "$exe" "$BIN_DIR/$name"
     done
+    cargo build --release --bin cactus >/dev/null 2>&1 || {
+        echo "gpu_check.sh: cargo build --release failed" >&2; exit 1; }
+    objcopy --strip-debug target/release/cactus "$BIN_DIR/cactus"
     du -sh "$BIN_DIR"
     exit 0
 fi

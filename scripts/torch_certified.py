@@ -452,10 +452,10 @@ def pgd(model, x, y, lo, hi, eps, steps, step_frac, decay_after, factor, kind, g
         g = torch.autograd.grad(loss.sum(), p)[0] if need_grad else None
         return logits.detach(), loss.detach(), g
 
-    best_x, fooled = x.clone(), torch.zeros(len(y), dtype=torch.bool)
+    best_x, fooled = x.clone(), torch.zeros(len(y), dtype=torch.bool, device=x.device)
     logits, best_loss, _ = point(x, False)                # the clean point is a candidate
     fooled |= logits.argmax(1) != y
-    u = torch.rand(x.shape, generator=gen)
+    u = torch.rand(x.shape, generator=gen, device=x.device)  # gen must be on x's device
     cur = torch.minimum(lo + (hi - lo) * u, hi)
     for k in range(steps + 1):
         logits, loss, g = point(cur, k < steps)

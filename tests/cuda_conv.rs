@@ -505,7 +505,9 @@ fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-const MATMUL_SHAPES: [(usize, usize, usize); 11] = [
+/// (2, 513, 3) and (16, 800, 33) have few output tiles and a K long enough to be split (2 and
+/// 3 chunks, the last one shorter).
+const MATMUL_SHAPES: [(usize, usize, usize); 12] = [
     (1, 1, 1),
     (1, 7, 1),
     (1, 13, 9),
@@ -517,6 +519,7 @@ const MATMUL_SHAPES: [(usize, usize, usize); 11] = [
     (65, 70, 67),
     (130, 96, 40),
     (129, 17, 65),
+    (16, 800, 33),
 ];
 
 /// matmul (every combination of transposed operands) against Tensor::matmul.

@@ -135,8 +135,35 @@ fn compare(cfg: &TrainConfig) {
     for (i, (g, c)) in gpu.grads.iter().zip(&cpu.grads).enumerate() {
         assert_close(&format!("{what}: gradient of parameter {i}"), g, c, 2e-3);
     }
-    for (i, (g, c)) in gpu.after.iter().zip(&cpu.after).enumerate() {
-        assert_close(&format!("{what}: parameter {i} after Adam"), g, c, 1e-4);
+    // Adam's first step is lr·g/(|g| + ε) ≈ lr·sign(g) per weight. Where |g| exceeds twice the
+    // largest difference between the devices' gradients of that tensor, the sign is the same on
+    // both and the updated weights agree to rounding; elsewhere (gradients that are rounding
+    // noise, like a bias before batch norm) the step may flip: at most 2·lr apart.
+    let lr = cfg.adam().lr;
+    for (i, ((after_gpu, after_cpu), (g_gpu, g_cpu))) in gpu
+        .after
+        .iter()
+        .zip(&cpu.after)
+        .zip(gpu.grads.iter().zip(&cpu.grads))
+        .enumerate()
+    {
+        let err = g_gpu
+            .iter()
+            .zip(g_cpu)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        for (j, ((a, b), g)) in after_gpu.iter().zip(after_cpu).zip(g_cpu).enumerate() {
+            let tol = if g.abs() > 2.0 * err {
+                1e-6 + 1e-5 * b.abs()
+            } else {
+                2.1 * lr
+            };
+            assert!(
+                (a - b).abs() <= tol,
+                "{what}: parameter {i}[{j}] after Adam: gpu {a}, cpu {b} (gradient {g}, \
+                 largest gradient difference {err})"
+            );
+        }
     }
 }
 

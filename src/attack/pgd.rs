@@ -7,7 +7,7 @@ use crate::attack::AttackLoss;
 use crate::autodiff;
 use crate::nn::{Mode, Model};
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 /// Piecewise-constant step-size decay: the step is multiplied by `factor` once each listed
 /// count of completed steps is reached. Counts, not fractions, so that the schedule reads
@@ -255,15 +255,65 @@ struct Best {
 }
 
 impl Best {
-    /// Record the points `x` with their logits and losses; keep those that beat the best loss.
-    fn offer(&mut self, x: &[f32], logits: &Tensor, loss: &[f32], y: &[usize], keep: bool) {
+    /// Record the points `x` with their logits and losses; keep those that beat the best loss
+    /// (a point on the GPU is copied to the host only then).
+    fn offer(&mut self, x: &Tensor, logits: &Tensor, loss: &[f32], y: &[usize], keep: bool) {
         for (i, pred) in logits.argmax_rows().into_iter().enumerate() {
             self.fooled[i] |= pred != y[i];
             if keep && loss[i] > self.loss[i] {
                 self.loss[i] = loss[i];
                 let r = i * self.row_len..(i + 1) * self.row_len;
-                self.x[r.clone()].copy_from_slice(&x[r]);
+                self.x[r.clone()].copy_from_slice(&x.data()[r]);
             }
+        }
+    }
+}
+
+/// Where the attack's iterates live: on the GPU when the batch or the network is there (the
+/// signed step then runs there too, `kernels/train.cu`'s `pgd_step`), else on the host.
+enum Iterates {
+    Host,
+    Gpu { lo: Tensor, hi: Tensor },
+}
+
+impl Iterates {
+    fn new(x: &Tensor, model: &Model, region: &Region) -> Iterates {
+        let on_gpu = x.is_cuda()
+            || model
+                .net
+                .named_parameters()
+                .iter()
+                .any(|(_, p)| p.is_cuda());
+        if !on_gpu {
+            return Iterates::Host;
+        }
+        let up = |t: &Tensor| {
+            t.to_device(Device::Cuda)
+                .unwrap_or_else(|e| panic!("PGD: copying the region to the GPU: {e}"))
+        };
+        Iterates::Gpu {
+            lo: up(&region.lo),
+            hi: up(&region.hi),
+        }
+    }
+
+    fn point(&self, values: Vec<f32>, shape: &[usize]) -> Tensor {
+        let t = Tensor::from_vec(values, shape);
+        match self {
+            Iterates::Host => t,
+            Iterates::Gpu { .. } => t
+                .to_device(Device::Cuda)
+                .unwrap_or_else(|e| panic!("PGD: copying a start point to the GPU: {e}")),
+        }
+    }
+
+    /// One signed step of size `step` along `grad`, projected into the region.
+    fn step(&self, region: &Region, point: &Tensor, grad: &Tensor, step: f32) -> Tensor {
+        match self {
+            Iterates::Host => {
+                Tensor::from_vec(region.step(point.data(), grad.data(), step), point.shape())
+            }
+            Iterates::Gpu { lo, hi } => crate::ops::cuda::pgd_step(point, grad, lo, hi, step),
         }
     }
 }
@@ -311,6 +361,7 @@ pub(crate) fn run(
             fooled: best.fooled,
         };
     }
+    let iterates = Iterates::new(&x, model, region);
     let forward_loss = |v: &Tensor, loss: AttackLoss| {
         let logits = model.forward(v, mode);
         let l = loss.per_sample(&logits, y);
@@ -323,16 +374,17 @@ pub(crate) fn run(
             if cfg.keep_best && r == 0 {
                 // The clean point is a candidate too (iterate 0 is not it with a random start).
                 let _g = autodiff::no_grad();
-                let (logits, l) = forward_loss(&Tensor::from_vec(clean.clone(), &shape), loss_kind);
-                best.offer(&clean, &logits, l.data(), y, true);
+                let start = iterates.point(clean.clone(), &shape);
+                let (logits, l) = forward_loss(&start, loss_kind);
+                best.offer(&start, &logits, l.data(), y, true);
             }
-            region.sample(rng)
+            iterates.point(region.sample(rng), &shape)
         } else {
-            clean.clone()
+            iterates.point(clean.clone(), &shape)
         };
         for k in 0..=cfg.steps {
             let last = k == cfg.steps;
-            let point = Tensor::from_vec(cur, &shape);
+            let point = cur;
             let (logits, loss, grad) = if last {
                 let _g = autodiff::no_grad();
                 let (logits, l) = forward_loss(&point, loss_kind);
@@ -347,12 +399,12 @@ pub(crate) fn run(
                     .unwrap_or_else(|| Tensor::zeros(leaf.shape()));
                 (logits.detach(), l.detach(), Some(g))
             };
-            best.offer(point.data(), &logits, loss.data(), y, cfg.keep_best || last);
+            best.offer(&point, &logits, loss.data(), y, cfg.keep_best || last);
             if stop_early && best.fooled.iter().all(|&f| f) {
                 break 'restarts;
             }
             cur = match grad {
-                Some(g) => region.step(point.data(), g.data(), cfg.step_size_at(k) * region.eps),
+                Some(g) => iterates.step(region, &point, &g, cfg.step_size_at(k) * region.eps),
                 None => break,
             };
         }

@@ -17,6 +17,8 @@ pub type BackwardFn = dyn Fn(&Tensor, &[bool]) -> Vec<Option<Tensor>> + Send + S
 pub struct Node {
     inputs: Vec<Tensor>,
     backward: Box<BackwardFn>,
+    /// The backward closure's type name: which op recorded the node (for profiles).
+    name: &'static str,
 }
 
 impl Node {
@@ -27,6 +29,7 @@ impl Node {
         Node {
             inputs,
             backward: Box::new(backward),
+            name: std::any::type_name::<F>(),
         }
     }
 }
@@ -153,6 +156,10 @@ pub fn backward(loss: &Tensor) -> Gradients {
             continue;
         };
         let needs: Vec<bool> = node.inputs.iter().map(Tensor::tracks_grad).collect();
+        let _timed = crate::backend::cuda::profile::enabled().then(|| {
+            let name = crate::backend::cuda::profile::short_name(node.name);
+            crate::backend::cuda::profile::scope(&format!("backward {name}"))
+        });
         let input_grads = (node.backward)(&g, &needs);
         debug_assert_eq!(input_grads.len(), node.inputs.len());
         for ((input, gi), need) in node.inputs.iter().zip(input_grads).zip(needs) {

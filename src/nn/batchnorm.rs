@@ -105,6 +105,12 @@ impl BatchNorm {
             1.0
         };
         let blend = |running: &Tensor, batch: &Tensor, factor: f32| {
+            if running.is_cuda() {
+                // On the GPU with GPU ops (no copy to the host); rounded as m·(b·factor).
+                return running
+                    .mul_scalar(1.0 - m)
+                    .add(&batch.detach().mul_scalar(factor).mul_scalar(m));
+            }
             let v = running
                 .data()
                 .iter()

@@ -7,7 +7,7 @@ pub mod shape;
 pub use device::Device;
 
 use crate::autodiff::{self, Node};
-use crate::backend::cuda::DeviceBuffer;
+use crate::backend::cuda::{profile, DeviceBuffer};
 use crate::rng::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use std::fmt;
@@ -56,6 +56,7 @@ impl Storage {
     /// no error path, as on the CPU).
     fn upload(values: &[f32]) -> Storage {
         transfers::count_upload();
+        let _p = profile::scope("upload");
         Storage::on_device(
             DeviceBuffer::from_host(values)
                 .unwrap_or_else(|e| panic!("copying a tensor to the GPU: {e}")),
@@ -200,6 +201,10 @@ impl Tensor {
         // An op without a device kernel computed on host copies: its result goes back to the
         // inputs' device, so values stay where the computation lives.
         let storage = if inputs.iter().any(|t| t.is_cuda()) {
+            if profile::enabled() {
+                let name = profile::short_name(std::any::type_name::<F>());
+                profile::record(&format!("host op {name}"), Default::default());
+            }
             Arc::new(Storage::upload(&data))
         } else {
             Arc::new(Storage::Cpu(data))
@@ -306,6 +311,7 @@ impl Tensor {
             Storage::Cpu(v) => v,
             Storage::Cuda { buffer, host } => host.get_or_init(|| {
                 transfers::count_download();
+                let _p = profile::scope("download");
                 buffer
                     .to_host()
                     .unwrap_or_else(|e| panic!("copying a tensor from the GPU: {e}"))

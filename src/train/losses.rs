@@ -5,6 +5,7 @@
 //! boxes with the same affine map as the clean inputs (Shi et al. 2021).
 
 use crate::attack::{pgd, PgdConfig, Region};
+use crate::backend::cuda::profile;
 use crate::bounds::{enclosing_box, ibp_loss, input_box, margin_lower_bounds, BnSource};
 use crate::nn::{BatchStats, Mode, Model};
 use crate::ops::cross_entropy;
@@ -169,16 +170,24 @@ pub fn network_loss(
     update_running: bool,
     rng: &mut Rng,
 ) -> BatchLoss {
+    let clean = profile::scope("step: clean pass");
     let (logits, stats) = model.forward_batch_stats(x, update_running);
     let ce = cross_entropy(&logits, y);
+    drop(clean);
     let clean_ce = ce.item();
     let w = phase.cert_weight;
     let mut sabr_centre_found = None;
     let cert = match method {
         _ if !method.is_certified() || w <= 0.0 => None,
-        Method::Ibp => Some(ibp_cert_loss(model, x, y, phase.eps, &stats)),
+        Method::Ibp => {
+            let _p = profile::scope("step: certified loss");
+            Some(ibp_cert_loss(model, x, y, phase.eps, &stats))
+        }
         Method::Sabr | Method::Cactus => {
+            let attack = profile::scope("step: PGD for the SABR centre");
             let centre = sabr_centre(model, x, y, phase.eps, &PgdConfig::sabr(), rng);
+            drop(attack);
+            let _p = profile::scope("step: certified loss");
             let loss = sabr_cert_loss_at(model, x, &centre, y, phase.eps, sabr_lambda, &stats);
             sabr_centre_found = Some(centre);
             Some(loss)

@@ -198,6 +198,7 @@ impl Adam {
     /// (the norm) comes back.
     fn step_on_gpu(&mut self, params: &mut [&mut Tensor], grads: &Gradients) -> Result<StepInfo> {
         use crate::ops::cuda::resident;
+        let _p = crate::backend::cuda::profile::scope("step: Adam");
         if self.device_moments.len() != params.len() {
             self.device_moments = params.iter().map(|_| None).collect();
         }

@@ -924,6 +924,16 @@ pub fn sgemm(
     b: &DeviceBuffer,
     c: &mut DeviceBuffer,
 ) -> Result<()> {
+    sgemm_at(spec, (a, 0), (b, 0), (c, 0))
+}
+
+/// `sgemm` on matrices that start `offset` values into their buffers.
+pub fn sgemm_at(
+    spec: &GemmSpec,
+    (a, a_at): (&DeviceBuffer, usize),
+    (b, b_at): (&DeviceBuffer, usize),
+    (c, c_at): (&mut DeviceBuffer, usize),
+) -> Result<()> {
     let s = spec;
     let (a_rows, a_cols) = if s.trans_a { (s.k, s.m) } else { (s.m, s.k) };
     let (b_rows, b_cols) = if s.trans_b { (s.n, s.k) } else { (s.k, s.n) };
@@ -931,11 +941,11 @@ pub fn sgemm(
     let b_span = matrix_span("B", b_rows, b_cols, s.ldb)?;
     let c_span = matrix_span("C", s.m, s.n, s.ldc)?;
     for (what, have, need) in [
-        ("A", a.len(), a_span),
-        ("B", b.len(), b_span),
-        ("C", c.len(), c_span),
+        ("A", a.len().saturating_sub(a_at), a_span),
+        ("B", b.len().saturating_sub(b_at), b_span),
+        ("C", c.len().saturating_sub(c_at), c_span),
     ] {
-        if have < need {
+        if have < need || (need > 0 && have == 0) {
             return Err(Error::Shape(format!(
                 "sgemm: {what} has {have} values, {}×{}×{} needs {need}",
                 s.m, s.k, s.n
@@ -958,9 +968,9 @@ pub fn sgemm(
     let (lda, ldb, ldc) = (i(s.lda), i(s.ldb), i(s.ldc));
     let (ta, tb) = (i32::from(s.trans_a), i32::from(s.trans_b));
     // A K of 0 reads neither operand (its span is 0; the allocation holds at least 256).
-    let av = view(a, a_span.max(1));
-    let bv = view(b, b_span.max(1));
-    let mut cv = view_mut(c, c_span);
+    let av = a.slice().slice(a_at..a_at + a_span.max(1));
+    let bv = b.slice().slice(b_at..b_at + b_span.max(1));
+    let mut cv = c.slice_mut().slice_mut(c_at..c_at + c_span);
     let mut l = backend.stream.launch_builder(&f);
     l.arg(&m)
         .arg(&n)
@@ -993,7 +1003,6 @@ pub fn matmul(
     trans_a: bool,
     trans_b: bool,
 ) -> Result<DeviceBuffer> {
-    let spec = GemmSpec::dense(m, n, k, trans_a, trans_b);
     let len = m
         .checked_mul(n)
         .ok_or_else(|| Error::Shape(format!("matmul: {m} × {n} is too large")))?;
@@ -1005,6 +1014,66 @@ pub fn matmul(
         return DeviceBuffer::zeros(len);
     }
     let mut c = DeviceBuffer::uninit(len)?;
-    sgemm(&spec, a, b, &mut c)?;
+    matmul_at(
+        (a, 0),
+        (b, 0),
+        GemmSpec::dense(m, n, k, trans_a, trans_b),
+        (&mut c, 0),
+    )?;
     Ok(c)
+}
+
+/// C = op(A)·op(B) for dense matrices at offsets into their buffers (`spec` from
+/// [`GemmSpec::dense`]). Few output tiles and a long K (a linear layer on a flattened feature
+/// map: 128 × 512 outputs, K = 32,768) would leave most multiprocessors idle, so K is split
+/// into chunks whose partial products `sum_splits` adds in a fixed order (deterministic).
+pub fn matmul_at(
+    a: (&DeviceBuffer, usize),
+    b: (&DeviceBuffer, usize),
+    spec: GemmSpec,
+    c: (&mut DeviceBuffer, usize),
+) -> Result<()> {
+    let (m, n, k) = (spec.m, spec.n, spec.k);
+    let backend = cuda()?;
+    let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
+    let ktiles = k.div_ceil(TILE_K).max(1);
+    let wanted = (4 * multiprocessors(backend)).div_ceil(tiles.max(1));
+    let most = (ktiles / 16)
+        .min(GRID_YZ)
+        .min((MAX_ELEMENTS - 1) / (m * n).max(1));
+    let splits = wanted.min(most).max(1);
+    if splits == 1 || spec.ldc != n {
+        return sgemm_at(&spec, a, b, c);
+    }
+    let chunk = ktiles.div_ceil(splits) * TILE_K;
+    let splits = k.div_ceil(chunk);
+    let mut parts = DeviceBuffer::uninit(splits * m * n)?;
+    for z in 0..splits {
+        let k0 = z * chunk;
+        let part = GemmSpec {
+            k: chunk.min(k - k0),
+            ..spec
+        };
+        // The K-slice of op(A) and op(B): columns of a stored m × k (or n × k) matrix, rows of
+        // a stored k × m (or k × n) one.
+        let a_at = a.1 + if spec.trans_a { k0 * spec.lda } else { k0 };
+        let b_at = b.1 + if spec.trans_b { k0 } else { k0 * spec.ldb };
+        sgemm_at(&part, (a.0, a_at), (b.0, b_at), (&mut parts, z * m * n))?;
+    }
+    let (dst, at) = c;
+    if dst.len() < at + m * n {
+        return Err(Error::Shape(format!(
+            "matmul: C holds {} values, {m} × {n} at {at} needs more",
+            dst.len()
+        )));
+    }
+    let f = backend.function("conv", "sum_splits")?;
+    let (splits_i, len_i) = (splits as i32, (m * n) as i32);
+    let pv = view(&parts, splits * m * n);
+    let mut out = dst.slice_mut().slice_mut(at..at + m * n);
+    let mut l = backend.stream.launch_builder(&f);
+    l.arg(&pv).arg(&splits_i).arg(&len_i).arg(&mut out);
+    // SAFETY: reads splits·len values, writes len.
+    unsafe { l.launch(grid_1d(m * n)) }.map_err(|e| driver_error("sum_splits", e))?;
+    Ok(())
 }

@@ -18,6 +18,7 @@ pub mod buffer;
 pub mod context;
 pub mod conv;
 pub mod nvrtc;
+pub mod profile;
 pub mod prune;
 pub mod quant;
 pub mod train_ops;

@@ -260,6 +260,60 @@ pub fn scale(x: &DeviceBuffer, s: f32) -> Result<DeviceBuffer> {
     Ok(y)
 }
 
+/// f(x, s) element-wise for a kernel `name(x, s, n, y)`.
+fn unary_with(name: &'static str, x: &DeviceBuffer, s: f32) -> Result<DeviceBuffer> {
+    let mut y = DeviceBuffer::uninit(x.len())?;
+    if !x.is_empty() {
+        let backend = cuda()?;
+        let n = as_i64(x.len())?;
+        launch!(
+            backend,
+            name,
+            grid_1d(x.len()),
+            [x.slice(), &s, &n, y.slice_mut()]
+        );
+    }
+    Ok(y)
+}
+
+/// x + s.
+pub fn add_scalar(x: &DeviceBuffer, s: f32) -> Result<DeviceBuffer> {
+    unary_with("ew_add_scalar", x, s)
+}
+
+/// x^p.
+pub fn powf(x: &DeviceBuffer, p: f32) -> Result<DeviceBuffer> {
+    unary_with("ew_powf", x, p)
+}
+
+/// g·p·x^(p−1): the gradient of x^p.
+pub fn powf_backward(g: &DeviceBuffer, x: &DeviceBuffer, p: f32) -> Result<DeviceBuffer> {
+    same_len("powf_backward", g, x)?;
+    let mut dx = DeviceBuffer::uninit(x.len())?;
+    if !x.is_empty() {
+        let backend = cuda()?;
+        let n = as_i64(x.len())?;
+        launch!(
+            backend,
+            "ew_powf_backward",
+            grid_1d(x.len()),
+            [g.slice(), x.slice(), &p, &n, dx.slice_mut()]
+        );
+    }
+    Ok(dx)
+}
+
+/// `len` copies of `v`.
+pub fn fill(len: usize, v: f32) -> Result<DeviceBuffer> {
+    let mut y = DeviceBuffer::uninit(len)?;
+    if len > 0 {
+        let backend = cuda()?;
+        let n = as_i64(len)?;
+        launch!(backend, "ew_fill", grid_1d(len), [y.slice_mut(), &v, &n]);
+    }
+    Ok(y)
+}
+
 /// y ← y + s·x in place.
 pub fn add_scaled(y: &mut DeviceBuffer, x: &DeviceBuffer, s: f32) -> Result<()> {
     check_len("add_scaled", x, y.len())?;
@@ -601,18 +655,17 @@ pub struct BatchNormAffineGrads {
     pub var: DeviceBuffer,
 }
 
-/// The backward of `batch_norm_affine` for the output gradient `grad`.
-pub fn batch_norm_affine_backward(
-    x: &DeviceBuffer,
+/// The input's gradient alone of `batch_norm_affine` (g·scale), for when the parameters and
+/// statistics need none (attacks, whose weights are constants): no per-channel reductions.
+pub fn batch_norm_affine_backward_input(
     grad: &DeviceBuffer,
     params: BatchNormParams<'_>,
     dims: ChannelDims,
-) -> Result<BatchNormAffineGrads> {
+) -> Result<DeviceBuffer> {
     check_nonempty("batch_norm_affine_backward", dims)?;
-    check_len("batch_norm_affine_backward input", x, dims.numel())?;
     check_len("batch_norm_affine_backward gradient", grad, dims.numel())?;
     params.check("batch_norm_affine_backward", dims)?;
-    let (n, c, s) = dims.kernel_args("batch_norm_affine_backward")?;
+    let (_, c, s) = dims.kernel_args("batch_norm_affine_backward")?;
     let total = as_i64(dims.numel())?;
     let backend = cuda()?;
     let mut input = DeviceBuffer::uninit(dims.numel())?;
@@ -631,6 +684,23 @@ pub fn batch_norm_affine_backward(
             input.slice_mut()
         ]
     );
+    Ok(input)
+}
+
+/// The backward of `batch_norm_affine` for the output gradient `grad`.
+pub fn batch_norm_affine_backward(
+    x: &DeviceBuffer,
+    grad: &DeviceBuffer,
+    params: BatchNormParams<'_>,
+    dims: ChannelDims,
+) -> Result<BatchNormAffineGrads> {
+    check_nonempty("batch_norm_affine_backward", dims)?;
+    check_len("batch_norm_affine_backward input", x, dims.numel())?;
+    check_len("batch_norm_affine_backward gradient", grad, dims.numel())?;
+    params.check("batch_norm_affine_backward", dims)?;
+    let (n, c, s) = dims.kernel_args("batch_norm_affine_backward")?;
+    let backend = cuda()?;
+    let input = batch_norm_affine_backward_input(grad, params, dims)?;
     let ch = dims.channels;
     let (mut gamma, mut beta) = (DeviceBuffer::uninit(ch)?, DeviceBuffer::uninit(ch)?);
     let (mut mean, mut var) = (DeviceBuffer::uninit(ch)?, DeviceBuffer::uninit(ch)?);

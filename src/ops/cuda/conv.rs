@@ -3,6 +3,7 @@
 use super::{buf, expect, resident, tensor};
 use crate::backend::cpu::conv::ConvGeometry;
 use crate::backend::cuda::conv::{self as kernels, ConvShape, DeviceConvGrads};
+use crate::backend::cuda::profile;
 use crate::tensor::Tensor;
 
 /// The gradients as tensors shaped like the op's inputs (input, weight and, for 3 inputs, bias).
@@ -29,6 +30,7 @@ pub(crate) fn conv2d(
     bias: Option<&Tensor>,
     geo: &ConvGeometry,
 ) -> Tensor {
+    let _p = profile::scope("conv2d");
     let g = ConvShape::from(*geo);
     let (xs, ws) = (resident(x), resident(weight));
     let bs = bias.map(resident);
@@ -65,6 +67,7 @@ pub(crate) fn interval_conv2d(
     bias: Option<&Tensor>,
     geo: &ConvGeometry,
 ) -> Tensor {
+    let _p = profile::scope("interval_conv2d");
     let g = ConvShape::from(*geo);
     let (xs, ws) = (resident(boxes), resident(weight));
     let bs = bias.map(resident);

@@ -2,10 +2,12 @@
 //! training uses. Broadcasting binary ops and the rarer maps run on host copies (see `mod`).
 
 use super::{buf, expect, resident, tensor};
+use crate::backend::cuda::profile;
 use crate::backend::cuda::train_ops as k;
 use crate::tensor::Tensor;
 
 pub(crate) fn relu(x: &Tensor) -> Tensor {
+    let _p = profile::scope("relu");
     let xs = resident(x);
     let y = expect("relu", k::relu(buf(&xs)));
     Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
@@ -16,6 +18,7 @@ pub(crate) fn relu(x: &Tensor) -> Tensor {
 }
 
 pub(crate) fn abs(x: &Tensor) -> Tensor {
+    let _p = profile::scope("abs");
     let xs = resident(x);
     let y = expect("abs", k::abs(buf(&xs)));
     Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
@@ -27,6 +30,7 @@ pub(crate) fn abs(x: &Tensor) -> Tensor {
 
 /// sign(x) (0 at 0), whose gradient is 0.
 pub(crate) fn sign(x: &Tensor) -> Tensor {
+    let _p = profile::scope("sign");
     let y = expect("sign", k::sign(buf(&resident(x))));
     let shape = x.shape().to_vec();
     Tensor::from_device_op(y, x.shape(), &[x], move |_, _| {
@@ -39,6 +43,7 @@ pub(crate) fn sign(x: &Tensor) -> Tensor {
 
 /// s·x.
 pub(crate) fn scale(x: &Tensor, s: f32) -> Tensor {
+    let _p = profile::scope("scale");
     let y = expect("scale", k::scale(buf(&resident(x)), s));
     Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
         let d = expect("scale backward", k::scale(buf(&resident(g)), s));
@@ -48,6 +53,7 @@ pub(crate) fn scale(x: &Tensor, s: f32) -> Tensor {
 
 /// a + s·b for tensors of one shape (s = 1: add, s = −1: subtract).
 pub(crate) fn add_scaled(a: &Tensor, b: &Tensor, s: f32) -> Tensor {
+    let _p = profile::scope("add_scaled");
     let (sa, sb) = (resident(a), resident(b));
     let mut y = super::copy(buf(&sa));
     expect("add", k::add_scaled(&mut y, buf(&sb), s));
@@ -68,6 +74,7 @@ pub(crate) fn add_scaled(a: &Tensor, b: &Tensor, s: f32) -> Tensor {
 
 /// a·b for tensors of one shape.
 pub(crate) fn mul(a: &Tensor, b: &Tensor) -> Tensor {
+    let _p = profile::scope("mul");
     let (sa, sb) = (resident(a), resident(b));
     let y = expect("mul", k::mul(buf(&sa), buf(&sb)));
     Tensor::from_device_op(y, a.shape(), &[a, b], move |g, needs| {
@@ -85,6 +92,7 @@ pub(crate) fn mul(a: &Tensor, b: &Tensor) -> Tensor {
 
 /// a + b of one shape, with no graph (gradient accumulation).
 pub(crate) fn sum_detached(a: &Tensor, b: &Tensor) -> Tensor {
+    let _p = profile::scope("sum_detached");
     let (sa, sb) = (resident(a), resident(b));
     let mut y = super::copy(buf(&sa));
     expect(
@@ -92,4 +100,23 @@ pub(crate) fn sum_detached(a: &Tensor, b: &Tensor) -> Tensor {
         k::add_scaled(&mut y, buf(&sb), 1.0),
     );
     tensor(y, a.shape())
+}
+
+/// x + s.
+pub(crate) fn add_scalar(x: &Tensor, s: f32) -> Tensor {
+    let _p = profile::scope("add_scalar");
+    let y = expect("add_scalar", k::add_scalar(buf(&resident(x)), s));
+    Tensor::from_device_op(y, x.shape(), &[x], |g, _| vec![Some(g.clone())])
+}
+
+/// x^p for a constant p.
+pub(crate) fn powf(x: &Tensor, p: f32) -> Tensor {
+    let _p = profile::scope("powf");
+    let xs = resident(x);
+    let y = expect("powf", k::powf(buf(&xs), p));
+    Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
+        let gs = resident(g);
+        let d = expect("powf backward", k::powf_backward(buf(&gs), buf(&xs), p));
+        vec![Some(tensor(d, xs.shape()))]
+    })
 }

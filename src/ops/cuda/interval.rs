@@ -3,10 +3,12 @@
 
 use super::{buf, expect, resident, tensor};
 use crate::backend::cuda::bounds::{self, LinearDims};
+use crate::backend::cuda::profile;
 use crate::backend::cuda::train_ops::{ChannelDims, DeviceLabels};
 use crate::tensor::Tensor;
 
 pub(crate) fn interval_relu(boxes: &Tensor) -> Tensor {
+    let _p = profile::scope("interval_relu");
     let xs = resident(boxes);
     let y = expect("interval_relu", bounds::interval_relu(buf(&xs)));
     Tensor::from_device_op(y, boxes.shape(), &[boxes], move |g, _| {
@@ -21,6 +23,7 @@ pub(crate) fn interval_relu(boxes: &Tensor) -> Tensor {
 
 /// Per-channel affine map on boxes [2, N, C, ...]: centres get it, radii get |scale|.
 pub(crate) fn interval_channel_affine(boxes: &Tensor, scale: &Tensor, shift: &Tensor) -> Tensor {
+    let _p = profile::scope("interval_channel_affine");
     let (xs, ss, hs) = (resident(boxes), resident(scale), resident(shift));
     let d = expect(
         "interval_channel_affine",
@@ -52,6 +55,7 @@ pub(crate) fn elided_margins(
     bias: Option<&Tensor>,
     labels: &[usize],
 ) -> Tensor {
+    let _p = profile::scope("elided_margins");
     let dims = LinearDims {
         batch: hidden.dim(1),
         in_features: hidden.dim(2),

@@ -3,7 +3,8 @@
 
 use super::{buf, expect, filled, resident, tensor};
 use crate::backend::cuda::bounds::{self, LinearDims};
-use crate::backend::cuda::conv::{channel_sum, matmul};
+use crate::backend::cuda::conv::{channel_sum, matmul, matmul_at, GemmSpec};
+use crate::backend::cuda::profile;
 use crate::backend::cuda::train_ops::{batch_norm_affine, BatchNormParams, ChannelDims};
 use crate::backend::cuda::DeviceBuffer;
 use crate::tensor::Tensor;
@@ -29,6 +30,7 @@ fn add_row_bias(y: &DeviceBuffer, bias: &DeviceBuffer, n: usize, out: usize) -> 
 
 /// x [n, in] · weightᵀ + bias.
 pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let _p = profile::scope("linear");
     let (n, inf, outf) = (x.dim(0), x.dim(1), weight.dim(0));
     let (xs, ws) = (resident(x), resident(weight));
     let mut y = expect(
@@ -71,8 +73,35 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tens
     })
 }
 
+/// (W c + b, |W| r) as two GEMMs (split along K when the outputs are few: a wide flattened
+/// feature map, the usual first linear layer), into one stacked [2, n, out] buffer.
+fn interval_linear_forward(
+    boxes: &DeviceBuffer,
+    weight: &DeviceBuffer,
+    bias: Option<&DeviceBuffer>,
+    dims: LinearDims,
+) -> crate::Result<DeviceBuffer> {
+    let LinearDims {
+        batch: n,
+        in_features: inf,
+        out_features: outf,
+    } = dims;
+    let spec = GemmSpec::dense(n, outf, inf, false, true);
+    let mut centre = DeviceBuffer::uninit(n * outf)?;
+    matmul_at((boxes, 0), (weight, 0), spec, (&mut centre, 0))?;
+    if let Some(b) = bias {
+        centre = add_row_bias(&centre, b, n, outf);
+    }
+    let mut y = DeviceBuffer::uninit(2 * n * outf)?;
+    y.copy_from(0, &centre, 0, n * outf)?;
+    let abs_w = crate::backend::cuda::train_ops::abs(weight)?;
+    matmul_at((boxes, n * inf), (&abs_w, 0), spec, (&mut y, n * outf))?;
+    Ok(y)
+}
+
 /// Boxes [2, n, in] through a linear layer: (W c + b, |W| r).
 pub(crate) fn interval_linear(boxes: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let _p = profile::scope("interval_linear");
     let dims = LinearDims {
         batch: boxes.dim(1),
         in_features: boxes.dim(2),
@@ -82,7 +111,7 @@ pub(crate) fn interval_linear(boxes: &Tensor, weight: &Tensor, bias: Option<&Ten
     let bs = bias.map(resident);
     let y = expect(
         "interval_linear",
-        bounds::interval_linear(buf(&xs), buf(&ws), bs.as_ref().map(buf), dims),
+        interval_linear_forward(buf(&xs), buf(&ws), bs.as_ref().map(buf), dims),
     );
     let mut inputs = vec![boxes, weight];
     inputs.extend(bias);

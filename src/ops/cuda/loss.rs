@@ -1,11 +1,13 @@
 //! Softmax cross-entropy on the GPU (`kernels/train.cu`).
 
 use super::{buf, copy, expect, resident, tensor};
+use crate::backend::cuda::profile;
 use crate::backend::cuda::train_ops::{self as k, DeviceLabels};
 use crate::tensor::Tensor;
 
 /// Mean cross-entropy of logits [n, classes] against `labels` (checked by the caller).
 pub(crate) fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Tensor {
+    let _p = profile::scope("cross_entropy");
     let (n, classes) = (logits.dim(0), logits.dim(1));
     let ls = resident(logits);
     let device_labels = expect("cross_entropy", DeviceLabels::new(labels, classes));

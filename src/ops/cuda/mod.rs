@@ -61,9 +61,19 @@ pub(crate) fn tensor(b: DeviceBuffer, shape: &[usize]) -> Tensor {
 
 /// `len` copies of `v` on the device.
 pub(crate) fn filled(len: usize, v: f32) -> DeviceBuffer {
-    if v == 0.0 {
-        expect("zeros", DeviceBuffer::zeros(len))
-    } else {
-        expect("fill", DeviceBuffer::from_host(&vec![v; len]))
-    }
+    // A kernel, not a copy from the host: a copy from pageable memory would wait for the
+    // stream, and constants are made inside ops.
+    expect("fill", crate::backend::cuda::train_ops::fill(len, v))
+}
+
+/// PGD's step on the GPU: min(max(x + step·sign(g), lo), hi), a new constant tensor.
+pub(crate) fn pgd_step(x: &Tensor, g: &Tensor, lo: &Tensor, hi: &Tensor, step: f32) -> Tensor {
+    let _p = crate::backend::cuda::profile::scope("pgd_step");
+    let (xs, gs, ls, hs) = (resident(x), resident(g), resident(lo), resident(hi));
+    let mut next = copy(buf(&xs));
+    expect(
+        "PGD step",
+        crate::backend::cuda::train_ops::pgd_step(&mut next, buf(&gs), buf(&ls), buf(&hs), step),
+    );
+    tensor(next, x.shape())
 }

@@ -2,6 +2,7 @@
 //! the same graph as the CPU's: `channel_mean`, `channel_var(x, mean)`, `channel_affine`.
 
 use super::{buf, expect, filled, resident, tensor};
+use crate::backend::cuda::profile;
 use crate::backend::cuda::train_ops::{self as k, BatchNormParams, ChannelDims};
 use crate::tensor::Tensor;
 
@@ -11,6 +12,7 @@ fn dims(x: &Tensor) -> ChannelDims {
 
 /// Mean over every axis but 1: [N, C, ...] -> [C].
 pub(crate) fn channel_mean(x: &Tensor) -> Tensor {
+    let _p = profile::scope("channel_mean");
     let (xs, d) = (resident(x), dims(x));
     let mean = expect("channel_mean", k::channel_mean(buf(&xs), d));
     Tensor::from_device_op(mean, &[d.channels], &[x], move |g, _| {
@@ -27,6 +29,7 @@ pub(crate) fn channel_mean(x: &Tensor) -> Tensor {
 
 /// Biased variance per channel about `mean`.
 pub(crate) fn channel_var(x: &Tensor, mean: &Tensor) -> Tensor {
+    let _p = profile::scope("channel_var");
     let (xs, ms, d) = (resident(x), resident(mean), dims(x));
     let var = expect("channel_var", k::channel_var(buf(&xs), buf(&ms), d));
     Tensor::from_device_op(var, &[d.channels], &[x, mean], move |g, _| {
@@ -54,6 +57,7 @@ pub(crate) fn channel_var(x: &Tensor, mean: &Tensor) -> Tensor {
 /// y = x·scale[c] + shift[c]: batch norm's kernel with mean 0, variance 1 and ε = 0 (so its
 /// 1/√(var + ε) is exactly 1).
 pub(crate) fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Tensor {
+    let _p = profile::scope("channel_affine");
     let (xs, ss, hs, d) = (resident(x), resident(scale), resident(shift), dims(x));
     let (zeros, ones) = (filled(d.channels, 0.0), filled(d.channels, 1.0));
     let params = BatchNormParams {
@@ -74,6 +78,14 @@ pub(crate) fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Tens
             beta: buf(&hs),
             eps: 0.0,
         };
+        if !needs[1] && !needs[2] {
+            let dx = k::batch_norm_affine_backward_input(buf(&gs), params, d);
+            return vec![
+                Some(tensor(expect("channel_affine backward", dx), xs.shape())),
+                None,
+                None,
+            ];
+        }
         let grads = expect(
             "channel_affine backward",
             k::batch_norm_affine_backward(buf(&xs), buf(&gs), params, d),

@@ -2,11 +2,13 @@
 //! device twin of `compress::quant::fake_quantize`, bit for bit.
 
 use super::{buf, expect, resident, tensor};
+use crate::backend::cuda::profile;
 use crate::backend::cuda::quant as k;
 use crate::compress::quant::{Format, Granularity};
 use crate::tensor::Tensor;
 
 pub(crate) fn fake_quantize(w: &Tensor, format: Format, granularity: Granularity) -> Tensor {
+    let _p = profile::scope("fake_quantize");
     let ws = resident(w);
     match format {
         Format::Fp32 => w.clone(),

@@ -1,6 +1,7 @@
 //! Row gathers and concatenation on the GPU: device-to-device copies of whole rows.
 
 use super::{buf, expect, filled, resident, tensor};
+use crate::backend::cuda::profile;
 use crate::backend::cuda::DeviceBuffer;
 use crate::tensor::Tensor;
 
@@ -10,6 +11,7 @@ pub(crate) const MAX_COPIED_ROWS: usize = 16;
 
 /// Rows `indices` (distinct) of `x`, in that order.
 pub(crate) fn index_rows(x: &Tensor, indices: &[usize]) -> Tensor {
+    let _p = profile::scope("index_rows");
     let rows = x.dim(0);
     let row = x.numel().checked_div(rows).unwrap_or(0);
     let xs = resident(x);
@@ -37,6 +39,7 @@ pub(crate) fn index_rows(x: &Tensor, indices: &[usize]) -> Tensor {
 
 /// Concatenation along the first axis.
 pub(crate) fn concat_rows(parts: &[&Tensor], shape: &[usize]) -> Tensor {
+    let _p = profile::scope("concat_rows");
     let on_gpu: Vec<Tensor> = parts.iter().map(|t| resident(t)).collect();
     let total: usize = parts.iter().map(|t| t.numel()).sum();
     let mut out = expect("concat", DeviceBuffer::uninit(total));
