@@ -62,11 +62,10 @@ struct Operand {
     }
 };
 
-// Grid (⌈N/64⌉, ⌈M/64⌉), 256 threads. transA/transB: 0 or 1.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    sgemm(int M, int N, int K, float alpha, const float* __restrict__ A, int lda, int transA,
-          const float* __restrict__ B, int ldb, int transB, float beta, float* __restrict__ C,
-          int ldc) {
+// One 64 × 64 tile of C (this block's) = alpha·op(A)·op(B) + beta·C.
+__device__ __forceinline__ void gemm_tile(int M, int N, int K, float alpha, const float* A,
+                                          int lda, int transA, const float* B, int ldb,
+                                          int transB, float beta, float* C, int ldc) {
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
     // A as (m, k): k contiguous unless transposed. B as (n, k): k contiguous when transposed.
@@ -88,4 +87,28 @@ extern "C" __global__ void __launch_bounds__(THREADS)
             row[n] = beta == 0.0f ? v : fmaf(beta, row[n], v);
         }
     }
+}
+
+// Grid (⌈N/64⌉, ⌈M/64⌉), 256 threads. transA/transB: 0 or 1.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    sgemm(int M, int N, int K, float alpha, const float* __restrict__ A, int lda, int transA,
+          const float* __restrict__ B, int ldb, int transB, float beta, float* __restrict__ C,
+          int ldc) {
+    gemm_tile(M, N, K, alpha, A, lda, transA, B, ldb, transB, beta, C, ldc);
+}
+
+// Split K, for products with few output tiles and a long K (a linear layer on a flattened
+// feature map): grid (⌈N/64⌉, ⌈M/64⌉, splits); block z computes the partial product over
+// k ∈ [z·kchunk, min(K, (z + 1)·kchunk)) into its own M × N slice C + z·M·N (dense), which
+// `sum_splits` (kernels/conv.cu) adds in a fixed order. kchunk is a multiple of 16.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    sgemm_split(int M, int N, int K, int kchunk, const float* __restrict__ A, int lda,
+                int transA, const float* __restrict__ B, int ldb, int transB,
+                float* __restrict__ C) {
+    const int k0 = blockIdx.z * kchunk;
+    const int klen = min(kchunk, K - k0);
+    const float* a = A + (transA ? (size_t)k0 * lda : (size_t)k0);
+    const float* b = B + (transB ? (size_t)k0 : (size_t)k0 * ldb);
+    float* c = C + (size_t)blockIdx.z * M * N;
+    gemm_tile(M, N, klen, 1.0f, a, lda, transA, b, ldb, transB, 0.0f, c, N);
 }

@@ -20,7 +20,7 @@
 
 use crate::backend::cuda::buffer::DeviceBuffer;
 use crate::backend::cuda::context::{cuda, driver_error, grid_1d};
-use crate::backend::cuda::train_ops::{as_i32, as_i64, check_len, per_block};
+use crate::backend::cuda::train_ops::{as_i32, as_i64, check_len, per_block, per_channel};
 use crate::backend::cuda::train_ops::{ChannelDims, DeviceLabels};
 use crate::{Error, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -389,7 +389,7 @@ pub fn interval_channel_affine_backward(
     launch!(
         backend,
         "interval_channel_affine_backward_params",
-        per_block(dims.channels)?,
+        per_channel(dims.channels)?,
         [
             boxes.slice(),
             grad.slice(),

@@ -54,6 +54,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("conv", "interval_conv2d_bwd_input"),
     ("conv", "channel_sum"),
     ("gemm", "sgemm"),
+    ("gemm", "sgemm_split"),
 ];
 
 /// Tensors handed to the kernels hold fewer values than this: indices are 32-bit, and the
@@ -1047,18 +1048,42 @@ pub fn matmul_at(
     }
     let chunk = ktiles.div_ceil(splits) * TILE_K;
     let splits = k.div_ceil(chunk);
+    // The whole operands must lie in their buffers (the spans of the unsplit product).
+    let (a_rows, a_cols) = if spec.trans_a { (k, m) } else { (m, k) };
+    let (b_rows, b_cols) = if spec.trans_b { (n, k) } else { (k, n) };
+    let a_span = matrix_span("A", a_rows, a_cols, spec.lda)?;
+    let b_span = matrix_span("B", b_rows, b_cols, spec.ldb)?;
+    if a.0.len() < a.1 + a_span || b.0.len() < b.1 + b_span {
+        return Err(Error::Shape(format!(
+            "matmul: operands of {m} × {k} × {n} do not fit their buffers"
+        )));
+    }
     let mut parts = DeviceBuffer::uninit(splits * m * n)?;
-    for z in 0..splits {
-        let k0 = z * chunk;
-        let part = GemmSpec {
-            k: chunk.min(k - k0),
-            ..spec
-        };
-        // The K-slice of op(A) and op(B): columns of a stored m × k (or n × k) matrix, rows of
-        // a stored k × m (or k × n) one.
-        let a_at = a.1 + if spec.trans_a { k0 * spec.lda } else { k0 };
-        let b_at = b.1 + if spec.trans_b { k0 } else { k0 * spec.ldb };
-        sgemm_at(&part, (a.0, a_at), (b.0, b_at), (&mut parts, z * m * n))?;
+    {
+        let f = backend.function("gemm", "sgemm_split")?;
+        let i = |v: usize| v as i32; // bounded by the span checks
+        let (mi, ni, ki, chunk_i) = (i(m), i(n), i(k), i(chunk));
+        let (lda, ldb) = (i(spec.lda), i(spec.ldb));
+        let (ta, tb) = (i32::from(spec.trans_a), i32::from(spec.trans_b));
+        let av = a.0.slice().slice(a.1..a.1 + a_span);
+        let bv = b.0.slice().slice(b.1..b.1 + b_span);
+        let mut pv = view_mut(&mut parts, splits * m * n);
+        let mut l = backend.stream.launch_builder(&f);
+        l.arg(&mi)
+            .arg(&ni)
+            .arg(&ki)
+            .arg(&chunk_i)
+            .arg(&av)
+            .arg(&lda)
+            .arg(&ta)
+            .arg(&bv)
+            .arg(&ldb)
+            .arg(&tb)
+            .arg(&mut pv);
+        let grid = (blocks(n, TILE), blocks(m, TILE), splits as u32);
+        // SAFETY: arguments as the kernel declares them; block z reads K-columns (or rows)
+        // [z·chunk, (z + 1)·chunk) of the checked operands and writes the z-th M × N slice.
+        unsafe { l.launch(config(grid)) }.map_err(|e| driver_error("sgemm_split", e))?;
     }
     let (dst, at) = c;
     if dst.len() < at + m * n {

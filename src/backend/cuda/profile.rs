@@ -78,7 +78,7 @@ pub fn report() -> String {
         .as_ref()
         .map(|t| t.iter().collect())
         .unwrap_or_default();
-    rows.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1 .1));
     let mut out = format!(
         "{:<60} {:>7} {:>10} {:>10}\n",
         "scope", "calls", "total ms", "ms/call"
