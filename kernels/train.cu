@@ -159,6 +159,20 @@ extern "C" __global__ void softmax_xent_backward(const float* z, const float* ls
     dz[t] = (y >= 0 && y < classes) ? d : __int_as_float(0x7fc00000);
 }
 
+// The per-sample losses' gradient (attacks: the loss of each sample, −log p_y, with its own
+// upstream gradient g[row]): (exp(z − lse) − [j = y])·g[row].
+extern "C" __global__ void softmax_xent_rows_backward(const float* z, const float* lse,
+                                                      const int* labels, const float* g,
+                                                      int rows, int classes, float* dz) {
+    long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (t >= (long long)rows * classes) return;
+    int row = (int)(t / classes), j = (int)(t % classes);
+    int y = labels[row];
+    float p = expf(z[t] - lse[row]);
+    float d = __fmul_rn(g[row], p - (j == y ? 1.0f : 0.0f));
+    dz[t] = (y >= 0 && y < classes) ? d : __int_as_float(0x7fc00000);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Batch normalisation. A tensor [N, C, S...] is N × C × S (S the product of the trailing axes);
 // element (s, c, p) sits at (s·C + c)·S + p. The per-channel statistics and parameter

@@ -16,6 +16,7 @@
 // `!(err <= bound)` on purpose: a NaN must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+use cactus::attack::per_sample_cross_entropy;
 use cactus::backend::cuda::train_ops::{
     abs, abs_backward, adam_step, add, add_scaled, batch_norm_affine, batch_norm_affine_backward,
     batch_stats_backward, channel_mean, channel_var, clip_scale, global_norm, mul, mul_backward,
@@ -824,4 +825,44 @@ fn bad_shapes_are_errors() {
     assert!(batch_stats_backward(&a, &c3, &c3, &b, dims).is_err());
     let mut x = up(&[0.5; 6]);
     assert!(pgd_step(&mut x, &a, &a, &b, 0.1).is_err());
+}
+
+/// The attacks' per-sample cross-entropy on GPU tensors (the device op, with its backward for a
+/// per-row upstream gradient) against the CPU's log-softmax formulation.
+#[test]
+fn per_sample_cross_entropy_matches_cpu() {
+    let Some(_gpu) = device_or_skip("per_sample_cross_entropy_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::seed(203);
+    for (rows, classes, spread) in [(1, 2, 1.0), (7, 3, 3.0), (128, 10, 5.0), (9, 10, 60.0)] {
+        let z = uniform(rows * classes, -spread, spread, &mut rng);
+        let labels: Vec<usize> = (0..rows).map(|_| rng.below(classes)).collect();
+        let upstream = uniform(rows, -1.0, 1.0, &mut rng);
+        let run = |device: cactus::Device| {
+            let zt = Tensor::from_vec(z.clone(), &[rows, classes])
+                .to_device(device)
+                .unwrap()
+                .requires_grad();
+            let g = Tensor::from_vec(upstream.clone(), &[rows])
+                .to_device(device)
+                .unwrap();
+            let loss = per_sample_cross_entropy(&zt, &labels);
+            assert_eq!(loss.device(), device);
+            let grads = loss.mul(&g).sum().backward();
+            (loss.to_vec(), grads.get(&zt).unwrap().to_vec())
+        };
+        let (cpu_loss, cpu_grad) = run(cactus::Device::Cpu);
+        let (gpu_loss, gpu_grad) = run(cactus::Device::Cuda);
+        let what = format!("per-sample cross-entropy {rows} × {classes} (±{spread})");
+        // Both compute z_y − lse in f32 from a sum of exponentials: a few ulp of |lse|, which
+        // is also the relative error of each probability exp(z − lse) in the gradient.
+        let tol = 1e-5 * (spread as f32 + (classes as f32).ln()).max(1.0);
+        for (a, b) in gpu_loss.iter().zip(&cpu_loss) {
+            assert!((a - b).abs() <= tol, "{what}: loss {a} vs {b}");
+        }
+        for (a, b) in gpu_grad.iter().zip(&cpu_grad) {
+            assert!((a - b).abs() <= tol, "{what}: gradient {a} vs {b}");
+        }
+    }
 }

@@ -56,6 +56,18 @@ fn true_logit(logits: &Tensor, labels: &[usize]) -> Tensor {
 
 /// Cross-entropy of each sample, [N] (its mean is `ops::cross_entropy`).
 pub fn per_sample_cross_entropy(logits: &Tensor, labels: &[usize]) -> Tensor {
+    if logits.is_cuda() {
+        assert!(
+            logits.rank() == 2 && labels.len() == logits.dim(0),
+            "attack losses need [batch, classes] logits and one label per row, got {:?} and {}",
+            logits.shape(),
+            labels.len()
+        );
+        if let Some(&bad) = labels.iter().find(|&&y| y >= logits.dim(1)) {
+            panic!("label {bad} out of range for {} classes", logits.dim(1));
+        }
+        return crate::ops::cuda::loss::per_sample_cross_entropy(logits, labels);
+    }
     true_logit(&log_softmax(logits), labels).neg()
 }
 

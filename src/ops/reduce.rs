@@ -92,6 +92,9 @@ impl Tensor {
 
     /// Sum of all elements, as a scalar (shape []).
     pub fn sum(&self) -> Tensor {
+        if self.is_cuda() {
+            return crate::ops::cuda::reduce::sum_all(self);
+        }
         let all: Vec<isize> = (0..self.rank() as isize).collect();
         self.sum_axes(&all, false)
     }

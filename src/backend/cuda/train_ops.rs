@@ -438,6 +438,85 @@ pub fn softmax_cross_entropy_backward(
     Ok(dz)
 }
 
+/// Each sample's cross-entropy −log softmax(z)_y ([rows]) with the row log-sum-exps its
+/// backward needs.
+pub fn softmax_cross_entropy_rows(
+    logits: &DeviceBuffer,
+    rows: usize,
+    classes: usize,
+    labels: &DeviceLabels,
+) -> Result<(DeviceBuffer, DeviceBuffer)> {
+    if rows == 0 || classes == 0 {
+        return Err(Error::Shape(format!(
+            "softmax_cross_entropy_rows of an empty batch ({rows} × {classes})"
+        )));
+    }
+    let (rows_i, classes_i) = (as_i32("rows", rows)?, as_i32("classes", classes)?);
+    as_i32("rows × 32 threads", rows * 32)?;
+    check_len("softmax_cross_entropy_rows logits", logits, rows * classes)?;
+    labels.check("softmax_cross_entropy_rows", rows, classes)?;
+    let backend = cuda()?;
+    let mut lse = DeviceBuffer::uninit(rows)?;
+    let mut logp_y = DeviceBuffer::uninit(rows)?;
+    launch!(
+        backend,
+        "softmax_xent_rows",
+        grid_1d(rows * 32),
+        [
+            logits.slice(),
+            labels.slice(),
+            &rows_i,
+            &classes_i,
+            lse.slice_mut(),
+            logp_y.slice_mut()
+        ]
+    );
+    Ok((scale(&logp_y, -1.0)?, lse))
+}
+
+/// The gradient of `softmax_cross_entropy_rows` for upstream gradients `grad_rows` ([rows]).
+pub fn softmax_cross_entropy_rows_backward(
+    logits: &DeviceBuffer,
+    lse: &DeviceBuffer,
+    labels: &DeviceLabels,
+    grad_rows: &DeviceBuffer,
+    rows: usize,
+    classes: usize,
+) -> Result<DeviceBuffer> {
+    let (rows_i, classes_i) = (as_i32("rows", rows)?, as_i32("classes", classes)?);
+    check_len(
+        "softmax_cross_entropy_rows_backward logits",
+        logits,
+        rows * classes,
+    )?;
+    check_len("softmax_cross_entropy_rows_backward lse", lse, rows)?;
+    check_len(
+        "softmax_cross_entropy_rows_backward gradient",
+        grad_rows,
+        rows,
+    )?;
+    labels.check("softmax_cross_entropy_rows_backward", rows, classes)?;
+    let backend = cuda()?;
+    let mut dz = DeviceBuffer::uninit(rows * classes)?;
+    if rows * classes > 0 {
+        launch!(
+            backend,
+            "softmax_xent_rows_backward",
+            grid_1d(rows * classes),
+            [
+                logits.slice(),
+                lse.slice(),
+                labels.slice(),
+                grad_rows.slice(),
+                &rows_i,
+                &classes_i,
+                dz.slice_mut()
+            ]
+        );
+    }
+    Ok(dz)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Batch norm
 // ---------------------------------------------------------------------------------------------

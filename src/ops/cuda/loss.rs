@@ -32,3 +32,30 @@ pub(crate) fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Tensor {
         ))]
     })
 }
+
+/// Each sample's cross-entropy [n] (attack objectives), on the device.
+pub(crate) fn per_sample_cross_entropy(logits: &Tensor, labels: &[usize]) -> Tensor {
+    let _p = profile::scope("per_sample_cross_entropy");
+    let (n, classes) = (logits.dim(0), logits.dim(1));
+    let ls = resident(logits);
+    let device_labels = expect("cross_entropy", DeviceLabels::new(labels, classes));
+    let (loss, lse) = expect(
+        "cross_entropy",
+        k::softmax_cross_entropy_rows(buf(&ls), n, classes, &device_labels),
+    );
+    Tensor::from_device_op(loss, &[n], &[logits], move |g, _| {
+        let gs = resident(g);
+        let d = k::softmax_cross_entropy_rows_backward(
+            buf(&ls),
+            &lse,
+            &device_labels,
+            buf(&gs),
+            n,
+            classes,
+        );
+        vec![Some(tensor(
+            expect("cross_entropy backward", d),
+            ls.shape(),
+        ))]
+    })
+}

@@ -15,6 +15,7 @@ pub(crate) mod linear;
 pub(crate) mod loss;
 pub(crate) mod norm;
 pub(crate) mod quant;
+pub(crate) mod reduce;
 pub(crate) mod shape;
 
 use crate::backend::cuda::DeviceBuffer;
