@@ -857,7 +857,7 @@ fn per_sample_cross_entropy_matches_cpu() {
         let what = format!("per-sample cross-entropy {rows} × {classes} (±{spread})");
         // Both compute z_y − lse in f32 from a sum of exponentials: a few ulp of |lse|, which
         // is also the relative error of each probability exp(z − lse) in the gradient.
-        let tol = 1e-5 * (spread as f32 + (classes as f32).ln()).max(1.0);
+        let tol = 1e-5 * (spread + (classes as f32).ln()).max(1.0);
         for (a, b) in gpu_loss.iter().zip(&cpu_loss) {
             assert!((a - b).abs() <= tol, "{what}: loss {a} vs {b}");
         }
