@@ -19,21 +19,20 @@
 //! the buffers first: a mismatch is an `Error`, never a panic or an out-of-bounds launch.
 
 use crate::backend::cuda::buffer::DeviceBuffer;
-use crate::backend::cuda::context::{cuda, driver_error, grid_1d};
+use crate::backend::cuda::context::{cuda, grid_1d};
 use crate::backend::cuda::train_ops::{as_i32, as_i64, check_len, per_block, per_channel};
 use crate::backend::cuda::train_ops::{ChannelDims, DeviceLabels};
 use crate::{Error, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 /// Launch `kernels/bounds.cu`'s kernel `name` on the backend's stream with the given arguments.
 macro_rules! launch {
     ($backend:expr, $name:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
-        let f = $backend.function("bounds", $name)?;
-        let mut b = $backend.stream.launch_builder(&f);
+        let mut b = $backend.launch("bounds", $name)?;
         $( b.arg($arg); )*
         // SAFETY: the arguments match the kernel's signature in kernels/bounds.cu, and the
         // wrappers checked every buffer against the sizes the kernel is given.
-        unsafe { b.launch($cfg) }.map_err(|e| driver_error($name, e))?;
+        unsafe { b.launch($cfg) }?;
     }};
 }
 

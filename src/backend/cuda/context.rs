@@ -3,7 +3,9 @@
 use crate::backend::cuda::buffer::BufferPool;
 use crate::backend::cuda::nvrtc::{compile_module, nvrtc_available, KernelModule};
 use crate::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,7 +25,8 @@ pub struct CudaBackend {
     pub arch: String,
     pub name: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    /// Loaded once per process and kept for its rest (a few dozen), so launches can borrow them.
+    functions: Mutex<HashMap<(&'static str, &'static str), &'static Kernel>>,
     pub(crate) pool: BufferPool,
 }
 
@@ -78,14 +81,18 @@ impl CudaBackend {
     }
 
     /// The kernel `function` of `kernels/<module>.cu`, compiling the module on first use.
-    pub fn function(&self, module: &'static str, function: &'static str) -> Result<CudaFunction> {
-        if let Some(f) = self
+    pub fn function(
+        &self,
+        module: &'static str,
+        function: &'static str,
+    ) -> Result<&'static Kernel> {
+        if let Some(&k) = self
             .functions
             .lock()
             .expect("lock")
             .get(&(module, function))
         {
-            return Ok(f.clone());
+            return Ok(k);
         }
         let loaded = {
             let mut modules = self.modules.lock().expect("lock");
@@ -109,11 +116,30 @@ impl CudaBackend {
                 "kernels/{module}.cu has no kernel '{function}': {e:?}"
             ))
         })?;
+        let kernel: &'static Kernel = Box::leak(Box::new(Kernel {
+            name: function,
+            params: parameter_count(&f),
+            function: f,
+        }));
         self.functions
             .lock()
             .expect("lock")
-            .insert((module, function), f.clone());
-        Ok(f)
+            .insert((module, function), kernel);
+        Ok(kernel)
+    }
+
+    /// A launch of the kernel `function` of `kernels/<module>.cu` (see [`Launch`]).
+    pub fn launch(&self, module: &'static str, function: &'static str) -> Result<Launch<'_>> {
+        Ok(self.launch_builder(self.function(module, function)?))
+    }
+
+    /// A launch of `kernel` on the stream, its arguments to be added in the kernel's order.
+    pub fn launch_builder<'a>(&'a self, kernel: &'a Kernel) -> Launch<'a> {
+        Launch {
+            args: self.stream.launch_builder(&kernel.function),
+            kernel,
+            given: 0,
+        }
     }
 
     /// Wait for the stream's work and surface an asynchronous kernel error.
@@ -121,6 +147,69 @@ impl CudaBackend {
         self.stream
             .synchronize()
             .map_err(|e| Error::Invalid(format!("CUDA: {e:?}")))
+    }
+}
+
+/// A compiled kernel with the number of parameters it declares.
+pub struct Kernel {
+    pub name: &'static str,
+    pub function: CudaFunction,
+    /// From the driver; None where it cannot tell.
+    params: Option<usize>,
+}
+
+/// How many parameters `f` declares: the driver's parameter info answers for each index up to
+/// the last (CUDA 12.4+); None where it answers for none.
+fn parameter_count(f: &CudaFunction) -> Option<usize> {
+    let (mut offset, mut size) = (0usize, 0usize);
+    let mut count = 0;
+    // SAFETY: a loaded function's handle; the driver writes two integers.
+    while unsafe {
+        cudarc::driver::sys::cuFuncGetParamInfo(f.cu_function(), count, &mut offset, &mut size)
+    } == cudarc::driver::sys::CUresult::CUDA_SUCCESS
+    {
+        count += 1;
+    }
+    (count > 0).then_some(count)
+}
+
+/// A kernel launch being put together: one `arg` per kernel parameter, in order, then `launch`.
+/// The count of arguments is checked against the kernel's own, so a wrapper that passes too
+/// few or too many gets an error naming the kernel instead of a crash in the driver.
+pub struct Launch<'a> {
+    args: LaunchArgs<'a>,
+    kernel: &'a Kernel,
+    given: usize,
+}
+
+impl<'a> Launch<'a> {
+    pub fn arg<A>(&mut self, arg: A) -> &mut Self
+    where
+        LaunchArgs<'a>: PushKernelArg<A>,
+    {
+        self.args.arg(arg);
+        self.given += 1;
+        self
+    }
+
+    /// Launch with `cfg`.
+    ///
+    /// # Safety
+    /// The arguments' types must be the kernel's parameters', and every buffer must hold what
+    /// the kernel reads and writes for this configuration.
+    pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
+        if let Some(declared) = self.kernel.params {
+            if declared != self.given {
+                return Err(Error::Invalid(format!(
+                    "CUDA kernel {}: {} arguments given, it declares {declared}",
+                    self.kernel.name, self.given
+                )));
+            }
+        }
+        // SAFETY: as the caller promises.
+        unsafe { self.args.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| driver_error(self.kernel.name, e))
     }
 }
 

@@ -35,11 +35,11 @@
 
 use crate::backend::cpu::conv::ConvGeometry;
 use crate::backend::cuda::buffer::DeviceBuffer;
-use crate::backend::cuda::context::{cuda, driver_error, grid_1d, CudaBackend};
+use crate::backend::cuda::context::{cuda, grid_1d, CudaBackend};
 use crate::ops::Conv2dParams;
 use crate::{Error, Result};
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
 use std::sync::OnceLock;
 
 /// Every (module, kernel) these wrappers launch: `tests/cuda_conv.rs` checks that each is in
@@ -341,13 +341,12 @@ pub fn conv2d_forward(
         return Ok(y);
     }
     let backend = cuda()?;
-    let f = backend.function("conv", "conv2d_fwd")?;
     let (xv, wv) = (view(x, k.input_len), view(w, k.weight_len));
     // Without a bias the kernel never reads the pointer; the weight stands in.
     let bv = bias.map_or_else(|| view(w, k.weight_len), |b| view(b, g.o));
     let has_bias = i32::from(bias.is_some());
     let mut yv = view_mut(&mut y, k.output_len);
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch("conv", "conv2d_fwd")?;
     b.arg(&xv)
         .arg(&wv)
         .arg(&bv)
@@ -356,7 +355,7 @@ pub fn conv2d_forward(
         .arg(&mut yv);
     // SAFETY: the arguments match the kernel's signature; every index it forms is below the
     // lengths checked above.
-    unsafe { b.launch(config(forward_grid(&k))) }.map_err(|e| driver_error("conv2d_fwd", e))?;
+    unsafe { b.launch(config(forward_grid(&k))) }?;
     Ok(y)
 }
 
@@ -371,11 +370,10 @@ fn interval_forward_views(
     yc: &mut CudaViewMut<'_, f32>,
     yr: &mut CudaViewMut<'_, f32>,
 ) -> Result<()> {
-    let f = backend.function("conv", "interval_conv2d_fwd")?;
     let wv = view(w, k.weight_len);
     let bv = bias.map_or_else(|| view(w, k.weight_len), |b| view(b, k.dims.o as usize));
     let has_bias = i32::from(bias.is_some());
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch("conv", "interval_conv2d_fwd")?;
     b.arg(c)
         .arg(r)
         .arg(&wv)
@@ -385,8 +383,7 @@ fn interval_forward_views(
         .arg(yc)
         .arg(yr);
     // SAFETY: as in conv2d_forward; c, r, yc and yr hold input_len / output_len values.
-    unsafe { b.launch(config(forward_grid(k))) }
-        .map_err(|e| driver_error("interval_conv2d_fwd", e))?;
+    unsafe { b.launch(config(forward_grid(k))) }?;
     Ok(())
 }
 
@@ -524,7 +521,7 @@ fn weight_gradient(k: &Checked, args: WeightGradArgs<'_>) -> Result<DeviceBuffer
             WeightGradArgs::Interval { .. } => "interval_conv2d_bwd_weight",
         };
         let f = backend.function("conv", name)?;
-        let mut b = backend.stream.launch_builder(&f);
+        let mut b = backend.launch_builder(f);
         match &args {
             WeightGradArgs::Plain { x, gy } => {
                 b.arg(x).arg(gy);
@@ -536,17 +533,16 @@ fn weight_gradient(k: &Checked, args: WeightGradArgs<'_>) -> Result<DeviceBuffer
         b.arg(&k.dims).arg(&chunk_i).arg(&mut out);
         // SAFETY: arguments as the kernel declares them; chunk z writes only the z-th
         // weight-sized slice of `out`, which holds `splits` of them.
-        unsafe { b.launch(config(grid)) }.map_err(|e| driver_error(name, e))?;
+        unsafe { b.launch(config(grid)) }?;
     }
     if let Some(parts) = &scratch {
-        let f = backend.function("conv", "sum_splits")?;
         let (splits_i, len_i) = (splits as i32, k.weight_len as i32);
         let pv = view(parts, splits * k.weight_len);
         let mut out = view_mut(&mut dw, k.weight_len);
-        let mut b = backend.stream.launch_builder(&f);
+        let mut b = backend.launch("conv", "sum_splits")?;
         b.arg(&pv).arg(&splits_i).arg(&len_i).arg(&mut out);
         // SAFETY: reads splits·len values, writes len.
-        unsafe { b.launch(grid_1d(k.weight_len)) }.map_err(|e| driver_error("sum_splits", e))?;
+        unsafe { b.launch(grid_1d(k.weight_len)) }?;
     }
     Ok(dw)
 }
@@ -636,13 +632,12 @@ pub fn conv2d_backward_input(
         return Ok(dx);
     }
     let backend = cuda()?;
-    let f = backend.function("conv", "conv2d_bwd_input")?;
     let (gv, wv) = (view(grad_out, k.output_len), view(w, k.weight_len));
     let mut dv = view_mut(&mut dx, k.input_len);
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch("conv", "conv2d_bwd_input")?;
     b.arg(&gv).arg(&wv).arg(&k.dims).arg(&mut dv);
     // SAFETY: arguments as declared; the phases partition dX, each element written once.
-    unsafe { b.launch(config(input_grid(&k))) }.map_err(|e| driver_error("conv2d_bwd_input", e))?;
+    unsafe { b.launch(config(input_grid(&k))) }?;
     Ok(dx)
 }
 
@@ -657,11 +652,10 @@ fn interval_input_views(
 ) -> Result<()> {
     let f = backend.function("conv", "interval_conv2d_bwd_input")?;
     let wv = view(w, k.weight_len);
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch_builder(f);
     b.arg(gc).arg(gr).arg(&wv).arg(&k.dims).arg(dc).arg(dr);
     // SAFETY: as conv2d_backward_input, for both halves.
-    unsafe { b.launch(config(input_grid(k))) }
-        .map_err(|e| driver_error("interval_conv2d_bwd_input", e))?;
+    unsafe { b.launch(config(input_grid(k))) }?;
     Ok(())
 }
 
@@ -736,15 +730,13 @@ fn channel_sum_view(
     }
     let mut out = DeviceBuffer::uninit(channels)?;
     let backend = cuda()?;
-    let f = backend.function("conv", "channel_sum")?;
     // Each is at most n·channels·hw < 2^30.
     let (n_i, c_i, hw_i) = (n as i32, channels as i32, hw as i32);
     let mut ov = view_mut(&mut out, channels);
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch("conv", "channel_sum")?;
     b.arg(x).arg(&n_i).arg(&c_i).arg(&hw_i).arg(&mut ov);
     // SAFETY: one block per channel; reads n·channels·hw values, writes `channels`.
-    unsafe { b.launch(config((channels as u32, 1, 1))) }
-        .map_err(|e| driver_error("channel_sum", e))?;
+    unsafe { b.launch(config((channels as u32, 1, 1))) }?;
     Ok(out)
 }
 
@@ -963,7 +955,6 @@ pub fn sgemm_at(
         )));
     }
     let backend = cuda()?;
-    let f = backend.function("gemm", "sgemm")?;
     let i = |v: usize| v as i32; // bounded by the span checks above
     let (m, n, k) = (i(s.m), i(s.n), i(s.k));
     let (lda, ldb, ldc) = (i(s.lda), i(s.ldb), i(s.ldc));
@@ -972,7 +963,7 @@ pub fn sgemm_at(
     let av = a.slice().slice(a_at..a_at + a_span.max(1));
     let bv = b.slice().slice(b_at..b_at + b_span.max(1));
     let mut cv = c.slice_mut().slice_mut(c_at..c_at + c_span);
-    let mut l = backend.stream.launch_builder(&f);
+    let mut l = backend.launch("gemm", "sgemm")?;
     l.arg(&m)
         .arg(&n)
         .arg(&k)
@@ -988,8 +979,7 @@ pub fn sgemm_at(
     l.arg(&ldc);
     // SAFETY: arguments as the kernel declares them; the spans checked above cover every
     // element it reads or writes.
-    unsafe { l.launch(config((blocks(s.n, TILE), blocks(s.m, TILE), 1))) }
-        .map_err(|e| driver_error("sgemm", e))?;
+    unsafe { l.launch(config((blocks(s.n, TILE), blocks(s.m, TILE), 1))) }?;
     Ok(())
 }
 
@@ -1068,7 +1058,7 @@ pub fn matmul_at(
         let av = a.0.slice().slice(a.1..a.1 + a_span);
         let bv = b.0.slice().slice(b.1..b.1 + b_span);
         let mut pv = view_mut(&mut parts, splits * m * n);
-        let mut l = backend.stream.launch_builder(&f);
+        let mut l = backend.launch_builder(f);
         l.arg(&mi)
             .arg(&ni)
             .arg(&ki)
@@ -1083,7 +1073,7 @@ pub fn matmul_at(
         let grid = (blocks(n, TILE), blocks(m, TILE), splits as u32);
         // SAFETY: arguments as the kernel declares them; block z reads K-columns (or rows)
         // [z·chunk, (z + 1)·chunk) of the checked operands and writes the z-th M × N slice.
-        unsafe { l.launch(config(grid)) }.map_err(|e| driver_error("sgemm_split", e))?;
+        unsafe { l.launch(config(grid)) }?;
     }
     let (dst, at) = c;
     if dst.len() < at + m * n {
@@ -1096,9 +1086,9 @@ pub fn matmul_at(
     let (splits_i, len_i) = (splits as i32, (m * n) as i32);
     let pv = view(&parts, splits * m * n);
     let mut out = dst.slice_mut().slice_mut(at..at + m * n);
-    let mut l = backend.stream.launch_builder(&f);
+    let mut l = backend.launch_builder(f);
     l.arg(&pv).arg(&splits_i).arg(&len_i).arg(&mut out);
     // SAFETY: reads splits·len values, writes len.
-    unsafe { l.launch(grid_1d(m * n)) }.map_err(|e| driver_error("sum_splits", e))?;
+    unsafe { l.launch(grid_1d(m * n)) }?;
     Ok(())
 }

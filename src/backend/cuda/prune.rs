@@ -11,7 +11,7 @@ use crate::backend::cuda::context::{cuda, driver_error, grid_1d, CudaBackend};
 use crate::backend::cuda::DeviceBuffer;
 use crate::compress::prune::{check_ratio, count, select_units, PruneMethod, Scope, Structure};
 use crate::{Error, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// One conv or linear weight on the device, in layer order.
 pub struct DeviceWeight<'a> {
@@ -76,7 +76,6 @@ fn radix_select(
     state: &mut CudaSlice<u64>,
 ) -> Result<()> {
     let histogram = backend.function("prune", "radix_histogram")?;
-    let pick = backend.function("prune", "radix_pick")?;
     let mut hist = backend
         .stream
         .alloc_zeros::<u32>(256)
@@ -85,7 +84,7 @@ fn radix_select(
         let shift = 56 - 8 * pass;
         for &(w, offset) in group {
             let (n, offset) = (w.len() as i64, offset as i64);
-            let mut b = backend.stream.launch_builder(&histogram);
+            let mut b = backend.launch_builder(histogram);
             b.arg(w.slice())
                 .arg(&n)
                 .arg(&offset)
@@ -93,12 +92,12 @@ fn radix_select(
                 .arg(&shift)
                 .arg(&mut hist);
             // SAFETY: arguments match the kernel's signature; lengths are passed explicitly.
-            unsafe { b.launch(stride_grid(w.len())) }.map_err(launch_error("radix_histogram"))?;
+            unsafe { b.launch(stride_grid(w.len())) }?;
         }
-        let mut b = backend.stream.launch_builder(&pick);
+        let mut b = backend.launch("prune", "radix_pick")?;
         b.arg(&mut hist).arg(&mut *state).arg(&shift);
         // SAFETY: as above; one thread.
-        unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.map_err(launch_error("radix_pick"))?;
+        unsafe { b.launch(LaunchConfig::for_num_elems(1)) }?;
     }
     Ok(())
 }
@@ -117,14 +116,14 @@ fn threshold_masks(
             };
             let mut mask = DeviceBuffer::uninit(w.len())?;
             let (n, offset) = (w.len() as i64, offset as i64);
-            let mut b = backend.stream.launch_builder(&kernel);
+            let mut b = backend.launch_builder(kernel);
             b.arg(w.slice())
                 .arg(&n)
                 .arg(&offset)
                 .arg(state)
                 .arg(mask.slice_mut());
             // SAFETY: arguments match the kernel's signature.
-            unsafe { b.launch(grid_1d(w.len())) }.map_err(launch_error("threshold_mask"))?;
+            unsafe { b.launch(grid_1d(w.len())) }?;
             Ok(mask)
         })
         .collect()
@@ -147,10 +146,10 @@ fn row_mask(
     let kernel = backend.function("prune", "row_mask")?;
     let mut mask = DeviceBuffer::uninit(n)?;
     let (n64, row) = (n as i64, row_len as i64);
-    let mut b = backend.stream.launch_builder(&kernel);
+    let mut b = backend.launch_builder(kernel);
     b.arg(pruned).arg(&n64).arg(&row).arg(mask.slice_mut());
     // SAFETY: arguments match the kernel's signature.
-    unsafe { b.launch(grid_1d(n)) }.map_err(launch_error("row_mask"))?;
+    unsafe { b.launch(grid_1d(n)) }?;
     Ok(mask)
 }
 
@@ -210,7 +209,6 @@ fn structured(
     method: PruneMethod,
     ratio: f64,
 ) -> Result<Vec<DeviceBuffer>> {
-    let norms = backend.function("prune", "row_norms")?;
     let p: i32 = match method.norm {
         crate::compress::prune::Norm::L1 => 1,
         crate::compress::prune::Norm::L2 => 2,
@@ -228,7 +226,7 @@ fn structured(
             .alloc_zeros::<f64>(rows.max(1))
             .map_err(launch_error("alloc scores"))?;
         let rows_i32 = rows as i32;
-        let mut b = backend.stream.launch_builder(&norms);
+        let mut b = backend.launch("prune", "row_norms")?;
         b.arg(w.values.slice())
             .arg(&rows_i32)
             .arg(&row_len)
@@ -240,7 +238,7 @@ fn structured(
             shared_mem_bytes: 0,
         };
         // SAFETY: arguments match the kernel's signature; one block per row.
-        unsafe { b.launch(cfg) }.map_err(launch_error("row_norms"))?;
+        unsafe { b.launch(cfg) }?;
         let host = backend
             .stream
             .clone_dtoh(&out)
@@ -277,12 +275,12 @@ pub fn apply_mask(x: &DeviceBuffer, mask: &DeviceBuffer) -> Result<DeviceBuffer>
     let kernel = backend.function("prune", "apply_mask")?;
     let mut y = DeviceBuffer::uninit(x.len())?;
     let n = x.len() as i64;
-    let mut b = backend.stream.launch_builder(&kernel);
+    let mut b = backend.launch_builder(kernel);
     b.arg(x.slice())
         .arg(mask.slice())
         .arg(&n)
         .arg(y.slice_mut());
     // SAFETY: arguments match the kernel's signature.
-    unsafe { b.launch(grid_1d(x.len())) }.map_err(launch_error("apply_mask"))?;
+    unsafe { b.launch(grid_1d(x.len())) }?;
     Ok(y)
 }

@@ -6,7 +6,7 @@ use crate::backend::cuda::context::{cuda, driver_error, grid_1d, CudaBackend};
 use crate::backend::cuda::DeviceBuffer;
 use crate::compress::quant::{int_range, Granularity};
 use crate::{Error, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Scale, zero point and STE window of each channel (one for per-tensor), on the device.
 pub struct DeviceQuantParams {
@@ -44,10 +44,9 @@ fn minmax_rows(
     row_len: usize,
     non_finite: &mut CudaSlice<i32>,
 ) -> Result<(DeviceBuffer, DeviceBuffer)> {
-    let f = backend.function("quant", "minmax_rows")?;
     let (mut lo, mut hi) = (DeviceBuffer::uninit(rows)?, DeviceBuffer::uninit(rows)?);
     let (rows_i32, row_i64) = (rows as i32, row_len as i64);
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch("quant", "minmax_rows")?;
     b.arg(lo_in.slice())
         .arg(hi_in.slice())
         .arg(&rows_i32)
@@ -61,7 +60,7 @@ fn minmax_rows(
         shared_mem_bytes: 0,
     };
     // SAFETY: arguments match the kernel's signature; one block per row.
-    unsafe { b.launch(cfg) }.map_err(err("minmax_rows"))?;
+    unsafe { b.launch(cfg) }?;
     Ok((lo, hi))
 }
 
@@ -93,7 +92,7 @@ pub fn quant_params(
         let f = backend.function("quant", "minmax_partial")?;
         let (mut plo, mut phi) = (DeviceBuffer::uninit(blocks)?, DeviceBuffer::uninit(blocks)?);
         let n64 = n as i64;
-        let mut b = backend.stream.launch_builder(&f);
+        let mut b = backend.launch_builder(f);
         b.arg(w.slice())
             .arg(&n64)
             .arg(plo.slice_mut())
@@ -105,7 +104,7 @@ pub fn quant_params(
             shared_mem_bytes: 0,
         };
         // SAFETY: arguments match the kernel's signature.
-        unsafe { b.launch(cfg) }.map_err(err("minmax_partial"))?;
+        unsafe { b.launch(cfg) }?;
         minmax_rows(backend, &plo, &phi, 1, blocks, &mut non_finite)?
     } else {
         minmax_rows(backend, w, w, channels, row_len, &mut non_finite)?
@@ -121,7 +120,6 @@ pub fn quant_params(
                 .into(),
         ));
     }
-    let f = backend.function("quant", "quant_params")?;
     let mut scale = DeviceBuffer::uninit(channels)?;
     let mut zero_point = backend
         .stream
@@ -132,7 +130,7 @@ pub fn quant_params(
         DeviceBuffer::uninit(channels)?,
     );
     let c = channels as i32;
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch("quant", "quant_params")?;
     b.arg(lo.slice())
         .arg(hi.slice())
         .arg(&c)
@@ -143,7 +141,7 @@ pub fn quant_params(
         .arg(ste_lo.slice_mut())
         .arg(ste_hi.slice_mut());
     // SAFETY: arguments match the kernel's signature.
-    unsafe { b.launch(grid_1d(channels)) }.map_err(err("quant_params"))?;
+    unsafe { b.launch(grid_1d(channels)) }?;
     Ok(DeviceQuantParams {
         scale,
         zero_point,
@@ -171,10 +169,9 @@ fn check_len(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<()> {
 pub fn fake_quantize_int(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<DeviceBuffer> {
     check_len(w, p)?;
     let backend = cuda()?;
-    let f = backend.function("quant", "fake_quant_int")?;
     let mut y = DeviceBuffer::uninit(w.len())?;
     let (n, row) = (w.len() as i64, p.row_len as i64);
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch("quant", "fake_quant_int")?;
     b.arg(w.slice())
         .arg(&n)
         .arg(&row)
@@ -184,7 +181,7 @@ pub fn fake_quantize_int(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<Devi
         .arg(&p.qmax)
         .arg(y.slice_mut());
     // SAFETY: arguments match the kernel's signature.
-    unsafe { b.launch(grid_1d(w.len())) }.map_err(err("fake_quant_int"))?;
+    unsafe { b.launch(grid_1d(w.len())) }?;
     Ok(y)
 }
 
@@ -192,13 +189,12 @@ pub fn fake_quantize_int(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<Devi
 pub fn quantize_codes(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<Vec<i8>> {
     check_len(w, p)?;
     let backend = cuda()?;
-    let f = backend.function("quant", "quantize_int")?;
     let mut q = backend
         .stream
         .alloc_zeros::<i8>(w.len())
         .map_err(err("alloc"))?;
     let (n, row) = (w.len() as i64, p.row_len as i64);
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch("quant", "quantize_int")?;
     b.arg(w.slice())
         .arg(&n)
         .arg(&row)
@@ -208,7 +204,7 @@ pub fn quantize_codes(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<Vec<i8>
         .arg(&p.qmax)
         .arg(&mut q);
     // SAFETY: arguments match the kernel's signature.
-    unsafe { b.launch(grid_1d(w.len())) }.map_err(err("quantize_int"))?;
+    unsafe { b.launch(grid_1d(w.len())) }?;
     backend.stream.clone_dtoh(&q).map_err(err("copy codes"))
 }
 
@@ -224,7 +220,7 @@ pub fn ste_backward(
     let f = backend.function("quant", "ste_backward")?;
     let mut dx = DeviceBuffer::uninit(w.len())?;
     let (n, row) = (w.len() as i64, p.row_len as i64);
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch_builder(f);
     b.arg(w.slice())
         .arg(g.slice())
         .arg(&n)
@@ -233,7 +229,7 @@ pub fn ste_backward(
         .arg(p.ste_hi.slice())
         .arg(dx.slice_mut());
     // SAFETY: arguments match the kernel's signature.
-    unsafe { b.launch(grid_1d(w.len())) }.map_err(err("ste_backward"))?;
+    unsafe { b.launch(grid_1d(w.len())) }?;
     Ok(dx)
 }
 
@@ -243,9 +239,9 @@ pub fn fake_quantize_fp16(w: &DeviceBuffer) -> Result<DeviceBuffer> {
     let f = backend.function("quant", "fake_quant_fp16")?;
     let mut y = DeviceBuffer::uninit(w.len())?;
     let n = w.len() as i64;
-    let mut b = backend.stream.launch_builder(&f);
+    let mut b = backend.launch_builder(f);
     b.arg(w.slice()).arg(&n).arg(y.slice_mut());
     // SAFETY: arguments match the kernel's signature.
-    unsafe { b.launch(grid_1d(w.len())) }.map_err(err("fake_quant_fp16"))?;
+    unsafe { b.launch(grid_1d(w.len())) }?;
     Ok(y)
 }

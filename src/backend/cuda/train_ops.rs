@@ -21,17 +21,16 @@ use crate::backend::cuda::buffer::DeviceBuffer;
 use crate::backend::cuda::context::{cuda, driver_error, grid_1d};
 use crate::train::{AdamConfig, WeightDecay};
 use crate::{Error, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Launch `kernels/train.cu`'s kernel `name` on the backend's stream with the given arguments.
 macro_rules! launch {
     ($backend:expr, $name:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
-        let f = $backend.function("train", $name)?;
-        let mut b = $backend.stream.launch_builder(&f);
+        let mut b = $backend.launch("train", $name)?;
         $( b.arg($arg); )*
         // SAFETY: the arguments match the kernel's signature in kernels/train.cu, and the
         // wrappers checked every buffer against the sizes the kernel is given.
-        unsafe { b.launch($cfg) }.map_err(|e| driver_error($name, e))?;
+        unsafe { b.launch($cfg) }?;
     }};
 }
 
