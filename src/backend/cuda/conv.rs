@@ -520,8 +520,7 @@ fn weight_gradient(k: &Checked, args: WeightGradArgs<'_>) -> Result<DeviceBuffer
             WeightGradArgs::Plain { .. } => "conv2d_bwd_weight",
             WeightGradArgs::Interval { .. } => "interval_conv2d_bwd_weight",
         };
-        let f = backend.function("conv", name)?;
-        let mut b = backend.launch_builder(f);
+        let mut b = backend.launch("conv", name)?;
         match &args {
             WeightGradArgs::Plain { x, gy } => {
                 b.arg(x).arg(gy);
@@ -650,9 +649,8 @@ fn interval_input_views(
     dc: &mut CudaViewMut<'_, f32>,
     dr: &mut CudaViewMut<'_, f32>,
 ) -> Result<()> {
-    let f = backend.function("conv", "interval_conv2d_bwd_input")?;
     let wv = view(w, k.weight_len);
-    let mut b = backend.launch_builder(f);
+    let mut b = backend.launch("conv", "interval_conv2d_bwd_input")?;
     b.arg(gc).arg(gr).arg(&wv).arg(&k.dims).arg(dc).arg(dr);
     // SAFETY: as conv2d_backward_input, for both halves.
     unsafe { b.launch(config(input_grid(k))) }?;
@@ -1082,11 +1080,10 @@ pub fn matmul_at(
             dst.len()
         )));
     }
-    let f = backend.function("conv", "sum_splits")?;
     let (splits_i, len_i) = (splits as i32, (m * n) as i32);
     let pv = view(&parts, splits * m * n);
     let mut out = dst.slice_mut().slice_mut(at..at + m * n);
-    let mut l = backend.launch_builder(f);
+    let mut l = backend.launch("conv", "sum_splits")?;
     l.arg(&pv).arg(&splits_i).arg(&len_i).arg(&mut out);
     // SAFETY: reads splits·len values, writes len.
     unsafe { l.launch(grid_1d(m * n)) }?;

@@ -89,10 +89,9 @@ pub fn quant_params(
     let (lo, hi) = if channels == 1 {
         // Two stages: one (min, max) per block, then over the blocks.
         let blocks = n.div_ceil(256).clamp(1, 1024);
-        let f = backend.function("quant", "minmax_partial")?;
         let (mut plo, mut phi) = (DeviceBuffer::uninit(blocks)?, DeviceBuffer::uninit(blocks)?);
         let n64 = n as i64;
-        let mut b = backend.launch_builder(f);
+        let mut b = backend.launch("quant", "minmax_partial")?;
         b.arg(w.slice())
             .arg(&n64)
             .arg(plo.slice_mut())
@@ -217,10 +216,9 @@ pub fn ste_backward(
     check_len(w, p)?;
     check_len(g, p)?;
     let backend = cuda()?;
-    let f = backend.function("quant", "ste_backward")?;
     let mut dx = DeviceBuffer::uninit(w.len())?;
     let (n, row) = (w.len() as i64, p.row_len as i64);
-    let mut b = backend.launch_builder(f);
+    let mut b = backend.launch("quant", "ste_backward")?;
     b.arg(w.slice())
         .arg(g.slice())
         .arg(&n)
@@ -236,10 +234,9 @@ pub fn ste_backward(
 /// The fp16 round trip of every value (ties to even; finite values clamped to ±65504).
 pub fn fake_quantize_fp16(w: &DeviceBuffer) -> Result<DeviceBuffer> {
     let backend = cuda()?;
-    let f = backend.function("quant", "fake_quant_fp16")?;
     let mut y = DeviceBuffer::uninit(w.len())?;
     let n = w.len() as i64;
-    let mut b = backend.launch_builder(f);
+    let mut b = backend.launch("quant", "fake_quant_fp16")?;
     b.arg(w.slice()).arg(&n).arg(y.slice_mut());
     // SAFETY: arguments match the kernel's signature.
     unsafe { b.launch(grid_1d(w.len())) }?;
