@@ -111,26 +111,26 @@ fn every_gpu_op_matches_the_cpu() {
         1e-6,
         rng,
     );
-    check("neg", &|t| t[0].neg(), &[a.clone()], 1e-6, rng);
-    check("abs", &|t| t[0].abs(), &[a.clone()], 1e-6, rng);
-    check("sign", &|t| t[0].sign(), &[a.clone()], 1e-6, rng);
-    check("relu", &|t| t[0].relu(), &[a.clone()], 1e-6, rng);
+    check("neg", &|t| t[0].neg(), std::slice::from_ref(&a), 1e-6, rng);
+    check("abs", &|t| t[0].abs(), std::slice::from_ref(&a), 1e-6, rng);
+    check("sign", &|t| t[0].sign(), std::slice::from_ref(&a), 1e-6, rng);
+    check("relu", &|t| t[0].relu(), std::slice::from_ref(&a), 1e-6, rng);
     check(
         "mul_scalar",
         &|t| t[0].mul_scalar(-2.5),
-        &[a.clone()],
+        std::slice::from_ref(&a),
         1e-6,
         rng,
     );
     check(
         "add_scalar",
         &|t| t[0].add_scalar(0.75),
-        &[a.clone()],
+        std::slice::from_ref(&a),
         1e-6,
         rng,
     );
     check("powf", &|t| t[0].powf(-0.5), &[positive], 1e-5, rng);
-    check("sum", &|t| t[0].sum(), &[a.clone()], 1e-5, rng);
+    check("sum", &|t| t[0].sum(), std::slice::from_ref(&a), 1e-5, rng);
 
     // Batch-norm pieces on [N, C, H, W] and [N, C].
     for shape in [vec![6, 4, 5, 3], vec![9, 5]] {
@@ -141,14 +141,14 @@ fn every_gpu_op_matches_the_cpu() {
         check(
             "channel_mean",
             &|t| t[0].channel_mean(),
-            &[x.clone()],
+            std::slice::from_ref(&x),
             1e-5,
             rng,
         );
         check(
             "channel_var",
             &|t| t[0].channel_var(&t[0].channel_mean()),
-            &[x.clone()],
+            std::slice::from_ref(&x),
             1e-4,
             rng,
         );
@@ -250,7 +250,7 @@ fn every_gpu_op_matches_the_cpu() {
     check(
         "index_rows",
         &|t| t[0].index_rows(&[4, 0, 5]),
-        &[rows.clone()],
+        std::slice::from_ref(&rows),
         1e-6,
         rng,
     );
@@ -272,7 +272,7 @@ fn every_gpu_op_matches_the_cpu() {
         check(
             &format!("fake_quantize {format} {granularity}"),
             &|t| fake_quantize(&t[0], format, granularity),
-            &[weights.clone()],
+            std::slice::from_ref(&weights),
             1e-6,
             rng,
         );
