@@ -61,7 +61,8 @@ fn close(what: &str, a: &Tensor, b: &Tensor, rel: f32) {
     );
 }
 
-fn check(name: &str, op: Op<'_>, inputs: &[Tensor], rel: f32, rng: &mut Rng) {
+fn check(name: &str, op: Op<'_>, inputs: Vec<Tensor>, rel: f32, rng: &mut Rng) {
+    let inputs = &inputs[..];
     let shape = op(inputs).shape().to_vec();
     let weights = Tensor::randn(&shape, 0.0, 1.0, rng);
     let (y_cpu, g_cpu) = run(op, inputs, &weights, Device::Cpu);
@@ -93,44 +94,44 @@ fn every_gpu_op_matches_the_cpu() {
     check(
         "add",
         &|t| t[0].add(&t[1]),
-        &[a.clone(), b.clone()],
+        vec![a.clone(), b.clone()],
         1e-6,
         rng,
     );
     check(
         "sub",
         &|t| t[0].sub(&t[1]),
-        &[a.clone(), b.clone()],
+        vec![a.clone(), b.clone()],
         1e-6,
         rng,
     );
     check(
         "mul",
         &|t| t[0].mul(&t[1]),
-        &[a.clone(), b.clone()],
+        vec![a.clone(), b.clone()],
         1e-6,
         rng,
     );
-    check("neg", &|t| t[0].neg(), std::slice::from_ref(&a), 1e-6, rng);
-    check("abs", &|t| t[0].abs(), std::slice::from_ref(&a), 1e-6, rng);
-    check("sign", &|t| t[0].sign(), std::slice::from_ref(&a), 1e-6, rng);
-    check("relu", &|t| t[0].relu(), std::slice::from_ref(&a), 1e-6, rng);
+    check("neg", &|t| t[0].neg(), vec![a.clone()], 1e-6, rng);
+    check("abs", &|t| t[0].abs(), vec![a.clone()], 1e-6, rng);
+    check("sign", &|t| t[0].sign(), vec![a.clone()], 1e-6, rng);
+    check("relu", &|t| t[0].relu(), vec![a.clone()], 1e-6, rng);
     check(
         "mul_scalar",
         &|t| t[0].mul_scalar(-2.5),
-        std::slice::from_ref(&a),
+        vec![a.clone()],
         1e-6,
         rng,
     );
     check(
         "add_scalar",
         &|t| t[0].add_scalar(0.75),
-        std::slice::from_ref(&a),
+        vec![a.clone()],
         1e-6,
         rng,
     );
-    check("powf", &|t| t[0].powf(-0.5), &[positive], 1e-5, rng);
-    check("sum", &|t| t[0].sum(), std::slice::from_ref(&a), 1e-5, rng);
+    check("powf", &|t| t[0].powf(-0.5), vec![positive], 1e-5, rng);
+    check("sum", &|t| t[0].sum(), vec![a.clone()], 1e-5, rng);
 
     // Batch-norm pieces on [N, C, H, W] and [N, C].
     for shape in [vec![6, 4, 5, 3], vec![9, 5]] {
@@ -141,21 +142,21 @@ fn every_gpu_op_matches_the_cpu() {
         check(
             "channel_mean",
             &|t| t[0].channel_mean(),
-            std::slice::from_ref(&x),
+            vec![x.clone()],
             1e-5,
             rng,
         );
         check(
             "channel_var",
             &|t| t[0].channel_var(&t[0].channel_mean()),
-            std::slice::from_ref(&x),
+            vec![x.clone()],
             1e-4,
             rng,
         );
         check(
             "channel_affine",
             &|t| t[0].channel_affine(&t[1], &t[2]),
-            &[x.clone(), scale.clone(), shift.clone()],
+            vec![x.clone(), scale.clone(), shift.clone()],
             1e-5,
             rng,
         );
@@ -164,7 +165,7 @@ fn every_gpu_op_matches_the_cpu() {
         check(
             "interval_channel_affine",
             &|t| t[0].interval_channel_affine(&t[1], &t[2]),
-            &[boxes(&half, rng), scale, shift],
+            vec![boxes(&half, rng), scale, shift],
             1e-5,
             rng,
         );
@@ -179,21 +180,21 @@ fn every_gpu_op_matches_the_cpu() {
         check(
             "conv2d",
             &|t| t[0].conv2d(&t[1], Some(&t[2]), p),
-            &[x.clone(), wt.clone(), bias.clone()],
+            vec![x.clone(), wt.clone(), bias.clone()],
             1e-4,
             rng,
         );
         check(
             "conv2d without bias",
             &|t| t[0].conv2d(&t[1], None, p),
-            &[x, wt.clone()],
+            vec![x, wt.clone()],
             1e-4,
             rng,
         );
         check(
             "interval_conv2d",
             &|t| t[0].interval_conv2d(&t[1], Some(&t[2]), p),
-            &[boxes(&[n, c, h, w], rng), wt, bias],
+            vec![boxes(&[n, c, h, w], rng), wt, bias],
             1e-4,
             rng,
         );
@@ -207,14 +208,14 @@ fn every_gpu_op_matches_the_cpu() {
         check(
             "linear",
             &|t| t[0].linear(&t[1], Some(&t[2])),
-            &[x, w.clone(), bias.clone()],
+            vec![x, w.clone(), bias.clone()],
             1e-4,
             rng,
         );
         check(
             "interval_linear",
             &|t| t[0].interval_linear(&t[1], Some(&t[2])),
-            &[boxes(&[n, i], rng), w, bias],
+            vec![boxes(&[n, i], rng), w, bias],
             1e-4,
             rng,
         );
@@ -222,7 +223,7 @@ fn every_gpu_op_matches_the_cpu() {
     check(
         "interval_relu",
         &|t| t[0].interval_relu(),
-        &[boxes(&[4, 6, 3], rng)],
+        vec![boxes(&[4, 6, 3], rng)],
         1e-6,
         rng,
     );
@@ -233,14 +234,14 @@ fn every_gpu_op_matches_the_cpu() {
     check(
         "cross_entropy",
         &|t| cross_entropy(&t[0], &labels),
-        &[logits.clone()],
+        vec![logits.clone()],
         1e-5,
         rng,
     );
     check(
         "per_sample_cross_entropy",
         &|t| per_sample_cross_entropy(&t[0], &labels),
-        &[logits],
+        vec![logits],
         1e-5,
         rng,
     );
@@ -250,14 +251,14 @@ fn every_gpu_op_matches_the_cpu() {
     check(
         "index_rows",
         &|t| t[0].index_rows(&[4, 0, 5]),
-        std::slice::from_ref(&rows),
+        vec![rows.clone()],
         1e-6,
         rng,
     );
     check(
         "concat",
         &|t| Tensor::concat(&[&t[0], &t[1]], 0),
-        &[rows.clone(), rows.index_rows(&[1, 2])],
+        vec![rows.clone(), rows.index_rows(&[1, 2])],
         1e-6,
         rng,
     );
@@ -272,7 +273,7 @@ fn every_gpu_op_matches_the_cpu() {
         check(
             &format!("fake_quantize {format} {granularity}"),
             &|t| fake_quantize(&t[0], format, granularity),
-            std::slice::from_ref(&weights),
+            vec![weights.clone()],
             1e-6,
             rng,
         );
