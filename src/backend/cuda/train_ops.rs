@@ -351,27 +351,28 @@ pub struct CrossEntropy {
     pub lse: DeviceBuffer,
 }
 
-/// Mean cross-entropy of `logits` [rows, classes] against `labels` (rows ≥ 1).
-pub fn softmax_cross_entropy(
+/// The row log-sum-exps and each row's log p_y of `logits` [rows, classes] (rows ≥ 1):
+/// `softmax_xent_rows`, shared by the mean and the per-sample cross-entropy.
+fn xent_rows(
+    what: &str,
     logits: &DeviceBuffer,
     rows: usize,
     classes: usize,
     labels: &DeviceLabels,
-) -> Result<CrossEntropy> {
+) -> Result<(DeviceBuffer, DeviceBuffer)> {
     if rows == 0 || classes == 0 {
         return Err(Error::Shape(format!(
-            "softmax_cross_entropy of an empty batch ({rows} × {classes})"
+            "{what} of an empty batch ({rows} × {classes})"
         )));
     }
     // Sizes below 2³¹ first: then no product of them overflows.
     let (rows_i, classes_i) = (as_i32("rows", rows)?, as_i32("classes", classes)?);
     as_i32("rows × 32 threads", rows * 32)?;
-    check_len("softmax_cross_entropy logits", logits, rows * classes)?;
-    labels.check("softmax_cross_entropy", rows, classes)?;
+    check_len(&format!("{what} logits"), logits, rows * classes)?;
+    labels.check(what, rows, classes)?;
     let backend = cuda()?;
     let mut lse = DeviceBuffer::uninit(rows)?;
     let mut logp_y = DeviceBuffer::uninit(rows)?;
-    let mut loss = DeviceBuffer::uninit(1)?;
     launch!(
         backend,
         "softmax_xent_rows",
@@ -385,6 +386,20 @@ pub fn softmax_cross_entropy(
             logp_y.slice_mut()
         ]
     );
+    Ok((lse, logp_y))
+}
+
+/// Mean cross-entropy of `logits` [rows, classes] against `labels` (rows ≥ 1).
+pub fn softmax_cross_entropy(
+    logits: &DeviceBuffer,
+    rows: usize,
+    classes: usize,
+    labels: &DeviceLabels,
+) -> Result<CrossEntropy> {
+    let (lse, logp_y) = xent_rows("softmax_cross_entropy", logits, rows, classes, labels)?;
+    let rows_i = as_i32("rows", rows)?;
+    let backend = cuda()?;
+    let mut loss = DeviceBuffer::uninit(1)?;
     launch!(
         backend,
         "softmax_xent_mean",
@@ -445,31 +460,7 @@ pub fn softmax_cross_entropy_rows(
     classes: usize,
     labels: &DeviceLabels,
 ) -> Result<(DeviceBuffer, DeviceBuffer)> {
-    if rows == 0 || classes == 0 {
-        return Err(Error::Shape(format!(
-            "softmax_cross_entropy_rows of an empty batch ({rows} × {classes})"
-        )));
-    }
-    let (rows_i, classes_i) = (as_i32("rows", rows)?, as_i32("classes", classes)?);
-    as_i32("rows × 32 threads", rows * 32)?;
-    check_len("softmax_cross_entropy_rows logits", logits, rows * classes)?;
-    labels.check("softmax_cross_entropy_rows", rows, classes)?;
-    let backend = cuda()?;
-    let mut lse = DeviceBuffer::uninit(rows)?;
-    let mut logp_y = DeviceBuffer::uninit(rows)?;
-    launch!(
-        backend,
-        "softmax_xent_rows",
-        grid_1d(rows * 32),
-        [
-            logits.slice(),
-            labels.slice(),
-            &rows_i,
-            &classes_i,
-            lse.slice_mut(),
-            logp_y.slice_mut()
-        ]
-    );
+    let (lse, logp_y) = xent_rows("softmax_cross_entropy_rows", logits, rows, classes, labels)?;
     Ok((scale(&logp_y, -1.0)?, lse))
 }
 

@@ -4,6 +4,7 @@
 use super::{buf, expect, filled, resident, tensor};
 use crate::backend::cuda::profile;
 use crate::backend::cuda::train_ops::{self as k, BatchNormParams, ChannelDims};
+use crate::backend::cuda::DeviceBuffer;
 use crate::tensor::Tensor;
 
 fn dims(x: &Tensor) -> ChannelDims {
@@ -54,30 +55,43 @@ pub(crate) fn channel_var(x: &Tensor, mean: &Tensor) -> Tensor {
     })
 }
 
-/// y = x·scale[c] + shift[c]: batch norm's kernel with mean 0, variance 1 and ε = 0 (so its
-/// 1/√(var + ε) is exactly 1).
+/// Statistics that make batch norm's map the plain per-channel affine map: mean 0, variance 1,
+/// ε = 0 (so its 1/√(var + ε) is exactly 1).
+struct IdentityStats {
+    zeros: DeviceBuffer,
+    ones: DeviceBuffer,
+}
+
+impl IdentityStats {
+    fn new(channels: usize) -> IdentityStats {
+        IdentityStats {
+            zeros: filled(channels, 0.0),
+            ones: filled(channels, 1.0),
+        }
+    }
+
+    fn with<'a>(&'a self, scale: &'a DeviceBuffer, shift: &'a DeviceBuffer) -> BatchNormParams<'a> {
+        BatchNormParams {
+            mean: &self.zeros,
+            var: &self.ones,
+            gamma: scale,
+            beta: shift,
+            eps: 0.0,
+        }
+    }
+}
+
+/// y = x·scale[c] + shift[c]: batch norm's kernel with `IdentityStats`.
 pub(crate) fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Tensor {
     let _p = profile::scope("channel_affine");
     let (xs, ss, hs, d) = (resident(x), resident(scale), resident(shift), dims(x));
-    let (zeros, ones) = (filled(d.channels, 0.0), filled(d.channels, 1.0));
-    let params = BatchNormParams {
-        mean: &zeros,
-        var: &ones,
-        gamma: buf(&ss),
-        beta: buf(&hs),
-        eps: 0.0,
-    };
+    let identity = IdentityStats::new(d.channels);
+    let params = identity.with(buf(&ss), buf(&hs));
     let y = expect("channel_affine", k::batch_norm_affine(buf(&xs), params, d));
     Tensor::from_device_op(y, x.shape(), &[x, scale, shift], move |g, needs| {
         let gs = resident(g);
-        let (zeros, ones) = (filled(d.channels, 0.0), filled(d.channels, 1.0));
-        let params = BatchNormParams {
-            mean: &zeros,
-            var: &ones,
-            gamma: buf(&ss),
-            beta: buf(&hs),
-            eps: 0.0,
-        };
+        let identity = IdentityStats::new(d.channels);
+        let params = identity.with(buf(&ss), buf(&hs));
         if !needs[1] && !needs[2] {
             let dx = k::batch_norm_affine_backward_input(buf(&gs), params, d);
             return vec![
