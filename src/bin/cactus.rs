@@ -158,6 +158,8 @@ struct TrainArgs {
     /// Continue the run saved in --out (options given again must match it; --epochs may grow).
     #[arg(long)]
     resume: bool,
+    /// Where to train: cpu, or cuda (the first NVIDIA GPU: needs its driver and NVRTC 13,
+    /// libnvrtc.so.13 on LD_LIBRARY_PATH).
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
     /// Test points for the final evaluation [default: the whole test split].
@@ -228,6 +230,7 @@ struct EvalArgs {
     /// Seed of the attack's random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where to evaluate: cpu, or cuda (the first NVIDIA GPU; see train --help).
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
     /// No progress bar.
