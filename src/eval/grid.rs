@@ -13,7 +13,7 @@ use crate::compress::prune::{apply_masks, prune_masks, PruneMethod};
 use crate::compress::quant::{quantize_model, Format, Granularity};
 use crate::data::Dataset;
 use crate::eval::{evaluate, EvalConfig, Row};
-use crate::nn::{Layer, Mode, Model};
+use crate::nn::{Layer, Model};
 use crate::tensor::Tensor;
 use crate::Result;
 
@@ -138,28 +138,19 @@ pub fn recalibrate_bn(model: &Model, r: &Recalibration<'_>) -> Model {
                 continue; // one sample has no variance
             }
             let (x, _) = r.data.batch(chunk);
-            let mut h = net.normalize(&x);
-            let mut k = 0;
-            for layer in &net.net.layers {
-                h = match layer {
-                    Layer::BatchNorm(bn) => {
-                        let (y, stats) = bn.forward_batch(&h);
-                        let per_channel = h.numel() / h.dim(1);
-                        let unbias = per_channel as f64 / (per_channel.max(2) - 1) as f64;
-                        if sums.len() <= k {
-                            sums.push((vec![0.0; bn.channels()], vec![0.0; bn.channels()]));
-                        }
-                        for (s, &m) in sums[k].0.iter_mut().zip(stats.mean.data()) {
-                            *s += m as f64;
-                        }
-                        for (s, &v) in sums[k].1.iter_mut().zip(stats.var.data()) {
-                            *s += v as f64 * unbias;
-                        }
-                        k += 1;
-                        y
-                    }
-                    other => other.forward(&h, Mode::Train),
-                };
+            // The batch's own statistics at every batch-norm layer; running ones untouched.
+            let (_, stats) = net.forward_batch_stats(&x, false);
+            for (k, st) in stats.iter().enumerate() {
+                let unbias = st.count as f64 / (st.count.max(2) - 1) as f64;
+                if sums.len() <= k {
+                    sums.push((vec![0.0; st.mean.numel()], vec![0.0; st.var.numel()]));
+                }
+                for (s, &m) in sums[k].0.iter_mut().zip(st.mean.data()) {
+                    *s += m as f64;
+                }
+                for (s, &v) in sums[k].1.iter_mut().zip(st.var.data()) {
+                    *s += v as f64 * unbias;
+                }
             }
             count += 1;
         }

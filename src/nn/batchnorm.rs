@@ -22,6 +22,8 @@ pub struct BatchNorm {
 pub struct BatchStats {
     pub mean: Tensor,
     pub var: Tensor,
+    /// Values per channel the statistics were taken over (N·H·W), for the unbiased variance.
+    pub count: usize,
 }
 
 impl BatchNorm {
@@ -55,7 +57,11 @@ impl BatchNorm {
         self.check_input(x);
         let mean = x.channel_mean();
         let var = x.channel_var(&mean);
-        BatchStats { mean, var }
+        BatchStats {
+            mean,
+            var,
+            count: x.numel() / x.dim(1).max(1),
+        }
     }
 
     fn check_input(&self, x: &Tensor) {

@@ -41,7 +41,7 @@ impl Sequential {
                 Layer::BatchNorm(bn) => {
                     let (y, stats) = bn.forward_batch(&h);
                     if update_running {
-                        bn.update_running_stats(&stats, h.numel() / h.dim(1));
+                        bn.update_running_stats(&stats, stats.count);
                     }
                     all.push(stats);
                     y
