@@ -248,54 +248,40 @@ else
     CRIT_ARGS=(--bench --noplot)
     [[ $QUICK -eq 1 ]] && CRIT_ARGS+=(--warm-up-time 1 --measurement-time 2 --sample-size 10)
     CRIT_ARGS+=("${EXTRA[@]}")
-    step "cactus: $BENCH_BIN ${CRIT_ARGS[*]}"
+    # Run one criterion binary (LABEL, BIN, LOG, GROUP, then the names it must leave fresh
+    # results for under CRIT_DIR/GROUP); a failure, a skip or a missing result sets STATUS=1.
+    run_cactus_bench() {
+        local label="$1" bin="$2" log="$3" group="$4" rc n f
+        shift 4
+        step "$label: $bin ${CRIT_ARGS[*]}"
+        set +e
+        CRITERION_HOME="$CRIT_DIR" "$bin" "${CRIT_ARGS[@]}" 2>&1 | tee "$log"
+        rc=${PIPESTATUS[0]}
+        set -e
+        if [[ $rc -ne 0 ]]; then
+            echo "error: the $label bench binary failed (exit $rc); see $log" >&2
+            STATUS=1
+        fi
+        if grep -q 'SKIPPED' "$log"; then
+            echo "error: the $label bench skipped: it found no usable GPU ($(grep -m1 SKIPPED "$log"))" >&2
+            STATUS=1
+        fi
+        local missing=()
+        for n in "$@"; do
+            f="$CRIT_DIR/$group/$n/new/estimates.json"
+            if [[ ! -f "$f" ]] || [[ "$(stat -c %Y "$f")" -lt "$START_EPOCH" ]]; then missing+=("$n"); fi
+        done
+        if [[ ${#missing[@]} -gt 0 && ${#EXTRA[@]} -eq 0 ]]; then
+            echo "error: no fresh cactus result for: ${missing[*]} (under $CRIT_DIR/$group)" >&2
+            STATUS=1
+        fi
+    }
     mkdir -p "$CRIT_DIR"
-    set +e
-    CRITERION_HOME="$CRIT_DIR" "$BENCH_BIN" "${CRIT_ARGS[@]}" 2>&1 | tee "$OUT/cactus.log"
-    RC=${PIPESTATUS[0]}
-    set -e
-    if [[ $RC -ne 0 ]]; then
-        echo "error: the bench binary failed (exit $RC); see $OUT/cactus.log" >&2
-        STATUS=1
-    fi
-    if grep -q 'SKIPPED' "$OUT/cactus.log"; then
-        echo "error: the cactus bench skipped: it found no usable GPU ($(grep -m1 SKIPPED "$OUT/cactus.log"))" >&2
-        STATUS=1
-    fi
-    MISSING=()
-    for n in "${NAMES[@]}"; do
-        f="$CRIT_DIR/kernels_cuda/$n/new/estimates.json"
-        if [[ ! -f "$f" ]] || [[ "$(stat -c %Y "$f")" -lt "$START_EPOCH" ]]; then MISSING+=("$n"); fi
-    done
-    if [[ ${#MISSING[@]} -gt 0 && ${#EXTRA[@]} -eq 0 ]]; then
-        echo "error: no fresh cactus result for: ${MISSING[*]} (under $CRIT_DIR/kernels_cuda)" >&2
-        STATUS=1
-    fi
-
+    run_cactus_bench "cactus" "$BENCH_BIN" "$OUT/cactus.log" kernels_cuda "${NAMES[@]}"
     # The training steps (benches/steps_cuda.rs), the same way, after the kernels.
     if [[ -n "$STEPS_BIN" ]]; then
-        step "cactus steps: $STEPS_BIN ${CRIT_ARGS[*]}"
-        set +e
-        CRITERION_HOME="$CRIT_DIR" "$STEPS_BIN" "${CRIT_ARGS[@]}" 2>&1 | tee "$OUT/cactus_steps.log"
-        RC=${PIPESTATUS[0]}
-        set -e
-        if [[ $RC -ne 0 ]]; then
-            echo "error: the steps bench binary failed (exit $RC); see $OUT/cactus_steps.log" >&2
-            STATUS=1
-        fi
-        if grep -q 'SKIPPED' "$OUT/cactus_steps.log"; then
-            echo "error: the cactus steps bench skipped: it found no usable GPU ($(grep -m1 SKIPPED "$OUT/cactus_steps.log"))" >&2
-            STATUS=1
-        fi
-        MISSING=()
-        for n in "${STEP_NAMES[@]}"; do
-            f="$CRIT_DIR/steps_cuda/$n/new/estimates.json"
-            if [[ ! -f "$f" ]] || [[ "$(stat -c %Y "$f")" -lt "$START_EPOCH" ]]; then MISSING+=("$n"); fi
-        done
-        if [[ ${#MISSING[@]} -gt 0 && ${#EXTRA[@]} -eq 0 ]]; then
-            echo "error: no fresh cactus result for: ${MISSING[*]} (under $CRIT_DIR/steps_cuda)" >&2
-            STATUS=1
-        fi
+        run_cactus_bench "cactus steps" "$STEPS_BIN" "$OUT/cactus_steps.log" steps_cuda \
+            "${STEP_NAMES[@]}"
     fi
 fi
 
