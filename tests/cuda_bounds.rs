@@ -22,41 +22,15 @@ use cactus::backend::cuda::bounds::{
     interval_linear_backward_input, interval_linear_backward_weight, interval_relu,
     interval_relu_backward, LinearDims,
 };
+use cactus::backend::cuda::device_or_skip;
 use cactus::backend::cuda::train_ops::{ChannelDims, DeviceLabels};
-use cactus::backend::cuda::{device_or_skip, DeviceBuffer};
 use cactus::bounds::{margin_lower_bounds, BnSource};
 use cactus::nn::{Arch, Layer, Linear, Model, ModelSpec, Sequential};
 use cactus::rng::Rng;
 use cactus::Tensor;
 
-/// f32 unit roundoff.
-const U: f64 = 1.0 / (1u64 << 24) as f64;
-
-/// γ_n: the relative error bound of an n-term f32 sum (or dot product).
-fn gamma(n: usize) -> f64 {
-    let nu = n as f64 * U;
-    assert!(nu < 0.5, "gamma({n}) is no bound");
-    nu / (1.0 - nu)
-}
-
-fn up(v: &[f32]) -> DeviceBuffer {
-    DeviceBuffer::from_host(v).unwrap()
-}
-
-fn down(b: &DeviceBuffer) -> Vec<f32> {
-    b.to_host().unwrap()
-}
-
-/// Equal values (±0 equal, NaN equal to NaN).
-fn assert_same(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            g == w || (g.is_nan() && w.is_nan()),
-            "{what}: element {i}: GPU {g} vs CPU {w}"
-        );
-    }
-}
+mod common;
+use common::{assert_same, down, gamma, uniform, up};
 
 /// |got − want| ≤ 2·γ_terms·mag[i] for every element.
 fn within(what: &str, got: &[f32], want: &[f32], mag: &[f64], terms: usize) {
@@ -73,10 +47,6 @@ fn within(what: &str, got: &[f32], want: &[f32], mag: &[f64], terms: usize) {
             want[i]
         );
     }
-}
-
-fn uniform(len: usize, lo: f32, hi: f32, rng: &mut Rng) -> Vec<f32> {
-    (0..len).map(|_| lo + (hi - lo) * rng.uniform()).collect()
 }
 
 /// Weights in [-1, 1) with every 7th exactly 0 (sign(0) = 0: no gradient through |W|).

@@ -31,6 +31,9 @@ use cactus::ops::Conv2dParams;
 use cactus::rng::Rng;
 use cactus::Tensor;
 
+mod common;
+use common::{down, up};
+
 const REL: f64 = 1e-4;
 const FLOOR: f64 = 1e-7;
 /// The longest sum (terms per output entry) of any case, for the tolerance above.
@@ -78,14 +81,6 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f32]) {
         got.len(),
         bad[..bad.len().min(8)].join("\n  ")
     );
-}
-
-fn host(b: &DeviceBuffer) -> Vec<f32> {
-    b.to_host().expect("copy to host")
-}
-
-fn dev(v: &[f32]) -> DeviceBuffer {
-    DeviceBuffer::from_host(v).expect("copy to device")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -276,9 +271,9 @@ fn conv2d_forward_matches_cpu() {
     for s in conv_cases() {
         let (x, w, b, gy) = case_data(&s, false, &mut rng);
         let r = reference(&s, &x, &w, &b, &gy, false);
-        let (xd, wd, bd) = (dev(&x), dev(&w), dev(&b));
+        let (xd, wd, bd) = (up(&x), up(&w), up(&b));
         let y = gpu::conv2d_forward(&xd, &wd, Some(&bd), &s).unwrap();
-        assert_close(&format!("forward {s:?}"), &host(&y), &r.y, &r.y_mag);
+        assert_close(&format!("forward {s:?}"), &down(&y), &r.y, &r.y_mag);
         // Without the bias: the reference minus b (exact: the CPU adds b first, as a term).
         let (oh, ow) = out_hw(&s);
         let y = gpu::conv2d_forward(&xd, &wd, None, &s).unwrap();
@@ -289,7 +284,7 @@ fn conv2d_forward_matches_cpu() {
                 .collect();
         assert_close(
             &format!("forward, no bias {s:?}"),
-            &host(&y),
+            &down(&y),
             &want,
             &r.y_mag,
         );
@@ -305,31 +300,31 @@ fn conv2d_backward_matches_cpu() {
     for s in conv_cases() {
         let (x, w, b, gy) = case_data(&s, false, &mut rng);
         let r = reference(&s, &x, &w, &b, &gy, false);
-        let (xd, wd, gd) = (dev(&x), dev(&w), dev(&gy));
+        let (xd, wd, gd) = (up(&x), up(&w), up(&gy));
         let what = format!("{s:?}");
         let dx = gpu::conv2d_backward_input(&gd, &wd, &s).unwrap();
-        assert_close(&format!("dx {what}"), &host(&dx), &r.dx, &r.dx_mag);
+        assert_close(&format!("dx {what}"), &down(&dx), &r.dx, &r.dx_mag);
         let dw = gpu::conv2d_backward_weight(&xd, &gd, &s).unwrap();
-        assert_close(&format!("dw {what}"), &host(&dw), &r.dw, &r.dw_mag);
+        assert_close(&format!("dw {what}"), &down(&dw), &r.dw, &r.dw_mag);
         let db = gpu::conv2d_backward_bias(&gd, &s).unwrap();
-        assert_close(&format!("db {what}"), &host(&db), &r.db, &r.db_mag);
+        assert_close(&format!("db {what}"), &down(&db), &r.db, &r.db_mag);
 
         let all = gpu::conv2d_backward(&xd, &wd, &gd, &s, true, true, true).unwrap();
         assert_close(
             &format!("all: dx {what}"),
-            &host(all.input.as_ref().unwrap()),
+            &down(all.input.as_ref().unwrap()),
             &r.dx,
             &r.dx_mag,
         );
         assert_close(
             &format!("all: dw {what}"),
-            &host(all.weight.as_ref().unwrap()),
+            &down(all.weight.as_ref().unwrap()),
             &r.dw,
             &r.dw_mag,
         );
         assert_close(
             &format!("all: db {what}"),
-            &host(all.bias.as_ref().unwrap()),
+            &down(all.bias.as_ref().unwrap()),
             &r.db,
             &r.db_mag,
         );
@@ -349,27 +344,27 @@ fn interval_conv2d_forward_matches_cpu() {
         let r = reference(&s, &x, &w, &b, &gy, true);
         let (n_in, n_out) = (s.input_len(), s.output_len().unwrap());
         let what = format!("{s:?}");
-        let (wd, bd) = (dev(&w), dev(&b));
-        let (c, rad) = (dev(&x[..n_in]), dev(&x[n_in..]));
+        let (wd, bd) = (up(&w), up(&b));
+        let (c, rad) = (up(&x[..n_in]), up(&x[n_in..]));
         let (yc, yr) = gpu::interval_conv2d_forward(&c, &rad, &wd, Some(&bd), &s).unwrap();
         assert_close(
             &format!("centres {what}"),
-            &host(&yc),
+            &down(&yc),
             &r.y[..n_out],
             &r.y_mag[..n_out],
         );
         assert_close(
             &format!("radii {what}"),
-            &host(&yr),
+            &down(&yr),
             &r.y[n_out..],
             &r.y_mag[n_out..],
         );
         assert!(
-            host(&yr).iter().all(|&v| v >= 0.0),
+            down(&yr).iter().all(|&v| v >= 0.0),
             "negative radius, {what}"
         );
-        let stacked = gpu::interval_conv2d_forward_stacked(&dev(&x), &wd, Some(&bd), &s).unwrap();
-        assert_close(&format!("stacked {what}"), &host(&stacked), &r.y, &r.y_mag);
+        let stacked = gpu::interval_conv2d_forward_stacked(&up(&x), &wd, Some(&bd), &s).unwrap();
+        assert_close(&format!("stacked {what}"), &down(&stacked), &r.y, &r.y_mag);
     }
 }
 
@@ -384,44 +379,44 @@ fn interval_conv2d_backward_matches_cpu() {
         let r = reference(&s, &x, &w, &b, &gy, true);
         let (n_in, n_out) = (s.input_len(), s.output_len().unwrap());
         let what = format!("{s:?}");
-        let wd = dev(&w);
-        let (c, rad) = (dev(&x[..n_in]), dev(&x[n_in..]));
-        let (gc, gr) = (dev(&gy[..n_out]), dev(&gy[n_out..]));
+        let wd = up(&w);
+        let (c, rad) = (up(&x[..n_in]), up(&x[n_in..]));
+        let (gc, gr) = (up(&gy[..n_out]), up(&gy[n_out..]));
 
         let (dc, dr) = gpu::interval_conv2d_backward_input(&gc, &gr, &wd, &s).unwrap();
         assert_close(
             &format!("dc {what}"),
-            &host(&dc),
+            &down(&dc),
             &r.dx[..n_in],
             &r.dx_mag[..n_in],
         );
         assert_close(
             &format!("dr {what}"),
-            &host(&dr),
+            &down(&dr),
             &r.dx[n_in..],
             &r.dx_mag[n_in..],
         );
         let dw = gpu::interval_conv2d_backward_weight(&c, &rad, &gc, &gr, &wd, &s).unwrap();
-        assert_close(&format!("dw {what}"), &host(&dw), &r.dw, &r.dw_mag);
+        assert_close(&format!("dw {what}"), &down(&dw), &r.dw, &r.dw_mag);
 
         let all =
-            gpu::interval_conv2d_backward_stacked(&dev(&x), &wd, &dev(&gy), &s, true, true, true)
+            gpu::interval_conv2d_backward_stacked(&up(&x), &wd, &up(&gy), &s, true, true, true)
                 .unwrap();
         assert_close(
             &format!("stacked dx {what}"),
-            &host(all.input.as_ref().unwrap()),
+            &down(all.input.as_ref().unwrap()),
             &r.dx,
             &r.dx_mag,
         );
         assert_close(
             &format!("stacked dw {what}"),
-            &host(all.weight.as_ref().unwrap()),
+            &down(all.weight.as_ref().unwrap()),
             &r.dw,
             &r.dw_mag,
         );
         assert_close(
             &format!("stacked db {what}"),
-            &host(all.bias.as_ref().unwrap()),
+            &down(all.bias.as_ref().unwrap()),
             &r.db,
             &r.db_mag,
         );
@@ -435,7 +430,7 @@ fn empty_batch_and_channels() {
         return;
     };
     let s = shape(0, 2, 4, 4, 3, (3, 3), (1, 1), (1, 1));
-    let w = dev(&vec![0.5; s.weight_len()]);
+    let w = up(&vec![0.5; s.weight_len()]);
     let empty = || DeviceBuffer::uninit(0).unwrap();
     assert_eq!(
         gpu::conv2d_forward(&empty(), &w, None, &s).unwrap().len(),
@@ -443,17 +438,17 @@ fn empty_batch_and_channels() {
     );
     let g = gpu::conv2d_backward(&empty(), &w, &empty(), &s, true, true, true).unwrap();
     assert_eq!(g.input.unwrap().len(), 0);
-    assert_eq!(host(&g.weight.unwrap()), vec![0.0; s.weight_len()]);
-    assert_eq!(host(&g.bias.unwrap()), vec![0.0; 3]);
+    assert_eq!(down(&g.weight.unwrap()), vec![0.0; s.weight_len()]);
+    assert_eq!(down(&g.bias.unwrap()), vec![0.0; 3]);
 
     let s = shape(2, 2, 4, 4, 0, (3, 3), (1, 1), (1, 1));
-    let x = dev(&vec![1.0; s.input_len()]);
+    let x = up(&vec![1.0; s.input_len()]);
     assert_eq!(
         gpu::conv2d_forward(&x, &empty(), None, &s).unwrap().len(),
         0
     );
     let g = gpu::conv2d_backward(&x, &empty(), &empty(), &s, true, true, true).unwrap();
-    assert_eq!(host(&g.input.unwrap()), vec![0.0; s.input_len()]);
+    assert_eq!(down(&g.input.unwrap()), vec![0.0; s.input_len()]);
     assert_eq!(g.weight.unwrap().len(), 0);
     assert_eq!(g.bias.unwrap().len(), 0);
 }
@@ -465,9 +460,9 @@ fn bad_shapes_are_errors() {
         return;
     };
     let s = shape(1, 2, 5, 5, 3, (3, 3), (1, 1), (0, 0));
-    let x = dev(&vec![0.0; s.input_len()]);
-    let w = dev(&vec![0.0; s.weight_len()]);
-    let short = dev(&[0.0; 7]);
+    let x = up(&vec![0.0; s.input_len()]);
+    let w = up(&vec![0.0; s.weight_len()]);
+    let short = up(&[0.0; 7]);
     assert!(gpu::conv2d_forward(&short, &w, None, &s).is_err());
     assert!(gpu::conv2d_forward(&x, &short, None, &s).is_err());
     assert!(gpu::conv2d_forward(&x, &w, Some(&short), &s).is_err());
@@ -480,14 +475,14 @@ fn bad_shapes_are_errors() {
     let too_big = shape(1, 2, 2, 2, 3, (5, 5), (1, 1), (0, 0));
     assert!(gpu::conv2d_forward(&x, &w, None, &too_big).is_err());
     assert!(gpu::matmul(&short, &short, 2, 2, 2, false, false).is_err());
-    let mut c = dev(&[0.0; 4]);
+    let mut c = up(&[0.0; 4]);
     let mut spec = GemmSpec::dense(2, 2, 2, false, false);
     spec.lda = 1; // shorter than a row
     assert!(gpu::sgemm(&spec, &c_copy(&c), &c_copy(&c), &mut c).is_err());
 }
 
 fn c_copy(b: &DeviceBuffer) -> DeviceBuffer {
-    dev(&host(b))
+    up(&down(b))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -539,10 +534,10 @@ fn matmul_matches_cpu() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let a_stored = if ta { transpose(&a, m, k) } else { a.clone() };
             let b_stored = if tb { transpose(&b, k, n) } else { b.clone() };
-            let got = gpu::matmul(&dev(&a_stored), &dev(&b_stored), m, n, k, ta, tb).unwrap();
+            let got = gpu::matmul(&up(&a_stored), &up(&b_stored), m, n, k, ta, tb).unwrap();
             assert_close(
                 &format!("matmul {m}x{k}x{n} trans ({ta}, {tb})"),
-                &host(&got),
+                &down(&got),
                 want.data(),
                 mag.data(),
             );
@@ -616,9 +611,9 @@ fn sgemm_alpha_beta_and_pitches() {
                     mag[at] = (1.5 * am + old.abs()) as f32;
                 }
             }
-            let mut cd = dev(&c);
-            gpu::sgemm(&spec, &dev(&a), &dev(&b), &mut cd).unwrap();
-            let got = host(&cd);
+            let mut cd = up(&c);
+            gpu::sgemm(&spec, &up(&a), &up(&b), &mut cd).unwrap();
+            let got = down(&cd);
             // The pitch padding: bit for bit as it was.
             for i in 0..m {
                 for j in n..spec.ldc {

@@ -13,6 +13,9 @@ use cactus::rng::Rng;
 use cactus::tensor::transfers;
 use cactus::{Device, Tensor};
 
+mod common;
+use common::assert_close;
+
 type Op<'a> = &'a dyn Fn(&[Tensor]) -> Tensor;
 
 /// The output and each input's gradient of Σ w·op(inputs), on `device`.
@@ -45,20 +48,10 @@ fn run(op: Op<'_>, inputs: &[Tensor], weights: &Tensor, device: Device) -> (Tens
     (y, g)
 }
 
-/// max |a − b| ≤ rel · max(1, max |b|).
+/// Same shape and max |a − b| ≤ rel · max(1, max |b|).
 fn close(what: &str, a: &Tensor, b: &Tensor, rel: f32) {
     assert_eq!(a.shape(), b.shape(), "{what}: shapes");
-    let scale = b.data().iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let err = a
-        .data()
-        .iter()
-        .zip(b.data())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        err <= rel * scale,
-        "{what}: max difference {err} (scale {scale})"
-    );
+    assert_close(what, a.data(), b.data(), rel);
 }
 
 fn check(name: &str, op: Op<'_>, inputs: Vec<Tensor>, rel: f32, rng: &mut Rng) {

@@ -15,6 +15,9 @@ use cactus::tensor::{transfers, Device};
 use cactus::train::{Adam, Method, Phase, Progress, TrainConfig};
 use cactus::Tensor;
 
+mod common;
+use common::assert_close;
+
 /// What one step produced on one device, on the host.
 struct StepResult {
     loss: f32,
@@ -102,21 +105,6 @@ fn step(cfg: &TrainConfig, device: Device) -> StepResult {
             .map(|(_, p)| p.to_vec())
             .collect(),
     }
-}
-
-/// max |a − b| ≤ rel · max(1, max |b|): float rounding in other orders of summation.
-fn assert_close(what: &str, a: &[f32], b: &[f32], rel: f32) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let err = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        err <= rel * scale,
-        "{what}: max difference {err} (scale {scale})"
-    );
 }
 
 fn compare(cfg: &TrainConfig) {

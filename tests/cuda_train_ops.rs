@@ -30,38 +30,8 @@ use cactus::rng::Rng;
 use cactus::train::{Adam, AdamConfig, WeightDecay};
 use cactus::Tensor;
 
-/// f32 unit roundoff.
-const U: f64 = 1.0 / (1u64 << 24) as f64;
-
-/// γ_n: the relative error bound of an n-term f32 sum (or dot product).
-fn gamma(n: usize) -> f64 {
-    let nu = n as f64 * U;
-    assert!(nu < 0.5, "gamma({n}) is no bound");
-    nu / (1.0 - nu)
-}
-
-fn up(v: &[f32]) -> DeviceBuffer {
-    if v.is_empty() {
-        // No zero-byte copy to the device.
-        return DeviceBuffer::uninit(0).unwrap();
-    }
-    DeviceBuffer::from_host(v).unwrap()
-}
-
-fn down(b: &DeviceBuffer) -> Vec<f32> {
-    b.to_host().unwrap()
-}
-
-/// Equal values (±0 equal, NaN equal to NaN).
-fn assert_same(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            g == w || (g.is_nan() && w.is_nan()),
-            "{what}: element {i}: GPU {g} vs CPU {w}"
-        );
-    }
-}
+mod common;
+use common::{assert_same, down, gamma, uniform, up, U};
 
 /// |got − want| ≤ bound[i] for every element.
 fn within(what: &str, got: &[f32], want: &[f32], bound: &[f64]) {
@@ -83,10 +53,6 @@ fn within(what: &str, got: &[f32], want: &[f32], bound: &[f64]) {
 fn sum_bound(mag: &[f64], terms: usize) -> Vec<f64> {
     let g = 2.0 * gamma(terms);
     mag.iter().map(|m| g * m).collect()
-}
-
-fn uniform(len: usize, lo: f32, hi: f32, rng: &mut Rng) -> Vec<f32> {
-    (0..len).map(|_| lo + (hi - lo) * rng.uniform()).collect()
 }
 
 /// Uniform values with some exact zeros, and one NaN when `nan`.
