@@ -327,18 +327,14 @@ impl Tensor {
         }
     }
 
-    /// The values on the device: the tensor's own buffer, or a copy of host values.
-    pub(crate) fn on_gpu(&self) -> DeviceValues<'_> {
-        match self.cuda_buffer() {
-            Some(b) => DeviceValues::Borrowed(b),
-            None => {
-                transfers::count_upload();
-                DeviceValues::Copied(
-                    DeviceBuffer::from_host(self.data())
-                        .unwrap_or_else(|e| panic!("copying a tensor to the GPU: {e}")),
-                )
-            }
-        }
+    /// A constant GPU copy of this host tensor's values, for an op that runs on the GPU.
+    pub(crate) fn upload_detached(&self) -> Tensor {
+        Tensor::build(
+            Arc::new(Storage::upload(self.data())),
+            self.0.shape.clone(),
+            false,
+            None,
+        )
     }
 
     /// The same values on `device`, as a new leaf that keeps `requires_grad` (a parameter moved
@@ -435,23 +431,6 @@ impl Inner {
                         .unwrap_or_else(|e| panic!("copying a tensor from the GPU: {e}"))
                 }
             },
-        }
-    }
-}
-
-/// A tensor's values on the device, borrowed or copied there for one op.
-pub(crate) enum DeviceValues<'a> {
-    Borrowed(&'a DeviceBuffer),
-    Copied(DeviceBuffer),
-}
-
-impl std::ops::Deref for DeviceValues<'_> {
-    type Target = DeviceBuffer;
-
-    fn deref(&self) -> &DeviceBuffer {
-        match self {
-            DeviceValues::Borrowed(b) => b,
-            DeviceValues::Copied(b) => b,
         }
     }
 }

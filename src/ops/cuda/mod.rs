@@ -37,8 +37,7 @@ pub(crate) fn resident(t: &Tensor) -> Tensor {
     if t.is_cuda() {
         t.detach()
     } else {
-        let values = t.on_gpu();
-        Tensor::from_device(copy(&values), t.shape())
+        t.upload_detached()
     }
 }
 

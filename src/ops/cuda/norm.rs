@@ -90,7 +90,6 @@ pub(crate) fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Tens
     let y = expect("channel_affine", k::batch_norm_affine(buf(&xs), params, d));
     Tensor::from_device_op(y, x.shape(), &[x, scale, shift], move |g, needs| {
         let gs = resident(g);
-        let identity = IdentityStats::new(d.channels);
         let params = identity.with(buf(&ss), buf(&hs));
         if !needs[1] && !needs[2] {
             let dx = k::batch_norm_affine_backward_input(buf(&gs), params, d);
