@@ -229,10 +229,14 @@ pub fn driver_error(what: &str, e: cudarc::driver::DriverError) -> Error {
 }
 
 /// For parity tests: the backend, or `None` after printing why `test` is skipped (no driver, no
-/// device, no NVRTC).
+/// device, no NVRTC). With `CACTUS_REQUIRE_CUDA` set (a GPU machine's test run, or the CPU
+/// emulator's: `scripts/test_cuda_emulated.sh`) a missing device fails the test instead.
 pub fn device_or_skip(test: &str) -> Option<&'static CudaBackend> {
     match cuda() {
         Ok(b) => Some(b),
+        Err(e) if std::env::var_os("CACTUS_REQUIRE_CUDA").is_some() => {
+            panic!("{test}: CACTUS_REQUIRE_CUDA is set but there is no device to run on: {e}")
+        }
         Err(e) => {
             eprintln!("{test}: SKIPPED — no GPU to run on ({e})");
             None

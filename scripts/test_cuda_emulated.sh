@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run the GPU parity tests (tests/cuda_*.rs) without a GPU, on the CPU emulator of
+# tools/cuda_emulator: the same Rust code, launch wrappers and kernels/*.cu as on a GPU, with
+# the driver and NVRTC replaced by emulated ones that build the kernels with the host C++
+# compiler and run them on the CPU. A skipped test is a failure here (CACTUS_REQUIRE_CUDA).
+# tests/cuda_kernels.rs is left out: it checks the real NVRTC's output.
+# Usage: bash scripts/test_cuda_emulated.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+emulator="$(bash tools/cuda_emulator/build.sh target/cuda-emulator)"
+tests=()
+for f in tests/cuda_*.rs; do
+    name="$(basename "$f" .rs)"
+    [ "$name" = cuda_kernels ] || tests+=(--test "$name")
+done
+export LD_LIBRARY_PATH="$emulator${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CACTUS_EMU_CACHE="$emulator/modules"
+export CACTUS_REQUIRE_CUDA=1
+echo "GPU parity tests on the CPU emulator ($emulator): ${tests[*]}" >&2
+cargo test --release --locked "${tests[@]}" "$@"

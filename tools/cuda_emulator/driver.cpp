@@ -1,0 +1,304 @@
+// The emulated CUDA driver (libcuda.so.1): one device, "cactus CUDA emulator", whose memory is
+// host memory (a device pointer is a host address) and whose kernels are the shared libraries
+// that the emulated NVRTC (nvrtc.cpp) builds. Streams and events exist but every operation
+// completes before its call returns. Only the calls cactus (through cudarc) makes are provided;
+// cudarc resolves symbols on first use, so a missing one is a panic naming it.
+//
+// The device reports compute capability 9.0 and 132 multiprocessors, an H100's, so launch
+// heuristics that depend on them take the paths they take there.
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include <dlfcn.h>
+
+namespace {
+
+enum Result {
+    CUDA_SUCCESS = 0,
+    CUDA_ERROR_INVALID_VALUE = 1,
+    CUDA_ERROR_OUT_OF_MEMORY = 2,
+    CUDA_ERROR_INVALID_DEVICE = 101,
+    CUDA_ERROR_INVALID_IMAGE = 200,
+    CUDA_ERROR_INVALID_HANDLE = 400,
+    CUDA_ERROR_NOT_FOUND = 500,
+    CUDA_ERROR_LAUNCH_FAILED = 719,
+    CUDA_ERROR_NOT_SUPPORTED = 801,
+};
+
+const char* const MAGIC = "CACTUS-EMULATED-MODULE\n";
+
+struct Module {
+    void* library;
+};
+
+using Entry = int (*)(const unsigned*, const unsigned*, void**, const char**);
+
+struct Function {
+    Entry entry;
+    int params;
+    std::string name;
+};
+
+// Every launch runs under this lock: a module's emulator state (fibers, shared memory) is global.
+std::mutex launch_lock;
+
+int context_token, stream_token;
+
+uint64_t to_device(void* p) { return (uint64_t)(uintptr_t)p; }
+void* to_host(uint64_t p) { return (void*)(uintptr_t)p; }
+
+Result allocate(uint64_t* out, size_t bytes) {
+    // 256-byte aligned, like cudaMalloc; never null, even for 0 bytes.
+    void* p = std::aligned_alloc(256, ((bytes + 255) / 256 + 1) * 256);
+    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+    *out = to_device(p);
+    return CUDA_SUCCESS;
+}
+
+}   // namespace
+
+extern "C" {
+
+typedef int CUdevice;
+typedef void* CUcontext;
+typedef void* CUstream;
+typedef void* CUevent;
+typedef Module* CUmodule;
+typedef Function* CUfunction;
+typedef uint64_t CUdeviceptr;
+
+int cuGetErrorString(int error, const char** out) {
+    switch (error) {
+        case CUDA_SUCCESS: *out = "no error"; break;
+        case CUDA_ERROR_INVALID_VALUE: *out = "invalid argument"; break;
+        case CUDA_ERROR_OUT_OF_MEMORY: *out = "out of memory"; break;
+        case CUDA_ERROR_INVALID_IMAGE: *out = "not a module built by the emulated NVRTC"; break;
+        case CUDA_ERROR_NOT_FOUND: *out = "named symbol not found"; break;
+        case CUDA_ERROR_LAUNCH_FAILED: *out = "kernel failed in the emulator (see stderr)"; break;
+        default: *out = "emulated driver error"; break;
+    }
+    return CUDA_SUCCESS;
+}
+
+int cuGetErrorName(int error, const char** out) {
+    switch (error) {
+        case CUDA_SUCCESS: *out = "CUDA_SUCCESS"; break;
+        case CUDA_ERROR_INVALID_VALUE: *out = "CUDA_ERROR_INVALID_VALUE"; break;
+        case CUDA_ERROR_OUT_OF_MEMORY: *out = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+        case CUDA_ERROR_INVALID_IMAGE: *out = "CUDA_ERROR_INVALID_IMAGE"; break;
+        case CUDA_ERROR_NOT_FOUND: *out = "CUDA_ERROR_NOT_FOUND"; break;
+        case CUDA_ERROR_LAUNCH_FAILED: *out = "CUDA_ERROR_LAUNCH_FAILED"; break;
+        default: *out = "CUDA_ERROR_UNKNOWN"; break;
+    }
+    return CUDA_SUCCESS;
+}
+
+// --- Device and context -----------------------------------------------------------------------
+
+int cuInit(unsigned) { return CUDA_SUCCESS; }
+int cuDriverGetVersion(int* v) {
+    *v = 13000;
+    return CUDA_SUCCESS;
+}
+int cuDeviceGetCount(int* count) {
+    *count = 1;
+    return CUDA_SUCCESS;
+}
+int cuDeviceGet(CUdevice* device, int ordinal) {
+    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
+    *device = 0;
+    return CUDA_SUCCESS;
+}
+int cuDeviceGetName(char* name, int len, CUdevice) {
+    std::snprintf(name, (size_t)len, "cactus CUDA emulator (CPU)");
+    return CUDA_SUCCESS;
+}
+int cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {
+    *bytes = (size_t)16 << 30;
+    return CUDA_SUCCESS;
+}
+int cuDeviceGetAttribute(int* value, int attribute, CUdevice) {
+    switch (attribute) {
+        case 1: *value = 1024; break;          // max threads per block
+        case 8: *value = 48 * 1024; break;     // shared memory per block
+        case 10: *value = 32; break;           // warp size
+        case 16: *value = 132; break;          // multiprocessors
+        case 75: *value = 9; break;            // compute capability
+        case 76: *value = 0; break;
+        case 115: *value = 0; break;           // memory pools: plain allocations
+        default: *value = 0; break;
+    }
+    return CUDA_SUCCESS;
+}
+int cuDevicePrimaryCtxRetain(CUcontext* ctx, CUdevice) {
+    *ctx = &context_token;
+    return CUDA_SUCCESS;
+}
+int cuDevicePrimaryCtxRelease_v2(CUdevice) { return CUDA_SUCCESS; }
+int cuCtxSetCurrent(CUcontext) { return CUDA_SUCCESS; }
+int cuCtxGetCurrent(CUcontext* ctx) {
+    *ctx = &context_token;
+    return CUDA_SUCCESS;
+}
+int cuCtxGetDevice(CUdevice* device) {
+    *device = 0;
+    return CUDA_SUCCESS;
+}
+int cuCtxSynchronize() { return CUDA_SUCCESS; }
+int cuCtxPushCurrent_v2(CUcontext) { return CUDA_SUCCESS; }
+int cuCtxPopCurrent_v2(CUcontext* ctx) {
+    if (ctx) *ctx = &context_token;
+    return CUDA_SUCCESS;
+}
+int cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
+    *free_bytes = (size_t)16 << 30;
+    *total = (size_t)16 << 30;
+    return CUDA_SUCCESS;
+}
+
+// --- Streams and events: everything is already complete --------------------------------------
+
+int cuStreamCreate(CUstream* s, unsigned) {
+    *s = &stream_token;
+    return CUDA_SUCCESS;
+}
+int cuStreamDestroy_v2(CUstream) { return CUDA_SUCCESS; }
+int cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
+int cuStreamQuery(CUstream) { return CUDA_SUCCESS; }
+int cuStreamWaitEvent(CUstream, CUevent, unsigned) { return CUDA_SUCCESS; }
+int cuEventCreate(CUevent* e, unsigned) {
+    *e = new int(0);
+    return CUDA_SUCCESS;
+}
+int cuEventDestroy_v2(CUevent e) {
+    delete static_cast<int*>(e);
+    return CUDA_SUCCESS;
+}
+int cuEventRecord(CUevent, CUstream) { return CUDA_SUCCESS; }
+int cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }
+int cuEventQuery(CUevent) { return CUDA_SUCCESS; }
+int cuEventElapsedTime(float* ms, CUevent, CUevent) {
+    *ms = 0.0f;
+    return CUDA_SUCCESS;
+}
+int cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) { return cuEventElapsedTime(ms, a, b); }
+
+// --- Memory -----------------------------------------------------------------------------------
+
+int cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) { return allocate(p, bytes); }
+int cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream) { return allocate(p, bytes); }
+int cuMemFree_v2(CUdeviceptr p) {
+    std::free(to_host(p));
+    return CUDA_SUCCESS;
+}
+int cuMemFreeAsync(CUdeviceptr p, CUstream) { return cuMemFree_v2(p); }
+int cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) {
+    std::memset(to_host(p), v, n);
+    return CUDA_SUCCESS;
+}
+int cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream) {
+    return cuMemsetD8_v2(p, v, n);
+}
+int cuMemsetD32_v2(CUdeviceptr p, unsigned v, size_t n) {
+    auto* q = static_cast<unsigned*>(to_host(p));
+    for (size_t i = 0; i < n; ++i) q[i] = v;
+    return CUDA_SUCCESS;
+}
+int cuMemsetD32Async(CUdeviceptr p, unsigned v, size_t n, CUstream) {
+    return cuMemsetD32_v2(p, v, n);
+}
+int cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
+    std::memcpy(to_host(dst), src, n);
+    return CUDA_SUCCESS;
+}
+int cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream) {
+    return cuMemcpyHtoD_v2(dst, src, n);
+}
+int cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
+    std::memcpy(dst, to_host(src), n);
+    return CUDA_SUCCESS;
+}
+int cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream) {
+    return cuMemcpyDtoH_v2(dst, src, n);
+}
+int cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+    std::memmove(to_host(dst), to_host(src), n);
+    return CUDA_SUCCESS;
+}
+int cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream) {
+    return cuMemcpyDtoD_v2(dst, src, n);
+}
+int cuMemHostAlloc(void** p, size_t bytes, unsigned) {
+    *p = std::malloc(bytes ? bytes : 1);
+    return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+int cuMemFreeHost(void* p) {
+    std::free(p);
+    return CUDA_SUCCESS;
+}
+
+// --- Modules and launches ---------------------------------------------------------------------
+
+int cuModuleLoadData(CUmodule* module, const void* image) {
+    const char* text = static_cast<const char*>(image);
+    const size_t magic = std::strlen(MAGIC);
+    if (std::strncmp(text, MAGIC, magic) != 0) return CUDA_ERROR_INVALID_IMAGE;
+    void* lib = dlopen(text + magic, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        std::fprintf(stderr, "cactus CUDA emulator: %s\n", dlerror());
+        return CUDA_ERROR_INVALID_IMAGE;
+    }
+    *module = new Module{lib};
+    return CUDA_SUCCESS;
+}
+int cuModuleUnload(CUmodule module) {
+    // Kept loaded: functions may outlive it in caches.
+    delete module;
+    return CUDA_SUCCESS;
+}
+int cuModuleGetFunction(CUfunction* function, CUmodule module, const char* name) {
+    const std::string n = name;
+    auto entry = reinterpret_cast<Entry>(dlsym(module->library, ("cactus_emu_" + n).c_str()));
+    auto params =
+        reinterpret_cast<int (*)()>(dlsym(module->library, ("cactus_emu_params_" + n).c_str()));
+    if (!entry || !params) return CUDA_ERROR_NOT_FOUND;
+    *function = new Function{entry, params(), n};
+    return CUDA_SUCCESS;
+}
+int cuFuncGetParamInfo(CUfunction f, size_t index, size_t* offset, size_t* size) {
+    if (!f || index >= (size_t)f->params) return CUDA_ERROR_INVALID_VALUE;
+    *offset = index * 8;
+    *size = 8;
+    return CUDA_SUCCESS;
+}
+int cuFuncSetAttribute(CUfunction, int, int) { return CUDA_SUCCESS; }
+int cuFuncGetAttribute(int* value, int, CUfunction) {
+    *value = 0;
+    return CUDA_SUCCESS;
+}
+int cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                   unsigned bz, unsigned shared_bytes, CUstream, void** params, void** extra) {
+    if (!f || extra) return CUDA_ERROR_INVALID_VALUE;
+    if (shared_bytes != 0) {
+        std::fprintf(stderr, "cactus CUDA emulator: %s: dynamic shared memory is not emulated\n",
+                     f->name.c_str());
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    if (gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535) return CUDA_ERROR_INVALID_VALUE;
+    const unsigned grid[3] = {gx, gy, gz}, block[3] = {bx, by, bz};
+    std::lock_guard<std::mutex> guard(launch_lock);
+    const char* error = nullptr;
+    if (f->entry(grid, block, params, &error) != 0) {
+        std::fprintf(stderr, "cactus CUDA emulator: kernel %s: %s\n", f->name.c_str(),
+                     error ? error : "failed");
+        return CUDA_ERROR_LAUNCH_FAILED;
+    }
+    return CUDA_SUCCESS;
+}
+
+}   // extern "C"
