@@ -16,8 +16,9 @@
 //   sum_splits            adds the split-K partials of the weight gradients
 //
 // Tiling: kernels/tile_gemm.cuh (shared with kernels/gemm.cu): a block of 256 threads computes
-// a 64 × 64 tile of the output, each thread a 4 × 4 micro-tile, stepping through K 16 at a
-// time with double-buffered shared tiles; this file supplies the operand loaders and epilogues.
+// a 64 × 64, 128 × 64, 64 × 128 or 128 × 128 tile of the output, each thread 1, 2 or 4 register
+// micro-tiles of 4 × 4, stepping through K 16 at a time with double-buffered shared tiles; this
+// file supplies the operand loaders and epilogues, and an entry point per tile shape.
 //
 // Gathering: each loader keeps, per staged element, its position as mixed-radix digits, e.g.
 // (c, ky, kx) for a tap or (n, oy, ox) for a pixel, and advances them by 16 with two compares
@@ -81,87 +82,97 @@ __device__ __forceinline__ void advance3(Digits& d, const Digits& s, int r1, int
 __device__ __forceinline__ bool in_range(int v, int n) { return (unsigned)v < (unsigned)n; }
 
 // ---------------------------------------------------------------------------------------------
-// Operand loaders
+// Operand loaders (R: slabs of 64 along the operand's m or n, see tile_gemm.cuh)
 // ---------------------------------------------------------------------------------------------
 
 // A(m, k) = src[m·ld + k], m < rows, k < kdim: the weight [O, KK] of the forward. K-minor.
+template <int R>
 struct WeightRows {
     const float* src;
-    int row[4];   // m·ld, or −1 past the last row
+    int row[4 * R];   // m·ld, or −1 past the last row
     int k, kdim;
 
     __device__ WeightRows(const float* s, int rows, int ld, int m0, int kdim_)
         : src(s), k(kminor_k()), kdim(kdim_) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < 4 * R; ++i) {
             const int m = m0 + kminor_mn(i);
             row[i] = m < rows ? m * ld : -1;
         }
     }
-    __device__ __forceinline__ void fetch(float (&r)[1][4]) {
+    __device__ __forceinline__ void fetch(float (&r)[1][4 * R]) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 4 * R; ++i)
             r[0][i] = (k < kdim && row[i] >= 0) ? __ldg(src + row[i] + k) : 0.0f;
         k += BK;
     }
-    __device__ __forceinline__ void put(const float (&r)[1][4], float (&t)[1][BK][LDS]) const {
-        put_kminor<1>(r, t);
+    __device__ __forceinline__ void put(const float (&r)[1][4 * R],
+                                        float (&t)[1][BK][PITCH(R)]) const {
+        put_kminor<1, R>(r, t);
     }
 };
 
 // B(kk, p) = X[n, c, oy·sh − ph + ky, ox·sw − pw + kx] (0 in the padding): the im2col matrix
 // of the forward, for CNT inputs read at the same indices (centres and radii). K-major: the
-// thread's output pixel p is fixed, its 4 taps advance by 16.
-template <int CNT>
+// thread's output pixels p0 + 64·s are fixed, their 4 taps (shared) advance by 16.
+template <int CNT, int R>
 struct ColsByPixel {
     const float* src[CNT];
-    int base;       // n·C·H·W of the pixel's sample, or −1 past the last pixel
-    int iy0, ix0;   // input position of tap (0, 0); may be negative
+    int base[R];         // n·C·H·W of the pixel's sample, or −1 past the last pixel
+    int iy0[R], ix0[R];  // input position of tap (0, 0); may be negative
     int c, h, w, kh, kw;
-    Digits tap[4];  // (c, ky, kx)
+    Digits tap[4];       // (c, ky, kx)
     Digits step;
 
-    __device__ ColsByPixel(const float* s0, const float* s1, const ConvShape& g, int p)
+    __device__ ColsByPixel(const float* s0, const float* s1, const ConvShape& g, int p0)
         : c(g.c), h(g.h), w(g.w), kh(g.kh), kw(g.kw) {
         src[0] = s0;
         if (CNT > 1) src[CNT - 1] = s1;
         const int npix = g.n * g.oh * g.ow;
-        if (p < npix) {
-            const Digits d = split3(p, g.oh, g.ow);
-            base = d.hi * g.c * g.h * g.w;
-            iy0 = d.mid * g.sh - g.ph;
-            ix0 = d.lo * g.sw - g.pw;
-        } else {
-            base = -1;
-            iy0 = ix0 = 0;
+#pragma unroll
+        for (int s = 0; s < R; ++s) {
+            const int p = p0 + 64 * s;
+            if (p < npix) {
+                const Digits d = split3(p, g.oh, g.ow);
+                base[s] = d.hi * g.c * g.h * g.w;
+                iy0[s] = d.mid * g.sh - g.ph;
+                ix0[s] = d.lo * g.sw - g.pw;
+            } else {
+                base[s] = -1;
+                iy0[s] = ix0[s] = 0;
+            }
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) tap[i] = split3(kmajor_k(i), kh, kw);
         step = split3(BK, kh, kw);
     }
-    __device__ __forceinline__ void fetch(float (&r)[CNT][4]) {
+    __device__ __forceinline__ void fetch(float (&r)[CNT][4 * R]) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int iy = iy0 + tap[i].mid, ix = ix0 + tap[i].lo;
-            const bool ok = base >= 0 && tap[i].hi < c && in_range(iy, h) && in_range(ix, w);
-            const int at = base + (tap[i].hi * h + iy) * w + ix;
 #pragma unroll
-            for (int q = 0; q < CNT; ++q) r[q][i] = ok ? __ldg(src[q] + at) : 0.0f;
+            for (int s = 0; s < R; ++s) {
+                const int iy = iy0[s] + tap[i].mid, ix = ix0[s] + tap[i].lo;
+                const bool ok =
+                    base[s] >= 0 && tap[i].hi < c && in_range(iy, h) && in_range(ix, w);
+                const int at = base[s] + (tap[i].hi * h + iy) * w + ix;
+#pragma unroll
+                for (int q = 0; q < CNT; ++q) r[q][4 * s + i] = ok ? __ldg(src[q] + at) : 0.0f;
+            }
             advance3(tap[i], step, kh, kw);
         }
     }
-    __device__ __forceinline__ void put(const float (&r)[CNT][4],
-                                        float (&t)[CNT][BK][LDS]) const {
-        put_kmajor<CNT>(r, t);
+    __device__ __forceinline__ void put(const float (&r)[CNT][4 * R],
+                                        float (&t)[CNT][BK][PITCH(R)]) const {
+        put_kmajor<CNT, R>(r, t);
     }
 };
 
 // A(o, p) = gY[n, o, oy, ox] for p in [kbeg, kend): the output gradient as the M × K operand
 // of the weight gradient. K-minor (a half warp reads 16 consecutive pixels of one channel).
-template <int CNT>
+template <int CNT, int R>
 struct OutGradRows {
     const float* src[CNT];
-    int row[4];    // o·OH·OW, or −1 past the last channel
+    int row[4 * R];   // o·OH·OW, or −1 past the last channel
     int p, kend;
     int ohw, plane;   // OH·OW, O·OH·OW
     Digits pos;       // (n, 0, pixel)
@@ -175,7 +186,7 @@ struct OutGradRows {
         ohw = g.oh * g.ow;
         plane = g.o * ohw;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < 4 * R; ++i) {
             const int o = m0 + kminor_mn(i);
             row[i] = o < g.o ? o * ohw : -1;
         }
@@ -183,35 +194,35 @@ struct OutGradRows {
         pos = split3(p, 1, ohw);
         step = split3(BK, 1, ohw);
     }
-    __device__ __forceinline__ void fetch(float (&r)[CNT][4]) {
+    __device__ __forceinline__ void fetch(float (&r)[CNT][4 * R]) {
         const bool kin = p < kend;
         const int at = pos.hi * plane + pos.lo;
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 4 * R; ++i)
 #pragma unroll
             for (int q = 0; q < CNT; ++q)
                 r[q][i] = (kin && row[i] >= 0) ? __ldg(src[q] + at + row[i]) : 0.0f;
         p += BK;
         advance3(pos, step, 1, ohw);
     }
-    __device__ __forceinline__ void put(const float (&r)[CNT][4],
-                                        float (&t)[CNT][BK][LDS]) const {
-        put_kminor<CNT>(r, t);
+    __device__ __forceinline__ void put(const float (&r)[CNT][4 * R],
+                                        float (&t)[CNT][BK][PITCH(R)]) const {
+        put_kminor<CNT, R>(r, t);
     }
 };
 
 // B(p, kk) = X(kk, p) for p in [kbeg, kend): the transposed im2col matrix of the weight
 // gradient. K-minor: a half warp takes 16 consecutive output pixels (coalesced along ox); the
-// thread's 4 taps kk are fixed, its pixel advances by 16.
-template <int CNT>
+// thread's 4·R taps kk are fixed, its pixel advances by 16.
+template <int CNT, int R>
 struct ColsByTap {
     const float* src[CNT];
-    int off[4];        // c·H·W of each tap
-    int dy[4], dx[4];  // ky − ph, kx − pw
-    bool live[4];      // kk < KK
+    int off[4 * R];            // c·H·W of each tap
+    int dy[4 * R], dx[4 * R];  // ky − ph, kx − pw
+    bool live[4 * R];          // kk < KK
     int p, kend;
     int chw, h, w, sh, sw, oh, ow;
-    Digits pos;        // (n, oy, ox)
+    Digits pos;                // (n, oy, ox)
     Digits step;
 
     __device__ ColsByTap(const float* s0, const float* s1, const ConvShape& g, int n0, int kbeg,
@@ -222,7 +233,7 @@ struct ColsByTap {
         chw = g.c * g.h * g.w;
         const int kk_len = g.c * g.kh * g.kw;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < 4 * R; ++i) {
             const int kk = n0 + kminor_mn(i);
             live[i] = kk < kk_len;
             const Digits t = split3(live[i] ? kk : 0, g.kh, g.kw);
@@ -234,12 +245,12 @@ struct ColsByTap {
         pos = split3(p, oh, ow);
         step = split3(BK, oh, ow);
     }
-    __device__ __forceinline__ void fetch(float (&r)[CNT][4]) {
+    __device__ __forceinline__ void fetch(float (&r)[CNT][4 * R]) {
         const bool kin = p < kend;
         const int at = pos.hi * chw;
         const int yb = pos.mid * sh, xb = pos.lo * sw;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < 4 * R; ++i) {
             const int iy = yb + dy[i], ix = xb + dx[i];
             const bool ok = kin && live[i] && in_range(iy, h) && in_range(ix, w);
             const int idx = at + off[i] + iy * w + ix;
@@ -249,9 +260,9 @@ struct ColsByTap {
         p += BK;
         advance3(pos, step, oh, ow);
     }
-    __device__ __forceinline__ void put(const float (&r)[CNT][4],
-                                        float (&t)[CNT][BK][LDS]) const {
-        put_kminor<CNT>(r, t);
+    __device__ __forceinline__ void put(const float (&r)[CNT][4 * R],
+                                        float (&t)[CNT][BK][PITCH(R)]) const {
+        put_kminor<CNT, R>(r, t);
     }
 };
 
@@ -282,11 +293,12 @@ struct Phase {
 // A(c, (o, ty, tx)) = W[o, c, a + sh·ty, b + sw·tx]: the phase's taps of the weight, as the
 // M × K operand of the input gradient (M = C). K-minor. The weight is small and stays in
 // L1/L2, so the strided reads cost little.
+template <int R>
 struct PhaseWeight {
     const float* src;
-    int row[4];    // c·KH·KW, or −1 past the last channel
+    int row[4 * R];   // c·KH·KW, or −1 past the last channel
     int o_len, ckk, kw, sh, sw, a, b, khp, kwp;
-    Digits pos;    // (o, ty, tx)
+    Digits pos;       // (o, ty, tx)
     Digits step;
 
     __device__ PhaseWeight(const float* s, const ConvShape& g, const Phase& ph, int m0)
@@ -295,73 +307,81 @@ struct PhaseWeight {
         kwp = ph.kwp > 0 ? ph.kwp : 1;
         ckk = g.c * g.kh * g.kw;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < 4 * R; ++i) {
             const int c = m0 + kminor_mn(i);
             row[i] = c < g.c ? c * g.kh * g.kw : -1;
         }
         pos = split3(kminor_k(), khp, kwp);
         step = split3(BK, khp, kwp);
     }
-    __device__ __forceinline__ void fetch(float (&r)[1][4]) {
+    __device__ __forceinline__ void fetch(float (&r)[1][4 * R]) {
         const bool kin = pos.hi < o_len;
         const int at = pos.hi * ckk + (a + sh * pos.mid) * kw + b + sw * pos.lo;
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 4 * R; ++i)
             r[0][i] = (kin && row[i] >= 0) ? __ldg(src + at + row[i]) : 0.0f;
         advance3(pos, step, khp, kwp);
     }
-    __device__ __forceinline__ void put(const float (&r)[1][4], float (&t)[1][BK][LDS]) const {
-        put_kminor<1>(r, t);
+    __device__ __forceinline__ void put(const float (&r)[1][4 * R],
+                                        float (&t)[1][BK][PITCH(R)]) const {
+        put_kminor<1, R>(r, t);
     }
 };
 
 // B((o, ty, tx), q) = gY[n, o, qy + jy − ty, qx + jx − tx] (0 outside the output) for the
-// phase's input pixel q = (n, jy, jx). K-major: q is fixed per thread (consecutive threads,
-// consecutive jx, consecutive ox), its 4 taps advance by 16.
-template <int CNT>
+// phase's input pixels q = q0 + 64·s = (n, jy, jx). K-major: q is fixed per thread (consecutive
+// threads, consecutive jx, consecutive ox), the 4 taps (shared) advance by 16.
+template <int CNT, int R>
 struct PhaseOutGrad {
     const float* src[CNT];
-    int base;       // n·O·OH·OW, or −1 past the phase's last pixel
-    int oy0, ox0;   // qy + jy, qx + jx
+    int base[R];         // n·O·OH·OW, or −1 past the phase's last pixel
+    int oy0[R], ox0[R];  // qy + jy, qx + jx
     int o_len, oh, ow, khp, kwp;
-    Digits tap[4];  // (o, ty, tx)
+    Digits tap[4];       // (o, ty, tx)
     Digits step;
 
     __device__ PhaseOutGrad(const float* s0, const float* s1, const ConvShape& g,
-                            const Phase& ph, int q)
+                            const Phase& ph, int q0)
         : o_len(g.o), oh(g.oh), ow(g.ow) {
         src[0] = s0;
         if (CNT > 1) src[CNT - 1] = s1;
         khp = ph.khp > 0 ? ph.khp : 1;
         kwp = ph.kwp > 0 ? ph.kwp : 1;
-        if (q < g.n * ph.hp * ph.wp) {
-            const Digits d = split3(q, ph.hp, ph.wp);
-            base = d.hi * g.o * g.oh * g.ow;
-            oy0 = ph.qy + d.mid;
-            ox0 = ph.qx + d.lo;
-        } else {
-            base = -1;
-            oy0 = ox0 = 0;
+#pragma unroll
+        for (int s = 0; s < R; ++s) {
+            const int q = q0 + 64 * s;
+            if (q < g.n * ph.hp * ph.wp) {
+                const Digits d = split3(q, ph.hp, ph.wp);
+                base[s] = d.hi * g.o * g.oh * g.ow;
+                oy0[s] = ph.qy + d.mid;
+                ox0[s] = ph.qx + d.lo;
+            } else {
+                base[s] = -1;
+                oy0[s] = ox0[s] = 0;
+            }
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) tap[i] = split3(kmajor_k(i), khp, kwp);
         step = split3(BK, khp, kwp);
     }
-    __device__ __forceinline__ void fetch(float (&r)[CNT][4]) {
+    __device__ __forceinline__ void fetch(float (&r)[CNT][4 * R]) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int oy = oy0 - tap[i].mid, ox = ox0 - tap[i].lo;
-            const bool ok =
-                base >= 0 && tap[i].hi < o_len && in_range(oy, oh) && in_range(ox, ow);
-            const int at = base + (tap[i].hi * oh + oy) * ow + ox;
 #pragma unroll
-            for (int q = 0; q < CNT; ++q) r[q][i] = ok ? __ldg(src[q] + at) : 0.0f;
+            for (int s = 0; s < R; ++s) {
+                const int oy = oy0[s] - tap[i].mid, ox = ox0[s] - tap[i].lo;
+                const bool ok =
+                    base[s] >= 0 && tap[i].hi < o_len && in_range(oy, oh) && in_range(ox, ow);
+                const int at = base[s] + (tap[i].hi * oh + oy) * ow + ox;
+#pragma unroll
+                for (int q = 0; q < CNT; ++q) r[q][4 * s + i] = ok ? __ldg(src[q] + at) : 0.0f;
+            }
             advance3(tap[i], step, khp, kwp);
         }
     }
-    __device__ __forceinline__ void put(const float (&r)[CNT][4],
-                                        float (&t)[CNT][BK][LDS]) const {
-        put_kmajor<CNT>(r, t);
+    __device__ __forceinline__ void put(const float (&r)[CNT][4 * R],
+                                        float (&t)[CNT][BK][PITCH(R)]) const {
+        put_kmajor<CNT, R>(r, t);
     }
 };
 
@@ -369,63 +389,70 @@ struct PhaseOutGrad {
 // Forward
 // ---------------------------------------------------------------------------------------------
 
-// The forward's output offsets n·O·OH·OW + pixel of the thread's 4 columns (−1 past the end).
-__device__ __forceinline__ void output_columns(const ConvShape& g, int n0, int (&col)[4]) {
-    const int ohw = g.oh * g.ow, npix = g.n * ohw;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int p = n0 + (threadIdx.x & 15) * 4 + j;
-        const int n = p / ohw;
-        col[j] = p < npix ? p + n * (g.o - 1) * ohw : -1;
-    }
-}
-
 // CNT = 1: yc = conv(c, w) + bias; CNT = 2 also yr = conv(r, |w|) (centre/radius boxes, each
-// tile of c, r and w loaded once). r and yr are not touched when CNT = 1.
-template <int CNT>
+// tile of c, r and w loaded once). r and yr are not touched when CNT = 1. The block's tile is
+// (64·RM) output channels × (64·RN) output pixels.
+template <int CNT, int RM, int RN>
 __device__ __forceinline__ void conv_fwd(const float* c, const float* r, const float* w,
                                          const float* bias, int has_bias, const ConvShape& g,
                                          float* yc, float* yr) {
-    const int kk_len = g.c * g.kh * g.kw, ohw = g.oh * g.ow;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    WeightRows la(w, g.o, kk_len, m0, kk_len);
-    ColsByPixel<CNT> lb(c, r, g, n0 + kmajor_mn());
-    float acc[CNT][4][4];
-    tile_gemm<1, CNT, CNT == 2>(la, lb, (kk_len + BK - 1) / BK, acc);
+    const int kk_len = g.c * g.kh * g.kw, ohw = g.oh * g.ow, npix = g.n * ohw;
+    const int m0 = blockIdx.y * 64 * RM, n0 = blockIdx.x * 64 * RN;
+    WeightRows<RM> la(w, g.o, kk_len, m0, kk_len);
+    ColsByPixel<CNT, RN> lb(c, r, g, n0 + kmajor_mn());
+    float acc[CNT][4 * RM][4 * RN];
+    tile_gemm<1, CNT, CNT == 2, RM, RN>(la, lb, (kk_len + BK - 1) / BK, acc);
 
-    int col[4];
-    output_columns(g, n0, col);
+    // Output offsets n·O·OH·OW + pixel of the thread's columns (−1 past the end).
+    int col[4 * RN];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int o = m0 + (threadIdx.x >> 4) * 4 + i;
+    for (int f = 0; f < 4 * RN; ++f) {
+        const int p = n0 + tile_col(f);
+        col[f] = p < npix ? p + (p / ohw) * (g.o - 1) * ohw : -1;
+    }
+#pragma unroll
+    for (int e = 0; e < 4 * RM; ++e) {
+        const int o = m0 + tile_row(e);
         if (o >= g.o) continue;
         const float b = has_bias ? bias[o] : 0.0f;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            if (col[j] < 0) continue;
-            yc[col[j] + o * ohw] = acc[0][i][j] + b;
-            if (CNT == 2) yr[col[j] + o * ohw] = acc[CNT - 1][i][j];
+        for (int f = 0; f < 4 * RN; ++f) {
+            if (col[f] < 0) continue;
+            yc[col[f] + o * ohw] = acc[0][e][f] + b;
+            if (CNT == 2) yr[col[f] + o * ohw] = acc[CNT - 1][e][f];
         }
     }
 }
 
+// Entry points come in tile shapes: NAME (64 × 64), NAME_128x64 (RM = 2), NAME_64x128
+// (RN = 2), NAME_128x128; the launch wrappers pick one per problem. Interval kernels with
+// two operands on both sides have fewer shapes: their shared tiles must fit in 48 KiB.
+
 // y [n, o, oh, ow] = conv(x, w) + bias (bias read only when has_bias ≠ 0; pass any pointer
-// otherwise). Grid (⌈P/64⌉, ⌈O/64⌉), 256 threads.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    conv2d_fwd(const float* __restrict__ x, const float* __restrict__ w,
-               const float* __restrict__ bias, int has_bias, ConvShape g, float* __restrict__ y) {
-    conv_fwd<1>(x, x, w, bias, has_bias, g, y, y);
-}
+// otherwise). Grid (⌈P/(64·RN)⌉, ⌈O/(64·RM)⌉), 256 threads.
+#define CONV2D_FWD(NAME, RM, RN)                                                               \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                      \
+        NAME(const float* __restrict__ x, const float* __restrict__ w,                         \
+             const float* __restrict__ bias, int has_bias, ConvShape g, float* __restrict__ y) { \
+        conv_fwd<1, RM, RN>(x, x, w, bias, has_bias, g, y, y);                                 \
+    }
+CONV2D_FWD(conv2d_fwd, 1, 1)
+CONV2D_FWD(conv2d_fwd_128x64, 2, 1)
+CONV2D_FWD(conv2d_fwd_64x128, 1, 2)
+CONV2D_FWD(conv2d_fwd_128x128, 2, 2)
 
 // Boxes in centre/radius form: yc = conv(c, w) + bias, yr = conv(r, |w|), in one pass (each
 // tile of c, r and w loaded once). Grid and block as conv2d_fwd.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    interval_conv2d_fwd(const float* __restrict__ c, const float* __restrict__ r,
-                        const float* __restrict__ w, const float* __restrict__ bias,
-                        int has_bias, ConvShape g, float* __restrict__ yc,
-                        float* __restrict__ yr) {
-    conv_fwd<2>(c, r, w, bias, has_bias, g, yc, yr);
-}
+#define INTERVAL_CONV2D_FWD(NAME, RM, RN)                                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                      \
+        NAME(const float* __restrict__ c, const float* __restrict__ r,                         \
+             const float* __restrict__ w, const float* __restrict__ bias, int has_bias,        \
+             ConvShape g, float* __restrict__ yc, float* __restrict__ yr) {                    \
+        conv_fwd<2, RM, RN>(c, r, w, bias, has_bias, g, yc, yr);                               \
+    }
+INTERVAL_CONV2D_FWD(interval_conv2d_fwd, 1, 1)
+INTERVAL_CONV2D_FWD(interval_conv2d_fwd_128x64, 2, 1)
+INTERVAL_CONV2D_FWD(interval_conv2d_fwd_64x128, 1, 2)
 
 // ---------------------------------------------------------------------------------------------
 // Weight gradient (split-K)
@@ -434,33 +461,33 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 // CNT = 1: out = Σ_p gc · cols(c); CNT = 2: out = Σ gc · cols(c) + sign(w) ⊙ Σ gr · cols(r), the
 // two products accumulated side by side over the same pixels (r, gr and w are not read when
 // CNT = 1). Pixels [z·kchunk, (z + 1)·kchunk) of chunk z = blockIdx.z, written to out + z·O·KK.
-template <int CNT>
+template <int CNT, int RM, int RN>
 __device__ __forceinline__ void conv_bwd_weight(const float* c, const float* r, const float* gc,
                                                 const float* gr, const float* w,
                                                 const ConvShape& g, int kchunk, float* out) {
     const int kk_len = g.c * g.kh * g.kw, npix = g.n * g.oh * g.ow;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int m0 = blockIdx.y * 64 * RM, n0 = blockIdx.x * 64 * RN;
     const int kbeg = blockIdx.z * kchunk;
     const int kend = min(npix, kbeg + kchunk);
-    OutGradRows<CNT> la(gc, gr, g, m0, kbeg, kend);
-    ColsByTap<CNT> lb(c, r, g, n0, kbeg, kend);
-    float acc[CNT][4][4];
-    tile_gemm<CNT, CNT, false>(la, lb, (kend - kbeg + BK - 1) / BK, acc);
+    OutGradRows<CNT, RM> la(gc, gr, g, m0, kbeg, kend);
+    ColsByTap<CNT, RN> lb(c, r, g, n0, kbeg, kend);
+    float acc[CNT][4 * RM][4 * RN];
+    tile_gemm<CNT, CNT, false, RM, RN>(la, lb, (kend - kbeg + BK - 1) / BK, acc);
 
     float* dst = out + (size_t)blockIdx.z * g.o * kk_len;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int o = m0 + (threadIdx.x >> 4) * 4 + i;
+    for (int e = 0; e < 4 * RM; ++e) {
+        const int o = m0 + tile_row(e);
         if (o >= g.o) continue;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int kk = n0 + (threadIdx.x & 15) * 4 + j;
+        for (int f = 0; f < 4 * RN; ++f) {
+            const int kk = n0 + tile_col(f);
             if (kk >= kk_len) continue;
-            float v = acc[0][i][j];
+            float v = acc[0][e][f];
             if (CNT == 2) {
                 const float wv = w[o * kk_len + kk];
-                if (wv > 0.0f) v += acc[CNT - 1][i][j];
-                else if (wv < 0.0f) v -= acc[CNT - 1][i][j];
+                if (wv > 0.0f) v += acc[CNT - 1][e][f];
+                else if (wv < 0.0f) v -= acc[CNT - 1][e][f];
             }
             dst[o * kk_len + kk] = v;
         }
@@ -471,23 +498,29 @@ __device__ __forceinline__ void conv_bwd_weight(const float* c, const float* r, 
 // `kchunk` (a multiple of 16); chunk z writes its partial sums to out + z·O·KK (the wrapper
 // adds them with sum_splits when there are several, in a fixed order: deterministic). The
 // weight gradient has few output tiles (O × KK) and a long K (every pixel of the batch), so
-// splitting K is what fills the GPU. Grid (⌈KK/64⌉, ⌈O/64⌉, splits).
-extern "C" __global__ void __launch_bounds__(THREADS)
-    conv2d_bwd_weight(const float* __restrict__ x, const float* __restrict__ gy, ConvShape g,
-                      int kchunk, float* __restrict__ out) {
-    conv_bwd_weight<1>(x, x, gy, gy, nullptr, g, kchunk, out);
-}
+// splitting K is what fills the GPU. Grid (⌈KK/(64·RN)⌉, ⌈O/(64·RM)⌉, splits).
+#define CONV2D_BWD_WEIGHT(NAME, RM, RN)                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                      \
+        NAME(const float* __restrict__ x, const float* __restrict__ gy, ConvShape g,           \
+             int kchunk, float* __restrict__ out) {                                            \
+        conv_bwd_weight<1, RM, RN>(x, x, gy, gy, nullptr, g, kchunk, out);                     \
+    }
+CONV2D_BWD_WEIGHT(conv2d_bwd_weight, 1, 1)
+CONV2D_BWD_WEIGHT(conv2d_bwd_weight_128x64, 2, 1)
+CONV2D_BWD_WEIGHT(conv2d_bwd_weight_64x128, 1, 2)
+CONV2D_BWD_WEIGHT(conv2d_bwd_weight_128x128, 2, 2)
 
 // Interval weight gradient: dW = Σ gc · cols(c) + sign(w) ⊙ Σ gr · cols(r) (the radius path
 // multiplies by |w|; sign(0) = 0 as on the CPU). One kernel: both products accumulate side by
 // side over the same pixels. Split-K as conv2d_bwd_weight (the sign is applied per chunk,
-// which is exact since it is linear in the chunk's sums).
+// which is exact since it is linear in the chunk's sums). 64 × 64 only (two operands on
+// each side).
 extern "C" __global__ void __launch_bounds__(THREADS)
     interval_conv2d_bwd_weight(const float* __restrict__ c, const float* __restrict__ r,
                                const float* __restrict__ gc, const float* __restrict__ gr,
                                const float* __restrict__ w, ConvShape g, int kchunk,
                                float* __restrict__ out) {
-    conv_bwd_weight<2>(c, r, gc, gr, w, g, kchunk, out);
+    conv_bwd_weight<2, 1, 1>(c, r, gc, gr, w, g, kchunk, out);
 }
 
 // out[i] = Σ_s parts[s·len + i], s = 0..splits−1 in order.
@@ -504,69 +537,74 @@ extern "C" __global__ void sum_splits(const float* __restrict__ parts, int split
 // Input gradient (gather by stride phase)
 // ---------------------------------------------------------------------------------------------
 
-// The dx offsets n·C·H·W + iy·W + ix of the thread's 4 phase columns (the channel's c·H·W is
-// added per row), −1 past the phase's last pixel.
-__device__ __forceinline__ void phase_columns(const ConvShape& g, const Phase& ph, int n0,
-                                              int (&col)[4]) {
-    const int q_len = g.n * ph.hp * ph.wp;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int q = n0 + (threadIdx.x & 15) * 4 + j;
-        if (q < q_len) {
-            const Digits d = split3(q, ph.hp, ph.wp);
-            col[j] = d.hi * g.c * g.h * g.w + (ph.py + g.sh * d.mid) * g.w + ph.px + g.sw * d.lo;
-        } else {
-            col[j] = -1;
-        }
-    }
-}
-
 // CNT = 1: dc = adjoint(w)(gc); CNT = 2 also dr = adjoint(|w|)(gr) in the same pass (gr and dr
 // are not touched when CNT = 1). The phase is blockIdx.z.
-template <int CNT>
+template <int CNT, int RM, int RN>
 __device__ __forceinline__ void conv_bwd_input(const float* gc, const float* gr, const float* w,
                                                const ConvShape& g, float* dc, float* dr) {
     const Phase ph(g, blockIdx.z);
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    if (n0 >= g.n * ph.hp * ph.wp) return;   // uniform over the block
+    const int m0 = blockIdx.y * 64 * RM, n0 = blockIdx.x * 64 * RN;
+    const int q_len = g.n * ph.hp * ph.wp;
+    if (n0 >= q_len) return;   // uniform over the block
     const int k_len = g.o * ph.khp * ph.kwp;
-    PhaseWeight la(w, g, ph, m0);
-    PhaseOutGrad<CNT> lb(gc, gr, g, ph, n0 + kmajor_mn());
-    float acc[CNT][4][4];
-    tile_gemm<1, CNT, CNT == 2>(la, lb, (k_len + BK - 1) / BK, acc);
+    PhaseWeight<RM> la(w, g, ph, m0);
+    PhaseOutGrad<CNT, RN> lb(gc, gr, g, ph, n0 + kmajor_mn());
+    float acc[CNT][4 * RM][4 * RN];
+    tile_gemm<1, CNT, CNT == 2, RM, RN>(la, lb, (k_len + BK - 1) / BK, acc);
 
-    int col[4];
-    phase_columns(g, ph, n0, col);
+    // The dx offsets n·C·H·W + iy·W + ix of the thread's phase columns (the channel's c·H·W
+    // is added per row), −1 past the phase's last pixel.
+    int col[4 * RN];
+#pragma unroll
+    for (int f = 0; f < 4 * RN; ++f) {
+        const int q = n0 + tile_col(f);
+        if (q < q_len) {
+            const Digits d = split3(q, ph.hp, ph.wp);
+            col[f] = d.hi * g.c * g.h * g.w + (ph.py + g.sh * d.mid) * g.w + ph.px + g.sw * d.lo;
+        } else {
+            col[f] = -1;
+        }
+    }
     const int hw = g.h * g.w;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int c = m0 + (threadIdx.x >> 4) * 4 + i;
+    for (int e = 0; e < 4 * RM; ++e) {
+        const int c = m0 + tile_row(e);
         if (c >= g.c) continue;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            if (col[j] < 0) continue;
-            dc[col[j] + c * hw] = acc[0][i][j];
-            if (CNT == 2) dr[col[j] + c * hw] = acc[CNT - 1][i][j];
+        for (int f = 0; f < 4 * RN; ++f) {
+            if (col[f] < 0) continue;
+            dc[col[f] + c * hw] = acc[0][e][f];
+            if (CNT == 2) dr[col[f] + c * hw] = acc[CNT - 1][e][f];
         }
     }
 }
 
-// dx [n, c, h, w] = the adjoint of conv2d_fwd applied to gy. Grid (⌈N·⌈H/sh⌉·⌈W/sw⌉ / 64⌉,
-// ⌈C/64⌉, sh·sw): blockIdx.z is the phase; blocks past their phase's pixels return at once.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    conv2d_bwd_input(const float* __restrict__ gy, const float* __restrict__ w, ConvShape g,
-                     float* __restrict__ dx) {
-    conv_bwd_input<1>(gy, gy, w, g, dx, dx);
-}
+// dx [n, c, h, w] = the adjoint of conv2d_fwd applied to gy. Grid
+// (⌈N·⌈H/sh⌉·⌈W/sw⌉ / (64·RN)⌉, ⌈C/(64·RM)⌉, sh·sw): blockIdx.z is the phase; blocks past
+// their phase's pixels return at once.
+#define CONV2D_BWD_INPUT(NAME, RM, RN)                                                         \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                      \
+        NAME(const float* __restrict__ gy, const float* __restrict__ w, ConvShape g,           \
+             float* __restrict__ dx) {                                                         \
+        conv_bwd_input<1, RM, RN>(gy, gy, w, g, dx, dx);                                       \
+    }
+CONV2D_BWD_INPUT(conv2d_bwd_input, 1, 1)
+CONV2D_BWD_INPUT(conv2d_bwd_input_128x64, 2, 1)
+CONV2D_BWD_INPUT(conv2d_bwd_input_64x128, 1, 2)
+CONV2D_BWD_INPUT(conv2d_bwd_input_128x128, 2, 2)
 
 // Interval input gradient: dc = adjoint(w)(gc), dr = adjoint(|w|)(gr), one pass. Grid and
 // block as conv2d_bwd_input.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    interval_conv2d_bwd_input(const float* __restrict__ gc, const float* __restrict__ gr,
-                              const float* __restrict__ w, ConvShape g,
-                              float* __restrict__ dc, float* __restrict__ dr) {
-    conv_bwd_input<2>(gc, gr, w, g, dc, dr);
-}
+#define INTERVAL_CONV2D_BWD_INPUT(NAME, RM, RN)                                                \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                      \
+        NAME(const float* __restrict__ gc, const float* __restrict__ gr,                       \
+             const float* __restrict__ w, ConvShape g, float* __restrict__ dc,                 \
+             float* __restrict__ dr) {                                                         \
+        conv_bwd_input<2, RM, RN>(gc, gr, w, g, dc, dr);                                       \
+    }
+INTERVAL_CONV2D_BWD_INPUT(interval_conv2d_bwd_input, 1, 1)
+INTERVAL_CONV2D_BWD_INPUT(interval_conv2d_bwd_input_128x64, 2, 1)
+INTERVAL_CONV2D_BWD_INPUT(interval_conv2d_bwd_input_64x128, 1, 2)
 
 // ---------------------------------------------------------------------------------------------
 // Bias gradient

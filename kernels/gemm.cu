@@ -3,9 +3,10 @@
 // Any M, N, K ≥ 1 and any leading dimensions (lda, ldb, ldc: row pitches in floats).
 //
 // Tiling: kernels/tile_gemm.cuh (shared with the implicit-GEMM convolutions of kernels/conv.cu):
-// a block of 256 threads computes a 64 × 64 tile of C, each thread a 4 × 4 micro-tile in
-// registers, stepping through K 16 at a time with double-buffered shared tiles; this file
-// supplies the operand loader (`Operand`) and the epilogue (alpha, beta).
+// a block of 256 threads computes a 64 × 64, 128 × 64, 64 × 128 or 128 × 128 tile of C (an
+// entry point per shape), each thread 1, 2 or 4 register micro-tiles of 4 × 4, stepping through
+// K 16 at a time with double-buffered shared tiles; this file supplies the operand loader
+// (`Operand`) and the epilogue (alpha, beta).
 //
 // Staging: each operand is read along whichever of its axes is contiguous in memory (K for A
 // untransposed and B transposed, M or N otherwise), 16 or 64 consecutive threads on
@@ -19,96 +20,109 @@
 #include "tile_gemm.cuh"
 
 // One operand as an (mn, k) matrix: element (mn, k) at src[mn·ld + k] when k is contiguous
-// (`kcontig`), else at src[k·ld + mn]; mn < mn_len, k < k_len. Each thread stages 4 elements
-// of every 16 × 64 tile, in tile_gemm.cuh's K-minor layout when k is contiguous (a half warp on
-// 16 consecutive k of one row), else in its K-major layout (64 threads on 64 consecutive mn of
-// one k). The tile positions are recomputed from threadIdx when staging rather than held in
-// registers.
+// (`kcontig`), else at src[k·ld + mn]; mn < mn_len, k < k_len. Each thread stages 4·R elements
+// of every 16-deep tile R slabs wide, in tile_gemm.cuh's K-minor layout when k is contiguous (a
+// half warp on 16 consecutive k of one row), else in its K-major layout (64 threads on 64
+// consecutive mn of one k).
+template <int R>
 struct Operand {
     const float* src;
-    int off[4];     // offset of the thread's element i in the current tile
-    int kstep;      // offset change per K-step of 16
-    int kcur[4];    // k of element i in the current tile
-    bool live[4];   // mn < mn_len
+    int off[4 * R];     // offset of the thread's element e in the current tile
+    int kstep;          // offset change per K-step of 16
+    int kcur[4 * R];    // k of element e in the current tile
+    bool live[4 * R];   // mn < mn_len
     bool kcontig;
     int k_len;
 
     __device__ Operand(const float* s, int mn_len, int k_len_, int ld, bool kcontig_, int mn0)
         : src(s), kcontig(kcontig_), k_len(k_len_) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int k_at = kcontig ? kminor_k() : kmajor_k(i);
-            const int mn = mn0 + (kcontig ? kminor_mn(i) : kmajor_mn());
-            live[i] = mn < mn_len;
-            kcur[i] = k_at;
-            off[i] = kcontig ? mn * ld + k_at : k_at * ld + mn;
+        for (int e = 0; e < 4 * R; ++e) {
+            const int k_at = kcontig ? kminor_k() : kmajor_k(e & 3);
+            const int mn = mn0 + (kcontig ? kminor_mn(e) : kmajor_mn(e >> 2));
+            live[e] = mn < mn_len;
+            kcur[e] = k_at;
+            off[e] = kcontig ? mn * ld + k_at : k_at * ld + mn;
         }
         kstep = kcontig ? BK : BK * ld;
     }
 
     // tile_gemm's loader interface (one operand: the outer dimension is 1).
-    __device__ __forceinline__ void fetch(float (&r)[1][4]) {
+    __device__ __forceinline__ void fetch(float (&r)[1][4 * R]) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            r[0][i] = (live[i] && kcur[i] < k_len) ? __ldg(src + off[i]) : 0.0f;
-            off[i] += kstep;
-            kcur[i] += BK;
+        for (int e = 0; e < 4 * R; ++e) {
+            r[0][e] = (live[e] && kcur[e] < k_len) ? __ldg(src + off[e]) : 0.0f;
+            off[e] += kstep;
+            kcur[e] += BK;
         }
     }
 
-    __device__ __forceinline__ void put(const float (&r)[1][4], float (&t)[1][BK][LDS]) const {
-        if (kcontig) put_kminor<1>(r, t);
-        else put_kmajor<1>(r, t);
+    __device__ __forceinline__ void put(const float (&r)[1][4 * R],
+                                        float (&t)[1][BK][PITCH(R)]) const {
+        if (kcontig) put_kminor<1, R>(r, t);
+        else put_kmajor<1, R>(r, t);
     }
 };
 
-// One 64 × 64 tile of C (this block's) = alpha·op(A)·op(B) + beta·C.
+// This block's (64·RM) × (64·RN) tile of C = alpha·op(A)·op(B) + beta·C.
+template <int RM, int RN>
 __device__ __forceinline__ void gemm_tile(int M, int N, int K, float alpha, const float* A,
                                           int lda, int transA, const float* B, int ldb,
                                           int transB, float beta, float* C, int ldc) {
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    const int m0 = blockIdx.y * 64 * RM, n0 = blockIdx.x * 64 * RN;
     // A as (m, k): k contiguous unless transposed. B as (n, k): k contiguous when transposed.
-    Operand la(A, M, K, lda, transA == 0, m0);
-    Operand lb(B, N, K, ldb, transB != 0, n0);
-    float acc[1][4][4];
-    tile_gemm<1, 1, false>(la, lb, (K + BK - 1) / BK, acc);
+    Operand<RM> la(A, M, K, lda, transA == 0, m0);
+    Operand<RN> lb(B, N, K, ldb, transB != 0, n0);
+    float acc[1][4 * RM][4 * RN];
+    tile_gemm<1, 1, false, RM, RN>(la, lb, (K + BK - 1) / BK, acc);
 
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int m = m0 + ty * 4 + i;
+    for (int e = 0; e < 4 * RM; ++e) {
+        const int m = m0 + tile_row(e);
         if (m >= M) continue;
         float* row = C + m * ldc;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int n = n0 + tx * 4 + j;
+        for (int f = 0; f < 4 * RN; ++f) {
+            const int n = n0 + tile_col(f);
             if (n >= N) continue;
-            const float v = alpha * acc[0][i][j];
+            const float v = alpha * acc[0][e][f];
             row[n] = beta == 0.0f ? v : fmaf(beta, row[n], v);
         }
     }
 }
 
-// Grid (⌈N/64⌉, ⌈M/64⌉), 256 threads. transA/transB: 0 or 1.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    sgemm(int M, int N, int K, float alpha, const float* __restrict__ A, int lda, int transA,
-          const float* __restrict__ B, int ldb, int transB, float beta, float* __restrict__ C,
-          int ldc) {
-    gemm_tile(M, N, K, alpha, A, lda, transA, B, ldb, transB, beta, C, ldc);
-}
+// Entry points per tile shape: NAME (64 × 64), NAME_128x64, NAME_64x128, NAME_128x128 (M × N).
+
+// Grid (⌈N/(64·RN)⌉, ⌈M/(64·RM)⌉), 256 threads. transA/transB: 0 or 1.
+#define SGEMM(NAME, RM, RN)                                                                    \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                      \
+        NAME(int M, int N, int K, float alpha, const float* __restrict__ A, int lda,           \
+             int transA, const float* __restrict__ B, int ldb, int transB, float beta,         \
+             float* __restrict__ C, int ldc) {                                                 \
+        gemm_tile<RM, RN>(M, N, K, alpha, A, lda, transA, B, ldb, transB, beta, C, ldc);       \
+    }
+SGEMM(sgemm, 1, 1)
+SGEMM(sgemm_128x64, 2, 1)
+SGEMM(sgemm_64x128, 1, 2)
+SGEMM(sgemm_128x128, 2, 2)
 
 // Split K, for products with few output tiles and a long K (a linear layer on a flattened
-// feature map): grid (⌈N/64⌉, ⌈M/64⌉, splits); block z computes the partial product over
-// k ∈ [z·kchunk, min(K, (z + 1)·kchunk)) into its own M × N slice C + z·M·N (dense), which
+// feature map): grid (⌈N/(64·RN)⌉, ⌈M/(64·RM)⌉, splits); block z computes the partial product
+// over k ∈ [z·kchunk, min(K, (z + 1)·kchunk)) into its own M × N slice C + z·M·N (dense), which
 // `sum_splits` (kernels/conv.cu) adds in a fixed order. kchunk is a multiple of 16.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    sgemm_split(int M, int N, int K, int kchunk, const float* __restrict__ A, int lda,
-                int transA, const float* __restrict__ B, int ldb, int transB,
-                float* __restrict__ C) {
-    const int k0 = blockIdx.z * kchunk;
-    const int klen = min(kchunk, K - k0);
-    const float* a = A + (transA ? (size_t)k0 * lda : (size_t)k0);
-    const float* b = B + (transB ? (size_t)k0 : (size_t)k0 * ldb);
-    float* c = C + (size_t)blockIdx.z * M * N;
-    gemm_tile(M, N, klen, 1.0f, a, lda, transA, b, ldb, transB, 0.0f, c, N);
-}
+#define SGEMM_SPLIT(NAME, RM, RN)                                                              \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                      \
+        NAME(int M, int N, int K, int kchunk, const float* __restrict__ A, int lda,            \
+             int transA, const float* __restrict__ B, int ldb, int transB,                     \
+             float* __restrict__ C) {                                                          \
+        const int k0 = blockIdx.z * kchunk;                                                    \
+        const int klen = min(kchunk, K - k0);                                                  \
+        const float* a = A + (transA ? (size_t)k0 * lda : (size_t)k0);                         \
+        const float* b = B + (transB ? (size_t)k0 : (size_t)k0 * ldb);                         \
+        float* c = C + (size_t)blockIdx.z * M * N;                                             \
+        gemm_tile<RM, RN>(M, N, klen, 1.0f, a, lda, transA, b, ldb, transB, 0.0f, c, N);       \
+    }
+SGEMM_SPLIT(sgemm_split, 1, 1)
+SGEMM_SPLIT(sgemm_split_128x64, 2, 1)
+SGEMM_SPLIT(sgemm_split_64x128, 1, 2)
+SGEMM_SPLIT(sgemm_split_128x128, 2, 2)

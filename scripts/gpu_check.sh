@@ -73,6 +73,7 @@ PY
 echo "NVRTC: ${NVRTC:-not found} ($(ls "$NVRTC"/libnvrtc-builtins.so.* 2>/dev/null | head -n1))"
 export LD_LIBRARY_PATH="${NVRTC}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CACTUS_REQUIRE_NVRTC=1
+export CACTUS_REQUIRE_CUDA=1
 
 status=0
 for exe in "$BIN_DIR"/cuda_*; do
@@ -87,9 +88,24 @@ for exe in "$BIN_DIR"/cuda_*; do
     [[ $rc != 0 || $skipped != 0 ]] && status=1
 done
 
+# Every GEMM tile shape's entry points (the automatic choice keeps small test shapes on 64x64).
+for tiles in 64x64 128x64 64x128 128x128; do
+    for name in cuda_conv cuda_ops; do
+        [[ -x "$BIN_DIR/$name" ]] || continue
+        CACTUS_GEMM_TILES=$tiles "$BIN_DIR/$name" --test-threads=1 >"$OUT_DIR/$name.$tiles.log" 2>&1
+        rc=$?
+        echo "$name with CACTUS_GEMM_TILES=$tiles: rc=$rc: $(grep -E '^test result' "$OUT_DIR/$name.$tiles.log" | tail -n1)"
+        [[ $rc != 0 ]] && status=1
+    done
+done
+
 if [[ $COMPARE == 1 ]]; then
     bash scripts/compare_cuda.sh --bench-bin "$BIN_DIR/kernels_cuda" --out "$OUT_DIR/cmp" \
         ${NVRTC:+--nvrtc-dir "$NVRTC"} || status=1
+    # The same kernels with the 64x64 tiles only, in the same run: what the wider tiles gain.
+    CACTUS_GEMM_TILES=64x64 "$BIN_DIR/kernels_cuda" --bench >"$OUT_DIR/kernels_cuda.64x64.log" 2>&1 \
+        || status=1
+    grep -E "^[a-z_]+/|time:" "$OUT_DIR/kernels_cuda.64x64.log" | paste - - | sed 's/^/64x64 only: /'
 fi
 
 if [[ $SANITIZE != 0 ]]; then

@@ -24,8 +24,9 @@
 // `!(err <= bound)` on purpose: a NaN must fail the check.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use cactus::backend::cuda::conv::{self as gpu, ConvShape, GemmSpec, KERNELS, MAX_ELEMENTS};
+use cactus::backend::cuda::conv::{self as gpu, ConvShape, GemmSpec, MAX_ELEMENTS};
 use cactus::backend::cuda::KernelModule;
+use cactus::backend::cuda::Tiles;
 use cactus::backend::cuda::{compile_module, device_or_skip, nvrtc_available, DeviceBuffer};
 use cactus::ops::Conv2dParams;
 use cactus::rng::Rng;
@@ -136,6 +137,8 @@ fn conv_cases() -> Vec<ConvShape> {
         shape(2, 2, 1, 5, 3, (1, 3), (2, 2), (0, 1)),
         // Channels across the 64-wide tile edge, both ways.
         shape(1, 70, 6, 5, 67, (3, 3), (1, 1), (1, 1)),
+        // Channels across the 128-wide tile edge (CACTUS_GEMM_TILES=128x128), both ways.
+        shape(1, 131, 3, 4, 133, (2, 2), (1, 1), (1, 1)),
         // Several pixel tiles, 70 output channels.
         shape(2, 8, 17, 15, 70, (3, 3), (1, 1), (1, 1)),
         // 768 pixels: the weight gradient is split over K.
@@ -685,8 +688,11 @@ fn weight_gradient_splits_cover_every_pixel() {
     for s in cases {
         let (oh, ow) = out_hw(&s);
         let pixels = s.n * oh * ow;
-        for sms in [1, 108, 132] {
-            let (splits, chunk) = gpu::weight_gradient_splits(&s, sms).unwrap();
+        for (sms, shape) in [1, 108, 132]
+            .into_iter()
+            .flat_map(|m| Tiles::ALL.map(|t| (m, t)))
+        {
+            let (splits, chunk) = gpu::weight_gradient_splits(&s, sms, shape).unwrap();
             assert!(splits >= 1 && chunk % 16 == 0 && chunk > 0, "{s:?}");
             assert!(
                 splits * chunk >= pixels,
@@ -705,7 +711,9 @@ fn weight_gradient_splits_cover_every_pixel() {
     }
     // A long sum over few output tiles is split.
     let s = shape(128, 64, 32, 32, 64, (3, 3), (1, 1), (1, 1));
-    assert!(gpu::weight_gradient_splits(&s, 132).unwrap().0 > 1);
+    for shape in Tiles::ALL {
+        assert!(gpu::weight_gradient_splits(&s, 132, shape).unwrap().0 > 1);
+    }
 }
 
 /// The harness itself, against the CPU backend's direct f64 loops: the autodiff references and
@@ -805,7 +813,7 @@ fn every_launched_kernel_is_compiled() {
     for module in ["conv", "gemm"] {
         let cubin = compile_module(KernelModule::named(module).unwrap(), "sm_80")
             .unwrap_or_else(|e| panic!("{e}"));
-        for (_, name) in KERNELS.iter().filter(|(m, _)| *m == module) {
+        for (_, name) in gpu::kernels().iter().filter(|(m, _)| *m == module) {
             // The ELF string tables hold each entry point's symbol ("\0name\0") and sections
             // (".text.name\0"); the leading delimiter keeps `conv2d_fwd` from matching inside
             // `interval_conv2d_fwd`.

@@ -41,7 +41,8 @@
 // Keywords
 // ---------------------------------------------------------------------------------------------
 
-#define __global__
+// A marker the emulated NVRTC finds kernels by (in the preprocessed source).
+#define __global__ __attribute__((used))
 #define __device__
 #define __host__
 #define __forceinline__ inline

@@ -3,7 +3,8 @@
 // "CUBIN" a small record naming that library, which the emulated driver (driver.cpp) loads.
 // Only the calls cactus makes are provided.
 //
-// Each `extern "C" __global__ void name(` of the source gets entry points (CACTUS_EMU_EXPORT).
+// Each `extern "C" __global__ void name(` of the preprocessed source (so entry points that
+// macros define count) gets entry points for the driver (CACTUS_EMU_EXPORT).
 // Libraries are cached by a hash of the source and the compiler command, in
 // $CACTUS_EMU_CACHE (default: $TMPDIR/cactus-cuda-emulator), so test processes share them.
 
@@ -67,55 +68,70 @@ std::string read_all(const std::string& path) {
 
 std::mutex compile_lock;
 
+// Run `cmd`, its output to `log`; the log's text on failure.
+bool run(const std::string& cmd, const std::string& log, std::string& text) {
+    const int rc = std::system((cmd + " > " + log + " 2>&1").c_str());
+    text = read_all(log);
+    if (rc != 0) text = "emulated NVRTC: `" + cmd + "` failed:\n" + text;
+    return rc == 0;
+}
+
 Result compile(Program& p) {
     std::lock_guard<std::mutex> guard(compile_lock);
-    // The kernels and their export lines.
-    std::set<std::string> names;
-    const std::regex kernel(
-        R"(extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\()");
-    for (auto it = std::sregex_iterator(p.source.begin(), p.source.end(), kernel);
-         it != std::sregex_iterator(); ++it)
-        names.insert((*it)[1]);
-    std::string unit = p.source + "\n";
-    for (const auto& n : names) unit += "CACTUS_EMU_EXPORT(" + n + ")\n";
-
     const char* cxx_env = std::getenv("CXX");
     const std::string cxx = cxx_env && *cxx_env ? cxx_env : "c++";
-    const std::string flags =
-        " -std=c++17 -O2 -g -fPIC -shared -fvisibility=hidden -ffp-contract=off"
-        " -Wno-unused-function -Wno-unused-variable -include " CACTUS_EMU_DIR "/cuda_emulator.h";
+    const std::string common = " -std=c++17 -include " CACTUS_EMU_DIR "/cuda_emulator.h";
+    const std::string flags = common +
+                              " -O2 -g -fPIC -shared -fvisibility=hidden -ffp-contract=off"
+                              " -Wno-unused-function -Wno-unused-variable";
     const std::string header = read_all(CACTUS_EMU_DIR "/cuda_emulator.h");
     char hash[32];
     std::snprintf(hash, sizeof hash, "%016llx",
-                  (unsigned long long)fnv1a(cxx + flags + header, fnv1a(unit)));
+                  (unsigned long long)fnv1a(cxx + flags + header, fnv1a(p.source)));
     const std::string dir = cache_dir();
     mkdir(dir.c_str(), 0700);
     const std::string stem = dir + "/" + (p.name.empty() ? "module" : p.name) + "-" + hash;
-    const std::string lib = stem + ".so";
+    const std::string lib = stem + ".so", names_file = stem + ".kernels";
     if (!exists(lib)) {
-        const std::string src = stem + ".cpp", log = stem + ".log";
-        const std::string tmp = stem + "." + std::to_string(getpid()) + ".tmp.so";
+        const std::string tmp = stem + "." + std::to_string(getpid());
+        const std::string src = tmp + ".cu", pre = tmp + ".i", unit = tmp + ".cpp";
         {
             std::ofstream out(src);
-            out << "#line 1 \"" << p.name << "\"\n" << unit;
+            out << "#line 1 \"" << p.name << "\"\n" << p.source << "\n";
         }
-        const std::string cmd =
-            cxx + flags + " -x c++ " + src + " -o " + tmp + " > " + log + " 2>&1";
-        const int rc = std::system(cmd.c_str());
-        p.log = read_all(log);
-        if (rc != 0) {
-            p.log = "emulated NVRTC: `" + cmd + "` failed:\n" + p.log;
+        // The kernels, from the preprocessed source (entry points may come from macros):
+        // cuda_emulator.h turns __global__ into __attribute__((used)).
+        if (!run(cxx + common + " -E -P -x c++ " + src + " -o " + pre, tmp + ".log", p.log))
+            return NVRTC_ERROR_COMPILATION;
+        const std::string expanded = read_all(pre);
+        std::set<std::string> names;
+        const std::regex kernel(R"(extern\s+"C"\s+__attribute__\s*\(\(used\)\)\s+void\s+(\w+)\s*\()");
+        for (auto it = std::sregex_iterator(expanded.begin(), expanded.end(), kernel);
+             it != std::sregex_iterator(); ++it)
+            names.insert((*it)[1]);
+        {
+            std::ofstream out(unit);
+            // Beside it: quoted includes resolve from the including file's folder.
+            out << "#include \"" << src.substr(src.rfind('/') + 1) << "\"\n";
+            for (const auto& n : names) out << "CACTUS_EMU_EXPORT(" << n << ")\n";
+        }
+        if (!run(cxx + flags + " -x c++ " + unit + " -o " + tmp + ".so", tmp + ".log", p.log))
+            return NVRTC_ERROR_COMPILATION;
+        {
+            std::ofstream out(names_file);
+            for (const auto& n : names) out << n << "\n";
+        }
+        if (std::rename((tmp + ".so").c_str(), lib.c_str()) != 0) {
+            p.log = "emulated NVRTC: cannot move " + tmp + ".so to " + lib;
             return NVRTC_ERROR_COMPILATION;
         }
-        if (std::rename(tmp.c_str(), lib.c_str()) != 0) {
-            p.log = "emulated NVRTC: cannot move " + tmp + " to " + lib;
-            return NVRTC_ERROR_COMPILATION;
-        }
+        p.log.clear();
     }
     // The record: magic, library path, then each entry point as "\0name\0", as a CUBIN's
     // string table holds them.
     p.image = std::string(MAGIC) + lib;
-    for (const auto& n : names) {
+    std::istringstream names(read_all(names_file));
+    for (std::string n; std::getline(names, n);) {
         p.image.push_back('\0');
         p.image += n;
     }

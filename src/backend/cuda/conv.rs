@@ -1,9 +1,10 @@
 //! Convolution and matrix multiplication on the GPU: safe launch wrappers for `kernels/conv.cu`
 //! and `kernels/gemm.cu`, on [`DeviceBuffer`]s of f32, NCHW, weights `[O, C, KH, KW]`.
 //!
-//! Every kernel is one tiled SGEMM: 64 × 64 output tiles per block of 256 threads, each thread
-//! a 4 × 4 micro-tile in registers, K in steps of 16 through double-buffered shared memory
-//! (the next tile's global loads overlap the current tile's FMAs). The convolutions are
+//! Every kernel is one tiled SGEMM: 64 × 64, 128 × 64, 64 × 128 or 128 × 128 output tiles per
+//! block of 256 threads (an entry point per shape, picked per launch by [`Tiles`]), each thread
+//! 1, 2 or 4 micro-tiles of 4 × 4 in registers, K in steps of 16 through double-buffered shared
+//! memory (the next tile's global loads overlap the current tile's FMAs). The convolutions are
 //! *implicit* GEMMs: the loaders gather the im2col matrix tile by tile from the tensor, with
 //! zeros for padding, so no `C·KH·KW × N·OH·OW` buffer is ever written or read.
 //!
@@ -36,33 +37,122 @@
 use crate::backend::cpu::conv::ConvGeometry;
 use crate::backend::cuda::buffer::DeviceBuffer;
 use crate::backend::cuda::context::{cuda, grid_1d, CudaBackend};
+use crate::backend::cuda::tiles::{KernelShapes, Tiles};
 use crate::ops::Conv2dParams;
 use crate::{Error, Result};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
 use std::sync::OnceLock;
 
+/// The GEMM-shaped kernels, by tile shape (see [`Tiles`]; in the order of [`Tiles::ALL`]).
+const CONV2D_FWD: KernelShapes = KernelShapes::all(
+    "conv",
+    [
+        "conv2d_fwd_128x128",
+        "conv2d_fwd_128x64",
+        "conv2d_fwd_64x128",
+        "conv2d_fwd",
+    ],
+);
+const INTERVAL_CONV2D_FWD: KernelShapes = KernelShapes {
+    module: "conv",
+    names: [
+        None,
+        Some("interval_conv2d_fwd_128x64"),
+        Some("interval_conv2d_fwd_64x128"),
+        Some("interval_conv2d_fwd"),
+    ],
+};
+const CONV2D_BWD_WEIGHT: KernelShapes = KernelShapes::all(
+    "conv",
+    [
+        "conv2d_bwd_weight_128x128",
+        "conv2d_bwd_weight_128x64",
+        "conv2d_bwd_weight_64x128",
+        "conv2d_bwd_weight",
+    ],
+);
+const INTERVAL_CONV2D_BWD_WEIGHT: KernelShapes = KernelShapes {
+    module: "conv",
+    names: [None, None, None, Some("interval_conv2d_bwd_weight")],
+};
+const CONV2D_BWD_INPUT: KernelShapes = KernelShapes::all(
+    "conv",
+    [
+        "conv2d_bwd_input_128x128",
+        "conv2d_bwd_input_128x64",
+        "conv2d_bwd_input_64x128",
+        "conv2d_bwd_input",
+    ],
+);
+const INTERVAL_CONV2D_BWD_INPUT: KernelShapes = KernelShapes {
+    module: "conv",
+    names: [
+        None,
+        Some("interval_conv2d_bwd_input_128x64"),
+        Some("interval_conv2d_bwd_input_64x128"),
+        Some("interval_conv2d_bwd_input"),
+    ],
+};
+const SGEMM: KernelShapes = KernelShapes::all(
+    "gemm",
+    ["sgemm_128x128", "sgemm_128x64", "sgemm_64x128", "sgemm"],
+);
+const SGEMM_SPLIT: KernelShapes = KernelShapes::all(
+    "gemm",
+    [
+        "sgemm_split_128x128",
+        "sgemm_split_128x64",
+        "sgemm_split_64x128",
+        "sgemm_split",
+    ],
+);
+
 /// Every (module, kernel) these wrappers launch: `tests/cuda_conv.rs` checks that each is in
 /// its compiled module, on machines without a GPU too.
-pub const KERNELS: &[(&str, &str)] = &[
-    ("conv", "conv2d_fwd"),
-    ("conv", "interval_conv2d_fwd"),
-    ("conv", "conv2d_bwd_weight"),
-    ("conv", "interval_conv2d_bwd_weight"),
-    ("conv", "sum_splits"),
-    ("conv", "conv2d_bwd_input"),
-    ("conv", "interval_conv2d_bwd_input"),
-    ("conv", "channel_sum"),
-    ("gemm", "sgemm"),
-    ("gemm", "sgemm_split"),
-];
+pub fn kernels() -> Vec<(&'static str, &'static str)> {
+    let shaped = [
+        CONV2D_FWD,
+        INTERVAL_CONV2D_FWD,
+        CONV2D_BWD_WEIGHT,
+        INTERVAL_CONV2D_BWD_WEIGHT,
+        CONV2D_BWD_INPUT,
+        INTERVAL_CONV2D_BWD_INPUT,
+        SGEMM,
+        SGEMM_SPLIT,
+    ];
+    let mut all: Vec<(&str, &str)> = shaped
+        .iter()
+        .flat_map(|k| k.entries().map(move |e| (k.module, e)))
+        .collect();
+    all.extend([("conv", "sum_splits"), ("conv", "channel_sum")]);
+    all
+}
+
+/// The entry point of `kernel` for an M × N output, `depth` deep in grid z, and its shape.
+fn pick(
+    backend: &CudaBackend,
+    kernel: &KernelShapes,
+    m: usize,
+    n: usize,
+    depth: usize,
+) -> Result<(&'static str, Tiles)> {
+    let t = Tiles::choose(kernel, m, n, depth, multiprocessors(backend))?;
+    let name = kernel
+        .entry(t)
+        .expect("choose returns a shape the kernel has");
+    Ok((name, t))
+}
 
 /// Tensors handed to the kernels hold fewer values than this: indices are 32-bit, and the
 /// factor 2 of headroom covers the index arithmetic past the last K-step.
 pub const MAX_ELEMENTS: usize = 1 << 30;
 
-/// Output tile edge (M and N) of every kernel.
-const TILE: usize = 64;
+/// The largest output tile edge (M or N) of any kernel ([`Tiles`]): offsets are formed up to
+/// this far past an operand's end.
+const TILE: usize = 128;
+/// The smallest tile edge: grid dimensions are at most this many times smaller than M.
+const MIN_TILE: usize = 64;
 /// K-step of every kernel.
 const TILE_K: usize = 16;
 const THREADS: u32 = 256;
@@ -220,7 +310,7 @@ impl ConvShape {
         // The padded extents and strides enter the kernels' index arithmetic too.
         let _ = product(&[self.h + 2 * self.padding.0, self.w + 2 * self.padding.1])?;
         let _ = product(&[self.stride.0, self.stride.1, TILE])?;
-        if self.o.div_ceil(TILE) > GRID_YZ || self.c.div_ceil(TILE) > GRID_YZ {
+        if self.o.div_ceil(MIN_TILE) > GRID_YZ || self.c.div_ceil(MIN_TILE) > GRID_YZ {
             return Err(too_large(self));
         }
         if self.stride.0 * self.stride.1 > GRID_YZ {
@@ -272,10 +362,6 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     }
 }
 
-fn blocks(n: usize, per: usize) -> u32 {
-    n.div_ceil(per).max(1) as u32
-}
-
 fn config(grid: (u32, u32, u32)) -> LaunchConfig {
     LaunchConfig {
         grid_dim: grid,
@@ -324,8 +410,15 @@ fn check_forward(
     Ok(k)
 }
 
-fn forward_grid(k: &Checked) -> (u32, u32, u32) {
-    (blocks(k.pixels, TILE), blocks(k.dims.o as usize, TILE), 1)
+/// The forward's entry point of `kernel` and its grid: M = O channels, N = N·OH·OW pixels.
+fn forward_launch(
+    backend: &CudaBackend,
+    kernel: &KernelShapes,
+    k: &Checked,
+) -> Result<(&'static str, LaunchConfig)> {
+    let (name, t) = pick(backend, kernel, k.dims.o as usize, k.pixels, 1)?;
+    let (x, y) = t.grid(k.dims.o as usize, k.pixels);
+    Ok((name, config((x, y, 1))))
 }
 
 /// y `[n, o, oh, ow]` = conv(x `[n, c, h, w]`, w `[o, c, kh, kw]`) + bias `[o]`.
@@ -346,7 +439,8 @@ pub fn conv2d_forward(
     let bv = bias.map_or_else(|| view(w, k.weight_len), |b| view(b, g.o));
     let has_bias = i32::from(bias.is_some());
     let mut yv = view_mut(&mut y, k.output_len);
-    let mut b = backend.launch("conv", "conv2d_fwd")?;
+    let (name, cfg) = forward_launch(backend, &CONV2D_FWD, &k)?;
+    let mut b = backend.launch("conv", name)?;
     b.arg(&xv)
         .arg(&wv)
         .arg(&bv)
@@ -355,7 +449,7 @@ pub fn conv2d_forward(
         .arg(&mut yv);
     // SAFETY: the arguments match the kernel's signature; every index it forms is below the
     // lengths checked above.
-    unsafe { b.launch(config(forward_grid(&k))) }?;
+    unsafe { b.launch(cfg) }?;
     Ok(y)
 }
 
@@ -373,7 +467,8 @@ fn interval_forward_views(
     let wv = view(w, k.weight_len);
     let bv = bias.map_or_else(|| view(w, k.weight_len), |b| view(b, k.dims.o as usize));
     let has_bias = i32::from(bias.is_some());
-    let mut b = backend.launch("conv", "interval_conv2d_fwd")?;
+    let (name, cfg) = forward_launch(backend, &INTERVAL_CONV2D_FWD, k)?;
+    let mut b = backend.launch("conv", name)?;
     b.arg(c)
         .arg(r)
         .arg(&wv)
@@ -383,7 +478,7 @@ fn interval_forward_views(
         .arg(yc)
         .arg(yr);
     // SAFETY: as in conv2d_forward; c, r, yc and yr hold input_len / output_len values.
-    unsafe { b.launch(config(forward_grid(k))) }?;
+    unsafe { b.launch(cfg) }?;
     Ok(())
 }
 
@@ -445,19 +540,31 @@ pub fn interval_conv2d_forward_stacked(
 /// multiple of 16 and `splits = ⌈pixels / chunk⌉`. Aims at four blocks per multiprocessor
 /// while giving every block at least 16 K-steps (256 pixels), so that the partial sums cost
 /// little next to the products, and keeps the partials below [`MAX_ELEMENTS`].
-pub fn weight_gradient_splits(g: &ConvShape, multiprocessors: usize) -> Result<(usize, usize)> {
+/// `shape` is the output tile shape the kernel runs with.
+pub fn weight_gradient_splits(
+    g: &ConvShape,
+    multiprocessors: usize,
+    shape: Tiles,
+) -> Result<(usize, usize)> {
     let k = g.check()?;
-    Ok(splits_for(&k, multiprocessors))
+    Ok(splits_for(&k, multiprocessors, shape))
 }
 
-fn splits_for(k: &Checked, multiprocessors: usize) -> (usize, usize) {
-    let tiles = (k.dims.o as usize).div_ceil(TILE) * k.taps.div_ceil(TILE);
+/// The most splits the weight gradient may use (16 K-steps each, partials below
+/// [`MAX_ELEMENTS`]).
+fn most_splits(k: &Checked) -> usize {
+    (k.pixels.div_ceil(TILE_K).max(1) / 16)
+        .min(GRID_YZ)
+        .min((MAX_ELEMENTS - 1) / k.weight_len.max(1))
+        .max(1)
+}
+
+fn splits_for(k: &Checked, multiprocessors: usize, shape: Tiles) -> (usize, usize) {
+    let (x, y) = shape.grid(k.dims.o as usize, k.taps);
+    let tiles = x as usize * y as usize;
     let ktiles = k.pixels.div_ceil(TILE_K).max(1);
     let wanted = (4 * multiprocessors.max(1)).div_ceil(tiles.max(1));
-    let most = (ktiles / 16)
-        .min(GRID_YZ)
-        .min((MAX_ELEMENTS - 1) / k.weight_len.max(1));
-    let splits = wanted.min(most).max(1);
+    let splits = wanted.min(most_splits(k)).max(1);
     let chunk = ktiles.div_ceil(splits) * TILE_K;
     (k.pixels.div_ceil(chunk).max(1), chunk)
 }
@@ -498,27 +605,26 @@ fn weight_gradient(k: &Checked, args: WeightGradArgs<'_>) -> Result<DeviceBuffer
         return DeviceBuffer::zeros(k.weight_len);
     }
     let backend = cuda()?;
-    let (splits, chunk) = splits_for(k, multiprocessors(backend));
+    let kernel = match args {
+        WeightGradArgs::Plain { .. } => &CONV2D_BWD_WEIGHT,
+        WeightGradArgs::Interval { .. } => &INTERVAL_CONV2D_BWD_WEIGHT,
+    };
+    // M = O channels, N = C·KH·KW taps, as deep as the splits may go.
+    let (name, shape) = pick(backend, kernel, k.dims.o as usize, k.taps, most_splits(k))?;
+    let (splits, chunk) = splits_for(k, multiprocessors(backend), shape);
     let mut dw = DeviceBuffer::uninit(k.weight_len)?;
     let mut scratch = if splits > 1 {
         Some(DeviceBuffer::uninit(splits * k.weight_len)?)
     } else {
         None
     };
-    let grid = (
-        blocks(k.taps, TILE),
-        blocks(k.dims.o as usize, TILE),
-        splits as u32,
-    );
+    let (gx, gy) = shape.grid(k.dims.o as usize, k.taps);
+    let grid = (gx, gy, splits as u32);
     let chunk_i = chunk as i32;
     {
         let mut out = match scratch.as_mut() {
             Some(s) => view_mut(s, splits * k.weight_len),
             None => view_mut(&mut dw, k.weight_len),
-        };
-        let name = match args {
-            WeightGradArgs::Plain { .. } => "conv2d_bwd_weight",
-            WeightGradArgs::Interval { .. } => "interval_conv2d_bwd_weight",
         };
         let mut b = backend.launch("conv", name)?;
         match &args {
@@ -604,17 +710,22 @@ pub fn interval_conv2d_backward_weight(
 // Input gradient
 // ---------------------------------------------------------------------------------------------
 
-fn input_grid(k: &Checked) -> (u32, u32, u32) {
+/// The input gradient's entry point of `kernel` and its grid: M = C channels, N = the pixels
+/// of the biggest stride phase, one phase per grid z.
+fn input_launch(
+    backend: &CudaBackend,
+    kernel: &KernelShapes,
+    k: &Checked,
+) -> Result<(&'static str, LaunchConfig)> {
     let d = &k.dims;
     // Phase 0 has the most input pixels: ⌈H/sh⌉·⌈W/sw⌉ per sample.
     let most = (d.n as usize)
         * (d.h as usize).div_ceil(d.sh as usize)
         * (d.w as usize).div_ceil(d.sw as usize);
-    (
-        blocks(most, TILE),
-        blocks(d.c as usize, TILE),
-        (d.sh * d.sw) as u32,
-    )
+    let phases = (d.sh * d.sw) as usize;
+    let (name, t) = pick(backend, kernel, d.c as usize, most, phases)?;
+    let (x, y) = t.grid(d.c as usize, most);
+    Ok((name, config((x, y, phases as u32))))
 }
 
 /// dX `[n, c, h, w]`: grad_out `[n, o, oh, ow]` through the adjoint of the convolution.
@@ -633,10 +744,11 @@ pub fn conv2d_backward_input(
     let backend = cuda()?;
     let (gv, wv) = (view(grad_out, k.output_len), view(w, k.weight_len));
     let mut dv = view_mut(&mut dx, k.input_len);
-    let mut b = backend.launch("conv", "conv2d_bwd_input")?;
+    let (name, cfg) = input_launch(backend, &CONV2D_BWD_INPUT, &k)?;
+    let mut b = backend.launch("conv", name)?;
     b.arg(&gv).arg(&wv).arg(&k.dims).arg(&mut dv);
     // SAFETY: arguments as declared; the phases partition dX, each element written once.
-    unsafe { b.launch(config(input_grid(&k))) }?;
+    unsafe { b.launch(cfg) }?;
     Ok(dx)
 }
 
@@ -650,10 +762,11 @@ fn interval_input_views(
     dr: &mut CudaViewMut<'_, f32>,
 ) -> Result<()> {
     let wv = view(w, k.weight_len);
-    let mut b = backend.launch("conv", "interval_conv2d_bwd_input")?;
+    let (name, cfg) = input_launch(backend, &INTERVAL_CONV2D_BWD_INPUT, k)?;
+    let mut b = backend.launch("conv", name)?;
     b.arg(gc).arg(gr).arg(&wv).arg(&k.dims).arg(dc).arg(dr);
     // SAFETY: as conv2d_backward_input, for both halves.
-    unsafe { b.launch(config(input_grid(k))) }?;
+    unsafe { b.launch(cfg) }?;
     Ok(())
 }
 
@@ -946,7 +1059,7 @@ pub fn sgemm_at(
     if s.m == 0 || s.n == 0 {
         return Ok(());
     }
-    if s.m.div_ceil(TILE) > GRID_YZ || s.k > i32::MAX as usize {
+    if s.m.div_ceil(MIN_TILE) > GRID_YZ || s.k > i32::MAX as usize {
         return Err(Error::Shape(format!(
             "sgemm: {} × {} × {} is too large",
             s.m, s.k, s.n
@@ -961,7 +1074,8 @@ pub fn sgemm_at(
     let av = a.slice().slice(a_at..a_at + a_span.max(1));
     let bv = b.slice().slice(b_at..b_at + b_span.max(1));
     let mut cv = c.slice_mut().slice_mut(c_at..c_at + c_span);
-    let mut l = backend.launch("gemm", "sgemm")?;
+    let (name, shape) = pick(backend, &SGEMM, s.m, s.n, 1)?;
+    let mut l = backend.launch("gemm", name)?;
     l.arg(&m)
         .arg(&n)
         .arg(&k)
@@ -977,7 +1091,8 @@ pub fn sgemm_at(
     l.arg(&ldc);
     // SAFETY: arguments as the kernel declares them; the spans checked above cover every
     // element it reads or writes.
-    unsafe { l.launch(config((blocks(s.n, TILE), blocks(s.m, TILE), 1))) }?;
+    let (gx, gy) = shape.grid(s.m, s.n);
+    unsafe { l.launch(config((gx, gy, 1))) }?;
     Ok(())
 }
 
@@ -1024,12 +1139,15 @@ pub fn matmul_at(
 ) -> Result<()> {
     let (m, n, k) = (spec.m, spec.n, spec.k);
     let backend = cuda()?;
-    let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
     let ktiles = k.div_ceil(TILE_K).max(1);
-    let wanted = (4 * multiprocessors(backend)).div_ceil(tiles.max(1));
     let most = (ktiles / 16)
         .min(GRID_YZ)
-        .min((MAX_ELEMENTS - 1) / (m * n).max(1));
+        .min((MAX_ELEMENTS - 1) / (m * n).max(1))
+        .max(1);
+    let (split_name, shape) = pick(backend, &SGEMM_SPLIT, m, n, most)?;
+    let (gx, gy) = shape.grid(m, n);
+    let tiles = gx as usize * gy as usize;
+    let wanted = (4 * multiprocessors(backend)).div_ceil(tiles.max(1));
     let splits = wanted.min(most).max(1);
     if splits == 1 || spec.ldc != n {
         return sgemm_at(&spec, a, b, c);
@@ -1048,7 +1166,7 @@ pub fn matmul_at(
     }
     let mut parts = DeviceBuffer::uninit(splits * m * n)?;
     {
-        let f = backend.function("gemm", "sgemm_split")?;
+        let f = backend.function("gemm", split_name)?;
         let i = |v: usize| v as i32; // bounded by the span checks
         let (mi, ni, ki, chunk_i) = (i(m), i(n), i(k), i(chunk));
         let (lda, ldb) = (i(spec.lda), i(spec.ldb));
@@ -1068,7 +1186,7 @@ pub fn matmul_at(
             .arg(&ldb)
             .arg(&tb)
             .arg(&mut pv);
-        let grid = (blocks(n, TILE), blocks(m, TILE), splits as u32);
+        let grid = (gx, gy, splits as u32);
         // SAFETY: arguments as the kernel declares them; block z reads K-columns (or rows)
         // [z·chunk, (z + 1)·chunk) of the checked operands and writes the z-th M × N slice.
         unsafe { l.launch(config(grid)) }?;

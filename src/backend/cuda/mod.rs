@@ -8,7 +8,8 @@
 //!   functions.
 //! - `buffer`: device buffers from a caching pool, so steady-state work does not call the
 //!   driver's allocator.
-//! - one module per kernel family with its launch wrappers (see `kernels/README.md`).
+//! - one module per kernel family with its launch wrappers (see `kernels/README.md`);
+//!   `tiles`: the output tile shape of each GEMM-shaped launch.
 //!
 //! Nothing here is needed on a CPU-only machine: every entry point checks for the driver (and
 //! NVRTC) first and returns an error naming what is missing.
@@ -21,10 +22,12 @@ pub mod nvrtc;
 pub mod profile;
 pub mod prune;
 pub mod quant;
+pub mod tiles;
 pub mod train_ops;
 
 pub use bounds::LinearDims;
 pub use buffer::DeviceBuffer;
 pub use context::{cuda, device_or_skip, driver_available, grid_1d, CudaBackend};
 pub use nvrtc::{compile_module, nvrtc_available, KernelModule};
+pub use tiles::{KernelShapes, Tiles};
 pub use train_ops::{ChannelDims, DeviceLabels};
