@@ -25,6 +25,8 @@ struct StepResult {
     before: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
     after: Vec<Vec<f32>>,
+    /// (uploads, downloads) while the loss and its gradients were computed.
+    loss_copies: (u64, u64),
 }
 
 fn config(arch: Arch, dataset: DatasetKind, method: Method) -> TrainConfig {
@@ -66,11 +68,13 @@ fn step(cfg: &TrainConfig, device: Device) -> StepResult {
         total_steps: 10,
         ramp_end: 5,
     };
+    let copies = transfers::thread_counts();
     let out = cfg
         .batch_loss(&mut model, &x, &y, phase, progress, &mut rng)
         .unwrap();
-    let loss = out.total.item();
     let grads = out.total.backward();
+    let done = transfers::thread_counts();
+    let loss = out.total.item();
     let host: Vec<Vec<f32>> = model
         .net
         .named_parameters()
@@ -98,6 +102,7 @@ fn step(cfg: &TrainConfig, device: Device) -> StepResult {
         cert: out.cert,
         before,
         grads: host,
+        loss_copies: (done.0 - copies.0, done.1 - copies.1),
         after: model
             .net
             .named_parameters()
@@ -121,6 +126,15 @@ fn compare(cfg: &TrainConfig) {
         gpu.cert,
         after.0 - before.0,
         after.1 - before.1
+    );
+    // The attacks keep their iterates, best points and losses on the device, and constants are
+    // made there: the loss and its backward copy a few scalars to the host, not something per
+    // PGD iteration (26 copies for a small SABR step before the best points moved there).
+    assert!(
+        gpu.loss_copies.1 <= 8,
+        "{what}: {} copies to the host in the loss and its backward ({} to the device)",
+        gpu.loss_copies.1,
+        gpu.loss_copies.0
     );
     assert!(
         (cpu.loss - gpu.loss).abs() <= 1e-3 * cpu.loss.abs().max(1.0),

@@ -20,8 +20,9 @@ use cactus::attack::per_sample_cross_entropy;
 use cactus::backend::cuda::train_ops::{
     abs, abs_backward, adam_step, add, add_scaled, batch_norm_affine, batch_norm_affine_backward,
     batch_stats_backward, channel_mean, channel_var, clip_scale, global_norm, mul, mul_backward,
-    pgd_step, relu, relu_backward, scale, sign, softmax_cross_entropy,
+    pgd_keep_best, pgd_step, relu, relu_backward, scale, sign, softmax_cross_entropy,
     softmax_cross_entropy_backward, sum_squares, BatchNormParams, ChannelDims, DeviceLabels,
+    PgdBest,
 };
 use cactus::backend::cuda::{device_or_skip, DeviceBuffer};
 use cactus::nn::BatchNorm;
@@ -724,6 +725,80 @@ fn pgd_step_matches_cpu() {
             pgd_step(&mut dev, &gd, &lod, &hid, step).unwrap();
             assert_same(&format!("pgd step {k} of {n} values"), &down(&dev), &cur);
         }
+    }
+}
+
+/// PGD's best-point bookkeeping on the device against the CPU's rule (`attack::pgd`'s `Best`):
+/// the first maximum logit is the prediction (ties and NaN logits included), a loss must beat
+/// the best strictly (NaN never does), and only `keep` offers move points.
+#[test]
+fn pgd_keep_best_matches_cpu() {
+    let Some(_gpu) = device_or_skip("pgd_keep_best_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::seed(311);
+    for (rows, classes, row_len) in [(1, 2, 1), (5, 10, 37), (33, 3, 300), (7, 10, 1000)] {
+        let labels: Vec<usize> = (0..rows).map(|i| (i * 7 + 3) % classes).collect();
+        let start = uniform(rows * row_len, 0.0, 1.0, &mut rng);
+        let mut best = PgdBest::new(&up(&start), rows).unwrap();
+        let dev_labels = DeviceLabels::new(&labels, classes).unwrap();
+        let (mut want_x, mut want_loss, mut want_fooled) = (
+            start.clone(),
+            vec![f32::NEG_INFINITY; rows],
+            vec![0.0f32; rows],
+        );
+        for offer in 0..6 {
+            let x = uniform(rows * row_len, 0.0, 1.0, &mut rng);
+            // Logits in a few levels, so that rows tie; a NaN now and then.
+            let mut logits: Vec<f32> = (0..rows * classes)
+                .map(|_| (rng.uniform() * 3.0).floor())
+                .collect();
+            let mut loss = uniform(rows, -1.0, 2.0, &mut rng);
+            if offer % 2 == 1 {
+                logits[offer % (rows * classes)] = f32::NAN;
+                loss[offer % rows] = f32::NAN;
+            }
+            let keep = offer != 3;
+            for i in 0..rows {
+                let row = &logits[i * classes..(i + 1) * classes];
+                let pred = (1..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+                if pred != labels[i] {
+                    want_fooled[i] = 1.0;
+                }
+                if keep && loss[i] > want_loss[i] {
+                    want_loss[i] = loss[i];
+                    want_x[i * row_len..(i + 1) * row_len]
+                        .copy_from_slice(&x[i * row_len..(i + 1) * row_len]);
+                }
+            }
+            pgd_keep_best(
+                &mut best,
+                &up(&x),
+                &up(&logits),
+                &up(&loss),
+                &dev_labels,
+                keep,
+            )
+            .unwrap();
+            let what = format!("{rows}×{classes}, offer {offer}");
+            assert_same(&format!("{what}: points"), &down(&best.x), &want_x);
+            assert_same(&format!("{what}: losses"), &down(&best.loss), &want_loss);
+            assert_same(
+                &format!("{what}: fooled"),
+                &down(&best.fooled),
+                &want_fooled,
+            );
+        }
+        // Shapes are checked.
+        assert!(pgd_keep_best(
+            &mut best,
+            &up(&start[1..]),
+            &up(&[0.0; 1]),
+            &up(&[0.0]),
+            &dev_labels,
+            true
+        )
+        .is_err());
     }
 }
 

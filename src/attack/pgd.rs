@@ -246,25 +246,76 @@ pub fn pgd_outcome(
     run(model, x, y, region, cfg, mode, rng, false)
 }
 
-/// Per-sample best point so far.
-struct Best {
-    x: Vec<f32>,
-    loss: Vec<f32>,
-    fooled: Vec<bool>,
-    row_len: usize,
+/// Per-sample best point so far: on the host, or on the GPU beside the iterates, where the loop
+/// then never waits for the device.
+enum Best {
+    Host {
+        x: Vec<f32>,
+        loss: Vec<f32>,
+        fooled: Vec<bool>,
+        row_len: usize,
+    },
+    Gpu(crate::ops::cuda::DeviceBest),
 }
 
 impl Best {
-    /// Record the points `x` with their logits and losses; keep those that beat the best loss
-    /// (a point on the GPU is copied to the host only then).
-    fn offer(&mut self, x: &Tensor, logits: &Tensor, loss: &[f32], y: &[usize], keep: bool) {
-        for (i, pred) in logits.argmax_rows().into_iter().enumerate() {
-            self.fooled[i] |= pred != y[i];
-            if keep && loss[i] > self.loss[i] {
-                self.loss[i] = loss[i];
-                let r = i * self.row_len..(i + 1) * self.row_len;
-                self.x[r.clone()].copy_from_slice(&x.data()[r]);
+    /// `start` (the clean points, `shape`) as the best so far, losses −∞, nothing fooled.
+    fn new(start: Vec<f32>, shape: &[usize], y: &[usize], classes: usize, on_gpu: bool) -> Best {
+        let n = y.len();
+        if on_gpu && n > 0 {
+            let start = Tensor::from_vec(start, shape);
+            return Best::Gpu(crate::ops::cuda::DeviceBest::new(&start, y, classes));
+        }
+        Best::Host {
+            row_len: start.len().checked_div(n).unwrap_or(0),
+            x: start,
+            loss: vec![f32::NEG_INFINITY; n],
+            fooled: vec![false; n],
+        }
+    }
+
+    /// Record the points `x` with their logits and per-sample losses: a misclassified sample is
+    /// fooled; with `keep`, a sample whose loss beats its best takes the point.
+    fn offer(&mut self, x: &Tensor, logits: &Tensor, loss: &Tensor, y: &[usize], keep: bool) {
+        match self {
+            Best::Host {
+                x: best,
+                loss: best_loss,
+                fooled,
+                row_len,
+            } => {
+                let loss = loss.data();
+                for (i, pred) in logits.argmax_rows().into_iter().enumerate() {
+                    fooled[i] |= pred != y[i];
+                    if keep && loss[i] > best_loss[i] {
+                        best_loss[i] = loss[i];
+                        let r = i * *row_len..(i + 1) * *row_len;
+                        best[r.clone()].copy_from_slice(&x.data()[r]);
+                    }
+                }
             }
+            Best::Gpu(d) => d.offer(x, logits, loss, keep),
+        }
+    }
+
+    fn all_fooled(&self) -> bool {
+        match self {
+            Best::Host { fooled, .. } => fooled.iter().all(|&f| f),
+            Best::Gpu(d) => d.all_fooled(),
+        }
+    }
+
+    fn finish(self, shape: &[usize]) -> PgdOutcome {
+        let (x_adv, loss, fooled) = match self {
+            Best::Host {
+                x, loss, fooled, ..
+            } => (Tensor::from_vec(x, shape), loss, fooled),
+            Best::Gpu(d) => d.finish(shape),
+        };
+        PgdOutcome {
+            x_adv,
+            loss,
+            fooled,
         }
     }
 }
@@ -348,20 +399,12 @@ pub(crate) fn run(
     let shape = x.shape().to_vec();
     let x = x.detach();
     let clean = region.project(&x);
-    let mut best = Best {
-        x: clean.clone(),
-        loss: vec![f32::NEG_INFINITY; n],
-        fooled: vec![false; n],
-        row_len: x.numel().checked_div(n).unwrap_or(0),
-    };
-    if n == 0 {
-        return PgdOutcome {
-            x_adv: Tensor::from_vec(best.x, &shape),
-            loss: best.loss,
-            fooled: best.fooled,
-        };
-    }
     let iterates = Iterates::new(&x, model, region);
+    let on_gpu = matches!(iterates, Iterates::Gpu { .. });
+    let mut best = Best::new(clean.clone(), &shape, y, model.spec.num_classes, on_gpu);
+    if n == 0 {
+        return best.finish(&shape);
+    }
     let forward_loss = |v: &Tensor, loss: AttackLoss| {
         let logits = model.forward(v, mode);
         let l = loss.per_sample(&logits, y);
@@ -376,7 +419,7 @@ pub(crate) fn run(
                 let _g = autodiff::no_grad();
                 let start = iterates.point(clean.clone(), &shape);
                 let (logits, l) = forward_loss(&start, loss_kind);
-                best.offer(&start, &logits, l.data(), y, true);
+                best.offer(&start, &logits, &l, y, true);
             }
             iterates.point(region.sample(rng), &shape)
         } else {
@@ -399,8 +442,8 @@ pub(crate) fn run(
                     .unwrap_or_else(|| Tensor::zeros(leaf.shape()));
                 (logits.detach(), l.detach(), Some(g))
             };
-            best.offer(&point, &logits, loss.data(), y, cfg.keep_best || last);
-            if stop_early && best.fooled.iter().all(|&f| f) {
+            best.offer(&point, &logits, &loss, y, cfg.keep_best || last);
+            if stop_early && best.all_fooled() {
                 break 'restarts;
             }
             cur = match grad {
@@ -409,9 +452,5 @@ pub(crate) fn run(
             };
         }
     }
-    PgdOutcome {
-        x_adv: Tensor::from_vec(best.x, &shape),
-        loss: best.loss,
-        fooled: best.fooled,
-    }
+    best.finish(&shape)
 }

@@ -148,7 +148,11 @@ pub fn backward(loss: &Tensor) -> Gradients {
     if !loss.tracks_grad() {
         return Gradients { grads };
     }
-    grads.insert(loss.id(), Tensor::full(loss.shape(), 1.0));
+    // The seed lives where the loss does: a host seed would be copied to the GPU by the first
+    // backward node, and that copy waits for the stream.
+    let seed = Tensor::full_on(loss.shape(), 1.0, loss.device())
+        .unwrap_or_else(|e| panic!("backward: the gradient seed on {}: {e}", loss.device()));
+    grads.insert(loss.id(), seed);
     for t in topological_order(loss).iter().rev() {
         let Some(node) = t.node() else { continue };
         // An intermediate's gradient is complete once every consumer ran: use it and free it.

@@ -349,10 +349,15 @@ impl Model {
                 let scale: Vec<f32> = n.std.iter().map(|s| 1.0 / s).collect();
                 let shift: Vec<f32> = n.mean.iter().zip(&n.std).map(|(m, s)| -m / s).collect();
                 let c = scale.len();
-                x.channel_affine(
-                    &Tensor::from_vec(scale, &[c]),
-                    &Tensor::from_vec(shift, &[c]),
-                )
+                let (scale, shift) = if x.is_cuda() {
+                    (
+                        crate::ops::cuda::constant(&scale, &[c]),
+                        crate::ops::cuda::constant(&shift, &[c]),
+                    )
+                } else {
+                    (Tensor::from_vec(scale, &[c]), Tensor::from_vec(shift, &[c]))
+                };
+                x.channel_affine(&scale, &shift)
             }
         }
     }

@@ -67,17 +67,23 @@ impl Storage {
 /// Host-device copies made by tensors: data in, metrics out, and ops that have no device
 /// kernel yet. A training step on the GPU should make few (see `steps_cuda` benches).
 pub mod transfers {
+    use std::cell::Cell;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     static UPLOADS: AtomicU64 = AtomicU64::new(0);
     static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static THREAD: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
 
     pub(crate) fn count_upload() {
         UPLOADS.fetch_add(1, Ordering::Relaxed);
+        THREAD.with(|c| c.set((c.get().0 + 1, c.get().1)));
     }
 
     pub(crate) fn count_download() {
         DOWNLOADS.fetch_add(1, Ordering::Relaxed);
+        THREAD.with(|c| c.set((c.get().0, c.get().1 + 1)));
     }
 
     /// (uploads, downloads) so far in this process.
@@ -86,6 +92,12 @@ pub mod transfers {
             UPLOADS.load(Ordering::Relaxed),
             DOWNLOADS.load(Ordering::Relaxed),
         )
+    }
+
+    /// (uploads, downloads) so far made by this thread: what one computation costs while other
+    /// threads (parallel tests) use the GPU too.
+    pub fn thread_counts() -> (u64, u64) {
+        THREAD.with(Cell::get)
     }
 }
 
@@ -150,6 +162,18 @@ impl Tensor {
 
     pub fn zeros(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 0.0)
+    }
+
+    /// [`Tensor::full`] made on `device` (on the GPU by a kernel, not copied from the host: a
+    /// copy from pageable host memory would wait for the stream).
+    pub fn full_on(shape: &[usize], v: f32, device: Device) -> crate::Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(Tensor::full(shape, v)),
+            Device::Cuda => Ok(Tensor::from_device(
+                crate::backend::cuda::train_ops::fill(shape::numel(shape), v)?,
+                shape,
+            )),
+        }
     }
 
     pub fn ones(shape: &[usize]) -> Tensor {

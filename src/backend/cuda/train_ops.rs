@@ -979,3 +979,83 @@ pub fn pgd_step(
     );
     Ok(())
 }
+
+/// PGD's best points so far, on the device: per sample the highest attack loss seen, the point
+/// that reached it, and whether any point was misclassified (see [`pgd_keep_best`]).
+pub struct PgdBest {
+    pub x: DeviceBuffer,
+    pub loss: DeviceBuffer,
+    /// 0 or 1 per sample.
+    pub fooled: DeviceBuffer,
+    rows: usize,
+    row_len: usize,
+}
+
+impl PgdBest {
+    /// `start` (`rows` samples) as the best points, with losses −∞ and nothing fooled yet.
+    pub fn new(start: &DeviceBuffer, rows: usize) -> Result<PgdBest> {
+        if rows == 0 || !start.len().is_multiple_of(rows) {
+            return Err(Error::Shape(format!(
+                "PGD best points: {} values in {rows} rows",
+                start.len()
+            )));
+        }
+        let mut x = DeviceBuffer::uninit(start.len())?;
+        x.copy_from(0, start, 0, start.len())?;
+        Ok(PgdBest {
+            x,
+            loss: fill(rows, f32::NEG_INFINITY)?,
+            fooled: fill(rows, 0.0)?,
+            rows,
+            row_len: start.len() / rows,
+        })
+    }
+}
+
+/// Offer the points `x` (the best's shape) with their `logits` `[rows, classes]` and per-sample
+/// attack `loss`: every misclassified sample is marked fooled; with `keep`, a sample whose loss
+/// beats its best takes the point. The CPU's `Best::offer` (first-maximum argmax, strict `>`).
+pub fn pgd_keep_best(
+    best: &mut PgdBest,
+    x: &DeviceBuffer,
+    logits: &DeviceBuffer,
+    loss: &DeviceBuffer,
+    labels: &DeviceLabels,
+    keep: bool,
+) -> Result<()> {
+    let rows = best.rows;
+    let classes = labels.classes;
+    check_len("pgd_keep_best points", x, best.x.len())?;
+    check_len("pgd_keep_best logits", logits, rows * classes)?;
+    check_len("pgd_keep_best losses", loss, rows)?;
+    labels.check("pgd_keep_best", rows, classes)?;
+    let backend = cuda()?;
+    let cfg = LaunchConfig {
+        grid_dim: (as_i32("PGD samples", rows)? as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (classes_i, row_len, keep_i) = (
+        as_i32("classes", classes)?,
+        as_i64(best.row_len)?,
+        i32::from(keep),
+    );
+    launch!(
+        backend,
+        "pgd_keep_best",
+        cfg,
+        [
+            x.slice(),
+            logits.slice(),
+            loss.slice(),
+            labels.slice(),
+            &classes_i,
+            &row_len,
+            &keep_i,
+            best.x.slice_mut(),
+            best.loss.slice_mut(),
+            best.fooled.slice_mut(),
+        ]
+    );
+    Ok(())
+}

@@ -66,6 +66,28 @@ pub(crate) fn filled(len: usize, v: f32) -> DeviceBuffer {
     expect("fill", crate::backend::cuda::train_ops::fill(len, v))
 }
 
+/// A GPU tensor of the constants `values`, uploaded once per process and shared after that
+/// (tensors are immutable): per-call constants such as the input normalisation would otherwise
+/// be copied from pageable host memory on every forward pass, and each such copy waits for the
+/// stream. For a handful of small constant vectors only: the cache never shrinks.
+pub(crate) fn constant(values: &[f32], shape: &[usize]) -> Tensor {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    /// Keyed by the values' bits and the shape.
+    type Constants = HashMap<(Vec<u32>, Vec<usize>), Tensor>;
+    static CACHE: Mutex<Option<Constants>> = Mutex::new(None);
+    let key = (
+        values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(),
+        shape.to_vec(),
+    );
+    let mut cache = CACHE.lock().expect("constant cache lock");
+    cache
+        .get_or_insert_with(HashMap::new)
+        .entry(key)
+        .or_insert_with(|| Tensor::from_vec(values.to_vec(), shape).upload_detached())
+        .clone()
+}
+
 /// PGD's step on the GPU: min(max(x + step·sign(g), lo), hi), a new constant tensor.
 pub(crate) fn pgd_step(x: &Tensor, g: &Tensor, lo: &Tensor, hi: &Tensor, step: f32) -> Tensor {
     let _p = crate::backend::cuda::profile::scope("pgd_step");
@@ -76,4 +98,61 @@ pub(crate) fn pgd_step(x: &Tensor, g: &Tensor, lo: &Tensor, hi: &Tensor, step: f
         crate::backend::cuda::train_ops::pgd_step(&mut next, buf(&gs), buf(&ls), buf(&hs), step),
     );
     tensor(next, x.shape())
+}
+
+/// PGD's best points kept on the GPU beside the iterates (`attack::pgd`), so that the attack
+/// loop never copies a point, a loss or a prediction to the host.
+pub(crate) struct DeviceBest {
+    best: crate::backend::cuda::train_ops::PgdBest,
+    labels: crate::backend::cuda::DeviceLabels,
+}
+
+impl DeviceBest {
+    /// `start` `[n, …]` as the best points of samples labelled `y` among `classes`.
+    pub(crate) fn new(start: &Tensor, y: &[usize], classes: usize) -> DeviceBest {
+        let what = "PGD best points";
+        let s = resident(start);
+        DeviceBest {
+            best: expect(
+                what,
+                crate::backend::cuda::train_ops::PgdBest::new(buf(&s), y.len()),
+            ),
+            labels: expect(what, crate::backend::cuda::DeviceLabels::new(y, classes)),
+        }
+    }
+
+    /// `Best::offer` on the device.
+    pub(crate) fn offer(&mut self, x: &Tensor, logits: &Tensor, loss: &Tensor, keep: bool) {
+        let _p = crate::backend::cuda::profile::scope("pgd_keep_best");
+        let (xs, ls, ss) = (resident(x), resident(logits), resident(loss));
+        expect(
+            "PGD best points",
+            crate::backend::cuda::train_ops::pgd_keep_best(
+                &mut self.best,
+                buf(&xs),
+                buf(&ls),
+                buf(&ss),
+                &self.labels,
+                keep,
+            ),
+        );
+    }
+
+    /// Whether every sample has been misclassified (copies the flags to the host).
+    pub(crate) fn all_fooled(&self) -> bool {
+        expect("PGD best points", self.best.fooled.to_host())
+            .iter()
+            .all(|&f| f != 0.0)
+    }
+
+    /// The best points (on the GPU, shaped `shape`), their losses and the fooled flags.
+    pub(crate) fn finish(self, shape: &[usize]) -> (Tensor, Vec<f32>, Vec<bool>) {
+        let what = "PGD best points";
+        let loss = expect(what, self.best.loss.to_host());
+        let fooled = expect(what, self.best.fooled.to_host())
+            .iter()
+            .map(|&f| f != 0.0)
+            .collect();
+        (tensor(self.best.x, shape), loss, fooled)
+    }
 }
