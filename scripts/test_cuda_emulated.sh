@@ -3,7 +3,9 @@
 # tools/cuda_emulator: the same Rust code, launch wrappers and kernels/*.cu as on a GPU, with
 # the driver and NVRTC replaced by emulated ones that build the kernels with the host C++
 # compiler and run them on the CPU. A skipped test is a failure here (CACTUS_REQUIRE_CUDA).
-# tests/cuda_kernels.rs is left out: it checks the real NVRTC's output.
+# tests/cuda_kernels.rs is left out: it checks the real NVRTC's output. Then the command line:
+# `cactus train --device cuda` (CACTUS, a few batches) and `cactus eval` of its checkpoint on the
+# emulated GPU and on the CPU must give the same report.
 # Usage: bash scripts/test_cuda_emulated.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +25,20 @@ for tiles in 64x64 128x64 64x128 128x128; do
     echo "conv, GEMM and op tests with CACTUS_GEMM_TILES=$tiles" >&2
     CACTUS_GEMM_TILES=$tiles cargo test --release --locked --test cuda_conv --test cuda_ops "$@"
 done
+
+# The command line on the emulated GPU: train, then evaluate on both devices.
+cargo build --release --locked --bin cactus
+run_dir="$(mktemp -d)"
+trap 'rm -rf "$run_dir"' EXIT
+./target/release/cactus train --device cuda --method cactus --epochs 1 --limit-train 256 \
+    --batch-size 64 --no-eval --out "$run_dir/run"
+grid=(--limit 64 --prune gul1,gsl2 --ratios 0.5,0.9 --quant fp32,int8)
+./target/release/cactus eval --device cuda --checkpoint "$run_dir/run/model.safetensors" \
+    "${grid[@]}" --out "$run_dir/gpu"
+./target/release/cactus eval --device cpu --checkpoint "$run_dir/run/model.safetensors" \
+    "${grid[@]}" --out "$run_dir/cpu"
+if ! diff "$run_dir/gpu/report.csv" "$run_dir/cpu/report.csv"; then
+    echo "cactus eval: the emulated GPU and the CPU disagree on the report above" >&2
+    exit 1
+fi
+echo "cactus train/eval --device cuda on the emulator: the same report as the CPU's" >&2
