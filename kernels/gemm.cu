@@ -20,24 +20,24 @@
 #include "tile_gemm.cuh"
 
 // One operand as an (mn, k) matrix: element (mn, k) at src[mn·ld + k] when k is contiguous
-// (`kcontig`), else at src[k·ld + mn]; mn < mn_len, k < k_len. Each thread stages 4·R elements
-// of every 16-deep tile R slabs wide, in tile_gemm.cuh's K-minor layout when k is contiguous (a
+// (`kcontig`), else at src[k·ld + mn]; mn < mn_len, k < k_len. Each thread stages W / 16 elements
+// of every 16-deep tile W wide, in tile_gemm.cuh's K-minor layout when k is contiguous (a
 // half warp on 16 consecutive k of one row), else in its K-major layout (64 threads on 64
 // consecutive mn of one k).
-template <int R>
+template <int W>
 struct Operand {
     const float* src;
-    int off[4 * R];     // offset of the thread's element e in the current tile
+    int off[W / 16];     // offset of the thread's element e in the current tile
     int kstep;          // offset change per K-step of 16
-    int kcur[4 * R];    // k of element e in the current tile
-    bool live[4 * R];   // mn < mn_len
+    int kcur[W / 16];    // k of element e in the current tile
+    bool live[W / 16];   // mn < mn_len
     bool kcontig;
     int k_len;
 
     __device__ Operand(const float* s, int mn_len, int k_len_, int ld, bool kcontig_, int mn0)
         : src(s), kcontig(kcontig_), k_len(k_len_) {
 #pragma unroll
-        for (int e = 0; e < 4 * R; ++e) {
+        for (int e = 0; e < W / 16; ++e) {
             const int k_at = kcontig ? kminor_k() : kmajor_k(e & 3);
             const int mn = mn0 + (kcontig ? kminor_mn(e) : kmajor_mn(e >> 2));
             live[e] = mn < mn_len;
@@ -48,42 +48,42 @@ struct Operand {
     }
 
     // tile_gemm's loader interface (one operand: the outer dimension is 1).
-    __device__ __forceinline__ void fetch(float (&r)[1][4 * R]) {
+    __device__ __forceinline__ void fetch(float (&r)[1][W / 16]) {
 #pragma unroll
-        for (int e = 0; e < 4 * R; ++e) {
+        for (int e = 0; e < W / 16; ++e) {
             r[0][e] = (live[e] && kcur[e] < k_len) ? __ldg(src + off[e]) : 0.0f;
             off[e] += kstep;
             kcur[e] += BK;
         }
     }
 
-    __device__ __forceinline__ void put(const float (&r)[1][4 * R],
-                                        float (&t)[1][BK][PITCH(R)]) const {
-        if (kcontig) put_kminor<1, R>(r, t);
-        else put_kmajor<1, R>(r, t);
+    __device__ __forceinline__ void put(const float (&r)[1][W / 16],
+                                        float (&t)[1][BK][PITCH(W)]) const {
+        if (kcontig) put_kminor<1, W>(r, t);
+        else put_kmajor<1, W>(r, t);
     }
 };
 
-// This block's (64·RM) × (64·RN) tile of C = alpha·op(A)·op(B) + beta·C.
-template <int RM, int RN>
+// This block's WM × WN tile of C = alpha·op(A)·op(B) + beta·C.
+template <int TXN, int WM, int WN>
 __device__ __forceinline__ void gemm_tile(int M, int N, int K, float alpha, const float* A,
                                           int lda, int transA, const float* B, int ldb,
                                           int transB, float beta, float* C, int ldc) {
-    const int m0 = blockIdx.y * 64 * RM, n0 = blockIdx.x * 64 * RN;
+    const int m0 = blockIdx.y * WM, n0 = blockIdx.x * WN;
     // A as (m, k): k contiguous unless transposed. B as (n, k): k contiguous when transposed.
-    Operand<RM> la(A, M, K, lda, transA == 0, m0);
-    Operand<RN> lb(B, N, K, ldb, transB != 0, n0);
-    float acc[1][4 * RM][4 * RN];
-    tile_gemm<1, 1, false, RM, RN>(la, lb, (K + BK - 1) / BK, acc);
+    Operand<WM> la(A, M, K, lda, transA == 0, m0);
+    Operand<WN> lb(B, N, K, ldb, transB != 0, n0);
+    float acc[1][TM(TXN, WM)][TN(TXN, WN)];
+    tile_gemm<1, 1, false, TXN, WM, WN>(la, lb, (K + BK - 1) / BK, acc);
 
 #pragma unroll
-    for (int e = 0; e < 4 * RM; ++e) {
-        const int m = m0 + tile_row(e);
+    for (int e = 0; e < TM(TXN, WM); ++e) {
+        const int m = m0 + tile_row<TXN>(e);
         if (m >= M) continue;
         float* row = C + m * ldc;
 #pragma unroll
-        for (int f = 0; f < 4 * RN; ++f) {
-            const int n = n0 + tile_col(f);
+        for (int f = 0; f < TN(TXN, WN); ++f) {
+            const int n = n0 + tile_col<TXN>(f);
             if (n >= N) continue;
             const float v = alpha * acc[0][e][f];
             row[n] = beta == 0.0f ? v : fmaf(beta, row[n], v);
@@ -93,24 +93,24 @@ __device__ __forceinline__ void gemm_tile(int M, int N, int K, float alpha, cons
 
 // Entry points per tile shape: NAME (64 × 64), NAME_128x64, NAME_64x128, NAME_128x128 (M × N).
 
-// Grid (⌈N/(64·RN)⌉, ⌈M/(64·RM)⌉), 256 threads. transA/transB: 0 or 1.
-#define SGEMM(NAME, RM, RN)                                                                    \
+// Grid (⌈N/WN⌉, ⌈M/WM⌉), 256 threads. transA/transB: 0 or 1.
+#define SGEMM(NAME, TXN, WM, WN)                                                                    \
     extern "C" __global__ void __launch_bounds__(THREADS)                                      \
         NAME(int M, int N, int K, float alpha, const float* __restrict__ A, int lda,           \
              int transA, const float* __restrict__ B, int ldb, int transB, float beta,         \
              float* __restrict__ C, int ldc) {                                                 \
-        gemm_tile<RM, RN>(M, N, K, alpha, A, lda, transA, B, ldb, transB, beta, C, ldc);       \
+        gemm_tile<TXN, WM, WN>(M, N, K, alpha, A, lda, transA, B, ldb, transB, beta, C, ldc);       \
     }
-SGEMM(sgemm, 1, 1)
-SGEMM(sgemm_128x64, 2, 1)
-SGEMM(sgemm_64x128, 1, 2)
-SGEMM(sgemm_128x128, 2, 2)
+SGEMM(sgemm, 16, 64, 64)
+SGEMM(sgemm_128x64, 16, 128, 64)
+SGEMM(sgemm_64x128, 16, 64, 128)
+SGEMM(sgemm_128x128, 16, 128, 128)
 
 // Split K, for products with few output tiles and a long K (a linear layer on a flattened
-// feature map): grid (⌈N/(64·RN)⌉, ⌈M/(64·RM)⌉, splits); block z computes the partial product
+// feature map): grid (⌈N/WN⌉, ⌈M/WM⌉, splits); block z computes the partial product
 // over k ∈ [z·kchunk, min(K, (z + 1)·kchunk)) into its own M × N slice C + z·M·N (dense), which
 // `sum_splits` (kernels/conv.cu) adds in a fixed order. kchunk is a multiple of 16.
-#define SGEMM_SPLIT(NAME, RM, RN)                                                              \
+#define SGEMM_SPLIT(NAME, TXN, WM, WN)                                                              \
     extern "C" __global__ void __launch_bounds__(THREADS)                                      \
         NAME(int M, int N, int K, int kchunk, const float* __restrict__ A, int lda,            \
              int transA, const float* __restrict__ B, int ldb, int transB,                     \
@@ -120,9 +120,9 @@ SGEMM(sgemm_128x128, 2, 2)
         const float* a = A + (transA ? (size_t)k0 * lda : (size_t)k0);                         \
         const float* b = B + (transB ? (size_t)k0 : (size_t)k0 * ldb);                         \
         float* c = C + (size_t)blockIdx.z * M * N;                                             \
-        gemm_tile<RM, RN>(M, N, klen, 1.0f, a, lda, transA, b, ldb, transB, 0.0f, c, N);       \
+        gemm_tile<TXN, WM, WN>(M, N, klen, 1.0f, a, lda, transA, b, ldb, transB, 0.0f, c, N);       \
     }
-SGEMM_SPLIT(sgemm_split, 1, 1)
-SGEMM_SPLIT(sgemm_split_128x64, 2, 1)
-SGEMM_SPLIT(sgemm_split_64x128, 1, 2)
-SGEMM_SPLIT(sgemm_split_128x128, 2, 2)
+SGEMM_SPLIT(sgemm_split, 16, 64, 64)
+SGEMM_SPLIT(sgemm_split_128x64, 16, 128, 64)
+SGEMM_SPLIT(sgemm_split_64x128, 16, 64, 128)
+SGEMM_SPLIT(sgemm_split_128x128, 16, 128, 128)

@@ -89,7 +89,7 @@ for exe in "$BIN_DIR"/cuda_*; do
 done
 
 # Every GEMM tile shape's entry points (the automatic choice keeps small test shapes on 64x64).
-for tiles in 64x64 128x64 64x128 128x128; do
+for tiles in 64x64 128x64 64x128 128x128 16x256; do
     for name in cuda_conv cuda_ops; do
         [[ -x "$BIN_DIR/$name" ]] || continue
         CACTUS_GEMM_TILES=$tiles "$BIN_DIR/$name" --test-threads=1 >"$OUT_DIR/$name.$tiles.log" 2>&1

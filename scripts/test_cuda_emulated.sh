@@ -21,7 +21,7 @@ export CACTUS_REQUIRE_CUDA=1
 echo "GPU parity tests on the CPU emulator ($emulator): ${tests[*]}" >&2
 cargo test --release --locked "${tests[@]}" "$@"
 # Every GEMM tile shape's entry points (the automatic choice keeps small test shapes on 64x64).
-for tiles in 64x64 128x64 64x128 128x128; do
+for tiles in 64x64 128x64 64x128 128x128 16x256; do
     echo "conv, GEMM and op tests with CACTUS_GEMM_TILES=$tiles" >&2
     CACTUS_GEMM_TILES=$tiles cargo test --release --locked --test cuda_conv --test cuda_ops "$@"
 done

@@ -45,7 +45,7 @@ use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
 use std::sync::OnceLock;
 
 /// The GEMM-shaped kernels, by tile shape (see [`Tiles`]; in the order of [`Tiles::ALL`]).
-const CONV2D_FWD: KernelShapes = KernelShapes::all(
+const CONV2D_FWD: KernelShapes = KernelShapes::four(
     "conv",
     [
         "conv2d_fwd_128x128",
@@ -61,9 +61,10 @@ const INTERVAL_CONV2D_FWD: KernelShapes = KernelShapes {
         Some("interval_conv2d_fwd_128x64"),
         Some("interval_conv2d_fwd_64x128"),
         Some("interval_conv2d_fwd"),
+        None,
     ],
 };
-const CONV2D_BWD_WEIGHT: KernelShapes = KernelShapes::all(
+const CONV2D_BWD_WEIGHT: KernelShapes = KernelShapes::four(
     "conv",
     [
         "conv2d_bwd_weight_128x128",
@@ -74,17 +75,18 @@ const CONV2D_BWD_WEIGHT: KernelShapes = KernelShapes::all(
 );
 const INTERVAL_CONV2D_BWD_WEIGHT: KernelShapes = KernelShapes {
     module: "conv",
-    names: [None, None, None, Some("interval_conv2d_bwd_weight")],
+    names: [None, None, None, Some("interval_conv2d_bwd_weight"), None],
 };
-const CONV2D_BWD_INPUT: KernelShapes = KernelShapes::all(
-    "conv",
-    [
-        "conv2d_bwd_input_128x128",
-        "conv2d_bwd_input_128x64",
-        "conv2d_bwd_input_64x128",
-        "conv2d_bwd_input",
+const CONV2D_BWD_INPUT: KernelShapes = KernelShapes {
+    module: "conv",
+    names: [
+        Some("conv2d_bwd_input_128x128"),
+        Some("conv2d_bwd_input_128x64"),
+        Some("conv2d_bwd_input_64x128"),
+        Some("conv2d_bwd_input"),
+        Some("conv2d_bwd_input_16x256"),
     ],
-);
+};
 const INTERVAL_CONV2D_BWD_INPUT: KernelShapes = KernelShapes {
     module: "conv",
     names: [
@@ -92,13 +94,14 @@ const INTERVAL_CONV2D_BWD_INPUT: KernelShapes = KernelShapes {
         Some("interval_conv2d_bwd_input_128x64"),
         Some("interval_conv2d_bwd_input_64x128"),
         Some("interval_conv2d_bwd_input"),
+        None,
     ],
 };
-const SGEMM: KernelShapes = KernelShapes::all(
+const SGEMM: KernelShapes = KernelShapes::four(
     "gemm",
     ["sgemm_128x128", "sgemm_128x64", "sgemm_64x128", "sgemm"],
 );
-const SGEMM_SPLIT: KernelShapes = KernelShapes::all(
+const SGEMM_SPLIT: KernelShapes = KernelShapes::four(
     "gemm",
     [
         "sgemm_split_128x128",
@@ -150,9 +153,9 @@ pub const MAX_ELEMENTS: usize = 1 << 30;
 
 /// The largest output tile edge (M or N) of any kernel ([`Tiles`]): offsets are formed up to
 /// this far past an operand's end.
-const TILE: usize = 128;
-/// The smallest tile edge: grid dimensions are at most this many times smaller than M.
-const MIN_TILE: usize = 64;
+const TILE: usize = 256;
+/// The smallest tile edge along M: grid y is at most M / this.
+const MIN_TILE: usize = 16;
 /// K-step of every kernel.
 const TILE_K: usize = 16;
 const THREADS: u32 = 256;

@@ -1,19 +1,23 @@
 //! Output tile shapes of the GEMM-shaped kernels (`kernels/tile_gemm.cuh`) and the choice of
 //! one per launch.
 //!
-//! Every GEMM and convolution kernel has an entry point per tile shape: `name` (64 × 64),
-//! `name_128x64`, `name_64x128` and `name_128x128` (M × N), where a thread of the 256 computes
-//! 4 × 4, 8 × 4, 4 × 8 or 8 × 8 outputs. Per loaded float from shared memory the 64 × 64 tile
-//! does 2 FMAs and the 128 × 128 tile 4: shared-memory bandwidth, not the FMA units, bounds
-//! the small tile. The bigger tiles cost registers (about 63, 125 and 165 per thread for the
-//! plain forward convolution, no spills, from `ptxas -v` for sm_90) and give fewer blocks, so
-//! small problems keep 64 × 64.
+//! Every GEMM and convolution kernel has an entry point per tile shape (M × N): `name`
+//! (64 × 64), `name_128x64`, `name_64x128` and `name_128x128`, where each of the 256 threads
+//! computes 4 × 4, 8 × 4, 4 × 8 or 8 × 8 outputs, and the plain convolution's input gradient
+//! also `name_16x256` (4 × 4 per thread, the threads 4 down and 64 across), for a short M such
+//! as a first layer's 3 input channels, which would fill 3 of 64 rows. Per float loaded from
+//! shared memory a thread does 4·qm·qn / (qm + qn) FMAs with qm × qn micro-tiles of 4 × 4: 2 at
+//! 64 × 64 and 16 × 256, 2.7 at 128 × 64, 4 at 128 × 128. Shared-memory bandwidth, not the FMA
+//! units, bounds the small tiles. The bigger tiles cost registers (about 63, 125 and 165 per
+//! thread for the plain forward convolution, no spills, from `ptxas -v` for sm_90) and give
+//! fewer blocks.
 //!
-//! The rule ([`Tiles::choose`]): the biggest shape the kernel has that (a) pads M and N to no
-//! more than 1/8 more work than 64 × 64 tiles would and (b) still gives at least one block per
-//! multiprocessor. `CACTUS_GEMM_TILES=64x64|128x64|64x128|128x128` forces a shape (the nearest
-//! smaller one where a kernel lacks it): for benchmarks that compare shapes, and for tests that
-//! cover every entry point.
+//! The rule ([`Tiles::choose`]): among the shapes the kernel has that give at least one block per
+//! multiprocessor, the one with the fewest shared-memory loads, i.e. the least
+//! (padded M·N) / (FMAs per load); ties go to the bigger tile; 64 × 64 when none gives enough
+//! blocks. `CACTUS_GEMM_TILES=64x64|128x64|64x128|128x128|16x256` forces a shape (where a
+//! kernel lacks it, its biggest shape that fits inside): for benchmarks that compare shapes,
+//! and for tests that cover every entry point.
 
 use crate::{Error, Result};
 use std::sync::OnceLock;
@@ -25,19 +29,22 @@ pub enum Tiles {
     T128x64,
     T64x128,
     T128x128,
+    T16x256,
 }
 
 impl Tiles {
-    /// Every shape, biggest first (the order [`Tiles::choose`] tries them).
-    pub const ALL: [Tiles; 4] = [
+    /// Every shape, in the order ties go (biggest first).
+    pub const ALL: [Tiles; 5] = [
         Tiles::T128x128,
         Tiles::T128x64,
         Tiles::T64x128,
         Tiles::T64x64,
+        Tiles::T16x256,
     ];
 
     pub fn rows(self) -> usize {
         match self {
+            Tiles::T16x256 => 16,
             Tiles::T64x64 | Tiles::T64x128 => 64,
             Tiles::T128x64 | Tiles::T128x128 => 128,
         }
@@ -47,6 +54,7 @@ impl Tiles {
         match self {
             Tiles::T64x64 | Tiles::T128x64 => 64,
             Tiles::T64x128 | Tiles::T128x128 => 128,
+            Tiles::T16x256 => 256,
         }
     }
 
@@ -56,7 +64,20 @@ impl Tiles {
             Tiles::T128x64 => "128x64",
             Tiles::T64x128 => "64x128",
             Tiles::T128x128 => "128x128",
+            Tiles::T16x256 => "16x256",
         }
+    }
+
+    /// FMAs a thread does per float it loads from shared memory: 4·qm·qn / (qm + qn) for qm × qn
+    /// micro-tiles of 4 × 4.
+    pub fn fmas_per_load(self) -> f64 {
+        let (qm, qn) = match self {
+            Tiles::T64x64 | Tiles::T16x256 => (1.0, 1.0),
+            Tiles::T128x64 => (2.0, 1.0),
+            Tiles::T64x128 => (1.0, 2.0),
+            Tiles::T128x128 => (2.0, 2.0),
+        };
+        4.0 * qm * qn / (qm + qn)
     }
 
     fn parse(s: &str) -> Option<Tiles> {
@@ -100,15 +121,16 @@ impl Tiles {
         multiprocessors: usize,
     ) -> Tiles {
         let padded = |t: Tiles| m.div_ceil(t.rows()) * t.rows() * n.div_ceil(t.cols()) * t.cols();
-        let base = padded(Tiles::T64x64);
-        Tiles::ALL
-            .into_iter()
-            .filter(|t| kernel.has(*t))
-            .find(|&t| {
-                let blocks = m.div_ceil(t.rows()) * n.div_ceil(t.cols()) * depth.max(1);
-                8 * padded(t) <= 9 * base && blocks >= multiprocessors
-            })
-            .unwrap_or(Tiles::T64x64)
+        let loads = |t: Tiles| padded(t) as f64 / t.fmas_per_load();
+        let mut best: Option<Tiles> = None;
+        for t in Tiles::ALL.into_iter().filter(|t| kernel.has(*t)) {
+            let blocks = m.div_ceil(t.rows()) * n.div_ceil(t.cols()) * depth.max(1);
+            // Strictly fewer loads to displace an earlier (bigger) shape.
+            if blocks >= multiprocessors && best.is_none_or(|b| loads(t) < loads(b)) {
+                best = Some(t);
+            }
+        }
+        best.unwrap_or(Tiles::T64x64)
     }
 }
 
@@ -131,13 +153,14 @@ fn forced() -> Result<Option<Tiles>> {
 #[derive(Clone, Copy, Debug)]
 pub struct KernelShapes {
     pub module: &'static str,
-    /// In the order of [`Tiles::ALL`]: 128 × 128, 128 × 64, 64 × 128, 64 × 64.
-    pub names: [Option<&'static str>; 4],
+    /// In the order of [`Tiles::ALL`]: 128 × 128, 128 × 64, 64 × 128, 64 × 64, 16 × 256.
+    pub names: [Option<&'static str>; 5],
 }
 
 impl KernelShapes {
-    /// A kernel with all four shapes: `base`, `base_128x64`, `base_64x128`, `base_128x128`.
-    pub const fn all(module: &'static str, names: [&'static str; 4]) -> KernelShapes {
+    /// A kernel with the four square-ish shapes (128 × 128, 128 × 64, 64 × 128, 64 × 64), in
+    /// that order, and no 16 × 256.
+    pub const fn four(module: &'static str, names: [&'static str; 4]) -> KernelShapes {
         KernelShapes {
             module,
             names: [
@@ -145,6 +168,7 @@ impl KernelShapes {
                 Some(names[1]),
                 Some(names[2]),
                 Some(names[3]),
+                None,
             ],
         }
     }
@@ -169,38 +193,54 @@ impl KernelShapes {
 mod tests {
     use super::*;
 
-    const ALL4: KernelShapes = KernelShapes::all("m", ["k_128x128", "k_128x64", "k_64x128", "k"]);
+    const FOUR: KernelShapes = KernelShapes::four("m", ["k_128x128", "k_128x64", "k_64x128", "k"]);
+    const FIVE: KernelShapes = KernelShapes {
+        module: "m",
+        names: [
+            Some("k_128x128"),
+            Some("k_128x64"),
+            Some("k_64x128"),
+            Some("k"),
+            Some("k_16x256"),
+        ],
+    };
     const NO_BIG: KernelShapes = KernelShapes {
         module: "m",
-        names: [None, Some("k_128x64"), Some("k_64x128"), Some("k")],
+        names: [None, Some("k_128x64"), Some("k_64x128"), Some("k"), None],
     };
 
     #[test]
     fn cnn7_layers_get_wide_tiles_and_small_problems_keep_64() {
         let sms = 132;
         // cnn7 at batch 128 on CIFAR: 64 channels over 131,072 pixels, 128 over 32,768.
-        assert_eq!(Tiles::auto(&ALL4, 64, 131_072, 1, sms), Tiles::T64x128);
-        assert_eq!(Tiles::auto(&ALL4, 128, 32_768, 1, sms), Tiles::T128x128);
+        assert_eq!(Tiles::auto(&FIVE, 64, 131_072, 1, sms), Tiles::T64x128);
+        assert_eq!(Tiles::auto(&FIVE, 128, 32_768, 1, sms), Tiles::T128x128);
         assert_eq!(Tiles::auto(&NO_BIG, 128, 32_768, 1, sms), Tiles::T128x64);
-        // 3 input channels (the first layer's input gradient): 64-row tiles, wide along pixels.
-        assert_eq!(Tiles::auto(&ALL4, 3, 131_072, 1, sms), Tiles::T64x128);
-        assert_eq!(Tiles::auto(&ALL4, 100, 1000, 1, sms), Tiles::T64x64);
-        // 192 rows: 128-row tiles would pad to 256 (a third more work).
-        assert_eq!(Tiles::auto(&ALL4, 192, 65_536, 1, sms), Tiles::T64x128);
+        // The first layer's input gradient: 3 channels fill 3 of 16 rows instead of 3 of 64.
+        assert_eq!(Tiles::auto(&FIVE, 3, 131_072, 1, sms), Tiles::T16x256);
+        assert_eq!(Tiles::auto(&FOUR, 3, 131_072, 1, sms), Tiles::T64x128);
+        // Too few blocks for anything bigger.
+        assert_eq!(Tiles::auto(&FIVE, 100, 1000, 1, sms), Tiles::T64x64);
+        // 192 rows: 128-row tiles pad to 256, a third more work, but load half as often.
+        assert_eq!(Tiles::auto(&FIVE, 192, 65_536, 1, sms), Tiles::T128x128);
         // Depth (split-K chunks, stride phases) counts towards the blocks.
-        assert_eq!(Tiles::auto(&ALL4, 128, 1152, 1, sms), Tiles::T64x64);
-        assert_eq!(Tiles::auto(&ALL4, 128, 1152, 64, sms), Tiles::T128x128);
+        assert_eq!(Tiles::auto(&FIVE, 128, 1152, 1, sms), Tiles::T64x64);
+        assert_eq!(Tiles::auto(&FIVE, 128, 1152, 64, sms), Tiles::T128x128);
     }
 
     #[test]
     fn entries_follow_the_shapes() {
         assert_eq!(NO_BIG.entry(Tiles::T128x128), None);
         assert_eq!(NO_BIG.entry(Tiles::T64x128), Some("k_64x128"));
-        assert_eq!(ALL4.entries().count(), 4);
+        assert_eq!(FOUR.entries().count(), 4);
+        assert_eq!(FIVE.entry(Tiles::T16x256), Some("k_16x256"));
         assert_eq!(Tiles::T128x64.grid(300, 1000), (16, 3));
+        assert_eq!(Tiles::T16x256.grid(3, 1000), (4, 1));
         for t in Tiles::ALL {
             assert_eq!(Tiles::parse(t.name()), Some(t));
         }
         assert_eq!(Tiles::parse("32x32"), None);
+        assert_eq!(Tiles::T128x128.fmas_per_load(), 4.0);
+        assert_eq!(Tiles::T16x256.fmas_per_load(), 2.0);
     }
 }
