@@ -176,6 +176,37 @@ extern "C" __global__ void interval_linear_backward_bias(const float* g, int n, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// sabr_box: SABR's small box around an adversarial point, as an enclosing centre/radius box.
+// ---------------------------------------------------------------------------------------------
+
+// Rust's f32::clamp: a NaN stays NaN.
+__device__ __forceinline__ float clamp_keep_nan(float v, float lo, float hi) {
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// For each of the n values: the clipped ε-box [lo, hi] = clamp(x ∓ eps, 0, 1) around x, the
+// centre c = min(max(adv, lo + tau), hi − tau), the corners (max(c − tau, lo), min(c + tau, hi)),
+// and the box enclosing them: y[i] = (l + h)/2, y[n + i] = the smallest radius r ≥ (h − l)/2
+// with c − r ≤ l and c + r ≥ h in f32 (src/train/losses.rs `sabr_box` and
+// src/bounds/ibp.rs `enclosing_box`, operation for operation).
+extern "C" __global__ void sabr_box(const float* x, const float* adv, float eps, float tau,
+                                    long long n, float* y) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float v = x[i];
+    const float lo = clamp_keep_nan(__fsub_rn(v, eps), 0.0f, 1.0f);
+    const float hi = clamp_keep_nan(__fadd_rn(v, eps), 0.0f, 1.0f);
+    const float c0 = fminf(fmaxf(adv[i], __fadd_rn(lo, tau)), __fsub_rn(hi, tau));
+    const float l = fmaxf(__fsub_rn(c0, tau), lo);
+    const float h = fminf(__fadd_rn(c0, tau), hi);
+    const float c = __fmul_rn(0.5f, __fadd_rn(l, h));
+    float r = __fmul_rn(0.5f, __fsub_rn(h, l));
+    while (__fsub_rn(c, r) > l || __fadd_rn(c, r) < h) r = nextafterf(r, INFINITY);
+    y[i] = c;
+    y[n + i] = r;
+}
+
+// ---------------------------------------------------------------------------------------------
 // interval_relu: element-wise on the half length `half` = N·(features).
 // ---------------------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@
 # (every tests/cuda_*.rs and benches/*_cuda.rs, and the cactus binary), then, on the GPU machine, from the same checkout with target/gpu beside it:
 #     bash scripts/gpu_check.sh --out DIR [--compare] [--sanitize SECONDS]
 # Each test binary's log lands in DIR/<name>.log and a summary line per binary on stdout; with
-# --compare, scripts/compare_cuda.sh writes DIR/cmp/compare.md (kernels_cuda against PyTorch);
+# --compare, scripts/compare_cuda.sh writes DIR/cmp/compare.md (kernels_cuda and steps_cuda
+# against PyTorch), then the kernels and the SABR step run again with CACTUS_GEMM_TILES=64x64;
 # with --sanitize, each test binary runs again under `compute-sanitizer --tool memcheck`
 # (at most SECONDS each). Exit status 1 when a test failed or was skipped for want of a GPU.
 set -uo pipefail
@@ -100,12 +101,20 @@ for tiles in 64x64 128x64 64x128 128x128 16x256; do
 done
 
 if [[ $COMPARE == 1 ]]; then
-    bash scripts/compare_cuda.sh --bench-bin "$BIN_DIR/kernels_cuda" --out "$OUT_DIR/cmp" \
-        ${NVRTC:+--nvrtc-dir "$NVRTC"} || status=1
-    # The same kernels with the 64x64 tiles only, in the same run: what the wider tiles gain.
-    CACTUS_GEMM_TILES=64x64 "$BIN_DIR/kernels_cuda" --bench >"$OUT_DIR/kernels_cuda.64x64.log" 2>&1 \
-        || status=1
-    grep -E "^[a-z_]+/|time:" "$OUT_DIR/kernels_cuda.64x64.log" | paste - - | sed 's/^/64x64 only: /'
+    steps=()
+    [[ -x "$BIN_DIR/steps_cuda" ]] && steps=(--steps-bin "$BIN_DIR/steps_cuda")
+    bash scripts/compare_cuda.sh --bench-bin "$BIN_DIR/kernels_cuda" "${steps[@]}" \
+        --out "$OUT_DIR/cmp" ${NVRTC:+--nvrtc-dir "$NVRTC"} || status=1
+    # The kernels and the SABR step with the 64x64 tiles only, in the same run: what the other
+    # tile shapes gain.
+    for bench in kernels_cuda steps_cuda; do
+        [[ -x "$BIN_DIR/$bench" ]] || continue
+        filter=()
+        [[ $bench == steps_cuda ]] && filter=(sabr)
+        CACTUS_GEMM_TILES=64x64 "$BIN_DIR/$bench" --bench "${filter[@]}" \
+            >"$OUT_DIR/$bench.64x64.log" 2>&1 || status=1
+        grep -E "^[a-z0-9_]+/|time:" "$OUT_DIR/$bench.64x64.log" | paste - - | sed 's/^/64x64 only: /'
+    done
 fi
 
 if [[ $SANITIZE != 0 ]]; then

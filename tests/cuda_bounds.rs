@@ -20,7 +20,7 @@ use cactus::backend::cuda::bounds::{
     elided_margins, elided_margins_backward, interval_channel_affine,
     interval_channel_affine_backward, interval_linear, interval_linear_backward_bias,
     interval_linear_backward_input, interval_linear_backward_weight, interval_relu,
-    interval_relu_backward, LinearDims,
+    interval_relu_backward, sabr_box, LinearDims,
 };
 use cactus::backend::cuda::device_or_skip;
 use cactus::backend::cuda::train_ops::{ChannelDims, DeviceLabels};
@@ -207,6 +207,46 @@ fn interval_linear_matches_cpu() {
 // ---------------------------------------------------------------------------------------------
 // interval_relu
 // ---------------------------------------------------------------------------------------------
+
+/// SABR's small boxes on the device are the CPU's bit for bit (`train::losses::sabr_box`): pixels
+/// at 0 and 1, attacks inside and outside the ε-box, λ above 0.5 (where the small box is cut by
+/// the clipped ε-box), and the enclosing radius widened past rounding.
+#[test]
+fn sabr_box_matches_cpu() {
+    let Some(_gpu) = device_or_skip("sabr_box_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::seed(41);
+    for (n, eps, lambda) in [
+        (1usize, 0.1f32, 0.4f32),
+        (257, 8.0 / 255.0, 0.1),
+        (1000, 0.3, 0.7),
+        (3 * 32 * 32 * 2, 2.0 / 255.0, 0.05),
+    ] {
+        let mut x = uniform(n, 0.0, 1.0, &mut rng);
+        for v in x.iter_mut().step_by(7) {
+            *v = if rng.uniform() < 0.5 { 0.0 } else { 1.0 };
+        }
+        // Attacks around x, some beyond the ε-box on either side.
+        let adv: Vec<f32> = x
+            .iter()
+            .map(|&v| v + (2.0 * rng.uniform() - 1.0) * 1.5 * eps)
+            .collect();
+        let want = cactus::train::losses::sabr_box(
+            &Tensor::from_vec(x.clone(), &[n]),
+            &Tensor::from_vec(adv.clone(), &[n]),
+            eps,
+            lambda,
+        );
+        let got = sabr_box(&up(&x), &up(&adv), eps, lambda * eps).unwrap();
+        assert_same(
+            &format!("sabr_box n={n} eps={eps} lambda={lambda}"),
+            &down(&got),
+            want.data(),
+        );
+    }
+    assert!(sabr_box(&up(&[0.5; 4]), &up(&[0.5; 3]), 0.1, 0.01).is_err());
+}
 
 #[test]
 fn interval_relu_matches_cpu() {

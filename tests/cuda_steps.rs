@@ -119,11 +119,14 @@ fn compare(cfg: &TrainConfig) {
     let after = transfers::counts();
     let cpu = step(cfg, Device::Cpu);
     eprintln!(
-        "{what}: loss cpu {} gpu {}, cert {:?} / {:?}; {} uploads, {} downloads on the GPU step",
+        "{what}: loss cpu {} gpu {}, cert {:?} / {:?}; the GPU loss and backward made {} uploads \
+         and {} downloads (the whole test step, with its setup and reads, {} and {})",
         cpu.loss,
         gpu.loss,
         cpu.cert,
         gpu.cert,
+        gpu.loss_copies.0,
+        gpu.loss_copies.1,
         after.0 - before.0,
         after.1 - before.1
     );

@@ -58,13 +58,8 @@ pub fn propagate(model: &Model, boxes: &Tensor, bn: BnSource<'_>, layers: usize)
     let mut s = match &model.spec.normalization {
         None => boxes.clone(),
         Some(n) => {
-            let c = n.mean.len();
-            let scale: Vec<f32> = n.std.iter().map(|s| 1.0 / s).collect();
-            let shift: Vec<f32> = n.mean.iter().zip(&n.std).map(|(m, s)| -m / s).collect();
-            boxes.interval_channel_affine(
-                &Tensor::from_vec(scale, &[c]),
-                &Tensor::from_vec(shift, &[c]),
-            )
+            let (scale, shift) = n.affine(boxes.device());
+            boxes.interval_channel_affine(&scale, &shift)
         }
     };
     let mut bn_index = 0;

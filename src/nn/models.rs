@@ -38,6 +38,29 @@ pub struct Normalization {
     pub std: Vec<f32>,
 }
 
+impl Normalization {
+    /// The per-channel map as `x·scale + shift` (scale = 1/std, shift = −mean/std), as tensors
+    /// on `device`: on the GPU, constants uploaded once per process (a copy from the host on
+    /// every pass would wait for the stream).
+    pub fn affine(&self, device: crate::Device) -> (Tensor, Tensor) {
+        let scale: Vec<f32> = self.std.iter().map(|s| 1.0 / s).collect();
+        let shift: Vec<f32> = self
+            .mean
+            .iter()
+            .zip(&self.std)
+            .map(|(m, s)| -m / s)
+            .collect();
+        let c = scale.len();
+        match device {
+            crate::Device::Cpu => (Tensor::from_vec(scale, &[c]), Tensor::from_vec(shift, &[c])),
+            crate::Device::Cuda => (
+                crate::ops::cuda::constant(&scale, &[c]),
+                crate::ops::cuda::constant(&shift, &[c]),
+            ),
+        }
+    }
+}
+
 /// Everything needed to rebuild a model's structure (stored in checkpoints).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -346,17 +369,7 @@ impl Model {
         match &self.spec.normalization {
             None => x.clone(),
             Some(n) => {
-                let scale: Vec<f32> = n.std.iter().map(|s| 1.0 / s).collect();
-                let shift: Vec<f32> = n.mean.iter().zip(&n.std).map(|(m, s)| -m / s).collect();
-                let c = scale.len();
-                let (scale, shift) = if x.is_cuda() {
-                    (
-                        crate::ops::cuda::constant(&scale, &[c]),
-                        crate::ops::cuda::constant(&shift, &[c]),
-                    )
-                } else {
-                    (Tensor::from_vec(scale, &[c]), Tensor::from_vec(shift, &[c]))
-                };
+                let (scale, shift) = n.affine(x.device());
                 x.channel_affine(&scale, &shift)
             }
         }

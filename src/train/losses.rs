@@ -60,7 +60,15 @@ pub fn ibp_cert_loss(
 /// only where the clipped box is narrower than 2τ (λ > 0.5 near 0 or 1): the small box never
 /// leaves the ε-box.
 pub fn sabr_box(x: &Tensor, x_adv: &Tensor, eps: f32, lambda: f32) -> Tensor {
+    assert_eq!(
+        x.shape(),
+        x_adv.shape(),
+        "sabr_box: point and attack differ in shape"
+    );
     let tau = lambda * eps;
+    if crate::ops::cuda::on_cuda(&[x, x_adv]) {
+        return crate::ops::cuda::interval::sabr_box(x, x_adv, eps, tau);
+    }
     let mut lower = Vec::with_capacity(x.numel());
     let mut upper = Vec::with_capacity(x.numel());
     for (&v, &a) in x.data().iter().zip(x_adv.data()) {

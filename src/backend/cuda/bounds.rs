@@ -253,6 +253,27 @@ fn half_of(what: &str, boxes: &DeviceBuffer) -> Result<usize> {
     Ok(boxes.len() / 2)
 }
 
+/// SABR's small boxes (`train::losses::sabr_box`): around each value of `x` the clipped ε-box,
+/// in it the box of radius `tau` centred as near `adv` as fits, returned stacked `[2, …]` as the
+/// box enclosing those corners in f32 (centres, then radii; `bounds::ibp::enclosing_box`).
+pub fn sabr_box(x: &DeviceBuffer, adv: &DeviceBuffer, eps: f32, tau: f32) -> Result<DeviceBuffer> {
+    check_len("sabr_box adversarial points", adv, x.len())?;
+    let n = x.len();
+    let mut y = DeviceBuffer::uninit(2 * n)?;
+    if n == 0 {
+        return Ok(y);
+    }
+    let len = as_i64(n)?;
+    let backend = cuda()?;
+    launch!(
+        backend,
+        "sabr_box",
+        grid_1d(n),
+        [x.slice(), adv.slice(), &eps, &tau, &len, y.slice_mut()]
+    );
+    Ok(y)
+}
+
 /// ReLU on boxes [2, ...]: [c − r, c + r] -> [relu(c − r), relu(c + r)], in centre/radius form.
 pub fn interval_relu(boxes: &DeviceBuffer) -> Result<DeviceBuffer> {
     let half = half_of("interval_relu", boxes)?;

@@ -7,6 +7,17 @@ use crate::backend::cuda::profile;
 use crate::backend::cuda::train_ops::{ChannelDims, DeviceLabels};
 use crate::tensor::Tensor;
 
+/// SABR's small boxes around `adv` inside the clipped ε-boxes of `x`, stacked `[2, …]` (a
+/// constant: no gradient flows into the attack).
+pub(crate) fn sabr_box(x: &Tensor, adv: &Tensor, eps: f32, tau: f32) -> Tensor {
+    let _p = profile::scope("sabr_box");
+    let (xs, advs) = (resident(x), resident(adv));
+    let y = expect("sabr_box", bounds::sabr_box(buf(&xs), buf(&advs), eps, tau));
+    let mut shape = vec![2];
+    shape.extend_from_slice(x.shape());
+    tensor(y, &shape)
+}
+
 pub(crate) fn interval_relu(boxes: &Tensor) -> Tensor {
     let _p = profile::scope("interval_relu");
     let xs = resident(boxes);
