@@ -108,6 +108,25 @@ impl DeviceLabels {
         })
     }
 
+    /// [`DeviceLabels::new`], shared with the last call that passed the same labels and class
+    /// count. A step passes one batch's labels to many ops (the clean loss, every attack
+    /// iteration, the certified loss), and each upload from pageable host memory waits for the
+    /// stream; one copy per batch is enough.
+    pub fn cached(labels: &[usize], classes: usize) -> Result<std::sync::Arc<DeviceLabels>> {
+        type Last = Option<(Vec<usize>, usize, std::sync::Arc<DeviceLabels>)>;
+        static LAST: std::sync::Mutex<Last> = std::sync::Mutex::new(None);
+        let mut last = LAST.lock().expect("label cache lock");
+        if let Some((l, c, d)) = last.as_ref() {
+            if *c == classes && l.as_slice() == labels {
+                return Ok(d.clone());
+            }
+        }
+        let d = std::sync::Arc::new(DeviceLabels::new(labels, classes)?);
+        crate::tensor::transfers::count_upload();
+        *last = Some((labels.to_vec(), classes, d.clone()));
+        Ok(d)
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

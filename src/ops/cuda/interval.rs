@@ -74,7 +74,7 @@ pub(crate) fn elided_margins(
     };
     let device_labels = expect(
         "elided margins",
-        DeviceLabels::new(labels, dims.out_features),
+        DeviceLabels::cached(labels, dims.out_features),
     );
     let (hs, ws) = (resident(hidden), resident(weight));
     let bs = bias.map(resident);

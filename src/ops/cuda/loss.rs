@@ -10,7 +10,7 @@ pub(crate) fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Tensor {
     let _p = profile::scope("cross_entropy");
     let (n, classes) = (logits.dim(0), logits.dim(1));
     let ls = resident(logits);
-    let device_labels = expect("cross_entropy", DeviceLabels::new(labels, classes));
+    let device_labels = expect("cross_entropy", DeviceLabels::cached(labels, classes));
     let forward = expect(
         "cross_entropy",
         k::softmax_cross_entropy(buf(&ls), n, classes, &device_labels),
@@ -38,7 +38,7 @@ pub(crate) fn per_sample_cross_entropy(logits: &Tensor, labels: &[usize]) -> Ten
     let _p = profile::scope("per_sample_cross_entropy");
     let (n, classes) = (logits.dim(0), logits.dim(1));
     let ls = resident(logits);
-    let device_labels = expect("cross_entropy", DeviceLabels::new(labels, classes));
+    let device_labels = expect("cross_entropy", DeviceLabels::cached(labels, classes));
     let (loss, lse) = expect(
         "cross_entropy",
         k::softmax_cross_entropy_rows(buf(&ls), n, classes, &device_labels),

@@ -104,7 +104,7 @@ pub(crate) fn pgd_step(x: &Tensor, g: &Tensor, lo: &Tensor, hi: &Tensor, step: f
 /// loop never copies a point, a loss or a prediction to the host.
 pub(crate) struct DeviceBest {
     best: crate::backend::cuda::train_ops::PgdBest,
-    labels: crate::backend::cuda::DeviceLabels,
+    labels: std::sync::Arc<crate::backend::cuda::DeviceLabels>,
 }
 
 impl DeviceBest {
@@ -117,7 +117,7 @@ impl DeviceBest {
                 what,
                 crate::backend::cuda::train_ops::PgdBest::new(buf(&s), y.len()),
             ),
-            labels: expect(what, crate::backend::cuda::DeviceLabels::new(y, classes)),
+            labels: expect(what, crate::backend::cuda::DeviceLabels::cached(y, classes)),
         }
     }
 
