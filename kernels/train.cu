@@ -408,3 +408,56 @@ extern "C" __global__ void pgd_keep_best(const float* __restrict__ x,
     const long long base = (long long)i * row_len;
     for (long long j = threadIdx.x; j < row_len; j += blockDim.x) best_x[base + j] = x[base + j];
 }
+
+// ---------------------------------------------------------------------------------------------
+// The margin attack loss max_{j≠y} z_j − z_y per row (src/attack/loss.rs `margin_loss`), one
+// thread per row (a few classes). As on the CPU, the label's entry is z_y + (−∞) among the
+// others, the maximum ignores NaN (f32::max), z_y is the row times its one-hot label (NaN if any
+// logit is), and the gradient of the maximum is split evenly among the entries equal to it
+// (g / count each); the label then gets −g.
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float margin_other(const float* row, int j, int y) {
+    return j == y ? __fadd_rn(row[j], -INFINITY) : row[j];
+}
+
+__device__ __forceinline__ float margin_max(const float* row, int y, int classes) {
+    float m = -INFINITY;
+    for (int j = 0; j < classes; ++j) m = fmaxf(m, margin_other(row, j, y));
+    return m;
+}
+
+extern "C" __global__ void margin_rows(const float* __restrict__ logits,
+                                       const int* __restrict__ labels, int rows, int classes,
+                                       float* __restrict__ loss) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows) return;
+    const float* row = logits + (long long)i * classes;
+    const int y = labels[i];
+    // z_y as the CPU forms it, Σ_j z_j·[j = y] from 0 in order: a NaN anywhere in the row
+    // makes it NaN.
+    float true_logit = 0.0f;
+    for (int j = 0; j < classes; ++j)
+        true_logit = __fadd_rn(true_logit, __fmul_rn(row[j], j == y ? 1.0f : 0.0f));
+    loss[i] = __fsub_rn(margin_max(row, y, classes), true_logit);
+}
+
+extern "C" __global__ void margin_rows_backward(const float* __restrict__ logits,
+                                                const int* __restrict__ labels,
+                                                const float* __restrict__ g, int rows,
+                                                int classes, float* __restrict__ dlogits) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows) return;
+    const float* row = logits + (long long)i * classes;
+    float* d = dlogits + (long long)i * classes;
+    const int y = labels[i];
+    const float m = margin_max(row, y, classes);
+    float count = 0.0f;
+    for (int j = 0; j < classes; ++j) count += margin_other(row, j, y) == m ? 1.0f : 0.0f;
+    const float share = __fdiv_rn(g[i], count);
+    for (int j = 0; j < classes; ++j) {
+        const float hit = margin_other(row, j, y) == m ? share : 0.0f;
+        // The true logit's path: −g at the label, −g·0 elsewhere (a signed zero, as on the CPU).
+        d[j] = __fadd_rn(hit, __fmul_rn(-g[i], j == y ? 1.0f : 0.0f));
+    }
+}

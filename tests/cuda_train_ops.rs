@@ -16,7 +16,7 @@
 // `!(err <= bound)` on purpose: a NaN must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use cactus::attack::per_sample_cross_entropy;
+use cactus::attack::{margin_loss, per_sample_cross_entropy};
 use cactus::backend::cuda::train_ops::{
     abs, abs_backward, adam_step, add, add_scaled, batch_norm_affine, batch_norm_affine_backward,
     batch_stats_backward, channel_mean, channel_var, clip_scale, global_norm, mul, mul_backward,
@@ -905,5 +905,44 @@ fn per_sample_cross_entropy_matches_cpu() {
         for (a, b) in gpu_grad.iter().zip(&cpu_grad) {
             assert!((a - b).abs() <= tol, "{what}: gradient {a} vs {b}");
         }
+    }
+}
+
+/// The margin attack loss on the device is the CPU's bit for bit, value and gradient, ties in
+/// the maximum (split evenly) and NaN logits included.
+#[test]
+fn margin_loss_matches_cpu() {
+    let Some(_gpu) = device_or_skip("margin_loss_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::seed(204);
+    for (rows, classes) in [(1, 2), (7, 3), (128, 10), (9, 10)] {
+        // Few levels, so that rows tie; a NaN in one row.
+        let mut z: Vec<f32> = (0..rows * classes)
+            .map(|_| (rng.uniform() * 4.0).floor() - 2.0)
+            .collect();
+        if rows > 1 {
+            z[classes + 1] = f32::NAN;
+        }
+        let labels: Vec<usize> = (0..rows).map(|_| rng.below(classes)).collect();
+        let upstream = uniform(rows, -1.0, 1.0, &mut rng);
+        let run = |device: cactus::Device| {
+            let zt = Tensor::from_vec(z.clone(), &[rows, classes])
+                .to_device(device)
+                .unwrap()
+                .requires_grad();
+            let g = Tensor::from_vec(upstream.clone(), &[rows])
+                .to_device(device)
+                .unwrap();
+            let loss = margin_loss(&zt, &labels);
+            assert_eq!(loss.device(), device);
+            let grads = loss.mul(&g).sum().backward();
+            (loss.to_vec(), grads.get(&zt).unwrap().to_vec())
+        };
+        let (cpu_loss, cpu_grad) = run(cactus::Device::Cpu);
+        let (gpu_loss, gpu_grad) = run(cactus::Device::Cuda);
+        let what = format!("margin loss {rows} × {classes}");
+        assert_same(&format!("{what}: values"), &gpu_loss, &cpu_loss);
+        assert_same(&format!("{what}: gradients"), &gpu_grad, &cpu_grad);
     }
 }

@@ -78,6 +78,19 @@ pub fn margin_loss(logits: &Tensor, labels: &[usize]) -> Tensor {
         "margin loss needs at least two classes, got logits {:?}",
         logits.shape()
     );
+    if logits.is_cuda() {
+        assert_eq!(
+            labels.len(),
+            logits.dim(0),
+            "{} rows of logits, {} labels",
+            logits.dim(0),
+            labels.len()
+        );
+        if let Some(&bad) = labels.iter().find(|&&y| y >= logits.dim(1)) {
+            panic!("label {bad} out of range for {} classes", logits.dim(1));
+        }
+        return crate::ops::cuda::loss::margin_loss(logits, labels);
+    }
     // −∞ at the label (added, not multiplied, so no 0·∞ NaN) removes it from the max.
     let others = logits.add(&label_mask(logits, labels, f32::NEG_INFINITY, 0.0));
     others

@@ -359,6 +359,83 @@ pub fn add_scaled(y: &mut DeviceBuffer, x: &DeviceBuffer, s: f32) -> Result<()> 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Margin loss
+// ---------------------------------------------------------------------------------------------
+
+/// Sizes of a margin-loss call, checked.
+fn margin_dims(
+    what: &str,
+    logits: &DeviceBuffer,
+    rows: usize,
+    classes: usize,
+    labels: &DeviceLabels,
+) -> Result<(i32, i32)> {
+    if rows == 0 || classes < 2 {
+        return Err(Error::Shape(format!(
+            "{what} needs rows and at least two classes, got {rows} × {classes}"
+        )));
+    }
+    let dims = (as_i32("rows", rows)?, as_i32("classes", classes)?);
+    check_len(&format!("{what} logits"), logits, rows * classes)?;
+    labels.check(what, rows, classes)?;
+    Ok(dims)
+}
+
+/// max_{j≠y} z_j − z_y of each row of `logits` [rows, classes]: the margin attack loss.
+pub fn margin_rows(
+    logits: &DeviceBuffer,
+    rows: usize,
+    classes: usize,
+    labels: &DeviceLabels,
+) -> Result<DeviceBuffer> {
+    let (rows_i, classes_i) = margin_dims("margin loss", logits, rows, classes, labels)?;
+    let backend = cuda()?;
+    let mut loss = DeviceBuffer::uninit(rows)?;
+    launch!(
+        backend,
+        "margin_rows",
+        grid_1d(rows),
+        [
+            logits.slice(),
+            labels.slice(),
+            &rows_i,
+            &classes_i,
+            loss.slice_mut()
+        ]
+    );
+    Ok(loss)
+}
+
+/// The gradient of [`margin_rows`] for the per-row output gradient `g`: g split evenly among
+/// the other classes' maximal logits, −g at the label.
+pub fn margin_rows_backward(
+    logits: &DeviceBuffer,
+    labels: &DeviceLabels,
+    g: &DeviceBuffer,
+    rows: usize,
+    classes: usize,
+) -> Result<DeviceBuffer> {
+    let (rows_i, classes_i) = margin_dims("margin loss backward", logits, rows, classes, labels)?;
+    check_len("margin loss backward gradient", g, rows)?;
+    let backend = cuda()?;
+    let mut d = DeviceBuffer::uninit(rows * classes)?;
+    launch!(
+        backend,
+        "margin_rows_backward",
+        grid_1d(rows),
+        [
+            logits.slice(),
+            labels.slice(),
+            g.slice(),
+            &rows_i,
+            &classes_i,
+            d.slice_mut()
+        ]
+    );
+    Ok(d)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Softmax cross-entropy
 // ---------------------------------------------------------------------------------------------
 

@@ -59,3 +59,21 @@ pub(crate) fn per_sample_cross_entropy(logits: &Tensor, labels: &[usize]) -> Ten
         ))]
     })
 }
+
+/// Each sample's margin max_{j≠y} z_j − z_y [n] (the evaluation attack's objective), on the
+/// device.
+pub(crate) fn margin_loss(logits: &Tensor, labels: &[usize]) -> Tensor {
+    let _p = profile::scope("margin_loss");
+    let (n, classes) = (logits.dim(0), logits.dim(1));
+    let ls = resident(logits);
+    let device_labels = expect("margin loss", DeviceLabels::cached(labels, classes));
+    let loss = expect(
+        "margin loss",
+        k::margin_rows(buf(&ls), n, classes, &device_labels),
+    );
+    Tensor::from_device_op(loss, &[n], &[logits], move |g, _| {
+        let gs = resident(g);
+        let d = k::margin_rows_backward(buf(&ls), &device_labels, buf(&gs), n, classes);
+        vec![Some(tensor(expect("margin loss backward", d), ls.shape()))]
+    })
+}
