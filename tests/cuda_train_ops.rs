@@ -880,18 +880,15 @@ fn per_sample_cross_entropy_matches_cpu() {
         let z = uniform(rows * classes, -spread, spread, &mut rng);
         let labels: Vec<usize> = (0..rows).map(|_| rng.below(classes)).collect();
         let upstream = uniform(rows, -1.0, 1.0, &mut rng);
-        let run = |device: cactus::Device| {
-            let zt = Tensor::from_vec(z.clone(), &[rows, classes])
-                .to_device(device)
-                .unwrap()
-                .requires_grad();
-            let g = Tensor::from_vec(upstream.clone(), &[rows])
-                .to_device(device)
-                .unwrap();
-            let loss = per_sample_cross_entropy(&zt, &labels);
-            assert_eq!(loss.device(), device);
-            let grads = loss.mul(&g).sum().backward();
-            (loss.to_vec(), grads.get(&zt).unwrap().to_vec())
+        let run = |device| {
+            per_sample_loss_on(
+                device,
+                per_sample_cross_entropy,
+                &z,
+                classes,
+                &labels,
+                &upstream,
+            )
         };
         let (cpu_loss, cpu_grad) = run(cactus::Device::Cpu);
         let (gpu_loss, gpu_grad) = run(cactus::Device::Cuda);
@@ -906,6 +903,30 @@ fn per_sample_cross_entropy_matches_cpu() {
             assert!((a - b).abs() <= tol, "{what}: gradient {a} vs {b}");
         }
     }
+}
+
+/// A per-sample attack loss of logits `z` [rows, classes] on `device`: its values, and the
+/// gradient of Σ upstream·loss with respect to the logits (both on the host).
+fn per_sample_loss_on(
+    device: cactus::Device,
+    loss: fn(&Tensor, &[usize]) -> Tensor,
+    z: &[f32],
+    classes: usize,
+    labels: &[usize],
+    upstream: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let rows = labels.len();
+    let zt = Tensor::from_vec(z.to_vec(), &[rows, classes])
+        .to_device(device)
+        .unwrap()
+        .requires_grad();
+    let g = Tensor::from_vec(upstream.to_vec(), &[rows])
+        .to_device(device)
+        .unwrap();
+    let l = loss(&zt, labels);
+    assert_eq!(l.device(), device);
+    let grads = l.mul(&g).sum().backward();
+    (l.to_vec(), grads.get(&zt).unwrap().to_vec())
 }
 
 /// The margin attack loss on the device is the CPU's bit for bit, value and gradient, ties in
@@ -926,19 +947,7 @@ fn margin_loss_matches_cpu() {
         }
         let labels: Vec<usize> = (0..rows).map(|_| rng.below(classes)).collect();
         let upstream = uniform(rows, -1.0, 1.0, &mut rng);
-        let run = |device: cactus::Device| {
-            let zt = Tensor::from_vec(z.clone(), &[rows, classes])
-                .to_device(device)
-                .unwrap()
-                .requires_grad();
-            let g = Tensor::from_vec(upstream.clone(), &[rows])
-                .to_device(device)
-                .unwrap();
-            let loss = margin_loss(&zt, &labels);
-            assert_eq!(loss.device(), device);
-            let grads = loss.mul(&g).sum().backward();
-            (loss.to_vec(), grads.get(&zt).unwrap().to_vec())
-        };
+        let run = |device| per_sample_loss_on(device, margin_loss, &z, classes, &labels, &upstream);
         let (cpu_loss, cpu_grad) = run(cactus::Device::Cpu);
         let (gpu_loss, gpu_grad) = run(cactus::Device::Cuda);
         let what = format!("margin loss {rows} × {classes}");

@@ -297,36 +297,33 @@ constexpr int arity(void (*)(A...)) {
 
 inline void __syncthreads() { cactus_emu::wait_at(cactus_emu::Wait::Block); }
 
-// The value of `v` in lane (own lane ^ lane_mask) of the warp (all lanes taking part).
+namespace cactus_emu {
+// The value of `v` held by lane `src` of this thread's warp, every lane taking part; its own
+// value when `src` lies outside its group of `width` lanes or past the block.
 template <class T>
-T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask, int width = 32) {
+T shuffle(T v, unsigned src, int width) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
-    using namespace cactus_emu;
     const unsigned me = rt.current->linear;
     std::memcpy(&rt.lanes[me], &v, sizeof(T));
     wait_at(Wait::Warp);
     const unsigned lane = me & 31, base = me - lane;
-    const unsigned src = lane ^ (unsigned)lane_mask;
     T out = v;
-    if ((src / (unsigned)width) == (lane / (unsigned)width) && base + src < rt.lanes.size())
+    if (src / (unsigned)width == lane / (unsigned)width && base + src < rt.lanes.size())
         std::memcpy(&out, &rt.lanes[base + src], sizeof(T));
     wait_at(Wait::Warp);   // nobody overwrites a slot before every lane has read
     return out;
 }
+}   // namespace cactus_emu
+
+template <class T>
+T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask, int width = 32) {
+    return cactus_emu::shuffle(v, (cactus_emu::rt.current->linear & 31) ^ (unsigned)lane_mask,
+                               width);
+}
 
 template <class T>
 T __shfl_down_sync(unsigned /*mask*/, T v, unsigned delta, int width = 32) {
-    using namespace cactus_emu;
-    const unsigned me = rt.current->linear;
-    std::memcpy(&rt.lanes[me], &v, sizeof(T));
-    wait_at(Wait::Warp);
-    const unsigned lane = me & 31, base = me - lane;
-    const unsigned src = lane + delta;
-    T out = v;
-    if ((src / (unsigned)width) == (lane / (unsigned)width) && base + src < rt.lanes.size())
-        std::memcpy(&out, &rt.lanes[base + src], sizeof(T));
-    wait_at(Wait::Warp);
-    return out;
+    return cactus_emu::shuffle(v, (cactus_emu::rt.current->linear & 31) + delta, width);
 }
 
 // Fibers of one OS thread never interleave inside a statement: plain read-modify-writes are atomic.
