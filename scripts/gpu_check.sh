@@ -35,7 +35,10 @@ done
 newest() { ls -t target/release/deps/"$1"-* 2>/dev/null | grep -v '\.d$' | head -n1; }
 
 if [[ $PREPARE == 1 ]]; then
-    cargo test --release --no-run 2>&1 | grep -E 'error|warning: unused' && exit 1
+    # Cargo's status, and its own diagnostics at the start of a line (a crate such as
+    # `thiserror` must not read as an error).
+    log="$(cargo test --release --no-run 2>&1)" || { echo "$log" >&2; exit 1; }
+    grep -E '^(error|warning: unused)' <<<"$log" >&2 && exit 1
     benches=(benches/*_cuda.rs)
     cargo bench $(for b in "${benches[@]}"; do echo --bench "$(basename "$b" .rs)"; done) \
         --no-run >/dev/null 2>&1 || {
