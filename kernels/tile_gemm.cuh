@@ -26,7 +26,6 @@
 #define BK 16
 #define THREADS 256
 
-// Shared-memory pitch of a staged tile R slabs (64·R values) wide.
 // Shared-memory pitch of a staged tile W values wide.
 #define PITCH(W) ((W) + 4)
 // Outputs per thread down and across a WM × WN tile with TXN threads across.

@@ -2,11 +2,12 @@
 //! and `kernels/gemm.cu`, on [`DeviceBuffer`]s of f32, NCHW, weights `[O, C, KH, KW]`.
 //!
 //! Every kernel is one tiled SGEMM: 64 × 64, 128 × 64, 64 × 128 or 128 × 128 output tiles per
-//! block of 256 threads (an entry point per shape, picked per launch by [`Tiles`]), each thread
-//! 1, 2 or 4 micro-tiles of 4 × 4 in registers, K in steps of 16 through double-buffered shared
-//! memory (the next tile's global loads overlap the current tile's FMAs). The convolutions are
-//! *implicit* GEMMs: the loaders gather the im2col matrix tile by tile from the tensor, with
-//! zeros for padding, so no `C·KH·KW × N·OH·OW` buffer is ever written or read.
+//! block of 256 threads, and 16 × 256 for the plain input gradient (an entry point per shape,
+//! picked per launch by [`Tiles`]), each thread 1, 2 or 4 micro-tiles of 4 × 4 in registers, K
+//! in steps of 16 through double-buffered shared memory (the next tile's global loads overlap
+//! the current tile's FMAs). The convolutions are *implicit* GEMMs: the loaders gather the
+//! im2col matrix tile by tile from the tensor, with zeros for padding, so no `C·KH·KW × N·OH·OW`
+//! buffer is ever written or read.
 //!
 //! | wrapper | GEMM (M × N, inner K) |
 //! |---|---|
