@@ -201,7 +201,7 @@ extern "C" __global__ void sabr_box(const float* x, const float* adv, float eps,
     const float h = fminf(__fadd_rn(c0, tau), hi);
     const float c = __fmul_rn(0.5f, __fadd_rn(l, h));
     float r = __fmul_rn(0.5f, __fsub_rn(h, l));
-    while (__fsub_rn(c, r) > l || __fadd_rn(c, r) < h) r = nextafterf(r, INFINITY);
+    while (__fsub_rn(c, r) > l || __fadd_rn(c, r) < h) r = nextafterf(r, POS_INF);
     y[i] = c;
     y[n + i] = r;
 }

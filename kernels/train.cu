@@ -418,11 +418,11 @@ extern "C" __global__ void pgd_keep_best(const float* __restrict__ x,
 // ---------------------------------------------------------------------------------------------
 
 __device__ __forceinline__ float margin_other(const float* row, int j, int y) {
-    return j == y ? __fadd_rn(row[j], -INFINITY) : row[j];
+    return j == y ? __fadd_rn(row[j], NEG_INF) : row[j];
 }
 
 __device__ __forceinline__ float margin_max(const float* row, int y, int classes) {
-    float m = -INFINITY;
+    float m = NEG_INF;
     for (int j = 0; j < classes; ++j) m = fmaxf(m, margin_other(row, j, y));
     return m;
 }
