@@ -740,7 +740,7 @@ fn pgd_keep_best_matches_cpu() {
     for (rows, classes, row_len) in [(1, 2, 1), (5, 10, 37), (33, 3, 300), (7, 10, 1000)] {
         let labels: Vec<usize> = (0..rows).map(|i| (i * 7 + 3) % classes).collect();
         let start = uniform(rows * row_len, 0.0, 1.0, &mut rng);
-        let mut best = PgdBest::new(&up(&start), rows).unwrap();
+        let mut best = PgdBest::new(up(&start), rows).unwrap();
         let dev_labels = DeviceLabels::new(&labels, classes).unwrap();
         let (mut want_x, mut want_loss, mut want_fooled) = (
             start.clone(),

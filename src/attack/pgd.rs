@@ -259,11 +259,11 @@ enum Best {
 }
 
 impl Best {
-    /// `start` (the clean points, `shape`) as the best so far, losses −∞, nothing fooled.
-    fn new(start: Vec<f32>, shape: &[usize], y: &[usize], classes: usize, on_gpu: bool) -> Best {
+    /// `start` (the clean points, one row per label) as the best so far, losses −∞, nothing
+    /// fooled.
+    fn new(start: Vec<f32>, y: &[usize], classes: usize, on_gpu: bool) -> Best {
         let n = y.len();
         if on_gpu && n > 0 {
-            let start = Tensor::from_vec(start, shape);
             return Best::Gpu(crate::ops::cuda::DeviceBest::new(&start, y, classes));
         }
         Best::Host {
@@ -401,7 +401,7 @@ pub(crate) fn run(
     let clean = region.project(&x);
     let iterates = Iterates::new(&x, model, region);
     let on_gpu = matches!(iterates, Iterates::Gpu { .. });
-    let mut best = Best::new(clean.clone(), &shape, y, model.spec.num_classes, on_gpu);
+    let mut best = Best::new(clean.clone(), y, model.spec.num_classes, on_gpu);
     if n == 0 {
         return best.finish(&shape);
     }

@@ -1093,9 +1093,9 @@ pub fn sgemm_at(
         .arg(&s.beta)
         .arg(&mut cv);
     l.arg(&ldc);
+    let (gx, gy) = shape.grid(s.m, s.n);
     // SAFETY: arguments as the kernel declares them; the spans checked above cover every
     // element it reads or writes.
-    let (gx, gy) = shape.grid(s.m, s.n);
     unsafe { l.launch(config((gx, gy, 1))) }?;
     Ok(())
 }
@@ -1170,7 +1170,6 @@ pub fn matmul_at(
     }
     let mut parts = DeviceBuffer::uninit(splits * m * n)?;
     {
-        let f = backend.function("gemm", split_name)?;
         let i = |v: usize| v as i32; // bounded by the span checks
         let (mi, ni, ki, chunk_i) = (i(m), i(n), i(k), i(chunk));
         let (lda, ldb) = (i(spec.lda), i(spec.ldb));
@@ -1178,7 +1177,7 @@ pub fn matmul_at(
         let av = a.0.slice().slice(a.1..a.1 + a_span);
         let bv = b.0.slice().slice(b.1..b.1 + b_span);
         let mut pv = view_mut(&mut parts, splits * m * n);
-        let mut l = backend.launch_builder(f);
+        let mut l = backend.launch("gemm", split_name)?;
         l.arg(&mi)
             .arg(&ni)
             .arg(&ki)

@@ -274,18 +274,7 @@ pub fn sign(x: &DeviceBuffer) -> Result<DeviceBuffer> {
 
 /// s·x (also the gradient of s·x).
 pub fn scale(x: &DeviceBuffer, s: f32) -> Result<DeviceBuffer> {
-    let mut y = DeviceBuffer::uninit(x.len())?;
-    if !x.is_empty() {
-        let backend = cuda()?;
-        let n = as_i64(x.len())?;
-        launch!(
-            backend,
-            "ew_scale",
-            grid_1d(x.len()),
-            [x.slice(), &s, &n, y.slice_mut()]
-        );
-    }
-    Ok(y)
+    unary_with("ew_scale", x, s)
 }
 
 /// f(x, s) element-wise for a kernel `name(x, s, n, y)`.
@@ -1088,22 +1077,21 @@ pub struct PgdBest {
 }
 
 impl PgdBest {
-    /// `start` (`rows` samples) as the best points, with losses −∞ and nothing fooled yet.
-    pub fn new(start: &DeviceBuffer, rows: usize) -> Result<PgdBest> {
+    /// `start` (`rows` samples, taken over as the best points' buffer), with losses −∞ and
+    /// nothing fooled yet.
+    pub fn new(start: DeviceBuffer, rows: usize) -> Result<PgdBest> {
         if rows == 0 || !start.len().is_multiple_of(rows) {
             return Err(Error::Shape(format!(
                 "PGD best points: {} values in {rows} rows",
                 start.len()
             )));
         }
-        let mut x = DeviceBuffer::uninit(start.len())?;
-        x.copy_from(0, start, 0, start.len())?;
         Ok(PgdBest {
-            x,
+            row_len: start.len() / rows,
+            x: start,
             loss: fill(rows, f32::NEG_INFINITY)?,
             fooled: fill(rows, 0.0)?,
             rows,
-            row_len: start.len() / rows,
         })
     }
 }

@@ -4,6 +4,7 @@ use super::{buf, expect, resident, tensor};
 use crate::backend::cpu::conv::ConvGeometry;
 use crate::backend::cuda::conv::{self as kernels, ConvShape, DeviceConvGrads};
 use crate::backend::cuda::profile;
+use crate::backend::cuda::DeviceBuffer;
 use crate::tensor::Tensor;
 
 /// The gradients as tensors shaped like the op's inputs (input, weight and, for 3 inputs, bias).
@@ -23,30 +24,49 @@ fn grads_as_tensors(
     out
 }
 
-/// `x` [n, c, h, w] convolved with `weight` (+ `bias`).
-pub(crate) fn conv2d(
+/// A device convolution's forward and backward (`backend::cuda::conv`).
+type Forward = fn(
+    &DeviceBuffer,
+    &DeviceBuffer,
+    Option<&DeviceBuffer>,
+    &ConvShape,
+) -> crate::Result<DeviceBuffer>;
+type Backward = fn(
+    &DeviceBuffer,
+    &DeviceBuffer,
+    &DeviceBuffer,
+    &ConvShape,
+    bool,
+    bool,
+    bool,
+) -> crate::Result<DeviceConvGrads>;
+
+/// The op around a device convolution: `lead` is prepended to the output's [n, o, oh, ow]
+/// ([2] for stacked boxes).
+fn device_conv(
+    name: &'static str,
+    (forward, backward): (Forward, Backward),
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     geo: &ConvGeometry,
+    lead: &[usize],
 ) -> Tensor {
-    let _p = profile::scope("conv2d");
+    let _p = profile::scope(name);
     let g = ConvShape::from(*geo);
     let (xs, ws) = (resident(x), resident(weight));
     let bs = bias.map(resident);
-    let out = expect(
-        "conv2d",
-        kernels::conv2d_forward(buf(&xs), buf(&ws), bs.as_ref().map(buf), &g),
-    );
-    let shape = [geo.n, geo.c_out, geo.out_h(), geo.out_w()];
+    let out = expect(name, forward(buf(&xs), buf(&ws), bs.as_ref().map(buf), &g));
+    let mut shape = lead.to_vec();
+    shape.extend([geo.n, geo.c_out, geo.out_h(), geo.out_w()]);
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
     Tensor::from_device_op(out, &shape, &inputs, move |grad, needs| {
         let gs = resident(grad);
         let need_bias = needs.get(2).copied().unwrap_or(false);
         let grads = expect(
-            "conv2d backward",
-            kernels::conv2d_backward(
+            &format!("{name} backward"),
+            backward(
                 buf(&xs),
                 buf(&ws),
                 buf(&gs),
@@ -60,6 +80,20 @@ pub(crate) fn conv2d(
     })
 }
 
+/// `x` [n, c, h, w] convolved with `weight` (+ `bias`).
+pub(crate) fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geo: &ConvGeometry,
+) -> Tensor {
+    let kernels = (
+        kernels::conv2d_forward as Forward,
+        kernels::conv2d_backward as Backward,
+    );
+    device_conv("conv2d", kernels, x, weight, bias, geo, &[])
+}
+
 /// Boxes [2, n, c, h, w] through a convolution: centres with (W, b), radii with |W|, fused.
 pub(crate) fn interval_conv2d(
     boxes: &Tensor,
@@ -67,32 +101,9 @@ pub(crate) fn interval_conv2d(
     bias: Option<&Tensor>,
     geo: &ConvGeometry,
 ) -> Tensor {
-    let _p = profile::scope("interval_conv2d");
-    let g = ConvShape::from(*geo);
-    let (xs, ws) = (resident(boxes), resident(weight));
-    let bs = bias.map(resident);
-    let out = expect(
-        "interval_conv2d",
-        kernels::interval_conv2d_forward_stacked(buf(&xs), buf(&ws), bs.as_ref().map(buf), &g),
+    let kernels = (
+        kernels::interval_conv2d_forward_stacked as Forward,
+        kernels::interval_conv2d_backward_stacked as Backward,
     );
-    let shape = [2, geo.n, geo.c_out, geo.out_h(), geo.out_w()];
-    let mut inputs = vec![boxes, weight];
-    inputs.extend(bias);
-    Tensor::from_device_op(out, &shape, &inputs, move |grad, needs| {
-        let gs = resident(grad);
-        let need_bias = needs.get(2).copied().unwrap_or(false);
-        let grads = expect(
-            "interval_conv2d backward",
-            kernels::interval_conv2d_backward_stacked(
-                buf(&xs),
-                buf(&ws),
-                buf(&gs),
-                &g,
-                needs[0],
-                needs[1],
-                need_bias,
-            ),
-        );
-        grads_as_tensors(grads, xs.shape(), ws.shape(), needs.len())
-    })
+    device_conv("interval_conv2d", kernels, boxes, weight, bias, geo, &[2])
 }

@@ -108,14 +108,16 @@ pub(crate) struct DeviceBest {
 }
 
 impl DeviceBest {
-    /// `start` `[n, …]` as the best points of samples labelled `y` among `classes`.
-    pub(crate) fn new(start: &Tensor, y: &[usize], classes: usize) -> DeviceBest {
+    /// The host points `start` (one row per label) as the best points of samples labelled `y`
+    /// among `classes`: uploaded once, straight into the best points' buffer.
+    pub(crate) fn new(start: &[f32], y: &[usize], classes: usize) -> DeviceBest {
         let what = "PGD best points";
-        let s = resident(start);
+        crate::tensor::transfers::count_upload();
+        let start = expect(what, DeviceBuffer::from_host(start));
         DeviceBest {
             best: expect(
                 what,
-                crate::backend::cuda::train_ops::PgdBest::new(buf(&s), y.len()),
+                crate::backend::cuda::train_ops::PgdBest::new(start, y.len()),
             ),
             labels: expect(what, crate::backend::cuda::DeviceLabels::cached(y, classes)),
         }
