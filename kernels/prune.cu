@@ -10,8 +10,9 @@
 // digit holding the k-th key and narrows the prefix (radix_pick). Everything stays on the device:
 // no host round trip per pass. Then threshold_mask zeroes every weight whose key ≤ the k-th key.
 //
-// Structured (GSL/LSL): row_norms scores each output unit (l1 or l2 of its weight row, in f64);
-// the ranking of those few scores happens on the host, and row_mask expands it to a mask.
+// Structured (GSL/LSL): row_norms scores each output unit (l1 or l2 of its weight row, in f64,
+// bit for bit the CPU's scores); the ranking of those few scores happens on the host (one copy
+// of all layers' scores), and row_mask expands the pruned units to masks.
 //
 // The mask multiplies the weight (apply_mask) and its gradient (the masked-gradient rule: the
 // gradient of w·m is g·m).
@@ -66,26 +67,22 @@ extern "C" __global__ void threshold_mask(const float* w, long long n, long long
     mask[i] = key <= state[0] ? 0.0f : 1.0f;
 }
 
-// Score of each of `rows` weight rows of `row_len` values: Σ|w| (p = 1) or sqrt(Σw²) (p = 2),
-// accumulated in f64; one block per row.
+// Score of each of `rows` weight rows of `row_len` values: Σ|w| (p = 1) or sqrt(Σw²) (p = 2), in
+// f64, one thread per row summing in row order: the CPU's sequential f64 sum, bit for bit (|w|
+// and w² of an f32 are exact in f64, so the only roundings are the sums', in the same order),
+// so units rank exactly as on the CPU, near-ties included. Rows are few (output channels) and
+// f64 adds cheap; a layer's rows take tens of microseconds.
 extern "C" __global__ void row_norms(const float* w, int rows, long long row_len, int p,
                                      double* scores) {
-    __shared__ double partial[BLOCK];
-    int r = blockIdx.x;
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
     const float* row = w + r * row_len;
     double acc = 0.0;
-    for (long long i = threadIdx.x; i < row_len; i += BLOCK) {
+    for (long long i = 0; i < row_len; ++i) {
         double v = (double)row[i];
-        acc += p == 1 ? fabs(v) : v * v;
+        acc = __dadd_rn(acc, p == 1 ? fabs(v) : __dmul_rn(v, v));
     }
-    partial[threadIdx.x] = acc;
-    __syncthreads();
-    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) scores[r] = p == 1 ? partial[0] : sqrt(partial[0]);
+    scores[r] = p == 1 ? acc : sqrt(acc);
 }
 
 // mask[i] = 0 for every value of a pruned row (pruned[row] != 0), else 1.

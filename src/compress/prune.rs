@@ -246,8 +246,9 @@ pub(crate) fn check_ratio(ratio: f64) -> Result<()> {
 
 /// Magnitude pruning masks for `model` removing the fraction `ratio` (δ ∈ [0, 1)) of weights
 /// (unstructured) or units (structured). See the module documentation for the exact rules.
-/// Unstructured masks of weights on the GPU, computed there (`backend::cuda::prune`: the same
-/// selection, so the same masks); one number (the kept count) comes back.
+/// Masks of weights on the GPU, computed there (`backend::cuda::prune`: the same selection and
+/// the same unit scores, so the same masks); what comes back is one number (the kept count) and,
+/// for structured methods, the units' scores.
 fn device_masks(
     layers: &[Layer],
     weights: &[(usize, &Tensor)],
@@ -265,7 +266,8 @@ fn device_masks(
             classifier: Some(*i) == classifier,
         })
         .collect();
-    let masks = masks_on_gpu(&on_gpu, method, ratio)?;
+    let pruning = masks_on_gpu(&on_gpu, method, ratio)?;
+    let masks = pruning.masks;
     let kept = crate::backend::cuda::train_ops::sum_squares(&masks.iter().collect::<Vec<_>>())?;
     let mut out: Vec<Option<Tensor>> = vec![None; layers.len()];
     for ((i, w), m) in weights.iter().zip(masks) {
@@ -277,7 +279,7 @@ fn device_masks(
         layers: out,
         total_weights,
         pruned_weights: total_weights - kept.round() as usize,
-        units: None,
+        units: pruning.units,
     })
 }
 
@@ -290,7 +292,7 @@ pub fn prune_masks(model: &Model, method: PruneMethod, ratio: f64) -> Result<Mas
         .filter_map(|(i, l)| l.weight().map(|w| (i, w)))
         .collect();
     let total_weights: usize = weights.iter().map(|(_, w)| w.numel()).sum();
-    if method.structure == Structure::Unstructured && weights.iter().all(|(_, w)| w.is_cuda()) {
+    if !weights.is_empty() && weights.iter().all(|(_, w)| w.is_cuda()) {
         return device_masks(layers, &weights, method, ratio, total_weights);
     }
     let (mask_data, units) = match method.structure {

@@ -390,6 +390,8 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
 // In double, then rounded once: equal to the correctly rounded result but in rare ties.
 inline float __frsqrt_rn(float a) { return (float)(1.0 / std::sqrt((double)a)); }
 inline float rsqrtf(float a) { return __frsqrt_rn(a); }

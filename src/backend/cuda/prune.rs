@@ -1,17 +1,18 @@
 //! Pruning masks on the device (`kernels/prune.cu`), equal to `compress::prune::prune_masks`.
 //!
 //! Unstructured methods select the threshold key by an 8-pass radix selection that stays on the
-//! device: the masks equal the CPU's exactly. Structured methods score the units on the device
-//! and rank those few scores on the host with the CPU's rules (`select_units`), one small copy
-//! per call; the device sums a row in another order than the CPU, so units whose scores tie up
-//! to rounding may rank differently (a CPU emulation of the kernels found this only for rows that
-//! are permutations of each other).
+//! device: the masks equal the CPU's exactly. Structured methods score the units on the device,
+//! bit for bit the CPU's scores (each row summed in f64 in the CPU's order), and rank those few
+//! scores on the host with the CPU's rules (`select_units`): one copy of the scores down and one
+//! of the pruned-unit flags up per call, so the masks equal the CPU's exactly too.
 
 use crate::backend::cuda::context::{cuda, driver_error, grid_1d, CudaBackend};
 use crate::backend::cuda::DeviceBuffer;
-use crate::compress::prune::{check_ratio, count, select_units, PruneMethod, Scope, Structure};
+use crate::compress::prune::{
+    check_ratio, count, select_units, PruneMethod, Scope, Structure, UnitReport,
+};
 use crate::{Error, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
 /// One conv or linear weight on the device, in layer order.
 pub struct DeviceWeight<'a> {
@@ -36,12 +37,20 @@ fn stride_grid(n: usize) -> LaunchConfig {
     }
 }
 
-/// 0/1 masks (one per weight, same length) pruning the fraction `ratio` with `method`.
+/// A pruning computed on the device: one 0/1 mask per weight (same length), and for structured
+/// methods the unit counts.
+pub struct DevicePruning {
+    pub masks: Vec<DeviceBuffer>,
+    pub units: Option<UnitReport>,
+}
+
+/// 0/1 masks (one per weight, same length) pruning the fraction `ratio` with `method`: the CPU's
+/// masks (`compress::prune::prune_masks`) exactly.
 pub fn prune_masks(
     weights: &[DeviceWeight<'_>],
     method: PruneMethod,
     ratio: f64,
-) -> Result<Vec<DeviceBuffer>> {
+) -> Result<DevicePruning> {
     check_ratio(ratio)?;
     for w in weights {
         let n: usize = w.shape.iter().product();
@@ -55,7 +64,10 @@ pub fn prune_masks(
     }
     let backend = cuda()?;
     match method.structure {
-        Structure::Unstructured => unstructured(backend, weights, method.scope, ratio),
+        Structure::Unstructured => Ok(DevicePruning {
+            masks: unstructured(backend, weights, method.scope, ratio)?,
+            units: None,
+        }),
         Structure::Structured => structured(backend, weights, method, ratio),
     }
 }
@@ -134,12 +146,12 @@ fn ones(backend: &CudaBackend, n: usize) -> Result<DeviceBuffer> {
         .stream
         .alloc_zeros::<i32>(1)
         .map_err(launch_error("alloc"))?;
-    row_mask(backend, &flags, n, n.max(1))
+    row_mask(backend, &flags.slice(..), n, n.max(1))
 }
 
 fn row_mask(
     backend: &CudaBackend,
-    pruned: &CudaSlice<i32>,
+    pruned: &CudaView<'_, i32>,
     n: usize,
     row_len: usize,
 ) -> Result<DeviceBuffer> {
@@ -208,58 +220,76 @@ fn structured(
     weights: &[DeviceWeight<'_>],
     method: PruneMethod,
     ratio: f64,
-) -> Result<Vec<DeviceBuffer>> {
+) -> Result<DevicePruning> {
     let p: i32 = match method.norm {
         crate::compress::prune::Norm::L1 => 1,
         crate::compress::prune::Norm::L2 => 2,
     };
-    let mut scores = Vec::with_capacity(weights.len());
-    for w in weights {
-        if w.classifier {
-            scores.push(None);
+    let rows: Vec<usize> = weights.iter().map(|w| w.shape[0]).collect();
+    // Every layer's unit scores in one buffer (at `starts`), so that they come back in one copy.
+    let mut starts = Vec::with_capacity(rows.len() + 1);
+    starts.push(0);
+    for &r in &rows {
+        starts.push(starts.last().copied().unwrap_or(0) + r);
+    }
+    let total_rows = starts[rows.len()];
+    let mut scores = backend
+        .stream
+        .alloc_zeros::<f64>(total_rows.max(1))
+        .map_err(launch_error("alloc scores"))?;
+    let kernel = backend.function("prune", "row_norms")?;
+    for (t, w) in weights.iter().enumerate() {
+        if w.classifier || rows[t] == 0 {
             continue;
         }
-        let rows = w.shape[0];
-        let row_len = (w.values.len() / rows.max(1)) as i64;
-        let mut out = backend
-            .stream
-            .alloc_zeros::<f64>(rows.max(1))
-            .map_err(launch_error("alloc scores"))?;
-        let rows_i32 = rows as i32;
-        let mut b = backend.launch("prune", "row_norms")?;
+        let row_len = (w.values.len() / rows[t]) as i64;
+        let n_rows = i32::try_from(rows[t])
+            .map_err(|_| Error::Invalid(format!("{} units in one layer", rows[t])))?;
+        let mut out = scores.slice_mut(starts[t]..starts[t + 1]);
+        let mut b = backend.launch_builder(kernel);
         b.arg(w.values.slice())
-            .arg(&rows_i32)
+            .arg(&n_rows)
             .arg(&row_len)
             .arg(&p)
             .arg(&mut out);
-        let cfg = LaunchConfig {
-            grid_dim: (rows.max(1) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: arguments match the kernel's signature; one block per row.
-        unsafe { b.launch(cfg) }?;
-        let host = backend
-            .stream
-            .clone_dtoh(&out)
-            .map_err(launch_error("copy scores"))?;
-        scores.push(Some(host[..rows].to_vec()));
+        // SAFETY: arguments match the kernel's signature; one thread per row, `rows` of them.
+        unsafe { b.launch(grid_1d(rows[t])) }?;
     }
-    let rows: Vec<usize> = weights.iter().map(|w| w.shape[0]).collect();
-    let (pruned_rows, _) = select_units(&scores, &rows, method.scope, ratio);
-    weights
+    let host = backend
+        .stream
+        .clone_dtoh(&scores)
+        .map_err(launch_error("copy scores"))?;
+    crate::tensor::transfers::count_download();
+    let per_layer: Vec<Option<Vec<f64>>> = weights
         .iter()
-        .zip(&pruned_rows)
-        .map(|(w, pruned)| {
-            let flags: Vec<i32> = pruned.iter().map(|&p| i32::from(p)).collect();
-            let flags = backend
-                .stream
-                .clone_htod(&flags)
-                .map_err(launch_error("copy unit flags"))?;
-            let row_len = w.values.len() / pruned.len().max(1);
-            row_mask(backend, &flags, w.values.len(), row_len.max(1))
+        .enumerate()
+        .map(|(t, w)| (!w.classifier).then(|| host[starts[t]..starts[t + 1]].to_vec()))
+        .collect();
+    let (pruned_rows, report) = select_units(&per_layer, &rows, method.scope, ratio);
+    // Every layer's pruned-unit flags in one upload, then one mask per layer.
+    let flags: Vec<i32> = pruned_rows
+        .iter()
+        .flatten()
+        .map(|&p| i32::from(p))
+        .collect();
+    let flags = backend
+        .stream
+        .clone_htod(if flags.is_empty() { &[0][..] } else { &flags })
+        .map_err(launch_error("copy unit flags"))?;
+    crate::tensor::transfers::count_upload();
+    let masks = weights
+        .iter()
+        .enumerate()
+        .map(|(t, w)| {
+            let row_len = w.values.len() / rows[t].max(1);
+            let layer_flags = flags.slice(starts[t]..starts[t + 1].max(starts[t] + 1));
+            row_mask(backend, &layer_flags, w.values.len(), row_len.max(1))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(DevicePruning {
+        masks,
+        units: Some(report),
+    })
 }
 
 /// `x·mask` elementwise: a pruned weight, or a masked gradient.
