@@ -173,6 +173,36 @@ extern "C" __global__ void softmax_xent_rows_backward(const float* z, const floa
     dz[t] = (y >= 0 && y < classes) ? d : __int_as_float(0x7fc00000);
 }
 
+// Log-softmax of each row of [rows, classes] (one warp per row): z − lse with lse = m + ln Σ
+// exp(z − m), as softmax_xent_rows; and its backward from the saved output y = log p,
+// dz = g − exp(y)·Σ g (the product rounded before the difference, as the CPU).
+extern "C" __global__ void log_softmax_rows(const float* z, int rows, int classes, float* y) {
+    int row = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;   // whole warps leave together: rows are warp-aligned
+    const float* zr = z + (long long)row * classes;
+    float m = NEG_INF;
+    for (int j = lane; j < classes; j += 32) m = fmaxf(m, zr[j]);
+    m = warp_max(m);
+    float sum = 0.0f;
+    for (int j = lane; j < classes; j += 32) sum += expf(zr[j] - m);
+    float lse = m + logf(warp_sum(sum));
+    for (int j = lane; j < classes; j += 32) y[(long long)row * classes + j] = zr[j] - lse;
+}
+
+extern "C" __global__ void log_softmax_rows_backward(const float* g, const float* y, int rows,
+                                                     int classes, float* dz) {
+    int row = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    long long at = (long long)row * classes;
+    float total = 0.0f;
+    for (int j = lane; j < classes; j += 32) total += g[at + j];
+    total = warp_sum(total);
+    for (int j = lane; j < classes; j += 32)
+        dz[at + j] = __fsub_rn(g[at + j], __fmul_rn(expf(y[at + j]), total));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Batch normalisation. A tensor [N, C, S...] is N × C × S (S the product of the trailing axes);
 // element (s, c, p) sits at (s·C + c)·S + p. The per-channel statistics and parameter

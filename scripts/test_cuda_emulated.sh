@@ -17,6 +17,9 @@ for f in tests/cuda_*.rs; do
 done
 export LD_LIBRARY_PATH="$emulator${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CACTUS_EMU_CACHE="$emulator/modules"
+# The emulated NVRTC's output names a library under CACTUS_EMU_CACHE: keep its entries apart
+# from real CUBINs in the kernel cache.
+export CACTUS_KERNEL_CACHE="$emulator/kernel-cache"
 export CACTUS_REQUIRE_CUDA=1
 echo "GPU parity tests on the CPU emulator ($emulator): ${tests[*]}" >&2
 cargo test --release --locked "${tests[@]}" "$@"

@@ -31,7 +31,9 @@ fn every_kernel_module_compiles_for_sm90_and_sm80() {
     assert!(!modules.is_empty(), "no kernels/*.cu embedded");
     for module in modules {
         for arch in ["sm_90", "sm_80"] {
+            let started = std::time::Instant::now();
             let cubin = compile_module(module, arch).unwrap_or_else(|e| panic!("{e}"));
+            let seconds = started.elapsed().as_secs_f64();
             // An ELF image.
             assert_eq!(
                 &cubin[..4],
@@ -40,7 +42,7 @@ fn every_kernel_module_compiles_for_sm90_and_sm80() {
                 module.name
             );
             eprintln!(
-                "kernels/{}.cu for {arch}: {} bytes",
+                "kernels/{}.cu for {arch}: {} bytes in {seconds:.2} s",
                 module.name,
                 cubin.len()
             );
@@ -147,4 +149,52 @@ fn nvrtc_reports_module_lines_after_an_include() {
         err.contains("broken.cu(3)") && err.contains("undefined_name"),
         "{err}"
     );
+}
+
+#[test]
+fn compiled_modules_are_cached_on_disk() {
+    use cactus::backend::cuda::kernel_cache::{load_module_in, Origin};
+    if !nvrtc_or_skip("compiled_modules_are_cached_on_disk") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cactus-kernel-cache-{}", std::process::id()));
+    let module = KernelModule::named("prune").unwrap();
+    // A loader standing in for the driver's: it takes ELF images and refuses anything else.
+    let elf = |bytes: Vec<u8>| -> cactus::Result<Vec<u8>> {
+        if bytes.starts_with(b"\x7fELF") {
+            Ok(bytes)
+        } else {
+            Err(cactus::Error::Invalid("not an ELF image".into()))
+        }
+    };
+    let (first, origin) = load_module_in(Some(&dir), module, "sm_90", elf).unwrap();
+    assert_eq!(origin, Origin::Compiled);
+    let (again, origin) = load_module_in(Some(&dir), module, "sm_90", elf).unwrap();
+    assert_eq!(
+        origin,
+        Origin::Cache,
+        "the second load reads the stored entry"
+    );
+    assert_eq!(again, first);
+    // Another architecture is another entry.
+    let (_, origin) = load_module_in(Some(&dir), module, "sm_80", elf).unwrap();
+    assert_eq!(origin, Origin::Compiled);
+    // A damaged entry is dropped and compiled again, and the cache repaired.
+    let entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("sm_90"))
+        .collect();
+    assert_eq!(entries.len(), 1, "one sm_90 entry: {entries:?}");
+    std::fs::write(&entries[0], b"damaged").unwrap();
+    let (repaired, origin) = load_module_in(Some(&dir), module, "sm_90", elf).unwrap();
+    assert_eq!(origin, Origin::Compiled);
+    assert_eq!(repaired, first);
+    let (_, origin) = load_module_in(Some(&dir), module, "sm_90", elf).unwrap();
+    assert_eq!(origin, Origin::Cache);
+    // An edited source misses the cache.
+    let edited = self::module("prune", format!("{}\n// edited\n", module.source));
+    let (_, origin) = load_module_in(Some(&dir), edited, "sm_90", elf).unwrap();
+    assert_eq!(origin, Origin::Compiled);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,8 +2,8 @@
 //! API: the same op on the same values, once with CPU tensors and once with GPU tensors, must
 //! give the same output and, through autodiff, the same gradient of a random weighted sum of
 //! it with respect to every input. On the GPU the op must run there: its result lives on the
-//! device and no tensor was copied to the host while it ran. Skips, saying why, where no GPU is
-//! present.
+//! device and no tensor was copied to the host while it or its backward ran. Skips, saying why,
+//! where no GPU is present.
 
 use cactus::attack::per_sample_cross_entropy;
 use cactus::backend::cuda::device_or_skip;
@@ -25,17 +25,25 @@ fn run(op: Op<'_>, inputs: &[Tensor], weights: &Tensor, device: Device) -> (Tens
         .map(|t| t.to_device(device).unwrap().requires_grad())
         .collect();
     let w = weights.to_device(device).unwrap();
-    let downloads = transfers::counts().1;
+    let downloads = transfers::thread_counts().1;
     let y = op(&leaves);
     if device == Device::Cuda {
         assert_eq!(
-            transfers::counts().1,
+            transfers::thread_counts().1,
             downloads,
             "the op copied a tensor to the host"
         );
         assert!(y.is_cuda(), "the op's result is not on the GPU");
     }
+    let downloads = transfers::thread_counts().1;
     let grads = y.mul(&w).sum().backward();
+    if device == Device::Cuda {
+        assert_eq!(
+            transfers::thread_counts().1,
+            downloads,
+            "the op's backward copied a tensor to the host"
+        );
+    }
     let g = leaves
         .iter()
         .map(|l| {
@@ -271,4 +279,194 @@ fn every_gpu_op_matches_the_cpu() {
             rng,
         );
     }
+}
+
+/// Values rounded to halves: ties for the maximum, minimum and clamp.
+fn halves(shape: &[usize], rng: &mut Rng) -> Tensor {
+    let t = Tensor::randn(shape, 0.0, 1.0, rng);
+    Tensor::from_vec(
+        t.data().iter().map(|v| (v * 2.0).round() / 2.0).collect(),
+        shape,
+    )
+}
+
+#[test]
+fn shape_general_ops_match_the_cpu() {
+    let Some(_gpu) = device_or_skip("shape_general_ops_match_the_cpu") else {
+        return;
+    };
+    let mut rng = Rng::seed(37);
+    let rng = &mut rng;
+
+    // Broadcasting binary ops: one side, both sides, a scalar, leading axes, and same shapes.
+    let pairs: [(&[usize], &[usize]); 6] = [
+        (&[5, 7, 3], &[7, 1]),
+        (&[4, 1, 6], &[1, 5, 1]),
+        (&[3, 4], &[]),
+        (&[1], &[6, 2]),
+        (&[2, 3, 1, 4, 1, 2], &[3, 4, 5, 2]),
+        (&[4, 6], &[4, 6]),
+    ];
+    for (sa, sb) in pairs {
+        let a = halves(sa, rng);
+        let b = halves(sb, rng);
+        let away = Tensor::rand_uniform(sb, 0.5, 2.0, rng);
+        type Binary = fn(&Tensor, &Tensor) -> Tensor;
+        let ops: [(&str, Binary); 5] = [
+            ("add", Tensor::add),
+            ("sub", Tensor::sub),
+            ("mul", Tensor::mul),
+            ("minimum", Tensor::minimum),
+            ("maximum", Tensor::maximum),
+        ];
+        for (name, f) in ops {
+            let name = format!("{name} {sa:?} {sb:?}");
+            check(
+                &name,
+                &|t| f(&t[0], &t[1]),
+                vec![a.clone(), b.clone()],
+                1e-5,
+                rng,
+            );
+        }
+        let name = format!("div {sa:?} {sb:?}");
+        check(
+            &name,
+            &|t| t[0].div(&t[1]),
+            vec![a.clone(), away],
+            1e-5,
+            rng,
+        );
+    }
+
+    // Matrix products, square-ish and thin.
+    for (m, k, n) in [(5, 7, 3), (1, 33, 17), (40, 2, 9)] {
+        let a = Tensor::randn(&[m, k], 0.0, 1.0, rng);
+        let b = Tensor::randn(&[k, n], 0.0, 1.0, rng);
+        check(
+            &format!("matmul {m}x{k}x{n}"),
+            &|t| t[0].matmul(&t[1]),
+            vec![a, b],
+            1e-5,
+            rng,
+        );
+    }
+
+    // Unary maps.
+    let x = halves(&[6, 5, 4], rng);
+    let positive = Tensor::rand_uniform(&[6, 5, 4], 0.1, 3.0, rng);
+    check("exp", &|t| t[0].exp(), vec![x.clone()], 1e-5, rng);
+    check("log", &|t| t[0].log(), vec![positive.clone()], 1e-5, rng);
+    check("sqrt", &|t| t[0].sqrt(), vec![positive], 1e-5, rng);
+    check(
+        "clamp",
+        &|t| t[0].clamp(-0.5, 1.0),
+        vec![x.clone()],
+        1e-6,
+        rng,
+    );
+
+    // Reductions over axes (ties for the maximum), with and without the reduced axes kept.
+    let axes: [&[isize]; 6] = [&[0], &[1], &[-1], &[0, 2], &[0, 1, 2], &[1, 2]];
+    for ax in axes {
+        for keep in [false, true] {
+            let what = format!("{ax:?} keepdim {keep}");
+            check(
+                &format!("sum_axes {what}"),
+                &|t| t[0].sum_axes(ax, keep),
+                vec![x.clone()],
+                1e-5,
+                rng,
+            );
+            check(
+                &format!("mean_axes {what}"),
+                &|t| t[0].mean_axes(ax, keep),
+                vec![x.clone()],
+                1e-5,
+                rng,
+            );
+            check(
+                &format!("max_axes {what}"),
+                &|t| t[0].max_axes(ax, keep),
+                vec![x.clone()],
+                1e-6,
+                rng,
+            );
+        }
+    }
+    let wide = Tensor::randn(&[3, 1, 700], 0.0, 1.0, rng);
+    check(
+        "sum_axes long",
+        &|t| t[0].sum_axes(&[0, 2], false),
+        vec![wide.clone()],
+        1e-5,
+        rng,
+    );
+    check(
+        "max_axes long",
+        &|t| t[0].max_axes(&[2], true),
+        vec![wide],
+        1e-6,
+        rng,
+    );
+
+    // argmax (first maximum on ties), along each axis: equal indices, on the GPU.
+    for axis in 0..3 {
+        for keep in [false, true] {
+            let cpu = x.argmax(axis, keep);
+            let gpu = x.to_device(Device::Cuda).unwrap().argmax(axis, keep);
+            assert!(gpu.is_cuda(), "argmax: the result is not on the GPU");
+            assert_eq!(gpu.shape(), cpu.shape(), "argmax {axis}: shapes");
+            assert_eq!(gpu.to_vec(), cpu.to_vec(), "argmax along {axis}");
+        }
+    }
+
+    // log-softmax, with fewer and more classes than a warp's lanes.
+    for shape in [[7, 10], [3, 45]] {
+        let z = Tensor::randn(&shape, 0.0, 3.0, rng);
+        check(
+            &format!("log_softmax {shape:?}"),
+            &|t| cactus::ops::log_softmax(&t[0]),
+            vec![z],
+            1e-5,
+            rng,
+        );
+    }
+
+    // Concatenation along inner axes; gathers with repeats and more rows than are copied one
+    // by one.
+    let p = Tensor::randn(&[3, 2, 5], 0.0, 1.0, rng);
+    let q = Tensor::randn(&[3, 4, 5], 0.0, 1.0, rng);
+    let r = Tensor::randn(&[3, 2, 1], 0.0, 1.0, rng);
+    check(
+        "concat axis 1",
+        &|t| Tensor::concat(&[&t[0], &t[1], &t[0]], 1),
+        vec![p.clone(), q],
+        1e-6,
+        rng,
+    );
+    check(
+        "concat axis 2",
+        &|t| Tensor::concat(&[&t[0], &t[1]], -1),
+        vec![p, r],
+        1e-6,
+        rng,
+    );
+    let rows = Tensor::randn(&[30, 3], 0.0, 1.0, rng);
+    let repeats = [4, 0, 4, 29, 1, 4];
+    check(
+        "index_rows with repeats",
+        &|t| t[0].index_rows(&repeats),
+        vec![rows.clone()],
+        1e-6,
+        rng,
+    );
+    let many: Vec<usize> = (0..25).map(|i| (i * 7) % 30).collect();
+    check(
+        "index_rows of 25 rows",
+        &|t| t[0].index_rows(&many),
+        vec![rows],
+        1e-6,
+        rng,
+    );
 }

@@ -1,12 +1,28 @@
 //! Element-wise ops: unary maps, scalar arithmetic, and binary ops with NumPy broadcasting.
 
 use crate::backend::cpu::parallel::{self, zip3_map, zip_map};
+use crate::backend::cuda::broadcast::MapOp;
 use crate::ops::cuda;
 use crate::tensor::shape::{broadcast_shapes, broadcast_strides, numel, strides};
 use crate::tensor::Tensor;
 
 /// A unary op whose gradient is `g * dfdx(x)` (derivatives are recomputed from the input, which
-/// is cheaper than keeping the output alive).
+/// is cheaper than keeping the output alive). `gpu`: the same map and derivative on the device,
+/// with its parameters, for an input on the GPU (the ops with kernels of their own dispatch
+/// before calling this).
+fn unary_or_gpu(
+    (name, gpu, params): (&'static str, [MapOp; 2], (f32, f32)),
+    x: &Tensor,
+    f: impl Fn(f32) -> f32 + Sync,
+    dfdx: impl Fn(f32) -> f32 + Send + Sync + 'static,
+) -> Tensor {
+    if x.is_cuda() {
+        return cuda::elementwise::unary_map(name, x, gpu, params);
+    }
+    unary(x, f, dfdx)
+}
+
+/// [`unary_or_gpu`] on the CPU.
 fn unary(
     x: &Tensor,
     f: impl Fn(f32) -> f32 + Sync,
@@ -92,14 +108,20 @@ pub(crate) fn broadcast_to(x: &Tensor, shape: &[usize]) -> Vec<f32> {
     broadcast_eval(&Tensor::zeros(shape), x, shape, |_, v| v)
 }
 
-/// A binary op with broadcasting; `da`/`db` give ∂out/∂a and ∂out/∂b at (a, b).
+/// A binary op with broadcasting; `da`/`db` give ∂out/∂a and ∂out/∂b at (a, b). `gpu` names
+/// the same op and derivatives for the device's map (`backend::cuda::broadcast`), used when an
+/// operand lives on the GPU.
 fn binary(
+    (name, gpu): (&'static str, [MapOp; 3]),
     a: &Tensor,
     b: &Tensor,
     f: impl Fn(f32, f32) -> f32 + Sync,
     da: impl Fn(f32, f32) -> f32 + Send + Sync + 'static,
     db: impl Fn(f32, f32) -> f32 + Send + Sync + 'static,
 ) -> Tensor {
+    if cuda::on_cuda(&[a, b]) {
+        return cuda::elementwise::broadcast_binary(name, a, b, gpu);
+    }
     let out_shape = broadcast_shapes(a.shape(), b.shape()).unwrap_or_else(|e| panic!("{e}"));
     let out = broadcast_eval(a, b, &out_shape, f);
     let (sa, sb) = (a.detach(), b.detach());
@@ -120,7 +142,8 @@ fn binary(
     })
 }
 
-/// Same-shape binary ops with an operand on the GPU run there (broadcasts run on host copies).
+/// Same-shape binary ops with an operand on the GPU have kernels of their own (broadcasts run
+/// through the device's shape-general map).
 fn same_shape_on_cuda(a: &Tensor, b: &Tensor) -> bool {
     a.shape() == b.shape() && cuda::on_cuda(&[a, b])
 }
@@ -130,25 +153,43 @@ impl Tensor {
         if same_shape_on_cuda(self, other) {
             return cuda::elementwise::add_scaled(self, other, 1.0);
         }
-        binary(self, other, |a, b| a + b, |_, _| 1.0, |_, _| 1.0)
+        let gpu = [MapOp::Add, MapOp::GOne, MapOp::GOne];
+        binary(
+            ("add", gpu),
+            self,
+            other,
+            |a, b| a + b,
+            |_, _| 1.0,
+            |_, _| 1.0,
+        )
     }
 
     pub fn sub(&self, other: &Tensor) -> Tensor {
         if same_shape_on_cuda(self, other) {
             return cuda::elementwise::add_scaled(self, other, -1.0);
         }
-        binary(self, other, |a, b| a - b, |_, _| 1.0, |_, _| -1.0)
+        let gpu = [MapOp::Sub, MapOp::GOne, MapOp::GNeg];
+        binary(
+            ("sub", gpu),
+            self,
+            other,
+            |a, b| a - b,
+            |_, _| 1.0,
+            |_, _| -1.0,
+        )
     }
 
     pub fn mul(&self, other: &Tensor) -> Tensor {
         if same_shape_on_cuda(self, other) {
             return cuda::elementwise::mul(self, other);
         }
-        binary(self, other, |a, b| a * b, |_, b| b, |a, _| a)
+        let gpu = [MapOp::Mul, MapOp::GMulA, MapOp::GMulB];
+        binary(("mul", gpu), self, other, |a, b| a * b, |_, b| b, |a, _| a)
     }
 
     pub fn div(&self, other: &Tensor) -> Tensor {
         binary(
+            ("div", [MapOp::Div, MapOp::GDivA, MapOp::GDivB]),
             self,
             other,
             |a, b| a / b,
@@ -160,6 +201,7 @@ impl Tensor {
     /// Element-wise minimum; on ties the gradient is split evenly (as in PyTorch).
     pub fn minimum(&self, other: &Tensor) -> Tensor {
         binary(
+            ("minimum", [MapOp::Min, MapOp::GMinA, MapOp::GMinB]),
             self,
             other,
             f32::min,
@@ -171,6 +213,7 @@ impl Tensor {
     /// Element-wise maximum; on ties the gradient is split evenly (as in PyTorch).
     pub fn maximum(&self, other: &Tensor) -> Tensor {
         binary(
+            ("maximum", [MapOp::Max, MapOp::GMaxA, MapOp::GMaxB]),
             self,
             other,
             f32::max,
@@ -211,7 +254,8 @@ impl Tensor {
     /// Clamp into [lo, hi]; the gradient passes where lo ≤ x ≤ hi.
     pub fn clamp(&self, lo: f32, hi: f32) -> Tensor {
         assert!(lo <= hi, "clamp: lo {lo} > hi {hi}");
-        unary(
+        unary_or_gpu(
+            ("clamp", [MapOp::Clamp, MapOp::GClamp], (lo, hi)),
             self,
             move |x| x.clamp(lo, hi),
             move |x| if (lo..=hi).contains(&x) { 1.0 } else { 0.0 },
@@ -219,15 +263,18 @@ impl Tensor {
     }
 
     pub fn exp(&self) -> Tensor {
-        unary(self, f32::exp, f32::exp)
+        let gpu = ("exp", [MapOp::Exp, MapOp::GExp], (0.0, 0.0));
+        unary_or_gpu(gpu, self, f32::exp, f32::exp)
     }
 
     pub fn log(&self) -> Tensor {
-        unary(self, f32::ln, |x| 1.0 / x)
+        let gpu = ("log", [MapOp::Log, MapOp::GLog], (0.0, 0.0));
+        unary_or_gpu(gpu, self, f32::ln, |x| 1.0 / x)
     }
 
     pub fn sqrt(&self) -> Tensor {
-        unary(self, f32::sqrt, |x| 0.5 / x.sqrt())
+        let gpu = ("sqrt", [MapOp::Sqrt, MapOp::GSqrt], (0.0, 0.0));
+        unary_or_gpu(gpu, self, f32::sqrt, |x| 0.5 / x.sqrt())
     }
 
     /// x^p for a constant exponent.

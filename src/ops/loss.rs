@@ -30,6 +30,9 @@ fn log_softmax_rows(x: &[f32], k: usize) -> Vec<f32> {
 /// log-softmax over the classes of each row of [batch, classes].
 pub fn log_softmax(x: &Tensor) -> Tensor {
     let (_, k) = check_logits(x);
+    if x.is_cuda() {
+        return cuda::loss::log_softmax(x);
+    }
     let out = log_softmax_rows(x.data(), k);
     let saved = Tensor::from_vec(out.clone(), x.shape());
     Tensor::from_op(out, x.shape(), &[x], move |g, _| {

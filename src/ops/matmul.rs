@@ -25,6 +25,9 @@ impl Tensor {
             self.shape(),
             other.shape()
         );
+        if cuda::on_cuda(&[self, other]) {
+            return cuda::linear::matmul_op(self, other);
+        }
         let out = product(mat(self), mat(other));
         let (a, b) = (self.detach(), other.detach());
         Tensor::from_op(

@@ -1,4 +1,5 @@
-//! Reductions along axes: sum, mean, max (with gradients) and argmax.
+//! Reductions along axes: sum, mean, max (with gradients) and argmax. On the GPU they run in
+//! `ops::cuda::reduce`.
 
 use crate::ops::elementwise::broadcast_to;
 use crate::tensor::shape::{numel, resolve_axis};
@@ -53,6 +54,21 @@ fn reduce_axes_keepdim(
     (data, shape)
 }
 
+/// The shape with `axes` (normalised) reduced to 1, and the result's shape (that, or without
+/// those axes).
+fn reduced_shapes(shape: &[usize], axes: &[usize], keepdim: bool) -> (Vec<usize>, Vec<usize>) {
+    let mut kept = shape.to_vec();
+    for &a in axes {
+        kept[a] = 1;
+    }
+    let out = if keepdim {
+        kept.clone()
+    } else {
+        drop_axes(shape, axes)
+    };
+    (kept, out)
+}
+
 fn drop_axes(shape: &[usize], axes: &[usize]) -> Vec<usize> {
     shape
         .iter()
@@ -66,6 +82,10 @@ impl Tensor {
     /// Sum over `axes` (negative axes count from the end).
     pub fn sum_axes(&self, axes: &[isize], keepdim: bool) -> Tensor {
         let axes = normalise_axes(axes, self.rank());
+        if self.is_cuda() {
+            let (kept, out_shape) = reduced_shapes(self.shape(), &axes, keepdim);
+            return crate::ops::cuda::reduce::sum_axes(self, &kept, &out_shape);
+        }
         let (data, kept) = reduce_axes_keepdim(self, &axes, 0.0, |a, b| a + b);
         let out_shape = if keepdim {
             kept.clone()
@@ -107,6 +127,10 @@ impl Tensor {
     pub fn max_axes(&self, axes: &[isize], keepdim: bool) -> Tensor {
         assert!(self.numel() > 0, "max of an empty tensor");
         let axes = normalise_axes(axes, self.rank());
+        if self.is_cuda() {
+            let (kept, out_shape) = reduced_shapes(self.shape(), &axes, keepdim);
+            return crate::ops::cuda::reduce::max_axes(self, &kept, &out_shape);
+        }
         let (data, kept) = reduce_axes_keepdim(self, &axes, f32::NEG_INFINITY, f32::max);
         let out_shape = if keepdim {
             kept.clone()
@@ -145,6 +169,15 @@ impl Tensor {
         let len = shape[a];
         let inner: usize = shape[a + 1..].iter().product();
         assert!(len > 0, "argmax over an empty axis");
+        let mut out_shape = shape.to_vec();
+        if keepdim {
+            out_shape[a] = 1;
+        } else {
+            out_shape.remove(a);
+        }
+        if self.is_cuda() {
+            return crate::ops::cuda::reduce::argmax(self, a, &out_shape);
+        }
         let d = self.data();
         let mut out = vec![0.0; outer * inner];
         for o in 0..outer {
@@ -157,12 +190,6 @@ impl Tensor {
                 }
                 out[o * inner + i] = best as f32;
             }
-        }
-        let mut out_shape = shape.to_vec();
-        if keepdim {
-            out_shape[a] = 1;
-        } else {
-            out_shape.remove(a);
         }
         debug_assert_eq!(numel(&out_shape), out.len());
         Tensor::from_vec(out, &out_shape)

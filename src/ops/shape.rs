@@ -42,16 +42,16 @@ impl Tensor {
         let inner: usize = first.shape()[a + 1..].iter().product();
         let lens: Vec<usize> = tensors.iter().map(|t| t.dim(a)).collect();
         let total: usize = lens.iter().sum();
+        let mut shape = first.shape().to_vec();
+        shape[a] = total;
+        if cuda::on_cuda(tensors) {
+            return cuda::shape::concat(tensors, a, &shape);
+        }
         let mut out = Vec::with_capacity(outer * total * inner);
         for o in 0..outer {
             for (t, &l) in tensors.iter().zip(&lens) {
                 out.extend_from_slice(&t.data()[o * l * inner..(o + 1) * l * inner]);
             }
-        }
-        let mut shape = first.shape().to_vec();
-        shape[a] = total;
-        if outer == 1 && cuda::on_cuda(tensors) {
-            return cuda::shape::concat_rows(tensors, &shape);
         }
         let in_shapes: Vec<Vec<usize>> = tensors.iter().map(|t| t.shape().to_vec()).collect();
         Tensor::from_op(out, &shape, tensors, move |g, needs| {
@@ -81,8 +81,14 @@ impl Tensor {
         assert!(self.rank() >= 1, "index_rows of a scalar");
         let rows = self.dim(0);
         let row_len = self.numel().checked_div(rows).unwrap_or(0);
-        if self.is_cuda() && indices.len() <= cuda::shape::MAX_COPIED_ROWS && distinct(indices) {
-            return cuda::shape::index_rows(self, indices);
+        if self.is_cuda() {
+            if let Some(&bad) = indices.iter().find(|&&i| i >= rows) {
+                panic!("index_rows: index {bad} out of range for {rows} rows");
+            }
+            if indices.len() <= cuda::shape::MAX_COPIED_ROWS && distinct(indices) {
+                return cuda::shape::index_rows(self, indices);
+            }
+            return cuda::shape::gather_rows(self, indices);
         }
         let d = self.data();
         let mut out = Vec::with_capacity(indices.len() * row_len);

@@ -1,7 +1,8 @@
 //! The process-wide CUDA device: one context, one stream, the compiled kernel modules.
 
 use crate::backend::cuda::buffer::BufferPool;
-use crate::backend::cuda::nvrtc::{compile_module, nvrtc_available, KernelModule};
+use crate::backend::cuda::kernel_cache;
+use crate::backend::cuda::nvrtc::{nvrtc_available, KernelModule};
 use crate::{Error, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg,
@@ -99,13 +100,15 @@ impl CudaBackend {
             match modules.get(module) {
                 Some(m) => m.clone(),
                 None => {
-                    let cubin = compile_module(KernelModule::named(module)?, &self.arch)?;
-                    let m = self
-                        .context
-                        .load_module(Ptx::from_binary(cubin))
-                        .map_err(|e| {
-                            Error::Invalid(format!("loading kernels/{module}.cu: {e:?}"))
-                        })?;
+                    let load = |cubin: Vec<u8>| {
+                        self.context
+                            .load_module(Ptx::from_binary(cubin))
+                            .map_err(|e| {
+                                Error::Invalid(format!("loading kernels/{module}.cu: {e:?}"))
+                            })
+                    };
+                    let (m, _) =
+                        kernel_cache::load_module(KernelModule::named(module)?, &self.arch, load)?;
                     modules.insert(module, m.clone());
                     m
                 }

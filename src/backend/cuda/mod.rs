@@ -6,6 +6,7 @@
 //! - `context`: the process-wide device (one context and stream), probed before use so that a
 //!   machine without a driver gets a clear error; each module compiled once and cached with its
 //!   functions.
+//! - `kernel_cache`: compiled modules kept on disk, so that later processes skip NVRTC.
 //! - `buffer`: device buffers from a caching pool, so steady-state work does not call the
 //!   driver's allocator.
 //! - one module per kernel family with its launch wrappers (see `kernels/README.md`);
@@ -15,9 +16,11 @@
 //! NVRTC) first and returns an error naming what is missing.
 
 pub mod bounds;
+pub mod broadcast;
 pub mod buffer;
 pub mod context;
 pub mod conv;
+pub mod kernel_cache;
 pub mod nvrtc;
 pub mod profile;
 pub mod prune;

@@ -106,6 +106,15 @@ pub fn nvrtc_available() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
+/// NVRTC's options for `arch`.
+pub fn compile_options(arch: &str) -> [String; 3] {
+    [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        "-lineinfo".to_string(),
+    ]
+}
+
 /// Compile `module` (its includes expanded: [`KernelModule::expanded_source`]) to a CUBIN for
 /// `arch` (`sm_90`, `sm_80`, …): ptxas runs too, so register and shared-memory errors surface
 /// here. An error carries NVRTC's log.
@@ -129,11 +138,7 @@ pub fn compile_module(module: KernelModule, arch: &str) -> Result<Vec<u8>> {
         .map_err(|_| fail("source holds a NUL byte", &"kernels must be text"))?;
     let name = CString::new(format!("{}.cu", module.name)).expect("a file name");
     let prog = result::create_program(&src, Some(&name)).map_err(|e| fail("create", &e))?;
-    let options = [
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".to_string(),
-        "-lineinfo".to_string(),
-    ];
+    let options = compile_options(arch);
     // SAFETY: `prog` is a live program created above; it is destroyed exactly once below.
     let compiled = unsafe { result::compile_program(prog, &options) };
     let log = unsafe { result::get_program_log(prog) }

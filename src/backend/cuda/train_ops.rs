@@ -4,7 +4,8 @@
 //! - element-wise ops on equal-length buffers (`add`, `mul`, `relu`, `abs`, `sign`, `scale`,
 //!   `add_scaled`) and their gradients (`ops::elementwise`); no broadcasting;
 //! - `softmax_cross_entropy`: the mean over rows of `lse − z_y`, one warp per row (classes are
-//!   few), the per-row log-sum-exp kept for the backward (`ops::loss::cross_entropy`);
+//!   few), the per-row log-sum-exp kept for the backward (`ops::loss::cross_entropy`), and
+//!   `log_softmax` with its backward (`ops::loss::log_softmax`);
 //! - batch norm (`ops::norm`, `nn::BatchNorm`): `channel_mean`, the biased `channel_var` and
 //!   their joint backward (`batch_stats_backward`), and the normalise-and-affine map
 //!   `y = x·scale + shift` (scale = γ/√(var + ε), shift = β − mean·scale) with the gradients of
@@ -534,6 +535,53 @@ pub fn softmax_cross_entropy_backward(
             dz.slice_mut()
         ]
     );
+    Ok(dz)
+}
+
+/// `(rows, classes)` as the kernels' ints, for one warp per row.
+fn warp_rows(what: &str, rows: usize, classes: usize) -> Result<(i32, i32)> {
+    let dims = (as_i32("rows", rows)?, as_i32("classes", classes)?);
+    as_i32(&format!("{what}: rows × 32 threads"), rows * 32)?;
+    Ok(dims)
+}
+
+/// The log-softmax of each row of `z` [rows, classes].
+pub fn log_softmax(z: &DeviceBuffer, rows: usize, classes: usize) -> Result<DeviceBuffer> {
+    let (rows_i, classes_i) = warp_rows("log_softmax", rows, classes)?;
+    check_len("log_softmax input", z, rows * classes)?;
+    let mut y = DeviceBuffer::uninit(z.len())?;
+    if !z.is_empty() {
+        let backend = cuda()?;
+        launch!(
+            backend,
+            "log_softmax_rows",
+            grid_1d(rows * 32),
+            [z.slice(), &rows_i, &classes_i, y.slice_mut()]
+        );
+    }
+    Ok(y)
+}
+
+/// The gradient of [`log_softmax`] for upstream `g`, from its output `y`: g − softmax·Σg per row.
+pub fn log_softmax_backward(
+    g: &DeviceBuffer,
+    y: &DeviceBuffer,
+    rows: usize,
+    classes: usize,
+) -> Result<DeviceBuffer> {
+    let (rows_i, classes_i) = warp_rows("log_softmax_backward", rows, classes)?;
+    check_len("log_softmax_backward gradient", g, rows * classes)?;
+    check_len("log_softmax_backward output", y, rows * classes)?;
+    let mut dz = DeviceBuffer::uninit(y.len())?;
+    if !y.is_empty() {
+        let backend = cuda()?;
+        launch!(
+            backend,
+            "log_softmax_rows_backward",
+            grid_1d(rows * 32),
+            [g.slice(), y.slice(), &rows_i, &classes_i, dz.slice_mut()]
+        );
+    }
     Ok(dz)
 }
 

@@ -1,10 +1,91 @@
-//! Element-wise ops on the GPU (`kernels/train.cu`): same-shape binary ops and the unary maps
-//! training uses. Broadcasting binary ops and the rarer maps run on host copies (see `mod`).
+//! Element-wise ops on the GPU: same-shape binary ops and the unary maps training uses, with
+//! kernels of their own (`kernels/train.cu`); broadcasting binary ops and the rarer maps (exp,
+//! log, sqrt, clamp) through the shape-general map of `kernels/broadcast.cu`.
 
 use super::{buf, expect, resident, tensor};
+use crate::backend::cuda::broadcast::{self as bc, MapOp, Operand, Reduce};
 use crate::backend::cuda::profile;
 use crate::backend::cuda::train_ops as k;
+use crate::backend::cuda::DeviceBuffer;
+use crate::tensor::shape::broadcast_shapes;
 use crate::tensor::Tensor;
+
+fn operand(t: &Tensor) -> Option<Operand<'_>> {
+    Some(Operand::new(buf(t), t.shape()))
+}
+
+/// `full` (of shape `from`, a gradient of a broadcast result) summed down to `to`'s shape.
+fn sum_to(full: DeviceBuffer, from: &[usize], to: &[usize]) -> Tensor {
+    if from == to {
+        return tensor(full, to);
+    }
+    let reduced = expect(
+        "broadcast gradient",
+        bc::reduce_to(&full, from, to, Reduce::Sum),
+    );
+    tensor(reduced, to)
+}
+
+/// A binary op with NumPy broadcasting: `forward(a, b)`, and the gradients `grad_a(g, a, b)` and
+/// `grad_b(g, a, b)` evaluated over the broadcast shape, then summed to each operand's shape.
+pub(crate) fn broadcast_binary(
+    name: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    [forward, grad_a, grad_b]: [MapOp; 3],
+) -> Tensor {
+    let _p = profile::scope(name);
+    let shape = broadcast_shapes(a.shape(), b.shape()).unwrap_or_else(|e| panic!("{e}"));
+    let (sa, sb) = (resident(a), resident(b));
+    let y = expect(
+        name,
+        bc::map(
+            forward,
+            &shape,
+            [None, operand(&sa), operand(&sb)],
+            (0.0, 0.0),
+        ),
+    );
+    let out_shape = shape.clone();
+    Tensor::from_device_op(y, &out_shape, &[a, b], move |g, needs| {
+        let gs = resident(g);
+        let grad = |op: MapOp, target: &Tensor| {
+            // g·1 needs no map: the gradient is g itself, summed down.
+            let full = if op == MapOp::GOne {
+                super::copy(buf(&gs))
+            } else {
+                let operands = [operand(&gs), operand(&sa), operand(&sb)];
+                expect(name, bc::map(op, &shape, operands, (0.0, 0.0)))
+            };
+            sum_to(full, &shape, target.shape())
+        };
+        vec![
+            needs[0].then(|| grad(grad_a, &sa)),
+            needs[1].then(|| grad(grad_b, &sb)),
+        ]
+    })
+}
+
+/// A unary map `forward(x; p, q)` with gradient `grad(g, x; p, q)`.
+pub(crate) fn unary_map(
+    name: &'static str,
+    x: &Tensor,
+    [forward, grad]: [MapOp; 2],
+    params: (f32, f32),
+) -> Tensor {
+    let _p = profile::scope(name);
+    let xs = resident(x);
+    let y = expect(
+        name,
+        bc::map(forward, x.shape(), [None, operand(&xs), None], params),
+    );
+    Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
+        let gs = resident(g);
+        let operands = [operand(&gs), operand(&xs), None];
+        let d = expect(name, bc::map(grad, xs.shape(), operands, params));
+        vec![Some(tensor(d, xs.shape()))]
+    })
+}
 
 pub(crate) fn relu(x: &Tensor) -> Tensor {
     let _p = profile::scope("relu");

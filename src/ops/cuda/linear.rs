@@ -1,4 +1,4 @@
-//! Fully connected layers on the GPU: plain (`kernels/gemm.cu`) and on boxes
+//! Matrix products and fully connected layers on the GPU: plain (`kernels/gemm.cu`) and on boxes
 //! (`kernels/bounds.cu`).
 
 use super::{buf, expect, filled, resident, tensor};
@@ -26,6 +26,29 @@ fn add_row_bias(y: &DeviceBuffer, bias: &DeviceBuffer, n: usize, out: usize) -> 
         spatial: 1,
     };
     expect("linear bias", batch_norm_affine(y, params, dims))
+}
+
+/// a [m, k] · b [k, n].
+pub(crate) fn matmul_op(a: &Tensor, b: &Tensor) -> Tensor {
+    let _p = profile::scope("matmul");
+    let (m, k, n) = (a.dim(0), a.dim(1), b.dim(1));
+    let (sa, sb) = (resident(a), resident(b));
+    let y = expect("matmul", matmul(buf(&sa), buf(&sb), m, n, k, false, false));
+    Tensor::from_device_op(y, &[m, n], &[a, b], move |grad, needs| {
+        let gs = resident(grad);
+        let g = buf(&gs);
+        vec![
+            // g · bᵀ and aᵀ · g
+            needs[0].then(|| {
+                let d = matmul(g, buf(&sb), m, k, n, false, true);
+                tensor(expect("matmul backward", d), &[m, k])
+            }),
+            needs[1].then(|| {
+                let d = matmul(buf(&sa), g, k, n, m, true, false);
+                tensor(expect("matmul backward", d), &[k, n])
+            }),
+        ]
+    })
 }
 
 /// x [n, in] · weightᵀ + bias.

@@ -77,3 +77,18 @@ pub(crate) fn margin_loss(logits: &Tensor, labels: &[usize]) -> Tensor {
         vec![Some(tensor(expect("margin loss backward", d), ls.shape()))]
     })
 }
+
+/// log-softmax over the classes of each row of [n, classes], on the device; the backward uses
+/// the saved output.
+pub(crate) fn log_softmax(x: &Tensor) -> Tensor {
+    let _p = profile::scope("log_softmax");
+    let (n, classes) = (x.dim(0), x.dim(1));
+    let y = expect("log_softmax", k::log_softmax(buf(&resident(x)), n, classes));
+    let saved = copy(&y);
+    let shape = x.shape().to_vec();
+    Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
+        let gs = resident(g);
+        let d = k::log_softmax_backward(buf(&gs), &saved, n, classes);
+        vec![Some(tensor(expect("log_softmax backward", d), &shape))]
+    })
+}
