@@ -2,11 +2,12 @@
 //! give the same loss, the same gradient of every parameter and the same parameters after
 //! Adam, for standard, IBP, SABR and CACTUS training (cnn7 at a reduced width on CIFAR-shaped
 //! data, and `small` on MNIST-shaped data). Then a short `Trainer` run on the GPU: it saves a
-//! checkpoint that the CPU loads and certifies like the GPU. Each test skips, saying why, where
-//! no GPU is present.
+//! checkpoint that the CPU loads and certifies like the GPU. And a steady training step (the same
+//! sizes as the step before) takes all its device memory from the buffer pool: it never calls the
+//! driver's allocator. Each test skips, saying why, where no GPU is present.
 
 use cactus::autodiff::with_no_grad;
-use cactus::backend::cuda::device_or_skip;
+use cactus::backend::cuda::{buffer, device_or_skip};
 use cactus::bounds::{certified, input_box, margin_lower_bounds, BnSource};
 use cactus::data::DatasetKind;
 use cactus::nn::{Arch, Mode, Model};
@@ -17,6 +18,17 @@ use cactus::Tensor;
 
 mod common;
 use common::assert_close;
+
+/// Taken by every test here: the buffer pool is shared by the process, so another test's
+/// allocations running beside the allocation-count test would take the buffers it reuses.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one still runs.
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// What one step produced on one device, on the host.
 struct StepResult {
@@ -236,6 +248,7 @@ fn training_steps_match_the_cpu() {
     let Some(_gpu) = device_or_skip("training_steps_match_the_cpu") else {
         return;
     };
+    let _serial = one_at_a_time();
     // Every configuration runs, so that one failure does not hide another; then the verdict.
     let mut failed = Vec::new();
     for method in [Method::Std, Method::Ibp, Method::Sabr, Method::Cactus] {
@@ -260,6 +273,7 @@ fn a_network_trained_on_the_gpu_certifies_the_same_on_the_cpu() {
     else {
         return;
     };
+    let _serial = one_at_a_time();
     let cfg = config(Arch::Small, DatasetKind::MnistMini, Method::Sabr);
     let mut rng = Rng::seed(3);
     let mut model = Model::new(cfg.model_spec(), &mut rng)
@@ -303,4 +317,65 @@ fn a_network_trained_on_the_gpu_certifies_the_same_on_the_cpu() {
         certified(&on_cpu, &y).iter().filter(|&&c| c).count(),
         y.len()
     );
+}
+
+#[test]
+fn a_steady_training_step_does_not_call_the_allocator() {
+    let Some(_gpu) = device_or_skip("a_steady_training_step_does_not_call_the_allocator") else {
+        return;
+    };
+    let _serial = one_at_a_time();
+    // The count works: a size no step uses (2^25 values) comes from the driver.
+    let before = buffer::allocations().1;
+    let fresh = cactus::backend::cuda::DeviceBuffer::uninit(1 << 25).unwrap();
+    assert_eq!(
+        buffer::allocations().1,
+        before + 1,
+        "an allocation is counted"
+    );
+    drop(fresh);
+    // Batch norm's path on cnn7 (kept cheap: the emulator runs these in CI), the attacks and
+    // the compression sets on `small`.
+    let configs = [
+        config(Arch::Cnn7, DatasetKind::Cifar10, Method::Ibp),
+        config(Arch::Small, DatasetKind::MnistMini, Method::Sabr),
+        config(Arch::Small, DatasetKind::MnistMini, Method::Cactus),
+    ];
+    for cfg in configs {
+        let what = format!("{:?} {:?} {:?}", cfg.model, cfg.dataset, cfg.method);
+        let mut rng = Rng::seed(11);
+        let model = Model::new(cfg.model_spec(), &mut rng).unwrap();
+        let mut model = model.to_device(Device::Cuda).unwrap();
+        let mut adam = Adam::new(cfg.adam());
+        let mut allocations = Vec::new();
+        // Once warm (two steps: the second can still meet sizes the first had not freed yet),
+        // steps reuse earlier buffers; new batches and random draws change no size.
+        for t in 0..4 {
+            let (x, y) = batch(&cfg, &mut rng);
+            let x = x.to_device(Device::Cuda).unwrap();
+            let before = buffer::allocations().1;
+            let phase = Phase {
+                eps: cfg.eps,
+                cert_weight: 0.5,
+            };
+            let progress = Progress {
+                step: 3 + t,
+                total_steps: 10,
+                ramp_end: 5,
+            };
+            let out = cfg
+                .batch_loss(&mut model, &x, &y, phase, progress, &mut rng)
+                .unwrap();
+            let grads = out.total.backward();
+            adam.step(&mut model.net.parameters_mut(), &grads).unwrap();
+            assert!(out.total.item().is_finite(), "{what}: loss");
+            allocations.push(buffer::allocations().1 - before);
+        }
+        eprintln!("{what}: driver allocations per step {allocations:?}");
+        assert_eq!(
+            &allocations[2..],
+            &[0, 0],
+            "{what}: a steady step called the driver's allocator"
+        );
+    }
 }

@@ -12,8 +12,8 @@
 //! shapes), then simplified before launch: axes of size 1 dropped, and adjacent axes merged where
 //! every operand's strides allow, so a kernel indexes over as few axes as the layout needs.
 
-use crate::backend::cuda::buffer::DeviceBuffer;
-use crate::backend::cuda::context::{cuda, driver_error, grid_1d};
+use crate::backend::cuda::buffer::{DeviceBuffer, DeviceVec};
+use crate::backend::cuda::context::{cuda, grid_1d};
 use crate::tensor::shape::{broadcast_shapes, broadcast_strides, numel, strides};
 use crate::{Error, Result};
 use cudarc::driver::{DeviceRepr, LaunchConfig};
@@ -372,20 +372,15 @@ pub fn copy_blocks(
 }
 
 /// Upload `values` (indices below 2³¹) as i32, one counted copy.
-fn upload_indices(what: &str, values: &[usize]) -> Result<cudarc::driver::CudaSlice<i32>> {
+fn upload_indices(what: &str, values: &[usize]) -> Result<DeviceVec<i32>> {
     let host = values
         .iter()
         .map(|&v| i32::try_from(v))
         .collect::<std::result::Result<Vec<i32>, _>>()
         .map_err(|_| Error::Invalid(format!("{what}: an index above 2^31")))?;
-    // A zero-length allocation is not allowed.
-    let host = if host.is_empty() { vec![0] } else { host };
-    let slice = cuda()?
-        .stream
-        .clone_htod(&host)
-        .map_err(|e| driver_error(what, e))?;
+    let uploaded = DeviceVec::from_host(&host)?;
     crate::tensor::transfers::count_upload();
-    Ok(slice)
+    Ok(uploaded)
 }
 
 /// Rows `index` of `x` (`rows` rows of `row` values), in that order; repeats allowed.
@@ -412,7 +407,7 @@ pub fn gather_rows(
         launch!(
             "gather_rows",
             stride_grid(n),
-            [x.slice(), &index, &k, &r, y.slice_mut()]
+            [x.slice(), index.slice(), &k, &r, y.slice_mut()]
         );
     }
     Ok(y)
@@ -458,7 +453,10 @@ pub fn scatter_rows(
         next[i] += 1;
     }
     let table = upload_indices("scatter table", &table)?;
-    let (head, sources) = (table.slice(..rows + 1), table.slice(rows + 1..));
+    let (head, sources) = (
+        table.slice().slice(..rows + 1),
+        table.slice().slice(rows + 1..table.len().max(rows + 2)),
+    );
     let (r64, w64) = (rows as i64, row as i64);
     launch!(
         "scatter_rows",

@@ -65,6 +65,9 @@ impl CudaBackend {
             ));
         }
         let context = CudaContext::new(0).map_err(|e| unavailable(format!("{e:?}")))?;
+        // SAFETY: every buffer is used on the one stream below, so no cross-stream ordering
+        // needs tracking; with tracking on, each allocation would also create two CUDA events.
+        unsafe { context.disable_event_tracking() };
         let (major, minor) = context
             .compute_capability()
             .map_err(|e| unavailable(format!("{e:?}")))?;

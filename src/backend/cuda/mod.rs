@@ -7,8 +7,8 @@
 //!   machine without a driver gets a clear error; each module compiled once and cached with its
 //!   functions.
 //! - `kernel_cache`: compiled modules kept on disk, so that later processes skip NVRTC.
-//! - `buffer`: device buffers from a caching pool, so steady-state work does not call the
-//!   driver's allocator.
+//! - `buffer`: device buffers of any element type from a caching pool, so steady-state work does
+//!   not call the driver's allocator.
 //! - one module per kernel family with its launch wrappers (see `kernels/README.md`);
 //!   `tiles`: the output tile shape of each GEMM-shaped launch.
 //!
@@ -29,7 +29,7 @@ pub mod tiles;
 pub mod train_ops;
 
 pub use bounds::LinearDims;
-pub use buffer::DeviceBuffer;
+pub use buffer::{DeviceBuffer, DeviceVec};
 pub use context::{cuda, device_or_skip, driver_available, grid_1d, CudaBackend};
 pub use nvrtc::{compile_module, nvrtc_available, KernelModule};
 pub use tiles::{KernelShapes, Tiles};

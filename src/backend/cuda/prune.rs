@@ -6,13 +6,13 @@
 //! scores on the host with the CPU's rules (`select_units`): one copy of the scores down and one
 //! of the pruned-unit flags up per call, so the masks equal the CPU's exactly too.
 
-use crate::backend::cuda::context::{cuda, driver_error, grid_1d, CudaBackend};
-use crate::backend::cuda::DeviceBuffer;
+use crate::backend::cuda::context::{cuda, grid_1d, CudaBackend};
+use crate::backend::cuda::{DeviceBuffer, DeviceVec};
 use crate::compress::prune::{
     check_ratio, count, select_units, PruneMethod, Scope, Structure, UnitReport,
 };
 use crate::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
+use cudarc::driver::{CudaView, LaunchConfig};
 
 /// One conv or linear weight on the device, in layer order.
 pub struct DeviceWeight<'a> {
@@ -21,10 +21,6 @@ pub struct DeviceWeight<'a> {
     pub shape: &'a [usize],
     /// The classifier (last linear layer): never pruned by structured methods.
     pub classifier: bool,
-}
-
-fn launch_error(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| driver_error(name, e)
 }
 
 /// Blocks for a grid-stride walk over `n` values.
@@ -73,11 +69,8 @@ pub fn prune_masks(
 }
 
 /// The state {prefix, mask, k} of a selection of the `k`-th smallest key.
-fn selection_state(backend: &CudaBackend, k: usize) -> Result<CudaSlice<u64>> {
-    backend
-        .stream
-        .clone_htod(&[0u64, 0, k as u64])
-        .map_err(launch_error("copy selection state"))
+fn selection_state(k: usize) -> Result<DeviceVec<u64>> {
+    DeviceVec::from_host(&[0u64, 0, k as u64])
 }
 
 /// Select the `k`-th smallest key over `group` (weights with their position offsets) into
@@ -85,13 +78,10 @@ fn selection_state(backend: &CudaBackend, k: usize) -> Result<CudaSlice<u64>> {
 fn radix_select(
     backend: &CudaBackend,
     group: &[(&DeviceBuffer, u64)],
-    state: &mut CudaSlice<u64>,
+    state: &mut DeviceVec<u64>,
 ) -> Result<()> {
     let histogram = backend.function("prune", "radix_histogram")?;
-    let mut hist = backend
-        .stream
-        .alloc_zeros::<u32>(256)
-        .map_err(launch_error("alloc histogram"))?;
+    let mut hist = DeviceVec::<u32>::zeros(256)?;
     for pass in 0..8i32 {
         let shift = 56 - 8 * pass;
         for &(w, offset) in group {
@@ -100,14 +90,14 @@ fn radix_select(
             b.arg(w.slice())
                 .arg(&n)
                 .arg(&offset)
-                .arg(&*state)
+                .arg(state.slice())
                 .arg(&shift)
-                .arg(&mut hist);
+                .arg(hist.slice_mut());
             // SAFETY: arguments match the kernel's signature; lengths are passed explicitly.
             unsafe { b.launch(stride_grid(w.len())) }?;
         }
         let mut b = backend.launch("prune", "radix_pick")?;
-        b.arg(&mut hist).arg(&mut *state).arg(&shift);
+        b.arg(hist.slice_mut()).arg(state.slice_mut()).arg(&shift);
         // SAFETY: as above; one thread.
         unsafe { b.launch(LaunchConfig::for_num_elems(1)) }?;
     }
@@ -117,7 +107,7 @@ fn radix_select(
 fn threshold_masks(
     backend: &CudaBackend,
     group: &[(&DeviceBuffer, u64)],
-    state: Option<&CudaSlice<u64>>,
+    state: Option<&DeviceVec<u64>>,
 ) -> Result<Vec<DeviceBuffer>> {
     let kernel = backend.function("prune", "threshold_mask")?;
     group
@@ -132,7 +122,7 @@ fn threshold_masks(
             b.arg(w.slice())
                 .arg(&n)
                 .arg(&offset)
-                .arg(state)
+                .arg(state.slice())
                 .arg(mask.slice_mut());
             // SAFETY: arguments match the kernel's signature.
             unsafe { b.launch(grid_1d(w.len())) }?;
@@ -142,11 +132,8 @@ fn threshold_masks(
 }
 
 fn ones(backend: &CudaBackend, n: usize) -> Result<DeviceBuffer> {
-    let flags = backend
-        .stream
-        .alloc_zeros::<i32>(1)
-        .map_err(launch_error("alloc"))?;
-    row_mask(backend, &flags.slice(..), n, n.max(1))
+    let flags = DeviceVec::<i32>::zeros(1)?;
+    row_mask(backend, &flags.view(), n, n.max(1))
 }
 
 fn row_mask(
@@ -193,7 +180,7 @@ fn unstructured(
             if k == 0 {
                 return threshold_masks(backend, &group, None);
             }
-            let mut state = selection_state(backend, k)?;
+            let mut state = selection_state(k)?;
             radix_select(backend, &group, &mut state)?;
             threshold_masks(backend, &group, Some(&state))
         }
@@ -205,7 +192,7 @@ fn unstructured(
                 let mut masks = if k == 0 {
                     threshold_masks(backend, &group, None)?
                 } else {
-                    let mut state = selection_state(backend, k)?;
+                    let mut state = selection_state(k)?;
                     radix_select(backend, &group, &mut state)?;
                     threshold_masks(backend, &group, Some(&state))?
                 };
@@ -233,10 +220,7 @@ fn structured(
         starts.push(starts.last().copied().unwrap_or(0) + r);
     }
     let total_rows = starts[rows.len()];
-    let mut scores = backend
-        .stream
-        .alloc_zeros::<f64>(total_rows.max(1))
-        .map_err(launch_error("alloc scores"))?;
+    let mut scores = DeviceVec::<f64>::zeros(total_rows)?;
     let kernel = backend.function("prune", "row_norms")?;
     for (t, w) in weights.iter().enumerate() {
         if w.classifier || rows[t] == 0 {
@@ -245,7 +229,7 @@ fn structured(
         let row_len = (w.values.len() / rows[t]) as i64;
         let n_rows = i32::try_from(rows[t])
             .map_err(|_| Error::Invalid(format!("{} units in one layer", rows[t])))?;
-        let mut out = scores.slice_mut(starts[t]..starts[t + 1]);
+        let mut out = scores.slice_mut().slice_mut(starts[t]..starts[t + 1]);
         let mut b = backend.launch_builder(kernel);
         b.arg(w.values.slice())
             .arg(&n_rows)
@@ -255,10 +239,7 @@ fn structured(
         // SAFETY: arguments match the kernel's signature; one thread per row, `rows` of them.
         unsafe { b.launch(grid_1d(rows[t])) }?;
     }
-    let host = backend
-        .stream
-        .clone_dtoh(&scores)
-        .map_err(launch_error("copy scores"))?;
+    let host = scores.to_host()?;
     crate::tensor::transfers::count_download();
     let per_layer: Vec<Option<Vec<f64>>> = weights
         .iter()
@@ -272,17 +253,16 @@ fn structured(
         .flatten()
         .map(|&p| i32::from(p))
         .collect();
-    let flags = backend
-        .stream
-        .clone_htod(if flags.is_empty() { &[0][..] } else { &flags })
-        .map_err(launch_error("copy unit flags"))?;
+    let flags = DeviceVec::from_host(&flags)?;
     crate::tensor::transfers::count_upload();
     let masks = weights
         .iter()
         .enumerate()
         .map(|(t, w)| {
             let row_len = w.values.len() / rows[t].max(1);
-            let layer_flags = flags.slice(starts[t]..starts[t + 1].max(starts[t] + 1));
+            let layer_flags = flags
+                .slice()
+                .slice(starts[t]..starts[t + 1].max(starts[t] + 1));
             row_mask(backend, &layer_flags, w.values.len(), row_len.max(1))
         })
         .collect::<Result<_>>()?;

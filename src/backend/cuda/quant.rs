@@ -2,16 +2,16 @@
 //! value: intN per tensor or per output channel (min/max reductions, then the parameters, the
 //! rounding and the straight-through gradient, all on the device) and the fp16 round trip.
 
-use crate::backend::cuda::context::{cuda, driver_error, grid_1d, CudaBackend};
-use crate::backend::cuda::DeviceBuffer;
+use crate::backend::cuda::context::{cuda, grid_1d, CudaBackend};
+use crate::backend::cuda::{DeviceBuffer, DeviceVec};
 use crate::compress::quant::{int_range, Granularity};
 use crate::{Error, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
 /// Scale, zero point and STE window of each channel (one for per-tensor), on the device.
 pub struct DeviceQuantParams {
     pub scale: DeviceBuffer,
-    pub zero_point: CudaSlice<i32>,
+    pub zero_point: DeviceVec<i32>,
     pub ste_lo: DeviceBuffer,
     pub ste_hi: DeviceBuffer,
     /// Values per channel (the whole tensor for per-tensor).
@@ -19,10 +19,6 @@ pub struct DeviceQuantParams {
     pub len: usize,
     pub qmin: i32,
     pub qmax: i32,
-}
-
-fn err(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| driver_error(name, e)
 }
 
 fn check_bits(bits: u8) -> Result<(i32, i32)> {
@@ -42,7 +38,7 @@ fn minmax_rows(
     hi_in: &DeviceBuffer,
     rows: usize,
     row_len: usize,
-    non_finite: &mut CudaSlice<i32>,
+    non_finite: &mut DeviceVec<i32>,
 ) -> Result<(DeviceBuffer, DeviceBuffer)> {
     let (mut lo, mut hi) = (DeviceBuffer::uninit(rows)?, DeviceBuffer::uninit(rows)?);
     let (rows_i32, row_i64) = (rows as i32, row_len as i64);
@@ -53,7 +49,7 @@ fn minmax_rows(
         .arg(&row_i64)
         .arg(lo.slice_mut())
         .arg(hi.slice_mut())
-        .arg(non_finite);
+        .arg(non_finite.slice_mut());
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (256, 1, 1),
@@ -85,7 +81,7 @@ pub fn quant_params(
         Granularity::PerChannel => (shape[0], n / shape[0]),
         Granularity::PerTensor => (1, n),
     };
-    let mut non_finite = backend.stream.alloc_zeros::<i32>(1).map_err(err("alloc"))?;
+    let mut non_finite = DeviceVec::<i32>::zeros(1)?;
     let (lo, hi) = if channels == 1 {
         // Two stages: one (min, max) per block, then over the blocks.
         let blocks = n.div_ceil(256).clamp(1, 1024);
@@ -96,7 +92,7 @@ pub fn quant_params(
             .arg(&n64)
             .arg(plo.slice_mut())
             .arg(phi.slice_mut())
-            .arg(&mut non_finite);
+            .arg(non_finite.slice_mut());
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -108,10 +104,7 @@ pub fn quant_params(
     } else {
         minmax_rows(backend, w, w, channels, row_len, &mut non_finite)?
     };
-    let flag = backend
-        .stream
-        .clone_dtoh(&non_finite)
-        .map_err(err("copy flag"))?;
+    let flag = non_finite.to_host()?;
     if flag[0] != 0 {
         return Err(Error::Invalid(
             "cannot quantize weights to integers: the tensor holds NaN or infinite values (the \
@@ -120,10 +113,7 @@ pub fn quant_params(
         ));
     }
     let mut scale = DeviceBuffer::uninit(channels)?;
-    let mut zero_point = backend
-        .stream
-        .alloc_zeros::<i32>(channels)
-        .map_err(err("alloc"))?;
+    let mut zero_point = DeviceVec::<i32>::zeros(channels)?;
     let (mut ste_lo, mut ste_hi) = (
         DeviceBuffer::uninit(channels)?,
         DeviceBuffer::uninit(channels)?,
@@ -136,7 +126,7 @@ pub fn quant_params(
         .arg(&qmin)
         .arg(&qmax)
         .arg(scale.slice_mut())
-        .arg(&mut zero_point)
+        .arg(zero_point.slice_mut())
         .arg(ste_lo.slice_mut())
         .arg(ste_hi.slice_mut());
     // SAFETY: arguments match the kernel's signature.
@@ -175,7 +165,7 @@ pub fn fake_quantize_int(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<Devi
         .arg(&n)
         .arg(&row)
         .arg(p.scale.slice())
-        .arg(&p.zero_point)
+        .arg(p.zero_point.slice())
         .arg(&p.qmin)
         .arg(&p.qmax)
         .arg(y.slice_mut());
@@ -188,23 +178,20 @@ pub fn fake_quantize_int(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<Devi
 pub fn quantize_codes(w: &DeviceBuffer, p: &DeviceQuantParams) -> Result<Vec<i8>> {
     check_len(w, p)?;
     let backend = cuda()?;
-    let mut q = backend
-        .stream
-        .alloc_zeros::<i8>(w.len())
-        .map_err(err("alloc"))?;
+    let mut q = DeviceVec::<i8>::zeros(w.len())?;
     let (n, row) = (w.len() as i64, p.row_len as i64);
     let mut b = backend.launch("quant", "quantize_int")?;
     b.arg(w.slice())
         .arg(&n)
         .arg(&row)
         .arg(p.scale.slice())
-        .arg(&p.zero_point)
+        .arg(p.zero_point.slice())
         .arg(&p.qmin)
         .arg(&p.qmax)
-        .arg(&mut q);
+        .arg(q.slice_mut());
     // SAFETY: arguments match the kernel's signature.
     unsafe { b.launch(grid_1d(w.len())) }?;
-    backend.stream.clone_dtoh(&q).map_err(err("copy codes"))
+    q.to_host()
 }
 
 /// The straight-through gradient of `fake_quantize_int` at `w`: `g` inside the window, else 0.

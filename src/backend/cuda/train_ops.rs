@@ -18,8 +18,8 @@
 //! never a panic or an out-of-bounds kernel. Labels live on the device as `DeviceLabels`,
 //! checked against the class count when uploaded.
 
-use crate::backend::cuda::buffer::DeviceBuffer;
-use crate::backend::cuda::context::{cuda, driver_error, grid_1d};
+use crate::backend::cuda::buffer::{DeviceBuffer, DeviceVec};
+use crate::backend::cuda::context::{cuda, grid_1d};
 use crate::train::{AdamConfig, WeightDecay};
 use crate::{Error, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
@@ -78,7 +78,7 @@ pub(crate) fn per_block(blocks: usize) -> Result<LaunchConfig> {
 /// Class labels on the device (`int`), each checked to lie in `0..classes` when uploaded, so
 /// that kernels indexing by label never read out of bounds.
 pub struct DeviceLabels {
-    slice: CudaSlice<i32>,
+    values: DeviceVec<i32>,
     len: usize,
     classes: usize,
 }
@@ -97,13 +97,8 @@ impl DeviceLabels {
         if host.is_empty() {
             host.push(0);
         }
-        let backend = cuda()?;
-        let slice = backend
-            .stream
-            .clone_htod(&host)
-            .map_err(|e| driver_error("copy labels to device", e))?;
         Ok(DeviceLabels {
-            slice,
+            values: DeviceVec::from_host(&host)?,
             len: labels.len(),
             classes,
         })
@@ -142,7 +137,7 @@ impl DeviceLabels {
     }
 
     pub fn slice(&self) -> &CudaSlice<i32> {
-        &self.slice
+        self.values.slice()
     }
 
     /// These labels fit `rows` samples of `classes` classes.
@@ -964,14 +959,8 @@ pub fn sum_squares(buffers: &[&DeviceBuffer]) -> Result<f64> {
     let total: usize = live.iter().map(|b| partial_blocks(b.len())).sum();
     let total_i = as_i32("partial sums", total)?;
     let backend = cuda()?;
-    let mut partial = backend
-        .stream
-        .alloc_zeros::<f64>(total)
-        .map_err(|e| driver_error("alloc", e))?;
-    let mut out = backend
-        .stream
-        .alloc_zeros::<f64>(1)
-        .map_err(|e| driver_error("alloc", e))?;
+    let mut partial = DeviceVec::<f64>::zeros(total)?;
+    let mut out = DeviceVec::<f64>::zeros(1)?;
     let mut offset = 0usize;
     for b in live {
         let blocks = partial_blocks(b.len());
@@ -981,7 +970,7 @@ pub fn sum_squares(buffers: &[&DeviceBuffer]) -> Result<f64> {
             backend,
             "sum_squares_partial",
             per_block(blocks)?,
-            [b.slice(), &n, &mut partial, &off]
+            [b.slice(), &n, partial.slice_mut(), &off]
         );
         offset += blocks;
     }
@@ -989,13 +978,9 @@ pub fn sum_squares(buffers: &[&DeviceBuffer]) -> Result<f64> {
         backend,
         "sum_doubles",
         per_block(1)?,
-        [&partial, &total_i, &mut out]
+        [partial.slice(), &total_i, out.slice_mut()]
     );
-    let host = backend
-        .stream
-        .clone_dtoh(&out)
-        .map_err(|e| driver_error("copy to host", e))?;
-    Ok(host[0])
+    Ok(out.to_host()?[0])
 }
 
 /// The global l2 norm of the buffers, as the CPU optimiser computes it (√ of the double sum).
