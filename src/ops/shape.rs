@@ -4,13 +4,6 @@ use crate::ops::cuda;
 use crate::tensor::shape::{numel, resolve_axis};
 use crate::tensor::Tensor;
 
-/// No index repeats (a gather whose backward is a plain scatter).
-fn distinct(indices: &[usize]) -> bool {
-    let mut sorted = indices.to_vec();
-    sorted.sort_unstable();
-    sorted.windows(2).all(|w| w[0] != w[1])
-}
-
 impl Tensor {
     /// The same values under a new shape with as many elements (a view: no copy).
     pub fn reshape(&self, shape: &[usize]) -> Tensor {
@@ -85,10 +78,7 @@ impl Tensor {
             if let Some(&bad) = indices.iter().find(|&&i| i >= rows) {
                 panic!("index_rows: index {bad} out of range for {rows} rows");
             }
-            if indices.len() <= cuda::shape::MAX_COPIED_ROWS && distinct(indices) {
-                return cuda::shape::index_rows(self, indices);
-            }
-            return cuda::shape::gather_rows(self, indices);
+            return cuda::shape::index_rows(self, indices);
         }
         let d = self.data();
         let mut out = Vec::with_capacity(indices.len() * row_len);

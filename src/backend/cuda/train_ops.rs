@@ -447,8 +447,7 @@ fn xent_rows(
         )));
     }
     // Sizes below 2³¹ first: then no product of them overflows.
-    let (rows_i, classes_i) = (as_i32("rows", rows)?, as_i32("classes", classes)?);
-    as_i32("rows × 32 threads", rows * 32)?;
+    let (rows_i, classes_i) = warp_rows(what, rows, classes)?;
     check_len(&format!("{what} logits"), logits, rows * classes)?;
     labels.check(what, rows, classes)?;
     let backend = cuda()?;

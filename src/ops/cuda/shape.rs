@@ -9,52 +9,49 @@ use crate::tensor::Tensor;
 
 /// Gathers of at most this many distinct rows are copies on the GPU (one copy per row, nothing
 /// uploaded); others are one gather kernel, whose indices are uploaded.
-pub(crate) const MAX_COPIED_ROWS: usize = 16;
+const MAX_COPIED_ROWS: usize = 16;
 
-/// Rows `indices` (distinct) of `x`, in that order.
+/// No index repeats (a gather whose backward is a plain scatter).
+fn distinct(indices: &[usize]) -> bool {
+    let mut sorted = indices.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).all(|w| w[0] != w[1])
+}
+
+/// Rows `indices` of `x` (each below `x.dim(0)`, checked by the caller) in that order, repeats
+/// allowed. The backward adds repeated rows' gradients in index order, as the CPU.
 pub(crate) fn index_rows(x: &Tensor, indices: &[usize]) -> Tensor {
     let _p = profile::scope("index_rows");
     let rows = x.dim(0);
     let row = x.numel().checked_div(rows).unwrap_or(0);
     let xs = resident(x);
-    let mut out = expect("index_rows", DeviceBuffer::uninit(indices.len() * row));
-    for (k, &i) in indices.iter().enumerate() {
-        assert!(i < rows, "index_rows: row {i} of {rows}");
-        expect("index_rows", out.copy_from(k * row, buf(&xs), i * row, row));
-    }
-    let mut shape = x.shape().to_vec();
-    shape[0] = indices.len();
-    let indices = indices.to_vec();
-    let in_shape = x.shape().to_vec();
-    Tensor::from_device_op(out, &shape, &[x], move |g, _| {
-        let gs = resident(g);
-        let mut d = filled(rows * row, 0.0);
+    let copies = indices.len() <= MAX_COPIED_ROWS && distinct(indices);
+    let out = if copies {
+        let mut out = expect("index_rows", DeviceBuffer::uninit(indices.len() * row));
         for (k, &i) in indices.iter().enumerate() {
-            expect(
-                "index_rows backward",
-                d.copy_from(i * row, buf(&gs), k * row, row),
-            );
+            expect("index_rows", out.copy_from(k * row, buf(&xs), i * row, row));
         }
-        vec![Some(tensor(d, &in_shape))]
-    })
-}
-
-/// Rows `indices` of `x` in that order, repeats allowed: one gather (the indices uploaded once);
-/// the backward adds repeated rows' gradients in index order, as the CPU.
-pub(crate) fn gather_rows(x: &Tensor, indices: &[usize]) -> Tensor {
-    let _p = profile::scope("index_rows");
-    let rows = x.dim(0);
-    let row = x.numel().checked_div(rows).unwrap_or(0);
-    let xs = resident(x);
-    let out = expect("index_rows", bc::gather_rows(buf(&xs), rows, row, indices));
+        out
+    } else {
+        expect("index_rows", bc::gather_rows(buf(&xs), rows, row, indices))
+    };
     let mut shape = x.shape().to_vec();
     shape[0] = indices.len();
     let indices = indices.to_vec();
     let in_shape = x.shape().to_vec();
     Tensor::from_device_op(out, &shape, &[x], move |g, _| {
+        let what = "index_rows backward";
         let gs = resident(g);
-        let d = bc::scatter_rows(buf(&gs), row, &indices, rows);
-        vec![Some(tensor(expect("index_rows backward", d), &in_shape))]
+        let d = if copies {
+            let mut d = filled(rows * row, 0.0);
+            for (k, &i) in indices.iter().enumerate() {
+                expect(what, d.copy_from(i * row, buf(&gs), k * row, row));
+            }
+            d
+        } else {
+            expect(what, bc::scatter_rows(buf(&gs), row, &indices, rows))
+        };
+        vec![Some(tensor(d, &in_shape))]
     })
 }
 
