@@ -21,6 +21,8 @@ export CACTUS_EMU_CACHE="$emulator/modules"
 # from real CUBINs in the kernel cache.
 export CACTUS_KERNEL_CACHE="$emulator/kernel-cache"
 export CACTUS_REQUIRE_CUDA=1
+# Buffers exactly as long as asked: an access past a buffer's end hits the emulator's guard page.
+export CACTUS_EXACT_BUFFERS=1
 echo "GPU parity tests on the CPU emulator ($emulator): ${tests[*]}" >&2
 cargo test --release --locked "${tests[@]}" "$@"
 # Every GEMM tile shape's entry points (the automatic choice keeps small test shapes on 64x64).

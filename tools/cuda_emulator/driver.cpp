@@ -6,6 +6,16 @@
 //
 // The device reports compute capability 9.0 and 132 multiprocessors, an H100's, so launch
 // heuristics that depend on them take the paths they take there.
+//
+// Device memory is checked as a GPU's memory checker would, within what a CPU can do cheaply:
+// - Each allocation ends flush (to 16 bytes, the widest vector access) against a page the
+//   process may not touch, so a kernel that reads or writes past the end of a buffer faults at
+//   once. The fault is reported with the kernel's name and the address, then the process ends
+//   (exit status 134). Accesses far before a buffer's start, or past its end by under 16 bytes,
+//   are not caught; a buffer pool that rounds sizes up (cactus's, unless
+//   CACTUS_EXACT_BUFFERS is set) hides overruns within the rounding.
+// - New allocations are filled with 0xFF bytes (NaN as f32, −1 as an integer), so a kernel that
+//   reads memory nobody wrote sees NaN, not the zeros fresh host pages would give.
 
 #include <cstdint>
 #include <cstdio>
@@ -15,6 +25,11 @@
 #include <string>
 
 #include <dlfcn.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <unordered_map>
 
 namespace {
 
@@ -52,11 +67,93 @@ int context_token, stream_token;
 uint64_t to_device(void* p) { return (uint64_t)(uintptr_t)p; }
 void* to_host(uint64_t p) { return (void*)(uintptr_t)p; }
 
+// The kernel running now (for the fault report), or null between launches.
+const char* volatile running_kernel = nullptr;
+
+void report_fault(int sig, siginfo_t* info, void*) {
+    const char* kernel = running_kernel;
+    if (!kernel) {
+        // Not a kernel's access: the default action (a crash, as without the emulator).
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    char message[512];
+    int n = std::snprintf(message, sizeof message,
+                          "cactus CUDA emulator: kernel %s accessed address %p, outside every "
+                          "device allocation (past the end of a buffer, or a wild pointer)\n",
+                          kernel, info->si_addr);
+    if (n > 0) (void)!write(2, message, (size_t)n);
+    _exit(134);
+}
+
+// The fault handler, and an alternate signal stack for the launching thread (a kernel's threads
+// run on fiber stacks the handler should not grow).
+void watch_faults() {
+    static std::once_flag installed;
+    std::call_once(installed, [] {
+        struct sigaction action;
+        std::memset(&action, 0, sizeof action);
+        action.sa_sigaction = report_fault;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGSEGV, &action, nullptr);
+        sigaction(SIGBUS, &action, nullptr);
+    });
+    thread_local bool has_stack = false;
+    if (!has_stack) {
+        stack_t stack;
+        stack.ss_size = 64 * 1024;
+        stack.ss_sp = std::malloc(stack.ss_size);
+        stack.ss_flags = 0;
+        if (stack.ss_sp && sigaltstack(&stack, nullptr) == 0) has_stack = true;
+    }
+}
+
+struct Mapping {
+    void* base;
+    size_t length;
+};
+std::mutex mappings_lock;
+std::unordered_map<uint64_t, Mapping> mappings;
+
+size_t page_size() {
+    static const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return page;
+}
+
 Result allocate(uint64_t* out, size_t bytes) {
-    // 256-byte aligned, like cudaMalloc; never null, even for 0 bytes.
-    void* p = std::aligned_alloc(256, ((bytes + 255) / 256 + 1) * 256);
-    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+    // The buffer's pages, then one inaccessible page; the buffer ends at the guard page
+    // (16-byte aligned; never null, even for 0 bytes).
+    const size_t page = page_size();
+    const size_t body = bytes == 0 ? 16 : (bytes + 15) / 16 * 16;
+    const size_t body_pages = (body + page - 1) / page * page;
+    const size_t length = body_pages + page;
+    void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    char* guard = static_cast<char*>(base) + body_pages;
+    if (mprotect(guard, page, PROT_NONE) != 0) {
+        munmap(base, length);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    char* p = guard - body;
+    std::memset(p, 0xff, body);
     *out = to_device(p);
+    std::lock_guard<std::mutex> hold(mappings_lock);
+    mappings[*out] = Mapping{base, length};
+    return CUDA_SUCCESS;
+}
+
+Result release(uint64_t p) {
+    Mapping m;
+    {
+        std::lock_guard<std::mutex> hold(mappings_lock);
+        auto it = mappings.find(p);
+        if (it == mappings.end()) return CUDA_ERROR_INVALID_VALUE;
+        m = it->second;
+        mappings.erase(it);
+    }
+    munmap(m.base, m.length);
     return CUDA_SUCCESS;
 }
 
@@ -192,10 +289,7 @@ int cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) { return cuEventElaps
 
 int cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) { return allocate(p, bytes); }
 int cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream) { return allocate(p, bytes); }
-int cuMemFree_v2(CUdeviceptr p) {
-    std::free(to_host(p));
-    return CUDA_SUCCESS;
-}
+int cuMemFree_v2(CUdeviceptr p) { return release(p); }
 int cuMemFreeAsync(CUdeviceptr p, CUstream) { return cuMemFree_v2(p); }
 int cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) {
     std::memset(to_host(p), v, n);
@@ -292,8 +386,12 @@ int cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned
     if (gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535) return CUDA_ERROR_INVALID_VALUE;
     const unsigned grid[3] = {gx, gy, gz}, block[3] = {bx, by, bz};
     std::lock_guard<std::mutex> guard(launch_lock);
+    watch_faults();
     const char* error = nullptr;
-    if (f->entry(grid, block, params, &error) != 0) {
+    running_kernel = f->name.c_str();
+    const int status = f->entry(grid, block, params, &error);
+    running_kernel = nullptr;
+    if (status != 0) {
         std::fprintf(stderr, "cactus CUDA emulator: kernel %s: %s\n", f->name.c_str(),
                      error ? error : "failed");
         return CUDA_ERROR_LAUNCH_FAILED;

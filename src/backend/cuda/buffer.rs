@@ -1,6 +1,7 @@
 //! Device memory: [`DeviceVec`]s (f32 tensors' [`DeviceBuffer`]s, and the integer and f64
 //! buffers of labels, indices, selection states and partial sums) drawn from a caching pool. A
-//! buffer's capacity is its length rounded up to a power of two (at least 256 values); a
+//! buffer's capacity is its length rounded up to a power of two (at least 256 values; exactly
+//! its length with `CACTUS_EXACT_BUFFERS`, for memory checking); a
 //! dropped buffer goes back to the pool's free list for its element type and capacity, so a
 //! training step that allocates the same sizes as the last one does not call the driver's
 //! allocator ([`allocations`] counts the calls).
@@ -40,9 +41,21 @@ pub fn allocations() -> (u64, u64) {
     )
 }
 
+/// `CACTUS_EXACT_BUFFERS` set (and not `0`): allocations are exactly as long as asked, so that a
+/// memory checker (the CPU emulator's guard pages) sees every access past a buffer's end; the
+/// pool still reuses buffers of equal length. Read once.
+fn exact_sizes() -> bool {
+    static EXACT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *EXACT.get_or_init(|| std::env::var_os("CACTUS_EXACT_BUFFERS").is_some_and(|v| v != "0"))
+}
+
 impl BufferPool {
     fn capacity(len: usize) -> usize {
-        len.max(256).next_power_of_two()
+        if exact_sizes() {
+            len.max(1)
+        } else {
+            len.max(256).next_power_of_two()
+        }
     }
 
     fn take<T: DeviceRepr + Send + 'static>(
