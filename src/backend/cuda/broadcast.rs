@@ -432,6 +432,9 @@ pub fn scatter_rows(
         return Err(Error::Shape(format!("scatter: row {bad} of {rows}")));
     }
     let n = rows * row;
+    if index.is_empty() {
+        return DeviceBuffer::zeros(n);
+    }
     let mut dx = DeviceBuffer::uninit(n)?;
     if n == 0 {
         return Ok(dx);
@@ -455,7 +458,7 @@ pub fn scatter_rows(
     let table = upload_indices("scatter table", &table)?;
     let (head, sources) = (
         table.slice().slice(..rows + 1),
-        table.slice().slice(rows + 1..table.len().max(rows + 2)),
+        table.slice().slice(rows + 1..table.len()),
     );
     let (r64, w64) = (rows as i64, row as i64);
     launch!(
