@@ -363,26 +363,18 @@ T __ldg(const T* p) {
     return *p;
 }
 
-inline float __int_as_float(int v) {
-    float f;
-    std::memcpy(&f, &v, 4);
-    return f;
+// The bits of `v` read as a `To` of the same size.
+template <class To, class From>
+inline To bits_as(From v) {
+    static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+    To out;
+    std::memcpy(&out, &v, sizeof out);
+    return out;
 }
-inline float __uint_as_float(unsigned v) {
-    float f;
-    std::memcpy(&f, &v, 4);
-    return f;
-}
-inline int __float_as_int(float v) {
-    int i;
-    std::memcpy(&i, &v, 4);
-    return i;
-}
-inline unsigned __float_as_uint(float v) {
-    unsigned i;
-    std::memcpy(&i, &v, 4);
-    return i;
-}
+inline float __int_as_float(int v) { return bits_as<float>(v); }
+inline float __uint_as_float(unsigned v) { return bits_as<float>(v); }
+inline int __float_as_int(float v) { return bits_as<int>(v); }
+inline unsigned __float_as_uint(float v) { return bits_as<unsigned>(v); }
 
 // Correctly rounded single-precision operations: IEEE arithmetic on the host.
 inline float __fadd_rn(float a, float b) { return a + b; }

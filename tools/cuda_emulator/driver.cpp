@@ -31,6 +31,8 @@
 
 #include <unordered_map>
 
+#include "module_image.h"
+
 namespace {
 
 enum Result {
@@ -44,8 +46,6 @@ enum Result {
     CUDA_ERROR_LAUNCH_FAILED = 719,
     CUDA_ERROR_NOT_SUPPORTED = 801,
 };
-
-const char* const MAGIC = "CACTUS-EMULATED-MODULE\n";
 
 struct Module {
     void* library;
@@ -340,8 +340,9 @@ int cuMemFreeHost(void* p) {
 
 int cuModuleLoadData(CUmodule* module, const void* image) {
     const char* text = static_cast<const char*>(image);
-    const size_t magic = std::strlen(MAGIC);
-    if (std::strncmp(text, MAGIC, magic) != 0) return CUDA_ERROR_INVALID_IMAGE;
+    const char* const marker = cactus_emu::MODULE_IMAGE_MARKER;
+    const size_t magic = std::strlen(marker);
+    if (std::strncmp(text, marker, magic) != 0) return CUDA_ERROR_INVALID_IMAGE;
     void* lib = dlopen(text + magic, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
         std::fprintf(stderr, "cactus CUDA emulator: %s\n", dlerror());

@@ -22,6 +22,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "module_image.h"
+
 #ifndef CACTUS_EMU_DIR
 #error "build with -DCACTUS_EMU_DIR=\"<folder of cuda_emulator.h>\""
 #endif
@@ -35,8 +37,6 @@ enum Result {
     NVRTC_ERROR_INVALID_PROGRAM = 4,
     NVRTC_ERROR_COMPILATION = 6,
 };
-
-const char* const MAGIC = "CACTUS-EMULATED-MODULE\n";
 
 struct Program {
     std::string source, name, log, image;
@@ -129,7 +129,7 @@ Result compile(Program& p) {
     }
     // The record: magic, library path, then each entry point as "\0name\0", as a CUBIN's
     // string table holds them.
-    p.image = std::string(MAGIC) + lib;
+    p.image = std::string(cactus_emu::MODULE_IMAGE_MARKER) + lib;
     std::istringstream names(read_all(names_file));
     for (std::string n; std::getline(names, n);) {
         p.image.push_back('\0');

@@ -15,13 +15,10 @@ fn operand(t: &Tensor) -> Option<Operand<'_>> {
 }
 
 /// `full` (of shape `from`, a gradient of a broadcast result) summed down to `to`'s shape.
-fn sum_to(full: DeviceBuffer, from: &[usize], to: &[usize]) -> Tensor {
-    if from == to {
-        return tensor(full, to);
-    }
+fn sum_to(full: &DeviceBuffer, from: &[usize], to: &[usize]) -> Tensor {
     let reduced = expect(
         "broadcast gradient",
-        bc::reduce_to(&full, from, to, Reduce::Sum),
+        bc::reduce_to(full, from, to, Reduce::Sum),
     );
     tensor(reduced, to)
 }
@@ -50,14 +47,19 @@ pub(crate) fn broadcast_binary(
     Tensor::from_device_op(y, &out_shape, &[a, b], move |g, needs| {
         let gs = resident(g);
         let grad = |op: MapOp, target: &Tensor| {
-            // g·1 needs no map: the gradient is g itself, summed down.
-            let full = if op == MapOp::GOne {
-                super::copy(buf(&gs))
-            } else {
-                let operands = [operand(&gs), operand(&sa), operand(&sb)];
-                expect(name, bc::map(op, &shape, operands, (0.0, 0.0)))
-            };
-            sum_to(full, &shape, target.shape())
+            // g·1 needs no map: the gradient is g itself, summed down where it was broadcast.
+            if op == MapOp::GOne {
+                if target.shape() == shape.as_slice() {
+                    return gs.clone();
+                }
+                return sum_to(buf(&gs), &shape, target.shape());
+            }
+            let operands = [operand(&gs), operand(&sa), operand(&sb)];
+            let full = expect(name, bc::map(op, &shape, operands, (0.0, 0.0)));
+            if target.shape() == shape.as_slice() {
+                return tensor(full, &shape);
+            }
+            sum_to(&full, &shape, target.shape())
         };
         vec![
             needs[0].then(|| grad(grad_a, &sa)),
