@@ -18,6 +18,7 @@ pub mod ops;
 pub mod rng;
 pub mod tensor;
 pub mod train;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub use tensor::{Device, Tensor};

@@ -613,6 +613,49 @@ fn conv2d() {
     }
 }
 
+/// conv2d_transpose (the convolution's adjoint, which linear bounds go back through) w.r.t. the
+/// coefficients and the weight, and its adjoint identity ⟨conv(x), a⟩ = ⟨x, convᵀ(a)⟩, over
+/// strides (including sizes a strided convolution does not cover exactly) and paddings.
+#[test]
+fn conv2d_transpose() {
+    let mut rng = rng_for("conv2d_transpose");
+    // (n, c, h, w, o, kh, kw, stride, padding)
+    let cases = [
+        (2, 2, 5, 6, 3, 3, 3, (1, 1), (0, 0)),
+        (2, 1, 6, 5, 2, 3, 3, (2, 2), (1, 1)),
+        (1, 2, 7, 7, 2, 4, 4, (2, 2), (1, 1)),
+        (2, 3, 7, 5, 2, 3, 2, (2, 1), (0, 1)),
+        (2, 2, 4, 5, 3, 1, 1, (1, 1), (0, 0)),
+    ];
+    for (n, c, h, w, o, kh, kw, stride, padding) in cases {
+        let p = Conv2dParams { stride, padding };
+        let (oh, ow) = p.output_hw(h, w, kh, kw);
+        let a = uni(&[n, o, oh, ow], -1.0, 1.0, &mut rng);
+        let wt = uni(&[o, c, kh, kw], -0.5, 0.5, &mut rng);
+        let name = format!("conv2d_transpose a{:?} w{:?} {p:?}", a.shape(), wt.shape());
+        assert_grad(
+            &name,
+            &[a.clone(), wt.clone()],
+            |v| v[0].conv2d_transpose(&v[1], p, (h, w)),
+            SMOOTH,
+        );
+        let x = uni(&[n, c, h, w], -1.0, 1.0, &mut rng);
+        let dot = |u: &Tensor, v: &Tensor| -> f64 {
+            u.data()
+                .iter()
+                .zip(v.data())
+                .map(|(&p, &q)| p as f64 * q as f64)
+                .sum()
+        };
+        let lhs = dot(&x.conv2d(&wt, None, p), &a);
+        let rhs = dot(&x, &a.conv2d_transpose(&wt, p, (h, w)));
+        assert!(
+            (lhs - rhs).abs() <= 1e-4 * (1.0 + lhs.abs()),
+            "{name}: <conv x, a> = {lhs}, <x, convT a> = {rhs}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Normalisation
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 //! 2-D convolution (NCHW), forward and both gradients, on the CPU im2col + GEMM kernels.
 
-use crate::backend::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeometry, ConvGrads};
+use crate::backend::cpu::conv::{
+    conv2d_backward, conv2d_backward_input, conv2d_forward, ConvGeometry, ConvGrads,
+};
 use crate::ops::cuda;
 use crate::tensor::Tensor;
 
@@ -81,6 +83,52 @@ impl Tensor {
                 need_bias,
             );
             grads_as_tensors(grads, &x, &w, needs.len())
+        })
+    }
+}
+
+impl Tensor {
+    /// The adjoint (transpose) of a convolution: `self` [n, o, oh, ow] through `weight`
+    /// [o, c, kh, kw] back to an input of `input_hw` = (h, w), giving [n, c, h, w]. It is the
+    /// convolution's input gradient; linear bound propagation sends coefficients back through a
+    /// convolution with it. `input_hw` settles the size a strided convolution leaves ambiguous
+    /// (input positions no output reads get 0).
+    pub fn conv2d_transpose(
+        &self,
+        weight: &Tensor,
+        params: Conv2dParams,
+        input_hw: (usize, usize),
+    ) -> Tensor {
+        assert!(
+            self.rank() == 4 && weight.rank() == 4 && self.dim(1) == weight.dim(0),
+            "conv2d_transpose: {:?} through weight {:?}",
+            self.shape(),
+            weight.shape()
+        );
+        let input = [self.dim(0), weight.dim(1), input_hw.0, input_hw.1];
+        let geo = params.geometry(&input, weight.shape());
+        assert!(
+            self.shape()[2..] == [geo.out_h(), geo.out_w()],
+            "conv2d_transpose: {:?} is not the output of a {input:?} input",
+            self.shape()
+        );
+        if cuda::on_cuda(&[self, weight]) {
+            return cuda::conv::conv2d_transpose(self, weight, &geo);
+        }
+        let out = conv2d_backward_input(weight.data(), self.data(), &geo);
+        let (a, w) = (self.detach(), weight.detach());
+        Tensor::from_op(out, &input, &[self, weight], move |g, needs| {
+            // y = Aᵀ(a; w) is linear in both: dL/da = conv(g, w), dL/dw = the weight gradient of
+            // a convolution of g whose output gradient is a.
+            let da = needs[0].then(|| {
+                let out = conv2d_forward(g.data(), w.data(), None, &geo);
+                Tensor::from_vec(out, a.shape())
+            });
+            let dw = needs[1].then(|| {
+                let grads = conv2d_backward(g.data(), w.data(), a.data(), &geo, false, true, false);
+                Tensor::from_vec(grads.weight.expect("asked for"), w.shape())
+            });
+            vec![da, dw]
         })
     }
 }

@@ -456,8 +456,41 @@ pub fn conv2d_backward(
     need_weight: bool,
     need_bias: bool,
 ) -> ConvGrads {
-    g.validate();
     check_len("x", x.len(), g.input_len());
+    backward_with(
+        Some(x),
+        weight,
+        grad_out,
+        g,
+        need_input,
+        need_weight,
+        need_bias,
+    )
+}
+
+/// The adjoint of the convolution applied to `grad_out` `[n, c_out, out_h, out_w]`: the input
+/// gradient alone, `[n, c_in, h, w]` (a transposed convolution), without an input tensor.
+pub fn conv2d_backward_input(weight: &[f32], grad_out: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let grads = backward_with(None, weight, grad_out, g, true, false, false);
+    grads.input.expect("the input gradient was asked for")
+}
+
+/// `conv2d_backward` with an optional input (needed only for the weight gradient).
+fn backward_with(
+    x: Option<&[f32]>,
+    weight: &[f32],
+    grad_out: &[f32],
+    g: &ConvGeometry,
+    need_input: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> ConvGrads {
+    g.validate();
+    assert!(
+        x.is_some() || !need_weight,
+        "the weight gradient needs the input"
+    );
+    let x = x.unwrap_or(&[]);
     check_len("weight", weight.len(), g.weight_len());
     check_len("grad_out", grad_out.len(), g.output_len());
     let ohw = g.out_h() * g.out_w();
@@ -466,7 +499,7 @@ pub fn conv2d_backward(
     let kdim = g.col_rows();
 
     let mut dx = if need_input {
-        vec![0.0f32; x.len()]
+        vec![0.0f32; g.input_len()]
     } else {
         Vec::new()
     };
@@ -500,7 +533,11 @@ pub fn conv2d_backward(
         let mut col = vec![0.0f32; if need_weight { col_len } else { 0 }];
         let mut dcol = vec![0.0f32; if need_input { col_len } else { 0 }];
         for s in first..last {
-            let x_n = &x[s * in_per..(s + 1) * in_per];
+            let x_n = if need_weight {
+                &x[s * in_per..(s + 1) * in_per]
+            } else {
+                &[]
+            };
             let g_mat = MatRef::row_major(&grad_out[s * out_per..(s + 1) * out_per], g.c_out, ohw);
             if need_bias {
                 for (db, row) in part.bias.iter_mut().zip(g_mat.data.chunks_exact(ohw)) {
@@ -699,7 +736,7 @@ pub fn interval_conv2d_backward(
     let items = 2 * g.n;
 
     let mut dx = if need_input {
-        vec![0.0f32; x.len()]
+        vec![0.0f32; 2 * g.input_len()]
     } else {
         Vec::new()
     };
@@ -739,7 +776,11 @@ pub fn interval_conv2d_backward(
         let mut dcol = vec![0.0f32; if need_input { col_len } else { 0 }];
         for s in first..last {
             let centre = s < g.n;
-            let x_n = &x[s * in_per..(s + 1) * in_per];
+            let x_n = if need_weight {
+                &x[s * in_per..(s + 1) * in_per]
+            } else {
+                &[]
+            };
             let g_mat = MatRef::row_major(&grad_out[s * out_per..(s + 1) * out_per], g.c_out, ohw);
             if need_bias && centre {
                 for (db, row) in part.bias.iter_mut().zip(g_mat.data.chunks_exact(ohw)) {

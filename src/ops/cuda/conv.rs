@@ -107,3 +107,35 @@ pub(crate) fn interval_conv2d(
     );
     device_conv("interval_conv2d", kernels, boxes, weight, bias, geo, &[2])
 }
+
+/// The adjoint of a convolution on the device: `a` [n, o, oh, ow] back to [n, c, h, w]
+/// (`Tensor::conv2d_transpose`).
+pub(crate) fn conv2d_transpose(a: &Tensor, weight: &Tensor, geo: &ConvGeometry) -> Tensor {
+    let name = "conv2d_transpose";
+    let _p = profile::scope(name);
+    let g = ConvShape::from(*geo);
+    let (as_, ws) = (resident(a), resident(weight));
+    let out = expect(
+        name,
+        kernels::conv2d_backward_input(buf(&as_), buf(&ws), &g),
+    );
+    let shape = [geo.n, geo.c_in, geo.h, geo.w];
+    Tensor::from_device_op(out, &shape, &[a, weight], move |grad, needs| {
+        let gs = resident(grad);
+        let da = needs[0].then(|| {
+            let y = expect(
+                &format!("{name} backward"),
+                kernels::conv2d_forward(buf(&gs), buf(&ws), None, &g),
+            );
+            tensor(y, as_.shape())
+        });
+        let dw = needs[1].then(|| {
+            let d = expect(
+                &format!("{name} backward"),
+                kernels::conv2d_backward_weight(buf(&gs), buf(&as_), &g),
+            );
+            tensor(d, ws.shape())
+        });
+        vec![da, dw]
+    })
+}

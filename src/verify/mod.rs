@@ -1,0 +1,158 @@
+//! Verification beyond interval bounds: CROWN linear bounds (`crown`), optimised slopes
+//! (`alpha`, α-CROWN) and β-CROWN branch and bound (`bab`), on a model viewed as a chain of
+//! affine steps and ReLUs (`net`).
+//!
+//! Every certifier answers the same question: lower bounds of `z_y − z_j` over the box
+//! `[x − ε, x + ε] ∩ [0, 1]`, one per class; a point is verified when all of them (j ≠ y) are
+//! positive. IBP is the one of `bounds::ibp`, the same code training uses.
+
+pub mod alpha;
+pub mod bab;
+pub mod crown;
+pub mod net;
+
+pub use alpha::{alpha_crown_margins, AlphaConfig};
+pub use bab::{BabConfig, BabOutcome, Verdict};
+pub use crown::{crown_margins, Intermediate, LayerBounds};
+pub use net::BoundNet;
+
+use crate::autodiff::with_no_grad;
+use crate::bounds::{enclosing_box, margin_lower_bounds, BnSource};
+use crate::nn::Model;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+
+/// A certifier, from the loosest and fastest to the tightest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Certifier {
+    /// Interval bound propagation.
+    Ibp,
+    /// CROWN on the final layer, interval bounds for the intermediate ones.
+    CrownIbp,
+    /// CROWN everywhere (intermediate bounds by CROWN where IBP leaves neurons unstable).
+    Crown,
+    /// CROWN with optimised lower slopes.
+    AlphaCrown,
+    /// β-CROWN branch and bound: complete, up to its time limit.
+    Bab,
+}
+
+impl Certifier {
+    pub const ALL: [Certifier; 5] = [
+        Certifier::Ibp,
+        Certifier::CrownIbp,
+        Certifier::Crown,
+        Certifier::AlphaCrown,
+        Certifier::Bab,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Certifier::Ibp => "ibp",
+            Certifier::CrownIbp => "crown-ibp",
+            Certifier::Crown => "crown",
+            Certifier::AlphaCrown => "alpha-crown",
+            Certifier::Bab => "bab",
+        }
+    }
+}
+
+impl fmt::Display for Certifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Certifier {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        Certifier::ALL
+            .into_iter()
+            .find(|c| c.name() == s || (s == "alpha" && *c == Certifier::AlphaCrown))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown certifier '{s}' (expected one of {})",
+                    Certifier::ALL.map(Certifier::name).join(", ")
+                ))
+            })
+    }
+}
+
+/// Settings of the certifiers.
+#[derive(Clone, Debug)]
+pub struct VerifyConfig {
+    pub alpha: AlphaConfig,
+    pub bab: BabConfig,
+    /// Bytes one batch of linear-bound coefficients may take (rows are processed in chunks
+    /// that fit).
+    pub memory_budget: usize,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            alpha: AlphaConfig::default(),
+            bab: BabConfig::default(),
+            memory_budget: 1 << 30,
+        }
+    }
+}
+
+/// The box `[x − ε, x + ε] ∩ [0, 1]` as corners `[points, ...]` on the model's device.
+pub fn input_corners(x: &Tensor, eps: f32, device: crate::Device) -> Result<(Tensor, Tensor)> {
+    let (lo, hi): (Vec<f32>, Vec<f32>) = x
+        .data()
+        .iter()
+        .map(|&v| ((v - eps).clamp(0.0, 1.0), (v + eps).clamp(0.0, 1.0)))
+        .unzip();
+    Ok((
+        Tensor::from_vec(lo, x.shape()).to_device(device)?,
+        Tensor::from_vec(hi, x.shape()).to_device(device)?,
+    ))
+}
+
+/// Margin lower bounds `[points × classes]` (row-major, 0 at j = y) of the ε-boxes around `x`
+/// by a bounding certifier (not `Bab`, which decides points: see [`bab::verify_point`]).
+pub fn margin_bounds(
+    model: &Model,
+    net: &BoundNet,
+    x: &Tensor,
+    labels: &[usize],
+    eps: f32,
+    certifier: Certifier,
+    cfg: &VerifyConfig,
+) -> Result<Vec<f32>> {
+    if labels.is_empty() {
+        return Ok(Vec::new());
+    }
+    let device = net.device;
+    let (lo, hi) = input_corners(x, eps, device)?;
+    Ok(match certifier {
+        Certifier::Ibp => with_no_grad(|| {
+            let boxes = enclosing_box(lo.data(), hi.data(), lo.shape())
+                .to_device(device)
+                .map(|b| margin_lower_bounds(model, &b, labels, BnSource::Running));
+            boxes.map(|m| m.to_vec())
+        })?,
+        Certifier::CrownIbp | Certifier::Crown => {
+            let mode = if certifier == Certifier::Crown {
+                Intermediate::Crown
+            } else {
+                Intermediate::Ibp
+            };
+            crown_margins(net, &lo, &hi, labels, mode, cfg.memory_budget).to_vec()
+        }
+        Certifier::AlphaCrown => {
+            alpha_crown_margins(net, &lo, &hi, labels, &cfg.alpha, cfg.memory_budget)
+        }
+        Certifier::Bab => {
+            return Err(Error::Invalid(
+                "branch and bound decides points; it gives no margin bounds".into(),
+            ))
+        }
+    })
+}
