@@ -246,3 +246,136 @@ fn a_network_without_a_linear_classifier_is_an_error() {
     assert!(err.to_string().contains("linear"), "{err}");
     let _ = Linear::new; // (the classifier type named in the message)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Branch and bound: completeness on tiny networks
+// ---------------------------------------------------------------------------------------------
+
+/// A 2-layer ReLU network of `hidden` units per layer on `dims` inputs ([1, 1, dims]), classes 3.
+fn tiny(dims: usize, hidden: usize, seed: u64) -> Model {
+    let mut rng = Rng::seed(seed);
+    let mut spec = ModelSpec::new(Arch::Mlp, [1, 1, dims], 3);
+    spec.width = hidden as f32 / 256.0;
+    Model::new(spec, &mut rng).unwrap()
+}
+
+/// The minimum margin `z_y − z_j` over a grid of `steps` per axis on the box, and where.
+fn grid_min(model: &Model, x: &[f32], y: usize, eps: f32, steps: usize) -> (f32, Vec<f32>) {
+    let dims = x.len();
+    let total = steps.pow(dims as u32);
+    let mut pts = Vec::with_capacity(total * dims);
+    for idx in 0..total {
+        let mut rest = idx;
+        for &v in x {
+            let t = (rest % steps) as f32 / (steps - 1) as f32;
+            rest /= steps;
+            let (lo, hi) = ((v - eps).max(0.0), (v + eps).min(1.0));
+            pts.push(lo + (hi - lo) * t);
+        }
+    }
+    let batch = Tensor::from_vec(pts.clone(), &[total, 1, 1, dims]);
+    let m = margins_at(model, &batch, &vec![y; total]);
+    let k = model.spec.num_classes;
+    let (mut best, mut at) = (f32::INFINITY, 0);
+    for (p, row) in m.chunks(k).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            if j != y && v < best {
+                best = v;
+                at = p;
+            }
+        }
+    }
+    (best, pts[at * dims..(at + 1) * dims].to_vec())
+}
+
+#[test]
+fn branch_and_bound_decides_tiny_networks_exactly() {
+    use cactus::verify::bab::verify_point;
+    use cactus::verify::Verdict;
+    let cfg = VerifyConfig::default();
+    let mut decided = [0usize; 2];
+    for (dims, hidden, steps, seed) in [
+        (2, 8, 301, 21),
+        (2, 8, 301, 22),
+        (3, 6, 41, 23),
+        (2, 8, 301, 24),
+        (3, 5, 41, 25),
+    ] {
+        let model = tiny(dims, hidden, seed);
+        let net = BoundNet::new(&model).unwrap();
+        let mut rng = Rng::seed(seed);
+        for _ in 0..5 {
+            let x: Vec<f32> = (0..dims).map(|_| 0.2 + 0.6 * rng.uniform()).collect();
+            let xt = Tensor::from_vec(x.clone(), &[1, 1, 1, dims]);
+            let y = {
+                let l = with_no_grad(|| model.forward(&xt, Mode::Eval)).to_vec();
+                (0..3).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap()
+            };
+            // The radius where the grid's minimum margin crosses 0, by bisection.
+            let (mut a, mut b) = (0.0f32, 0.5f32);
+            if grid_min(&model, &x, y, b, steps).0 > 0.0 {
+                continue; // robust on the whole range: nothing close to decide
+            }
+            for _ in 0..18 {
+                let mid = 0.5 * (a + b);
+                if grid_min(&model, &x, y, mid, steps).0 > 0.0 {
+                    a = mid;
+                } else {
+                    b = mid;
+                }
+            }
+            for (eps, robust) in [(0.99 * a, true), (1.01 * b, false)] {
+                let (gmin, _) = grid_min(&model, &x, y, eps, steps);
+                let alpha =
+                    margin_bounds(&model, &net, &xt, &[y], eps, Certifier::AlphaCrown, &cfg)
+                        .unwrap();
+                let out =
+                    verify_point(&model, &net, &xt, y, eps, None, &cfg.bab, cfg.memory_budget)
+                        .unwrap();
+                let alpha_verified = (0..3).all(|j| j == y || alpha[j] > 0.0);
+                eprintln!(
+                    "dims {dims} seed {seed} eps {eps:.5}: grid min {gmin:.5}, alpha-CROWN {}, {:?} after {} domains",
+                    if alpha_verified { "verifies" } else { "does not verify" },
+                    out.verdict, out.domains
+                );
+                match &out.verdict {
+                    Verdict::Verified => {
+                        assert!(
+                            robust && gmin > 0.0,
+                            "dims {dims} seed {seed}: verified at eps {eps} where the grid finds margin {gmin}"
+                        );
+                        decided[0] += 1;
+                    }
+                    Verdict::Falsified(cex) => {
+                        assert!(!robust, "falsified a point the grid finds robust ({gmin})");
+                        assert!(!alpha_verified, "falsified a point alpha-CROWN verified");
+                        let ct = Tensor::from_vec(cex.clone(), &[1, 1, 1, dims]);
+                        let m = margins_at(&model, &ct, &[y]);
+                        assert!(
+                            (0..3).any(|j| j != y && m[j] < 0.0),
+                            "counterexample {cex:?} has margins {m:?}"
+                        );
+                        for (c, v) in cex.iter().zip(&x) {
+                            assert!(
+                                *c >= (v - eps).max(0.0) && *c <= (v + eps).min(1.0),
+                                "counterexample outside the box"
+                            );
+                        }
+                        decided[1] += 1;
+                    }
+                    Verdict::Unknown => panic!(
+                        "dims {dims} seed {seed}: undecided at eps {eps} (grid min {gmin}), {} domains",
+                        out.domains
+                    ),
+                }
+                if alpha_verified {
+                    assert_eq!(out.verdict, Verdict::Verified);
+                }
+            }
+        }
+    }
+    assert!(
+        decided[0] >= 3 && decided[1] >= 3,
+        "too few close cases decided: {decided:?}"
+    );
+}

@@ -143,13 +143,15 @@ pub(crate) fn relax(
 /// Coefficients `a` `[rows, ...node]` and constants `bias` `[rows]` of linear functions of the
 /// node at step `from` (the input of step `from`), sent back to the network's input: returns
 /// their coefficients on the input pixels and their new constants. `relax(k, rows)` gives the
-/// relaxation of the `k`-th ReLU layer for these rows.
+/// relaxation of the `k`-th ReLU layer for these rows; `observe(k, a)`, if given, sees the
+/// coefficients `[rows, neurons]` on that layer's output (branching heuristics).
 pub(crate) fn backward(
     net: &BoundNet,
     from: usize,
     mut a: Tensor,
     mut bias: Tensor,
     relax: &mut dyn FnMut(usize) -> RowRelaxation,
+    mut observe: Option<&mut dyn FnMut(usize, &Tensor)>,
 ) -> (Tensor, Tensor) {
     let rows = a.dim(0);
     let with_rows = |shape: &[usize]| {
@@ -201,6 +203,9 @@ pub(crate) fn backward(
                     .expect("a ReLU step is in the ReLU list");
                 let r = relax(k);
                 let flat = a.reshape(&[rows, r.lower_slope.dim(1)]);
+                if let Some(f) = observe.as_deref_mut() {
+                    f(k, &flat);
+                }
                 let pos = flat.relu();
                 let neg = flat.sub(&pos);
                 bias = bias.add(&neg.mul(&r.upper_intercept).sum_axes(&[1], false));
@@ -265,7 +270,11 @@ pub(crate) fn spec_rows(
 
 /// Rows `±z_i` of a ReLU layer's input for the given (point, neuron, sign) triples, started at
 /// that node: one-hot coefficients.
-fn one_hot_rows(net: &BoundNet, k: usize, rows: &[(usize, usize, f32)]) -> (Tensor, Tensor) {
+pub(crate) fn one_hot_rows(
+    net: &BoundNet,
+    k: usize,
+    rows: &[(usize, usize, f32)],
+) -> (Tensor, Tensor) {
     let n = net.relu_size(k);
     let mut a = vec![0.0f32; rows.len() * n];
     for (r, &(_, i, s)) in rows.iter().enumerate() {
@@ -334,7 +343,7 @@ impl AlphaState {
 
 /// Slopes for `rows` rows through ReLU layers `0..layers`, initialised to CROWN's adaptive
 /// choice for each row's point, as gradient leaves.
-fn initial_slopes(
+pub(crate) fn initial_slopes(
     net: &BoundNet,
     bounds: &[LayerBounds],
     layers: usize,
@@ -478,7 +487,7 @@ impl Bounder<'_> {
                     chunk_slopes.as_ref().map(|s| &s[j]),
                 )
             };
-            let (a, bias) = backward(self.net, at, a, bias, &mut relaxer);
+            let (a, bias) = backward(self.net, at, a, bias, &mut relaxer, None);
             parts.push(concretize(&a, &bias, &self.lo, &self.hi, &point_of_row));
         }
         if parts.len() == 1 {
@@ -516,7 +525,7 @@ impl Bounder<'_> {
             )
         };
         let from = net.steps.len();
-        let (a, bias) = backward(net, from, net.on_device(a), bias, &mut relaxer);
+        let (a, bias) = backward(net, from, net.on_device(a), bias, &mut relaxer, None);
         let lower = concretize(&a, &bias, &self.lo, &self.hi, &point_of_row);
         spread_margins(&lower, labels, &js, net.classes())
     }

@@ -9,6 +9,7 @@
 pub mod alpha;
 pub mod bab;
 pub mod crown;
+pub mod lp;
 pub mod net;
 
 pub use alpha::{alpha_crown_margins, AlphaConfig};
