@@ -99,7 +99,8 @@ fn check_report(dir: &Path, n: usize, rows: usize) -> Value {
     }
     let _ = acc;
     let csv = std::fs::read_to_string(dir.join("report.csv")).unwrap();
-    assert!(csv.starts_with("compression,ratio,sparsity,format,certifier,clean,pgd,certified\n"));
+    assert!(csv
+        .starts_with("compression,ratio,sparsity,format,certifier,clean,pgd,certified,seconds\n"));
     assert_eq!(csv.lines().count(), rows + 1, "{csv}");
     let svg = std::fs::read_to_string(dir.join("report.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -552,4 +553,194 @@ fn eval_recalibrates_batch_norm_on_request() {
         "at least 1 batch",
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The certifier cascade: one row per certifier, certified accuracy growing along the cascade
+/// and bounded by PGD; the per-point file names each row, point and certifier, with bounds
+/// consistent with the verdicts; shards merge into the whole evaluation.
+#[test]
+fn eval_runs_a_certifier_cascade_with_per_point_records_and_shards() {
+    let dir = scratch("cascade");
+    let d = dir.to_str().unwrap();
+    ok(&train_args(
+        d,
+        &[
+            "--method",
+            "ibp",
+            "--epochs",
+            "1",
+            "--eps",
+            "0.02",
+            "--no-eval",
+        ],
+    ));
+    let model = format!("{d}/model.safetensors");
+    let points = format!("{d}/points.jsonl");
+    let common = [
+        "eval",
+        "--checkpoint",
+        &model,
+        "--eps",
+        "0.02",
+        "--limit",
+        "24",
+        "--batch-size",
+        "10",
+        "--prune",
+        "none,gul1",
+        "--ratios",
+        "0.5",
+        "--alpha-iters",
+        "3",
+        "--bab-timeout",
+        "2",
+        "--quiet",
+    ];
+    let mut args = common.to_vec();
+    args.extend([
+        "--certifier",
+        "ibp,crown,alpha-crown,bab",
+        "--per-point",
+        &points,
+        "--out",
+        d,
+    ]);
+    ok(&args);
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 8, "2 settings × 4 certifiers: {json}");
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["certifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(&names[..4], ["ibp", "crown", "alpha-crown", "bab"]);
+    for setting in rows.chunks(4) {
+        let cert: Vec<f64> = setting
+            .iter()
+            .map(|r| r["certified"].as_f64().unwrap())
+            .collect();
+        assert!(cert.windows(2).all(|w| w[0] <= w[1]), "{setting:?}");
+        for r in setting {
+            assert!(r["certified"].as_f64() <= r["pgd"].as_f64(), "{r}");
+            assert!(r["seconds"].as_f64().unwrap() >= 0.0);
+        }
+    }
+    let text = std::fs::read_to_string(&points).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The first certifier sees every point of every setting.
+    let ibp: Vec<&Value> = records.iter().filter(|r| r["certifier"] == "ibp").collect();
+    assert_eq!(ibp.len(), 2 * 24);
+    for r in &records {
+        let row = r["row"].as_u64().unwrap() as usize;
+        assert_eq!(rows[row]["certifier"], r["certifier"], "{r}");
+        assert_eq!(rows[row]["compression"], r["compression"], "{r}");
+        let y = r["label"].as_u64().unwrap() as usize;
+        let lower = r["lower"].as_array().unwrap();
+        assert_eq!(lower.len(), 10);
+        assert!(lower[y].is_null(), "{r}");
+        let verdict = r["verdict"].as_str().unwrap();
+        assert!(
+            ["verified", "falsified", "attacked", "unknown"].contains(&verdict),
+            "{r}"
+        );
+        if r["certifier"] != "bab" {
+            let all_positive = lower
+                .iter()
+                .enumerate()
+                .all(|(j, v)| j == y || v.as_f64().unwrap() > 0.0);
+            if verdict == "verified" {
+                assert!(all_positive, "verified with a non-positive bound: {r}");
+            }
+        }
+    }
+    // Each stronger certifier ran only on points left open before it.
+    for r in records.iter().filter(|r| r["certifier"] == "crown") {
+        let earlier = records
+            .iter()
+            .find(|e| {
+                e["certifier"] == "ibp"
+                    && e["index"] == r["index"]
+                    && e["compression"] == r["compression"]
+            })
+            .unwrap();
+        assert_eq!(earlier["verdict"], "unknown", "{r} after {earlier}");
+    }
+
+    // Three shards, merged, give the whole evaluation's report.
+    let whole = scratch("cascade-whole");
+    let mut args = common.to_vec();
+    args.extend(["--certifier", "ibp,crown", "--out", whole.to_str().unwrap()]);
+    ok(&args);
+    let mut shard_dirs = Vec::new();
+    for k in 0..3 {
+        let sd = dir.join(format!("shard{k}"));
+        let spec = format!("{k}/3");
+        let mut args = common.to_vec();
+        args.extend([
+            "--certifier",
+            "ibp,crown",
+            "--shard",
+            &spec,
+            "--out",
+            sd.to_str().unwrap(),
+        ]);
+        ok(&args);
+        shard_dirs.push(sd);
+    }
+    let merged = dir.join("merged");
+    let mut margs = vec!["merge", "--out", merged.to_str().unwrap()];
+    margs.extend(shard_dirs.iter().map(|p| p.to_str().unwrap()));
+    ok(&margs);
+    let read = |p: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("report.json")).unwrap()).unwrap()
+    };
+    let (m, w) = (read(&merged), read(&whole));
+    assert_eq!(m["n"], w["n"]);
+    for (a, b) in m["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(w["rows"].as_array().unwrap())
+    {
+        for key in ["clean", "certified"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-9, "{key}: merged {x}, whole {y}");
+        }
+    }
+    // A missing shard, a repeated one, a bad cascade and a bad shard are clear errors.
+    fails(
+        &[
+            "merge",
+            "--out",
+            d,
+            shard_dirs[0].to_str().unwrap(),
+            shard_dirs[1].to_str().unwrap(),
+        ],
+        "shard 2/3 is missing",
+    );
+    fails(
+        &[
+            "merge",
+            "--out",
+            d,
+            shard_dirs[0].to_str().unwrap(),
+            shard_dirs[0].to_str().unwrap(),
+        ],
+        "given twice",
+    );
+    fails(
+        &["eval", "--checkpoint", &model, "--certifier", "crown,ibp"],
+        "weakest to the strongest",
+    );
+    fails(
+        &["eval", "--checkpoint", &model, "--certifier", "deeppoly"],
+        "unknown certifier",
+    );
+    fails(&["eval", "--checkpoint", &model, "--shard", "3/3"], "K/N");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&whole).unwrap();
 }

@@ -7,12 +7,15 @@ use cactus::compress::quant::{Format, Granularity};
 use cactus::data::{self, DatasetKind, Split};
 use cactus::eval::grid::compressed;
 use cactus::eval::plot::accuracy_svg;
-use cactus::eval::{evaluate_grid, grid, EvalConfig, Recalibration, Report, Setting};
+use cactus::eval::{
+    evaluate_grid, grid, parse_shard, EvalConfig, PointRecord, Recalibration, Report, Setting,
+};
 use cactus::io::{load_checkpoint, save_checkpoint, save_compressed_checkpoint, write_atomic};
 use cactus::nn::{Arch, Init, Layer, Mode, Model, ModelSpec};
 use cactus::rng::Rng;
 use cactus::train::trainer::{MODEL_FILE, STATE_FILE};
 use cactus::train::{CactusConfig, CompressKind, Method, Strategy, TrainConfig, Trainer};
+use cactus::verify::Certifier;
 use cactus::{Device, Tensor};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -39,9 +42,19 @@ enum Command {
     /// With no options: CACTUS (pruning) on `small`, the embedded mnist-mini digits, ε = 0.1,
     /// then the evaluation grid.
     Train(TrainArgs),
-    /// Clean, PGD and IBP-certified accuracy of a checkpoint on a test set, for each pruning
-    /// and number format asked for; writes report.json, .csv, .md and report.svg.
+    /// Clean, PGD and certified accuracy of a checkpoint on a test set, for each pruning and
+    /// number format asked for and each certifier of --certifier; writes report.json, .csv,
+    /// .md and report.svg.
     Eval(EvalArgs),
+    /// Combine the reports of `cactus eval --shard K/N` runs (every K once) into one report.
+    Merge {
+        /// report.json files (or directories holding one) of the shards.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Directory for the merged report.json/.csv/.md/.svg.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a pruned and/or quantized copy of a checkpoint (int weights with scale and zero
     /// point, fp16 weights as F16) that `cactus eval` loads like any other.
     Compress(CompressArgs),
@@ -233,6 +246,31 @@ struct EvalArgs {
     /// Where to evaluate: cpu, or cuda (the first NVIDIA GPU; see train --help).
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
+    /// Certifiers, weakest first (ibp, crown-ibp, crown, alpha-crown, bab), as a cascade: each
+    /// runs only on the points the ones before left uncertified and PGD did not break; one
+    /// report row per certifier, counting the points it or a weaker one certified.
+    #[arg(long, value_delimiter = ',', default_value = "ibp", value_parser = parse_certifier)]
+    certifier: Vec<Certifier>,
+    /// Branch and bound's time limit per point, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    bab_timeout: f64,
+    /// α-CROWN's iterations (Adam on the slopes).
+    #[arg(long, default_value_t = 20)]
+    alpha_iters: usize,
+    /// α-CROWN's learning rate (decayed by 0.98 per iteration).
+    #[arg(long, default_value_t = 0.5)]
+    alpha_lr: f32,
+    /// Memory for one chunk of linear-bound coefficients, in MiB (rows are bounded in chunks
+    /// that fit).
+    #[arg(long, default_value_t = 1024)]
+    verify_memory: usize,
+    /// Write one JSON line per (row, point, certifier) here: lower bounds, verdict, seconds.
+    #[arg(long, value_name = "FILE.jsonl")]
+    per_point: Option<PathBuf>,
+    /// Evaluate only the K-th of N equal slices of the test points (0 ≤ K < N); `cactus merge`
+    /// combines the shards' reports.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -281,6 +319,10 @@ fn parse_granularity(s: &str) -> Result<Granularity, String> {
     s.parse().map_err(|e: cactus::Error| e.to_string())
 }
 
+fn parse_certifier(s: &str) -> Result<Certifier, String> {
+    s.parse().map_err(|e: cactus::Error| e.to_string())
+}
+
 fn parse_device(s: &str) -> Result<Device, String> {
     s.parse().map_err(|e: cactus::Error| e.to_string())
 }
@@ -319,6 +361,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             train(args, given)?;
         }
         Command::Eval(args) => eval(args)?,
+        Command::Merge { reports, out } => merge(&reports, &out)?,
         Command::Compress(args) => compress(args)?,
         Command::Init {
             model,
@@ -610,7 +653,7 @@ fn train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
     if let Some(n) = args.eval_limit {
         test_set = test_set.limit(n);
     }
-    let report = run_eval(
+    let (report, _) = run_eval(
         &trainer.model,
         &test_set,
         config.eps,
@@ -656,7 +699,7 @@ fn run_eval(
     recalibration: Option<&Recalibration<'_>>,
     checkpoint: &Path,
     quiet: bool,
-) -> Result<Report> {
+) -> Result<(Report, Vec<PointRecord>)> {
     let n = test_set.len() as u64;
     let bar = if quiet {
         ProgressBar::hidden()
@@ -675,7 +718,7 @@ fn run_eval(
         None => s.format.to_string(),
         Some(m) => format!("{m} {} {}", s.ratio, s.format),
     };
-    let rows = evaluate_grid(
+    let (rows, points) = evaluate_grid(
         model,
         test_set,
         cfg,
@@ -690,14 +733,60 @@ fn run_eval(
         },
     )?;
     bar.finish_and_clear();
-    Ok(Report {
+    let report = Report {
         checkpoint: checkpoint.display().to_string(),
         dataset: test_set.name.clone(),
         eps,
         n: test_set.len(),
         bn_recalibration_batches: recalibration.map(|r| r.batches),
+        shard: None,
         rows,
-    })
+    };
+    Ok((report, points))
+}
+
+/// `cactus merge`: the shards' reports, read and combined.
+fn merge(paths: &[PathBuf], out: &Path) -> Result<()> {
+    let reports = paths
+        .iter()
+        .map(|p| {
+            let file = if p.is_dir() {
+                p.join("report.json")
+            } else {
+                p.clone()
+            };
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            serde_json::from_str::<Report>(&text)
+                .with_context(|| format!("{}: not a cactus report", file.display()))
+        })
+        .collect::<Result<Vec<Report>>>()?;
+    let merged = Report::merge(&reports)?;
+    write_reports(&merged, out)?;
+    println!(
+        "merged {} shards: {} test points of {}, ε = {}",
+        reports.len(),
+        merged.n,
+        merged.dataset,
+        merged.eps
+    );
+    println!("{}", merged.to_table().trim_end());
+    println!("reports in {}", out.display());
+    Ok(())
+}
+
+/// One JSON object per line, written atomically.
+fn write_points(path: &Path, points: &[PointRecord]) -> Result<()> {
+    let mut text = String::new();
+    for p in points {
+        text.push_str(&serde_json::to_string(p).context("serialising a per-point record")?);
+        text.push('\n');
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_atomic(path, text.as_bytes())?;
+    Ok(())
 }
 
 fn compress(args: CompressArgs) -> Result<()> {
@@ -787,9 +876,41 @@ fn eval(args: EvalArgs) -> Result<()> {
         }
         test_set = test_set.limit(n);
     }
+    cactus::eval::check_cascade(&args.certifier)?;
+    if !(args.bab_timeout.is_finite() && args.bab_timeout > 0.0) {
+        bail!("--bab-timeout must be a positive number of seconds");
+    }
+    if !(args.alpha_lr.is_finite() && args.alpha_lr > 0.0) {
+        bail!("--alpha-lr must be positive");
+    }
+    if args.verify_memory == 0 {
+        bail!("--verify-memory must be at least 1 MiB");
+    }
+    let shard = args.shard.as_deref().map(parse_shard).transpose()?;
+    let mut index_offset = 0;
+    if let Some((k, n)) = shard {
+        let total = test_set.len();
+        let (start, end) = (k * total / n, (k + 1) * total / n);
+        if start == end {
+            bail!("--shard {k}/{n}: the slice of {total} test points is empty");
+        }
+        test_set = test_set.slice(start, end);
+        index_offset = start;
+    }
+    let mut verify = cactus::verify::VerifyConfig {
+        memory_budget: args.verify_memory.saturating_mul(1 << 20),
+        ..Default::default()
+    };
+    verify.alpha.iterations = args.alpha_iters;
+    verify.alpha.lr = args.alpha_lr;
+    verify.bab.timeout = args.bab_timeout;
     let cfg = EvalConfig {
         batch_size: args.batch_size,
         seed: args.seed,
+        certifiers: args.certifier.clone(),
+        verify,
+        per_point: args.per_point.is_some(),
+        index_offset,
         ..EvalConfig::new(eps)
     };
     check_ratios(&args.ratios, "--ratios")?;
@@ -809,7 +930,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         });
     // With the weights on the GPU every op runs there; batches follow the weights.
     let model = ckpt.model.to_device(args.device)?;
-    let report = run_eval(
+    let (mut report, points) = run_eval(
         &model,
         &test_set,
         eps,
@@ -820,6 +941,10 @@ fn eval(args: EvalArgs) -> Result<()> {
         &args.checkpoint,
         args.quiet || args.json,
     )?;
+    report.shard = args.shard.clone();
+    if let Some(path) = &args.per_point {
+        write_points(path, &points)?;
+    }
     let out = args.out.clone().unwrap_or_else(|| {
         args.checkpoint
             .parent()

@@ -62,6 +62,16 @@ impl Dataset {
     }
 
     /// Keeps the first `n` images (all of them if there are fewer), for quick runs.
+    /// Only the points `start..end` (clamped to the set), in order.
+    pub fn slice(mut self, start: usize, end: usize) -> Dataset {
+        let end = end.min(self.len());
+        let start = start.min(end);
+        let per = self.image_len();
+        self.labels = self.labels[start..end].to_vec();
+        self.images = self.images[start * per..end * per].to_vec();
+        self
+    }
+
     pub fn limit(mut self, n: usize) -> Dataset {
         if n < self.len() {
             self.labels.truncate(n);

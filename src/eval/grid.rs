@@ -1,6 +1,6 @@
 //! The paper's evaluation grid: the same network pruned with several methods and ratios and
 //! quantized to several formats, each setting evaluated like the uncompressed network (clean,
-//! PGD, IBP-certified), one report row per setting.
+//! PGD, certified), one report row per setting and certifier.
 //!
 //! A compressed network keeps the full network's batch-norm running statistics (DESIGN.md, "BN
 //! in a compression set") unless the caller asks for recalibration ([`Recalibration`]): then
@@ -12,7 +12,7 @@ use crate::autodiff::with_no_grad;
 use crate::compress::prune::{apply_masks, prune_masks, PruneMethod};
 use crate::compress::quant::{quantize_model, Format, Granularity};
 use crate::data::Dataset;
-use crate::eval::{evaluate, EvalConfig, Row};
+use crate::eval::{evaluate, EvalConfig, PointRecord, Row};
 use crate::nn::{Layer, Model};
 use crate::tensor::Tensor;
 use crate::Result;
@@ -175,7 +175,9 @@ pub fn recalibrate_bn(model: &Model, r: &Recalibration<'_>) -> Model {
 
 /// Evaluate every setting on `data`; `progress(setting index, points done in it)` after each
 /// batch. With `recalibration`, every compressed setting (not the network as it is) gets its
-/// batch-norm statistics re-estimated first.
+/// batch-norm statistics re-estimated first. One row per setting and certifier of the cascade
+/// (a certifier's row counts the points it or a weaker one certified), and the per-point
+/// records (with `cfg.per_point`), each naming its row.
 pub fn evaluate_grid(
     model: &Model,
     data: &Dataset,
@@ -184,28 +186,40 @@ pub fn evaluate_grid(
     granularity: Granularity,
     recalibration: Option<&Recalibration<'_>>,
     mut progress: impl FnMut(usize, usize),
-) -> Result<Vec<Row>> {
+) -> Result<(Vec<Row>, Vec<PointRecord>)> {
     let model = model.detached();
-    settings
-        .iter()
-        .enumerate()
-        .map(|(i, setting)| {
-            let (net, sparsity) = compressed(&model, setting, granularity)?;
-            let net = match recalibration {
-                Some(r) if *setting != Setting::NONE => recalibrate_bn(&net, r),
-                _ => net,
-            };
-            let outcomes = evaluate(&net, data, cfg, |done| progress(i, done))?;
-            Ok(Row {
+    let (mut rows, mut points) = (Vec::new(), Vec::new());
+    for (i, setting) in settings.iter().enumerate() {
+        let (net, sparsity) = compressed(&model, setting, granularity)?;
+        let net = match recalibration {
+            Some(r) if *setting != Setting::NONE => recalibrate_bn(&net, r),
+            _ => net,
+        };
+        let outcomes = evaluate(&net, data, cfg, |done| progress(i, done))?;
+        let first_row = rows.len();
+        for (k, c) in outcomes.by_certifier.iter().enumerate() {
+            rows.push(Row {
                 compression: setting.compression(),
                 ratio: setting.ratio,
                 sparsity,
                 format: setting.format.to_string(),
-                certifier: "ibp".into(),
+                certifier: c.certifier.name().into(),
                 clean: outcomes.clean_accuracy(),
                 pgd: outcomes.pgd_accuracy(),
-                certified: outcomes.certified_accuracy(),
-            })
-        })
-        .collect()
+                certified: outcomes.certified_accuracy_by(k),
+                seconds: c.seconds,
+            });
+        }
+        points.extend(outcomes.points.into_iter().map(|mut p| {
+            let k = cfg
+                .certifiers
+                .iter()
+                .position(|c| c.name() == p.certifier)
+                .expect("a record names a certifier of the cascade");
+            p.row = first_row + k;
+            p.compression = setting.compression();
+            p
+        }));
+    }
+    Ok((rows, points))
 }

@@ -19,11 +19,14 @@ pub struct Row {
     pub sparsity: f64,
     /// Weight format (`fp32`, `fp16`, `int8`, ...).
     pub format: String,
-    /// The verifier behind `certified` (`ibp`).
+    /// The verifier behind `certified` (`ibp`, `crown-ibp`, `crown`, `alpha-crown`, `bab`).
     pub certifier: String,
     pub clean: f64,
     pub pgd: f64,
     pub certified: f64,
+    /// Seconds the certifier ran on this setting.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +40,10 @@ pub struct Report {
     /// (absent: they keep the full network's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bn_recalibration_batches: Option<usize>,
+    /// `K/N`: this report covers the K-th of N slices of the test points (`cactus merge`
+    /// combines them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     pub rows: Vec<Row>,
 }
 
@@ -46,12 +53,13 @@ impl Report {
     }
 
     pub fn to_csv(&self) -> String {
-        let mut s =
-            String::from("compression,ratio,sparsity,format,certifier,clean,pgd,certified\n");
+        let mut s = String::from(
+            "compression,ratio,sparsity,format,certifier,clean,pgd,certified,seconds\n",
+        );
         for r in &self.rows {
             writeln!(
                 s,
-                "{},{},{:.4},{},{},{:.4},{:.4},{:.4}",
+                "{},{},{:.4},{},{},{:.4},{:.4},{:.4},{:.2}",
                 r.compression,
                 r.ratio,
                 r.sparsity,
@@ -59,7 +67,8 @@ impl Report {
                 r.certifier,
                 r.clean,
                 r.pgd,
-                r.certified
+                r.certified,
+                r.seconds
             )
             .expect("writing to a String");
         }
@@ -79,19 +88,22 @@ impl Report {
             )
             .expect("writing to a String");
         }
-        s.push_str("| compression | ratio | format | certifier | clean | PGD | certified |\n");
-        s.push_str("|---|---:|---|---|---:|---:|---:|\n");
+        s.push_str(
+            "| compression | ratio | format | certifier | clean | PGD | certified | seconds |\n",
+        );
+        s.push_str("|---|---:|---|---|---:|---:|---:|---:|\n");
         for r in &self.rows {
             writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
                 r.compression,
                 r.ratio,
                 r.format,
                 r.certifier,
                 100.0 * r.clean,
                 100.0 * r.pgd,
-                100.0 * r.certified
+                100.0 * r.certified,
+                r.seconds
             )
             .expect("writing to a String");
         }
@@ -101,24 +113,108 @@ impl Report {
     /// A plain-text table for the terminal.
     pub fn to_table(&self) -> String {
         let mut s = format!(
-            "{:<12} {:>6} {:<6} {:<9} {:>8} {:>8} {:>10}\n",
-            "compression", "ratio", "format", "certifier", "clean", "PGD", "certified"
+            "{:<12} {:>6} {:<6} {:<11} {:>8} {:>8} {:>10} {:>9}\n",
+            "compression", "ratio", "format", "certifier", "clean", "PGD", "certified", "seconds"
         );
         for r in &self.rows {
             writeln!(
                 s,
-                "{:<12} {:>6} {:<6} {:<9} {:>7.2}% {:>7.2}% {:>9.2}%",
+                "{:<12} {:>6} {:<6} {:<11} {:>7.2}% {:>7.2}% {:>9.2}% {:>9.1}",
                 r.compression,
                 r.ratio,
                 r.format,
                 r.certifier,
                 100.0 * r.clean,
                 100.0 * r.pgd,
-                100.0 * r.certified
+                100.0 * r.certified,
+                r.seconds
             )
             .expect("writing to a String");
         }
         s
+    }
+
+    /// Combine the shard reports `K/N` of one evaluation (every K of 0..N exactly once; same
+    /// checkpoint, data set, ε, recalibration and rows) into the report of all their points:
+    /// accuracies weighted by each shard's points, seconds summed.
+    pub fn merge(shards: &[Report]) -> crate::Result<Report> {
+        use crate::Error;
+        let first = shards
+            .first()
+            .ok_or_else(|| Error::Invalid("merge needs at least one report".into()))?;
+        let parse = |r: &Report| -> crate::Result<(usize, usize)> {
+            let s = r.shard.as_deref().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "a report of {} points has no shard (was it made with --shard K/N?)",
+                    r.n
+                ))
+            })?;
+            parse_shard(s)
+        };
+        let (_, total) = parse(first)?;
+        let mut seen = vec![false; total];
+        for r in shards {
+            let (k, n) = parse(r)?;
+            if n != total {
+                return Err(Error::Invalid(format!(
+                    "shards of {total} and of {n} slices cannot be merged"
+                )));
+            }
+            if std::mem::replace(&mut seen[k], true) {
+                return Err(Error::Invalid(format!("shard {k}/{n} is given twice")));
+            }
+            let key = |r: &Report| {
+                (
+                    r.checkpoint.clone(),
+                    r.dataset.clone(),
+                    r.eps.to_bits(),
+                    r.bn_recalibration_batches,
+                )
+            };
+            let settings = |r: &Report| -> Vec<(String, u64, String, String)> {
+                r.rows
+                    .iter()
+                    .map(|x| {
+                        let setting = (x.compression.clone(), x.ratio.to_bits());
+                        (setting.0, setting.1, x.format.clone(), x.certifier.clone())
+                    })
+                    .collect()
+            };
+            if key(r) != key(first) || settings(r) != settings(first) {
+                return Err(Error::Invalid(format!(
+                    "shard {k}/{n} is of another evaluation (checkpoint, data set, ε or rows differ)"
+                )));
+            }
+        }
+        if let Some(k) = seen.iter().position(|&s| !s) {
+            return Err(Error::Invalid(format!("shard {k}/{total} is missing")));
+        }
+        let n: usize = shards.iter().map(|r| r.n).sum();
+        let weighted = |f: &dyn Fn(&Row) -> f64, row: usize| -> f64 {
+            if n == 0 {
+                return 0.0;
+            }
+            shards
+                .iter()
+                .map(|r| f(&r.rows[row]) * r.n as f64)
+                .sum::<f64>()
+                / n as f64
+        };
+        let rows = (0..first.rows.len())
+            .map(|i| Row {
+                clean: weighted(&|r| r.clean, i),
+                pgd: weighted(&|r| r.pgd, i),
+                certified: weighted(&|r| r.certified, i),
+                seconds: shards.iter().map(|r| r.rows[i].seconds).sum(),
+                ..first.rows[i].clone()
+            })
+            .collect();
+        Ok(Report {
+            n,
+            shard: None,
+            rows,
+            ..first.clone()
+        })
     }
 
     /// Write `report.json`, `report.csv` and `report.md` into `dir` (created if missing).
@@ -128,4 +224,18 @@ impl Report {
         write_atomic(&dir.join("report.csv"), self.to_csv().as_bytes())?;
         write_atomic(&dir.join("report.md"), self.to_markdown().as_bytes())
     }
+}
+
+/// `K/N` with K < N, as (K, N).
+pub fn parse_shard(s: &str) -> crate::Result<(usize, usize)> {
+    let bad = || crate::Error::Invalid(format!("a shard is K/N with 0 ≤ K < N, got '{s}'"));
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n): (usize, usize) = (
+        k.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if k >= n {
+        return Err(bad());
+    }
+    Ok((k, n))
 }
