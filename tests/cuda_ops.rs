@@ -195,7 +195,17 @@ fn every_gpu_op_matches_the_cpu() {
         check(
             "interval_conv2d",
             &|t| t[0].interval_conv2d(&t[1], Some(&t[2]), p),
-            vec![boxes(&[n, c, h, w], rng), wt, bias],
+            vec![boxes(&[n, c, h, w], rng), wt.clone(), bias],
+            1e-4,
+            rng,
+        );
+        // The adjoint that linear bounds go back through (odd sizes: input rows no output of
+        // the strided convolution reads).
+        let (oh, ow) = p.output_hw(h, w, k, k);
+        check(
+            "conv2d_transpose",
+            &|t| t[0].conv2d_transpose(&t[1], p, (h, w)),
+            vec![Tensor::randn(&[n, o, oh, ow], 0.0, 1.0, rng), wt],
             1e-4,
             rng,
         );

@@ -329,9 +329,7 @@ fn branch_and_bound_decides_tiny_networks_exactly() {
                 let alpha =
                     margin_bounds(&model, &net, &xt, &[y], eps, Certifier::AlphaCrown, &cfg)
                         .unwrap();
-                let out =
-                    verify_point(&model, &net, &xt, y, eps, None, &cfg.bab, cfg.memory_budget)
-                        .unwrap();
+                let out = verify_point(&model, &net, &xt, y, eps, None, &cfg).unwrap();
                 let alpha_verified = (0..3).all(|j| j == y || alpha[j] > 0.0);
                 eprintln!(
                     "dims {dims} seed {seed} eps {eps:.5}: grid min {gmin:.5}, alpha-CROWN {}, {:?} after {} domains",

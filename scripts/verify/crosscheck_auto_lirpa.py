@@ -10,8 +10,12 @@ over the box [x − ε, x + ε] ∩ [0, 1] (pixels in [0, 1]). Lines are selecte
 --certifier.
 
 auto_LiRPA side: the checkpoint loaded by scripts/pytorch_model.py `load()`, wrapped as
-nn.Sequential(Normalize(mean, std), *model) so the normalisation (x − mean)/std is bounded too
-(cactus computes it as x·(1/std) + (−mean/std): a few ulps apart), BoundedModule in eval mode,
+nn.Sequential(normalisation, *model) so the normalisation is bounded too: by default
+(--normalize conv) a 1×1 convolution x·f32(1/std) + f32(−mean/std), which is how cactus computes
+it and which auto_LiRPA handles in every method in patches mode; --normalize subdiv writes it as
+(x − mean)/std (a few ulps apart; alpha-CROWN in patches mode crashes on it). conv_mode patches
+(default, auto_LiRPA's own; about 10× faster than matrix on `small`, same bounds to float
+rounding) or matrix (--conv-mode). BoundedModule in eval mode,
 PerturbationLpNorm(norm=inf, x_L=clamp(x − ε, 0, 1), x_U=clamp(x + ε, 0, 1)), specification
 matrix C with rows e_y − e_j for j ≠ y (N × (K−1) × K), lower bounds only (bound_upper=False):
     --method crown        compute_bounds(method="CROWN"): CROWN intermediates and final
@@ -25,7 +29,8 @@ that IBP, propagated from the already-tightened previous layer, proves stable ke
 bound; the rest get CROWN bounds, not max'ed with IBP; the unstable set is the union over the
 batch, so a point's bounds can depend a little on its batch peers). --dense-intermediate turns
 that off (pure CROWN for every intermediate neuron); --compare-ibp makes auto_LiRPA take
-max(CROWN, IBP) / min(CROWN, IBP) for every intermediate neuron and for the final margins.
+max(CROWN, IBP) / min(CROWN, IBP) for every intermediate neuron and for the final margins (IBP
+one step from the already-tightened bounds of the layer before).
 
 Comparison, per point and per j ≠ y where both sides have a number:
     abs = |cactus − lirpa|,  rel = abs / max(1, |lirpa|)
@@ -53,8 +58,8 @@ Usage (bash scripts/verify/crosscheck_auto_lirpa.sh runs it in the auto_LiRPA ve
     crosscheck_auto_lirpa.py --checkpoint out/x/model.safetensors --per-point pp.jsonl \\
         --eps 0.1 [--dataset mnist-mini | --dataset fashion-mnist --data DIR] \\
         [--row 0] [--certifier crown] [--method crown|crown-ibp|alpha-crown] [--batch 20] \\
-        [--limit N] [--conv-mode patches|matrix] [--alpha-iters 20] [--alpha-lr 0.5] \\
-        [--tolerance 1e-4] [--alpha-tolerance 1e-3] [--threads T] [--device cpu|cuda] \\
+        [--limit N] [--conv-mode patches|matrix] [--normalize conv|subdiv] [--alpha-iters 20] \\
+        [--alpha-lr 0.5] [--tolerance 1e-4] [--alpha-tolerance 1e-3] [--threads T] [--device cpu|cuda] \\
         [--show 5] [--write-reference OUT.jsonl] [--dense-intermediate] [--compare-ibp]
 """
 import argparse
@@ -180,10 +185,12 @@ def read_per_point(path, row, certifier):
 
 # ---------------------------------------------------------------------------------- model
 class Normalize(nn.Module):
-    """(x − mean)/std per channel. The constants are 1×C×1×1: auto_LiRPA's patches mode (its
-    BoundDiv/BoundMul by a constant) asserts a 4-d constant and fails on C×1×1; with 1×C×1×1 it
-    only warns that the constant "has batch dimension" (harmless here: it broadcasts), which
-    is silenced below."""
+    """(x − mean)/std per channel, written as that (--normalize subdiv). The constants are
+    1×C×1×1: auto_LiRPA's patches mode (BoundDiv/BoundMul by a constant) asserts a 4-d constant
+    and fails on C×1×1; with 1×C×1×1 it only warns that the constant "has batch dimension"
+    (harmless: it broadcasts; silenced above). alpha-CROWN in patches mode still fails on this
+    form (a shape error in concretize_bounds.add_b; matrix mode untested, too slow): use
+    --normalize conv."""
     def __init__(self, mean, std):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -193,7 +200,24 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def build_model(checkpoint):
+def normalize_conv(mean, std):
+    """The normalisation as cactus computes it, x·scale + shift with scale = f32(1/std) and
+    shift = f32(−mean/std) (src/nn/models.rs Normalization::affine), as a 1×1 C→C convolution
+    with a diagonal weight (the off-diagonal zeros add exactly). auto_LiRPA bounds this with
+    CROWN, CROWN-IBP and alpha-CROWN in patches mode and CROWN, CROWN-IBP in matrix mode
+    (--normalize conv, the default)."""
+    std_t = torch.tensor(std, dtype=torch.float32)
+    mean_t = torch.tensor(mean, dtype=torch.float32)
+    c = len(std)
+    conv = nn.Conv2d(c, c, 1, bias=True)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight.view(c, c)[range(c), range(c)] = 1.0 / std_t
+        conv.bias.copy_(-mean_t / std_t)
+    return conv
+
+
+def build_model(checkpoint, how):
     if not Path(checkpoint).is_file():
         die(f"checkpoint {checkpoint} not found")
     try:
@@ -201,7 +225,10 @@ def build_model(checkpoint):
     except Exception as e:  # noqa: BLE001 (any failure: say which file)
         die(f"cannot load checkpoint {checkpoint}: {type(e).__name__}: {e}")
     norm = spec.get("normalization")
-    layers = [Normalize(norm["mean"], norm["std"])] if norm else []
+    layers = []
+    if norm:
+        layers = [normalize_conv(norm["mean"], norm["std"]) if how == "conv"
+                  else Normalize(norm["mean"], norm["std"])]
     net = nn.Sequential(*layers, *model)
     net.eval()
     return net, spec
@@ -265,6 +292,8 @@ def run_lirpa(net, x, y, eps, args, k):
         dt = time.perf_counter() - t0
         elapsed += dt
         per_batch.append((len(yb), dt))
+        if args.verbose:
+            print(f"  batch {s}..{s + len(yb) - 1}: {dt:.3f} s", flush=True)
         lower[s:s + len(yb)].scatter_(1, others, lb.detach().double().cpu())
     return lower, setup, elapsed, per_batch
 
@@ -413,6 +442,9 @@ def main():
     ap.add_argument("--conv-mode", choices=["matrix", "patches"], default="patches",
                     help="auto_LiRPA conv_mode (default patches, its own default: about 10× "
                          "faster than matrix on small; the two agree to float rounding)")
+    ap.add_argument("--normalize", choices=["conv", "subdiv"], default="conv",
+                    help="how the normalisation layer is written: conv (default) = 1×1 conv "
+                         "x·(1/std) + (−mean/std) as cactus computes it; subdiv = (x − mean)/std")
     ap.add_argument("--dense-intermediate", action="store_true",
                     help="sparse_intermediate_bounds=False: CROWN for every intermediate neuron")
     ap.add_argument("--compare-ibp", action="store_true",
@@ -430,6 +462,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="torch threads (default all cores)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--verbose", action="store_true", help="print each batch's time")
     ap.add_argument("--show", type=int, default=5, help="print the N worst points (default 5)")
     ap.add_argument("--write-reference", metavar="OUT.jsonl", default=None,
                     help="write auto_LiRPA's bounds in cactus's per-point format")
@@ -454,7 +487,7 @@ def main():
         die("--device cuda but torch sees no GPU")
     torch.set_num_threads(args.threads)
 
-    net, spec = build_model(args.checkpoint)
+    net, spec = build_model(args.checkpoint, args.normalize)
     k = int(spec.get("num_classes", 10))
     x_all, y_all = load_test_split(args.dataset, args.data)
     if list(x_all.shape[1:]) != list(spec.get("input_shape", x_all.shape[1:])):
@@ -496,7 +529,7 @@ def main():
           f"{torch.get_num_threads()} threads; {METHODS[args.method]}"
           + (f" ({args.alpha_iters} iterations, lr {args.alpha_lr})"
              if args.method == "alpha-crown" else "")
-          + f", conv_mode {args.conv_mode}"
+          + f", conv_mode {args.conv_mode}, normalize {args.normalize}"
           + (", dense intermediate bounds" if args.dense_intermediate else "")
           + (", max with IBP" if args.compare_ibp else "")
           + f"; {args.checkpoint} ({spec.get('arch')}), {args.dataset}, eps {args.eps}, "

@@ -276,16 +276,7 @@ fn evaluate_batch(
                 for (t, &i) in todo.iter().enumerate() {
                     let one = Instant::now();
                     let xi = autodiff::with_no_grad(|| x.index_rows(&[i]));
-                    let out = verify_point(
-                        model,
-                        net,
-                        &xi,
-                        y[i],
-                        cfg.eps,
-                        None,
-                        &cfg.verify.bab,
-                        cfg.verify.memory_budget,
-                    )?;
+                    let out = verify_point(model, net, &xi, y[i], cfg.eps, None, &cfg.verify)?;
                     seconds_each[t] = one.elapsed().as_secs_f64();
                     lowers[t] = Some(out.lower);
                     verdicts[t] = Some(out.verdict);

@@ -526,6 +526,7 @@ mod tests {
             eps: 0.03,
             n: 1000,
             bn_recalibration_batches: None,
+            shard: None,
             rows,
         }
     }

@@ -11,11 +11,23 @@ fn reduce_axis(
     shape: &[usize],
     axis: usize,
     init: f32,
-    combine: impl Fn(f32, f32) -> f32,
+    combine: impl Fn(f32, f32) -> f32 + Sync + Send,
 ) -> Vec<f32> {
     let outer: usize = shape[..axis].iter().product();
     let len = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
+    if inner == 1 && len > 0 {
+        // The last axis: a fold over each contiguous row, in the same order as below, rows in
+        // parallel when there is enough work (each output is one row's, so the result does not
+        // depend on the split).
+        let row = |r: &[f32]| r.iter().fold(init, |acc, &v| combine(acc, v));
+        return if outer * len >= 1 << 16 {
+            use rayon::prelude::*;
+            data.par_chunks(len).map(row).collect()
+        } else {
+            data.chunks(len).map(row).collect()
+        };
+    }
     let mut out = vec![init; outer * inner];
     for o in 0..outer {
         let dst = &mut out[o * inner..(o + 1) * inner];
@@ -43,7 +55,7 @@ fn reduce_axes_keepdim(
     x: &Tensor,
     axes: &[usize],
     init: f32,
-    combine: impl Fn(f32, f32) -> f32 + Copy,
+    combine: impl Fn(f32, f32) -> f32 + Copy + Sync + Send,
 ) -> (Vec<f32>, Vec<usize>) {
     let mut shape = x.shape().to_vec();
     let mut data = x.to_vec();

@@ -19,7 +19,7 @@
 
 use super::alpha::ProjectedAdam;
 use super::crown::{
-    backward, concretize, initial_slopes, one_hot_rows, relax, Bounder, Intermediate, LayerBounds,
+    backward, concretize, initial_slopes, relax, start_rows, Bounder, Intermediate, LayerBounds,
     Stability,
 };
 use super::lp::{self, Lp};
@@ -111,9 +111,9 @@ struct Search<'a> {
     domains: usize,
 }
 
-/// Decide one point `x` `[1, c, h, w]` with label `label` over the ε-box. `known` holds lower
-/// bounds already proven (e.g. by α-CROWN, 0 at j = y), so that proved specifications are
-/// skipped.
+/// Decide one point `x` `[1, c, h, w]` with label `label` over the ε-box (settings from
+/// `cfg.bab`, memory from `cfg.memory_budget`). `known` holds lower bounds already proven (e.g.
+/// by α-CROWN, 0 at j = y), so that proved specifications are skipped.
 pub fn verify_point(
     model: &Model,
     net: &BoundNet,
@@ -121,9 +121,10 @@ pub fn verify_point(
     label: usize,
     eps: f32,
     known: Option<&[f32]>,
-    cfg: &BabConfig,
-    budget: usize,
+    cfg: &super::VerifyConfig,
 ) -> Result<BabOutcome> {
+    let budget = cfg.memory_budget;
+    let cfg = &cfg.bab;
     let start = Instant::now();
     let (lo, hi) = super::input_corners(x, eps, net.device)?;
     let root = with_no_grad(|| {
@@ -300,7 +301,7 @@ impl Search<'_> {
         let spec_b = spec_b.index_rows(&vec![0; d]).reshape(&[d]);
         // Split signs s (+1 inactive, −1 active) per layer, and β ≥ 0 where a layer has splits.
         let mut signs: Vec<Option<Tensor>> = vec![None; net.relu_count()];
-        for k in 0..net.relu_count() {
+        for (k, sign) in signs.iter_mut().enumerate() {
             let n = net.relu_size(k);
             let mut s = vec![0.0f32; d * n];
             let mut any = false;
@@ -313,7 +314,7 @@ impl Search<'_> {
                 }
             }
             if any {
-                signs[k] = Some(net.on_device(Tensor::from_vec(s, &[d, n])));
+                *sign = Some(net.on_device(Tensor::from_vec(s, &[d, n])));
             }
         }
         let mut alphas = initial_slopes(net, &bounds, net.relu_count(), &rows);
@@ -452,8 +453,8 @@ impl Search<'_> {
         for &(k, i, active) in splits {
             // Active: z ≥ 0, i.e. −a·x ≤ b; inactive: z ≤ 0, i.e. a·x ≤ −b.
             let sign = if active { -1.0 } else { 1.0 };
-            let (a, b) = one_hot_rows(net, k, &[(0, i, sign)]);
-            let (row, b0) = affine(net.relus[k], a, b);
+            let (a, b, from) = start_rows(net, k, &[(0, i, sign)]);
+            let (row, b0) = affine(from, a, b);
             g.push(row);
             h.push(-b0);
         }
