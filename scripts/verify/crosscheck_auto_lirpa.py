@@ -57,7 +57,7 @@ or a file to run this script against itself.
 Usage (bash scripts/verify/crosscheck_auto_lirpa.sh runs it in the auto_LiRPA venv):
     crosscheck_auto_lirpa.py --checkpoint out/x/model.safetensors --per-point pp.jsonl \\
         --eps 0.1 [--dataset mnist-mini | --dataset fashion-mnist --data DIR] \\
-        [--row 0] [--certifier crown] [--method crown|crown-ibp|alpha-crown] [--batch 20] \\
+        [--row 0] [--certifier crown] [--method crown|crown-ibp|alpha-crown] [--batch 1] \\
         [--limit N] [--conv-mode patches|matrix] [--normalize conv|subdiv] [--alpha-iters 20] \\
         [--alpha-lr 0.5] [--tolerance 1e-4] [--alpha-tolerance 1e-3] [--threads T] [--device cpu|cuda] \\
         [--show 5] [--write-reference OUT.jsonl] [--dense-intermediate] [--compare-ibp]
@@ -449,7 +449,9 @@ def main():
                     help="sparse_intermediate_bounds=False: CROWN for every intermediate neuron")
     ap.add_argument("--compare-ibp", action="store_true",
                     help="compare_crown_with_ibp=True: max/min of CROWN and IBP everywhere")
-    ap.add_argument("--batch", type=int, default=20, help="points per compute_bounds call")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="points per compute_bounds call (default 1: with auto_LiRPA's sparse "
+                         "intermediate bounds a point's bounds depend on its batch peers)")
     ap.add_argument("--start", type=int, default=0,
                     help="without --per-point: first test index (default 0)")
     ap.add_argument("--limit", type=int, default=None,

@@ -256,6 +256,8 @@ fn evaluate_batch(
     };
     let mut by_certifier = Vec::new();
     let mut certified = vec![false; n];
+    // The latest bounds of each point: branch and bound skips the specifications they prove.
+    let mut latest: Vec<Option<Vec<f32>>> = vec![None; n];
     let mut flags: Option<crate::attack::RobustFlags> = None;
     for (stage, &certifier) in cfg.certifiers.iter().enumerate() {
         // The first certifier bounds every point; later ones the correct, uncertified points
@@ -276,7 +278,8 @@ fn evaluate_batch(
                 for (t, &i) in todo.iter().enumerate() {
                     let one = Instant::now();
                     let xi = autodiff::with_no_grad(|| x.index_rows(&[i]));
-                    let out = verify_point(model, net, &xi, y[i], cfg.eps, None, &cfg.verify)?;
+                    let known = latest[i].as_deref();
+                    let out = verify_point(model, net, &xi, y[i], cfg.eps, known, &cfg.verify)?;
                     seconds_each[t] = one.elapsed().as_secs_f64();
                     lowers[t] = Some(out.lower);
                     verdicts[t] = Some(out.verdict);
@@ -305,6 +308,9 @@ fn evaluate_batch(
                     .is_some_and(|l| (0..k).all(|j| j == y[i] || l[j] > 0.0)),
             };
             certified[i] = proved;
+            if let Some(l) = &lowers[t] {
+                latest[i] = Some(l.clone());
+            }
         }
         if flags.is_none() {
             // PGD on the correct points the first certifier left open.

@@ -70,8 +70,8 @@ pub enum Verdict {
 #[derive(Clone, Debug)]
 pub struct BabOutcome {
     pub verdict: Verdict,
-    /// Per class: a proven lower bound of `z_y − z_j` (the root's for specifications decided
-    /// there; 0 at j = y), or −∞ where a specification was not proved.
+    /// Per class: the best proven lower bound of `z_y − z_j` (positive for a proved
+    /// specification; otherwise the bound given as known, or −∞; 0 at j = y).
     pub lower: Vec<f32>,
     /// Domains bounded.
     pub domains: usize,
@@ -155,13 +155,14 @@ pub fn verify_point(
     let mut unknown = false;
     for j in (0..k).filter(|&j| j != label) {
         if let Some(kn) = known {
+            // Proved already; otherwise a bound the search can only improve on.
+            lower[j] = kn[j];
             if kn[j] > 0.0 {
-                lower[j] = kn[j];
                 continue;
             }
         }
         match search.spec(j)? {
-            SpecResult::Proved(b) => lower[j] = b,
+            SpecResult::Proved(b) => lower[j] = lower[j].max(b),
             SpecResult::Counterexample(x) => {
                 return Ok(BabOutcome {
                     verdict: Verdict::Falsified(x),
