@@ -100,8 +100,79 @@ pub(crate) fn all_positive(margins: &[f32], labels: &[usize]) -> Vec<bool> {
 }
 
 /// α-CROWN margin lower bounds `[points, classes]` on the host (0 at j = y) of the boxes
-/// `[lo, hi]`; stops early once every point is certified.
+/// `[lo, hi]`, in groups of points whose optimisation fits `budget` bytes (the whole graph of an
+/// iteration is kept for its backward pass); each group stops early once all its points are
+/// certified.
 pub fn alpha_crown_margins(
+    net: &BoundNet,
+    lo: &Tensor,
+    hi: &Tensor,
+    labels: &[usize],
+    cfg: &AlphaConfig,
+    budget: usize,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(labels.len() * net.classes());
+    for group in point_groups(net, lo, hi, labels, budget) {
+        let idx: Vec<usize> = group.clone().collect();
+        let (glo, ghi) = if idx.len() == labels.len() {
+            (lo.clone(), hi.clone())
+        } else {
+            (lo.index_rows(&idx), hi.index_rows(&idx))
+        };
+        out.extend(optimise(net, &glo, &ghi, &labels[group], cfg, budget));
+    }
+    out
+}
+
+/// Consecutive groups of points whose α-CROWN graphs fit `budget`: a point's rows are its
+/// specifications and two per neuron that interval propagation leaves unstable in the layers
+/// CROWN bounds; each row holds about 6 activations' worth of tensors per step in the graph.
+fn point_groups(
+    net: &BoundNet,
+    lo: &Tensor,
+    hi: &Tensor,
+    labels: &[usize],
+    budget: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let ibp = autodiff::with_no_grad(|| {
+        Bounder {
+            net,
+            lo: lo.clone(),
+            hi: hi.clone(),
+            mode: Intermediate::Ibp,
+            budget,
+        }
+        .layer_bounds(None)
+    });
+    let mut rows = vec![net.classes() - 1; labels.len()];
+    for (k, b) in ibp.iter().enumerate() {
+        if net.relu_input_is_one_layer(k) {
+            continue;
+        }
+        let st = super::crown::Stability::of(b);
+        for (p, r) in rows.iter_mut().enumerate() {
+            *r += 2 * st.unstable_of(p).len();
+        }
+    }
+    let per_row = net.total_width() * 4 * 6;
+    let mut groups = Vec::new();
+    let (mut start, mut used) = (0, 0usize);
+    for (p, &r) in rows.iter().enumerate() {
+        let bytes = r * per_row;
+        if p > start && used + bytes > budget {
+            groups.push(start..p);
+            (start, used) = (p, 0);
+        }
+        used += bytes;
+    }
+    if start < labels.len() {
+        groups.push(start..labels.len());
+    }
+    groups
+}
+
+/// α-CROWN on one group of points.
+fn optimise(
     net: &BoundNet,
     lo: &Tensor,
     hi: &Tensor,

@@ -588,27 +588,56 @@ impl Bounder<'_> {
         alpha: Option<&mut AlphaState>,
     ) -> Tensor {
         let net = self.net;
-        let (a, bias, point_of_row, js) = spec_rows(net, labels);
+        let k = net.classes();
+        if labels.is_empty() {
+            return net.on_device(Tensor::zeros(&[0, k]));
+        }
         let stability: Vec<Stability> = bounds.iter().map(Stability::of).collect();
+        let all_rows: Vec<usize> = labels
+            .iter()
+            .enumerate()
+            .flat_map(|(p, _)| std::iter::repeat_n(p, k - 1))
+            .collect();
         let slopes: Option<Slopes> = alpha.map(|state| {
             state
                 .spec
-                .get_or_insert_with(|| initial_slopes(net, bounds, net.relu_count(), &point_of_row))
+                .get_or_insert_with(|| initial_slopes(net, bounds, net.relu_count(), &all_rows))
                 .clone()
         });
-        let mut relaxer = |j: usize| {
-            relax(
-                net,
-                &bounds[j],
-                &stability[j],
-                &point_of_row,
-                slopes.as_ref().map(|s| &s[j]),
-            )
-        };
-        let from = net.steps.len();
-        let (a, bias) = backward(net, from, net.on_device(a), bias, &mut relaxer, None);
-        let lower = concretize(&a, &bias, &self.lo, &self.hi, &point_of_row);
-        spread_margins(&lower, labels, &js, net.classes())
+        // Whole points per chunk, so that each chunk's rows fit the budget.
+        let per_chunk = (rows_per_chunk(net, self.budget) / (k - 1)).max(1);
+        let mut parts = Vec::new();
+        for first in (0..labels.len()).step_by(per_chunk) {
+            let last = (first + per_chunk).min(labels.len());
+            let (a, bias, local, js) = spec_rows(net, &labels[first..last]);
+            let point_of_row: Vec<usize> = local.iter().map(|p| p + first).collect();
+            let row_range: Vec<usize> = (first * (k - 1)..last * (k - 1)).collect();
+            let chunk_slopes: Option<Slopes> = slopes.as_ref().map(|s| {
+                if first == 0 && last == labels.len() {
+                    s.clone()
+                } else {
+                    s.iter().map(|t| t.index_rows(&row_range)).collect()
+                }
+            });
+            let mut relaxer = |j: usize| {
+                relax(
+                    net,
+                    &bounds[j],
+                    &stability[j],
+                    &point_of_row,
+                    chunk_slopes.as_ref().map(|s| &s[j]),
+                )
+            };
+            let from = net.steps.len();
+            let (a, bias) = backward(net, from, net.on_device(a), bias, &mut relaxer, None);
+            let lower = concretize(&a, &bias, &self.lo, &self.hi, &point_of_row);
+            parts.push(spread_margins(&lower, &labels[first..last], &js, k));
+        }
+        if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0)
+        }
     }
 }
 
