@@ -1025,3 +1025,118 @@ fn input_boxes_contain_their_exact_corners() {
         }
     }
 }
+
+/// The tighter verifiers on the trained network, at an ε where IBP leaves many points open: every
+/// point certified by CROWN, α-CROWN or branch and bound survives a strong PGD (margin loss and
+/// cross-entropy restarts, every iterate checked), the attack's best points respect the CROWN
+/// margin bounds, and each falsified point's counterexample is misclassified and in the box.
+#[test]
+fn points_certified_by_crown_alpha_crown_and_bab_survive_pgd() {
+    use cactus::verify::bab::verify_point;
+    use cactus::verify::{margin_bounds, BoundNet, Certifier, Verdict, VerifyConfig};
+    let model = ibp_trained_small().detached();
+    let net = BoundNet::new(&model).unwrap();
+    let eps = 0.12;
+    let (x, y) = mnist_14(Split::Test, 120, 6);
+    let mut cfg = VerifyConfig::default();
+    cfg.alpha.iterations = 8;
+    cfg.bab.timeout = 2.0;
+    let k = 10;
+    let proved = |m: &[f32], p: usize| (0..k).all(|j| j == y[p] || m[p * k + j] > 0.0);
+    let mut certified = vec![false; y.len()];
+    let mut counts = Vec::new();
+    for c in [Certifier::Ibp, Certifier::Crown, Certifier::AlphaCrown] {
+        let m = margin_bounds(&model, &net, &x, &y, eps, c, &cfg).unwrap();
+        let n = (0..y.len()).filter(|&p| proved(&m, p)).count();
+        counts.push((c, n));
+        for (p, cert) in certified.iter_mut().enumerate() {
+            *cert |= proved(&m, p);
+        }
+    }
+    // Branch and bound on (up to 15) correct points α-CROWN leaves open.
+    let pred = with_no_grad(|| model.forward(&x, Mode::Eval)).argmax_rows();
+    let open: Vec<usize> = (0..y.len())
+        .filter(|&p| !certified[p] && pred[p] == y[p])
+        .take(15)
+        .collect();
+    let (mut bab_verified, mut falsified) = (0, 0);
+    for &p in &open {
+        let xp = x.index_rows(&[p]);
+        let out = verify_point(&model, &net, &xp, y[p], eps, None, &cfg).unwrap();
+        match out.verdict {
+            Verdict::Verified => {
+                certified[p] = true;
+                bab_verified += 1;
+            }
+            Verdict::Falsified(cex) => {
+                falsified += 1;
+                let xp = xp.data();
+                for (c, v) in cex.iter().zip(xp) {
+                    assert!(*c >= (v - eps).max(0.0) && *c <= (v + eps).min(1.0));
+                }
+                let ct = Tensor::from_vec(cex, &[1, 1, 14, 14]);
+                let pc = with_no_grad(|| model.forward(&ct, Mode::Eval)).argmax_rows();
+                let logits = with_no_grad(|| model.forward(&ct, Mode::Eval)).to_vec();
+                assert!(
+                    (0..k).any(|j| j != y[p] && logits[j] > logits[y[p]]),
+                    "point {p}: the counterexample is classified {} (label {})",
+                    pc[0],
+                    y[p]
+                );
+            }
+            Verdict::Unknown => {}
+        }
+    }
+    eprintln!(
+        "certified at eps {eps}: {counts:?}; branch and bound on {} open points: {bab_verified} \
+         verified, {falsified} falsified",
+        open.len()
+    );
+    let (ibp, crown) = (counts[0].1, counts[1].1);
+    assert!(
+        crown > ibp,
+        "CROWN ({crown}) certifies no more than IBP ({ibp}) here"
+    );
+
+    let idx: Vec<usize> = (0..y.len()).filter(|&p| certified[p]).collect();
+    let xc = x.index_rows(&idx);
+    let yc: Vec<usize> = idx.iter().map(|&p| y[p]).collect();
+    let steps = 50;
+    let pgd = PgdConfig {
+        steps,
+        restarts: 4,
+        decay: cactus::attack::StepDecay::at_fractions(steps, &[0.5, 0.75], 0.5),
+        ..PgdConfig::evaluation()
+    };
+    let region = Region::linf_ball(&xc, eps);
+    let out = pgd_outcome(
+        &model,
+        &xc,
+        &yc,
+        &region,
+        &pgd,
+        Mode::Eval,
+        &mut Rng::seed(8),
+    );
+    for (i, &fooled) in out.fooled.iter().enumerate() {
+        assert!(
+            !fooled,
+            "test point {} certified (by CROWN, alpha-CROWN or BaB) is misclassified by PGD",
+            idx[i]
+        );
+    }
+    let crown = margin_bounds(&model, &net, &xc, &yc, eps, Certifier::Crown, &cfg).unwrap();
+    let adv = with_no_grad(|| model.forward(&out.x_adv, Mode::Eval)).to_vec();
+    for (i, &t) in yc.iter().enumerate() {
+        let z = &adv[i * k..(i + 1) * k];
+        for j in 0..k {
+            let lb = crown[i * k + j];
+            assert!(
+                z[t] - z[j] >= lb - tol(z[t]).max(tol(z[j])),
+                "point {}: PGD margin z_{t} − z_{j} = {} below its CROWN bound {lb}",
+                idx[i],
+                z[t] - z[j]
+            );
+        }
+    }
+}

@@ -43,6 +43,9 @@ if ! "$PY" -c 'import auto_LiRPA' 2>/dev/null; then
     echo "installing auto_LiRPA from $SRC into $VENV" >&2
     "$PY" -m pip install packaging appdirs pyyaml tqdm graphviz >&2
     "$PY" -m pip install --no-deps "$SRC" >&2
-    "$PY" -c 'import auto_LiRPA' || { echo "error: auto_LiRPA installed but does not import" >&2; exit 2; }
+    if ! "$PY" -c 'import auto_LiRPA'; then
+        echo "error: auto_LiRPA installed but does not import" >&2
+        exit 2
+    fi
 fi
 exec "$PY" "$HERE/crosscheck_auto_lirpa.py" "$@"

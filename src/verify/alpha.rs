@@ -187,10 +187,7 @@ fn optimise(
         mode: Intermediate::Crown,
         budget,
     };
-    let mut state = AlphaState {
-        intermediate: Vec::new(),
-        spec: None,
-    };
+    let mut state = AlphaState::default();
     let mut adam = ProjectedAdam::new(cfg.lr, (0.0, 1.0));
     let mut best: Vec<f32> = Vec::new();
     for it in 0..=cfg.iterations {

@@ -407,6 +407,20 @@ pub struct AlphaState {
     pub(crate) intermediate: Vec<Option<(Vec<Row>, Slopes)>>,
     /// Slopes of the specification rows.
     pub(crate) spec: Option<Slopes>,
+    /// The tightest bounds of each ReLU layer seen so far (constants): every iteration's bounds
+    /// hold for its slopes, so their intersection holds too, and a neuron once proved stable
+    /// stays stable.
+    pub(crate) best: Vec<Option<LayerBounds>>,
+}
+
+impl Default for AlphaState {
+    fn default() -> Self {
+        AlphaState {
+            intermediate: Vec::new(),
+            spec: None,
+            best: Vec::new(),
+        }
+    }
 }
 
 impl AlphaState {
@@ -517,6 +531,10 @@ impl Bounder<'_> {
                     let lb = self.row_bounds(&rows, &bounds, &stability, slopes.as_ref(), k);
                     tighten(&ibp, &rows, &lb, n)
                 }
+            };
+            let layer = match alpha.as_deref_mut() {
+                Some(state) => keep_best(state, k, layer),
+                None => layer,
             };
             stability.push(Stability::of(&layer));
             // Continue interval propagation from the tightened bounds.
@@ -639,6 +657,26 @@ impl Bounder<'_> {
             Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0)
         }
     }
+}
+
+/// `layer` intersected with the best bounds of ReLU layer `k` kept in `state`, which it then
+/// updates (gradients reach `layer` where it is the tighter).
+fn keep_best(state: &mut AlphaState, k: usize, layer: LayerBounds) -> LayerBounds {
+    if state.best.len() <= k {
+        state.best.resize(k + 1, None);
+    }
+    let out = match &state.best[k] {
+        None => layer,
+        Some(best) => LayerBounds {
+            lower: layer.lower.maximum(&best.lower),
+            upper: layer.upper.minimum(&best.upper),
+        },
+    };
+    state.best[k] = Some(LayerBounds {
+        lower: out.lower.detach(),
+        upper: out.upper.detach(),
+    });
+    out
 }
 
 /// Per-row bounds `[rows]` (one row per point and class j ≠ y) laid out as `[points, classes]`
