@@ -19,7 +19,8 @@
 //! previous layer's bounds, then (mode `Crown`) a backward pass from this layer for the neurons
 //! that interval propagation leaves unstable only, two rows each (`+z` and `−z`); each neuron
 //! keeps the tighter of its two bounds. The cost is therefore proportional to the unstable
-//! neurons, not to the layer widths.
+//! neurons, not to the layer widths. The margins likewise keep the tighter of their CROWN bound
+//! and their interval bound from the last ReLU layer's bounds.
 //!
 //! Branch and bound adds two things per row: split neurons, whose relaxation is exact on their
 //! side of the split, and Lagrange multipliers β of the split constraints, added to the
@@ -622,6 +623,26 @@ impl Bounder<'_> {
                 .get_or_insert_with(|| initial_slopes(net, bounds, net.relu_count(), &all_rows))
                 .clone()
         });
+        // Interval bounds of the classifier's input, one step on from the last ReLU layer's
+        // bounds: the specification rows concretised on them are the interval margins, and each
+        // margin keeps the tighter of its CROWN and interval bound.
+        let (hidden_lo, hidden_hi) = {
+            let (start, s) = match (net.relus.last(), bounds.last()) {
+                (Some(&at), Some(b)) => {
+                    let mut shape = vec![labels.len()];
+                    shape.extend_from_slice(&net.shapes[at]);
+                    (
+                        at,
+                        Tensor::interval_from_bounds(
+                            &b.lower.reshape(&shape),
+                            &b.upper.reshape(&shape),
+                        ),
+                    )
+                }
+                _ => (0, Tensor::interval_from_bounds(&self.lo, &self.hi)),
+            };
+            ibp_steps(net, s, start..net.steps.len()).interval_bounds()
+        };
         // Whole points per chunk, so that each chunk's rows fit the budget.
         let per_chunk = (rows_per_chunk(net, self.budget) / (k - 1)).max(1);
         let mut parts = Vec::new();
@@ -646,9 +667,11 @@ impl Bounder<'_> {
                     chunk_slopes.as_ref().map(|s| &s[j]),
                 )
             };
+            let a = net.on_device(a);
+            let interval = concretize(&a, &bias, &hidden_lo, &hidden_hi, &point_of_row);
             let from = net.steps.len();
-            let (a, bias) = backward(net, from, net.on_device(a), bias, &mut relaxer, None);
-            let lower = concretize(&a, &bias, &self.lo, &self.hi, &point_of_row);
+            let (a, bias) = backward(net, from, a, bias, &mut relaxer, None);
+            let lower = concretize(&a, &bias, &self.lo, &self.hi, &point_of_row).maximum(&interval);
             parts.push(spread_margins(&lower, &labels[first..last], &js, k));
         }
         if parts.len() == 1 {
