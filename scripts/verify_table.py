@@ -73,7 +73,27 @@ def main():
             print(f"| {label} | *PGD (upper bound)* | " + " | ".join(vals) + " |")
         per = ", ".join(f"{c} {1000 * statistics.mean(secs[dataset][c]):.1f} ms"
                         for c in CERTIFIERS if secs[dataset][c])
-        print(f"\nSeconds per evaluated point (all points of the setting, cascade): {per}")
+        print(f"\nTime per test point of a setting (the cascade: each certifier's time over all "
+              f"points): {per}.")
+        # Per-point records: how many points each certifier ran on, its time on them, and the
+        # verdicts of branch and bound.
+        ran = defaultdict(list)
+        verdicts = defaultdict(int)
+        for run in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(dataset)):
+            for f in sorted(run.glob("points-*.jsonl")):
+                for line in f.read_text().splitlines():
+                    r = json.loads(line)
+                    if f.name == "points-gsl2.jsonl" and r["compression"] == "none":
+                        continue  # the network as it is, evaluated twice
+                    ran[r["certifier"]].append(r["seconds"])
+                    if r["certifier"] == "bab":
+                        verdicts[r["verdict"]] += 1
+        parts = [f"{c} {len(ran[c])} points, {1000 * statistics.mean(ran[c]):.1f} ms each"
+                 for c in CERTIFIERS if ran[c]]
+        print(f"Points each certifier ran on (all networks and settings): {'; '.join(parts)}.")
+        if verdicts:
+            v = ", ".join(f"{k} {n}" for k, n in sorted(verdicts.items()))
+            print(f"Branch-and-bound verdicts: {v}.")
 
 
 if __name__ == "__main__":

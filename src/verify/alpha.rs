@@ -214,3 +214,110 @@ fn optimise(
     }
     best
 }
+
+#[cfg(test)]
+mod tests {
+    //! The gradient of the α-CROWN bound with respect to the slopes, against central
+    //! differences, for the specification rows' slopes and the intermediate rows' slopes.
+
+    use super::*;
+    use crate::nn::{Arch, Model, ModelSpec};
+    use crate::rng::Rng;
+
+    /// Σ margins for the state's slopes (the state's row sets and best bounds fixed).
+    fn bound_sum(b: &Bounder<'_>, labels: &[usize], state: &AlphaState) -> f64 {
+        let mut s = AlphaState {
+            intermediate: state.intermediate.clone(),
+            spec: state.spec.clone(),
+            best: Vec::new(),
+        };
+        autodiff::with_no_grad(|| {
+            let bounds = b.layer_bounds(Some(&mut s));
+            let m = b.margins(labels, &bounds, Some(&mut s));
+            m.to_vec().iter().map(|&v| v as f64).sum()
+        })
+    }
+
+    #[test]
+    fn slope_gradients_match_finite_differences() {
+        let mut rng = Rng::seed(12);
+        let mut spec = ModelSpec::new(Arch::Mlp, [1, 3, 3], 3);
+        spec.width = 10.0 / 256.0;
+        let model = Model::new(spec, &mut rng).unwrap();
+        let net = BoundNet::new(&model).unwrap();
+        let x = Tensor::rand_uniform(&[2, 1, 3, 3], 0.3, 0.7, &mut rng);
+        let (lo, hi) = (x.add_scalar(-0.15), x.add_scalar(0.15));
+        let labels = [0, 2];
+        let b = Bounder {
+            net: &net,
+            lo,
+            hi,
+            mode: Intermediate::Crown,
+            budget: 1 << 28,
+        };
+        let mut state = AlphaState::default();
+        autodiff::with_no_grad(|| {
+            let bounds = b.layer_bounds(Some(&mut state));
+            b.margins(&labels, &bounds, Some(&mut state));
+        });
+        assert!(
+            state.intermediate.iter().flatten().count() > 0,
+            "no intermediate rows: the test would not reach their slopes"
+        );
+        // Slopes away from 0 and 1 (the projection's edges), as fresh leaves.
+        for p in state.parameters_mut() {
+            let v = Tensor::rand_uniform(p.shape(), 0.2, 0.8, &mut rng);
+            *p = v.requires_grad();
+        }
+        let mut with_grad = AlphaState {
+            intermediate: state.intermediate.clone(),
+            spec: state.spec.clone(),
+            best: Vec::new(),
+        };
+        let bounds = b.layer_bounds(Some(&mut with_grad));
+        let sum = b.margins(&labels, &bounds, Some(&mut with_grad)).sum();
+        let grads = autodiff::backward(&sum);
+        let params: Vec<Tensor> = state
+            .parameters_mut()
+            .into_iter()
+            .map(|t| t.clone())
+            .collect();
+        let mut checked = 0;
+        for (pi, p) in params.iter().enumerate() {
+            let g = grads
+                .get(p)
+                .map(Tensor::to_vec)
+                .unwrap_or(vec![0.0; p.numel()]);
+            // The entries with the largest gradients (the others are mostly stable neurons).
+            let mut order: Vec<usize> = (0..g.len()).collect();
+            order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+            for &e in order.iter().take(3) {
+                let h = 1e-2f32;
+                let shifted = |d: f32| {
+                    let mut s = AlphaState {
+                        intermediate: state.intermediate.clone(),
+                        spec: state.spec.clone(),
+                        best: Vec::new(),
+                    };
+                    let mut v = p.to_vec();
+                    v[e] += d;
+                    *s.parameters_mut()[pi] = Tensor::from_vec(v, p.shape());
+                    bound_sum(&b, &labels, &s)
+                };
+                let fd = (shifted(h) - shifted(-h)) / (2.0 * h as f64);
+                let an = g[e] as f64;
+                assert!(
+                    (fd - an).abs() <= 2e-2 * (1.0 + an.abs().max(fd.abs())),
+                    "slope tensor {pi}, entry {e}: autodiff {an}, finite differences {fd}"
+                );
+                if an.abs() > 1e-3 {
+                    checked += 1;
+                }
+            }
+        }
+        assert!(
+            checked >= 4,
+            "only {checked} non-zero slope gradients checked"
+        );
+    }
+}
