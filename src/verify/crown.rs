@@ -402,6 +402,7 @@ pub type Slopes = Vec<Tensor>;
 
 /// The optimisable state of α-CROWN for one batch of points: slopes for the specification rows
 /// and for each intermediate layer's rows, fixed by the first (CROWN) pass.
+#[derive(Default)]
 pub struct AlphaState {
     /// `intermediate[k]`: the rows (point, neuron, sign) of ReLU layer k bounded by CROWN, and
     /// their slopes for the layers below k.
@@ -412,16 +413,6 @@ pub struct AlphaState {
     /// hold for its slopes, so their intersection holds too, and a neuron once proved stable
     /// stays stable.
     pub(crate) best: Vec<Option<LayerBounds>>,
-}
-
-impl Default for AlphaState {
-    fn default() -> Self {
-        AlphaState {
-            intermediate: Vec::new(),
-            spec: None,
-            best: Vec::new(),
-        }
-    }
 }
 
 impl AlphaState {
