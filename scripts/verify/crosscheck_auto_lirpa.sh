@@ -4,10 +4,10 @@
 # creating it on first use (idempotent: a venv that already imports torch and auto_LiRPA is used
 # as it is).
 #
-#   LIRPA_VENV       the venv (default /work/venv-lirpa)
+#   LIRPA_VENV       the venv (default .venv-lirpa in the repository, ignored by git)
 #   AUTO_LIRPA_SRC   a checkout of auto_LiRPA (GitHub: Verified-Intelligence/auto_LiRPA; checked
-#                    with its May 2026 release, version 0.7.1) to install from
-#                    (default /work/auto_LiRPA)
+#                    with its May 2026 release, version 0.7.1) to install from (default
+#                    .auto_LiRPA in the repository, cloned from GitHub when missing)
 #   TORCH_SPEC       the torch to install (default torch==2.8.0; auto_LiRPA needs >=2.0,<2.9)
 #
 # torch comes from PyPI (a large download: the CUDA build, which also runs on the CPU).
@@ -19,8 +19,9 @@
 #        (all arguments go to crosscheck_auto_lirpa.py; see its --help)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-VENV="${LIRPA_VENV:-/work/venv-lirpa}"
-SRC="${AUTO_LIRPA_SRC:-/work/auto_LiRPA}"
+ROOT="$(cd "$HERE/../.." && pwd)"
+VENV="${LIRPA_VENV:-$ROOT/.venv-lirpa}"
+SRC="${AUTO_LIRPA_SRC:-$ROOT/.auto_LiRPA}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.8.0}"
 PY="$VENV/bin/python"
 
@@ -34,6 +35,10 @@ if ! "$PY" -c 'import torch, numpy' 2>/dev/null; then
     "$PY" -m pip install "$TORCH_SPEC" numpy >&2
 fi
 if ! "$PY" -c 'import auto_LiRPA' 2>/dev/null; then
+    if [[ ! -e "$SRC" && -z "${AUTO_LIRPA_SRC:-}" ]]; then
+        echo "cloning auto_LiRPA into $SRC" >&2
+        git clone --depth 1 https://github.com/Verified-Intelligence/auto_LiRPA "$SRC" >&2 || true
+    fi
     if [[ ! -f "$SRC/setup.py" ]]; then
         echo "error: auto_LiRPA is not installed in $VENV and AUTO_LIRPA_SRC=$SRC is not a" \
              "checkout of it (clone Verified-Intelligence/auto_LiRPA there, or point" \
