@@ -312,6 +312,8 @@ fn evaluate_batch(
                 latest[i] = Some(l.clone());
             }
         }
+        // The certifier's own time (PGD, which runs after the first, is not part of it).
+        let seconds = start.elapsed().as_secs_f64();
         if flags.is_none() {
             // PGD on the correct points the first certifier left open.
             flags = Some(pgd_robust_flags(
@@ -347,7 +349,7 @@ fn evaluate_batch(
         by_certifier.push(CertifierOutcome {
             certifier,
             certified: certified.clone(),
-            seconds: start.elapsed().as_secs_f64(),
+            seconds,
         });
         let _ = stage;
     }
