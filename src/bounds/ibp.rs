@@ -23,13 +23,17 @@ pub enum BnSource<'a> {
 
 /// The box [x − ε, x + ε] ∩ [0, 1] around each input, as an interval tensor.
 pub fn input_box(x: &Tensor, eps: f32) -> Tensor {
+    let (lo, hi) = box_corners(x, eps);
+    enclosing_box(&lo, &hi, x.shape())
+}
+
+/// The corners (lower, upper) of the box [x − ε, x + ε] ∩ [0, 1] around each input.
+pub fn box_corners(x: &Tensor, eps: f32) -> (Vec<f32>, Vec<f32>) {
     assert!(eps >= 0.0, "negative epsilon {eps}");
-    let (lo, hi): (Vec<f32>, Vec<f32>) = x
-        .data()
+    x.data()
         .iter()
         .map(|&v| ((v - eps).clamp(0.0, 1.0), (v + eps).clamp(0.0, 1.0)))
-        .unzip();
-    enclosing_box(&lo, &hi, x.shape())
+        .unzip()
 }
 
 /// The interval tensor of the box [lo, hi] (constants), in centre/radius form rounded outward:
@@ -160,10 +164,14 @@ pub fn ibp_loss(margins: &Tensor, labels: &[usize]) -> Tensor {
 
 /// Whether each box is certified: every margin lower bound but the label's own is positive.
 pub fn certified(margins: &Tensor, labels: &[usize]) -> Vec<bool> {
-    let k = margins.dim(1);
+    certified_rows(margins.data(), labels)
+}
+
+/// `certified` on host values: `margins` holds one row of classes per label.
+pub fn certified_rows(margins: &[f32], labels: &[usize]) -> Vec<bool> {
+    let k = margins.len() / labels.len().max(1);
     margins
-        .data()
-        .chunks(k)
+        .chunks(k.max(1))
         .zip(labels)
         .map(|(row, &y)| row.iter().enumerate().all(|(j, &m)| j == y || m > 0.0))
         .collect()

@@ -3,5 +3,6 @@
 pub mod ibp;
 
 pub use ibp::{
-    certified, enclosing_box, ibp_loss, input_box, margin_lower_bounds, propagate, BnSource,
+    box_corners, certified, certified_rows, enclosing_box, ibp_loss, input_box,
+    margin_lower_bounds, propagate, BnSource,
 };

@@ -61,17 +61,17 @@ impl Dataset {
         (Tensor::from_vec(data, &[indices.len(), c, h, w]), labels)
     }
 
-    /// Keeps the first `n` images (all of them if there are fewer), for quick runs.
     /// Only the points `start..end` (clamped to the set), in order.
-    pub fn slice(mut self, start: usize, end: usize) -> Dataset {
-        let end = end.min(self.len());
-        let start = start.min(end);
-        let per = self.image_len();
-        self.labels = self.labels[start..end].to_vec();
-        self.images = self.images[start * per..end * per].to_vec();
-        self
+    pub fn slice(self, start: usize, end: usize) -> Dataset {
+        let mut kept = self.limit(end);
+        let start = start.min(kept.len());
+        let per = kept.image_len();
+        kept.labels.drain(..start);
+        kept.images.drain(..start * per);
+        kept
     }
 
+    /// Keeps the first `n` images (all of them if there are fewer), for quick runs.
     pub fn limit(mut self, n: usize) -> Dataset {
         if n < self.len() {
             self.labels.truncate(n);

@@ -12,7 +12,7 @@ pub use report::{parse_shard, Report, Row};
 
 use crate::attack::{pgd_robust_flags, PgdConfig};
 use crate::autodiff;
-use crate::bounds::{input_box, margin_lower_bounds, BnSource};
+use crate::bounds::certified_rows;
 use crate::data::Dataset;
 use crate::nn::Model;
 use crate::rng::Rng;
@@ -183,11 +183,7 @@ pub fn evaluate(
         )));
     }
     let model = &model.detached();
-    let net = if cfg.certifiers.iter().any(|&c| c != Certifier::Ibp) {
-        Some(BoundNet::new(model)?)
-    } else {
-        None
-    };
+    let net = BoundNet::new(model)?;
     let mut rng = Rng::seed(cfg.seed);
     let mut out = Outcomes {
         by_certifier: cfg
@@ -204,7 +200,7 @@ pub fn evaluate(
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(cfg.batch_size) {
         let (x, y) = data.batch(chunk);
-        let batch = evaluate_batch(model, net.as_ref(), &x, &y, cfg, &mut rng)?;
+        let batch = evaluate_batch(model, &net, &x, &y, cfg, &mut rng)?;
         out.clean.extend(&batch.clean);
         out.pgd.extend(&batch.pgd);
         out.certified.extend(&batch.certified);
@@ -229,7 +225,7 @@ pub fn evaluate(
 /// position in the batch.
 fn evaluate_batch(
     model: &Model,
-    net: Option<&BoundNet>,
+    net: &BoundNet,
     x: &Tensor,
     y: &[usize],
     cfg: &EvalConfig,
@@ -259,7 +255,7 @@ fn evaluate_batch(
     // The latest bounds of each point: branch and bound skips the specifications they prove.
     let mut latest: Vec<Option<Vec<f32>>> = vec![None; n];
     let mut flags: Option<crate::attack::RobustFlags> = None;
-    for (stage, &certifier) in cfg.certifiers.iter().enumerate() {
+    for &certifier in &cfg.certifiers {
         // The first certifier bounds every point; later ones the correct, uncertified points
         // that PGD did not break.
         let todo: Vec<usize> = match &flags {
@@ -271,10 +267,7 @@ fn evaluate_batch(
         let mut verdicts: Vec<Option<Verdict>> = vec![None; todo.len()];
         let mut seconds_each = vec![0.0; todo.len()];
         if !todo.is_empty() {
-            let xs = autodiff::with_no_grad(|| x.index_rows(&todo));
-            let ys: Vec<usize> = todo.iter().map(|&i| y[i]).collect();
             if certifier == Certifier::Bab {
-                let net = net.expect("a bound net for every certifier but IBP");
                 for (t, &i) in todo.iter().enumerate() {
                     let one = Instant::now();
                     let xi = autodiff::with_no_grad(|| x.index_rows(&[i]));
@@ -285,14 +278,9 @@ fn evaluate_batch(
                     verdicts[t] = Some(out.verdict);
                 }
             } else {
-                let m = match (certifier, net) {
-                    (Certifier::Ibp, _) => autodiff::with_no_grad(|| {
-                        margin_lower_bounds(model, &input_box(&xs, cfg.eps), &ys, BnSource::Running)
-                            .to_vec()
-                    }),
-                    (c, Some(net)) => margin_bounds(model, net, &xs, &ys, cfg.eps, c, &cfg.verify)?,
-                    (_, None) => unreachable!("a bound net for every certifier but IBP"),
-                };
+                let xs = autodiff::with_no_grad(|| x.index_rows(&todo));
+                let ys: Vec<usize> = todo.iter().map(|&i| y[i]).collect();
+                let m = margin_bounds(model, net, &xs, &ys, cfg.eps, certifier, &cfg.verify)?;
                 let share = start.elapsed().as_secs_f64() / todo.len() as f64;
                 for t in 0..todo.len() {
                     lowers[t] = Some(m[t * k..(t + 1) * k].to_vec());
@@ -305,7 +293,7 @@ fn evaluate_batch(
                 Some(v) => *v == Verdict::Verified,
                 None => lowers[t]
                     .as_ref()
-                    .is_some_and(|l| (0..k).all(|j| j == y[i] || l[j] > 0.0)),
+                    .is_some_and(|l| certified_rows(l, &[y[i]])[0]),
             };
             certified[i] = proved;
             if let Some(l) = &lowers[t] {
@@ -351,7 +339,6 @@ fn evaluate_batch(
             certified: certified.clone(),
             seconds,
         });
-        let _ = stage;
     }
     let f = flags.expect("the cascade has a certifier");
     Ok(Outcomes {

@@ -8,6 +8,7 @@
 use super::crown::{AlphaState, Bounder, Intermediate};
 use super::net::BoundNet;
 use crate::autodiff;
+use crate::bounds::certified_rows;
 use crate::tensor::Tensor;
 
 /// Optimisation settings (defaults as auto_LiRPA's: 20 iterations, Adam at lr 0.5 decayed by
@@ -86,17 +87,6 @@ impl ProjectedAdam {
             *slot = Some(Moments { m, v });
         }
     }
-}
-
-/// Whether every margin but the label's is positive, per point (`margins` `[points, classes]`
-/// on the host).
-pub(crate) fn all_positive(margins: &[f32], labels: &[usize]) -> Vec<bool> {
-    let k = margins.len() / labels.len().max(1);
-    margins
-        .chunks(k.max(1))
-        .zip(labels)
-        .map(|(row, &y)| row.iter().enumerate().all(|(j, &m)| j == y || m > 0.0))
-        .collect()
 }
 
 /// α-CROWN margin lower bounds `[points, classes]` on the host (0 at j = y) of the boxes
@@ -204,7 +194,7 @@ fn optimise(
                 }
             }
         }
-        if it == cfg.iterations || all_positive(&best, labels).iter().all(|&c| c) {
+        if it == cfg.iterations || certified_rows(&best, labels).iter().all(|&c| c) {
             break;
         }
         let loss = margins.sum().neg();

@@ -19,8 +19,8 @@
 
 use super::alpha::ProjectedAdam;
 use super::crown::{
-    backward, concretize, initial_slopes, relax, start_rows, Bounder, Intermediate, LayerBounds,
-    Stability,
+    backward, concretize, initial_slopes, relax, spec_pairs, start_rows, Bounder, Intermediate,
+    LayerBounds, Stability,
 };
 use super::lp::{self, Lp};
 use super::net::BoundNet;
@@ -285,21 +285,12 @@ impl Search<'_> {
         let rows: Vec<usize> = (0..d).collect();
         let bounds = self.domain_bounds(batch);
         let stability: Vec<Stability> = bounds.iter().map(Stability::of).collect();
-        let host: Vec<(Vec<f32>, Vec<f32>)> = bounds
-            .iter()
-            .map(|b| (b.lower.to_vec(), b.upper.to_vec()))
-            .collect();
         let (lo, hi) = (
             self.lo.index_rows(&vec![0; d]),
             self.hi.index_rows(&vec![0; d]),
         );
         // The specification row merged into the classifier, once per domain.
-        let w = &net.last_weight;
-        let b = net.last_bias.reshape(&[net.classes(), 1]);
-        let spec_a = w.index_rows(&[self.label]).sub(&w.index_rows(&[j]));
-        let spec_b = b.index_rows(&[self.label]).sub(&b.index_rows(&[j]));
-        let spec_a = spec_a.index_rows(&vec![0; d]);
-        let spec_b = spec_b.index_rows(&vec![0; d]).reshape(&[d]);
+        let (spec_a, spec_b) = spec_pairs(net, &vec![self.label; d], &vec![j; d]);
         // Split signs s (+1 inactive, −1 active) per layer, and β ≥ 0 where a layer has splits.
         let mut signs: Vec<Option<Tensor>> = vec![None; net.relu_count()];
         for (k, sign) in signs.iter_mut().enumerate() {
@@ -318,7 +309,7 @@ impl Search<'_> {
                 *sign = Some(net.on_device(Tensor::from_vec(s, &[d, n])));
             }
         }
-        let mut alphas = initial_slopes(net, &bounds, net.relu_count(), &rows);
+        let mut alphas = initial_slopes(net, &stability, &rows);
         let mut betas: Vec<Option<Tensor>> = signs
             .iter()
             .map(|s| {
@@ -397,7 +388,7 @@ impl Search<'_> {
             .map(|i| Bounded {
                 lower: best[i],
                 vertex: std::mem::take(&mut vertex[i]),
-                branch: pick_branch(&host, &stability, &scores, i),
+                branch: pick_branch(&stability, &scores, i),
             })
             .collect()
     }
@@ -441,15 +432,8 @@ impl Search<'_> {
                 )
             })
         };
-        let w = &net.last_weight;
-        let bias = net.last_bias.reshape(&[net.classes(), 1]);
-        let (c, c0) = affine(
-            net.steps.len(),
-            w.index_rows(&[self.label]).sub(&w.index_rows(&[j])),
-            bias.index_rows(&[self.label])
-                .sub(&bias.index_rows(&[j]))
-                .reshape(&[1]),
-        );
+        let (spec_a, spec_b) = spec_pairs(net, &[self.label], &[j]);
+        let (c, c0) = affine(net.steps.len(), spec_a, spec_b);
         let (mut g, mut h) = (Vec::new(), Vec::new());
         for &(k, i, active) in splits {
             // Active: z ≥ 0, i.e. −a·x ≤ b; inactive: z ≤ 0, i.e. a·x ≤ −b.
@@ -479,16 +463,11 @@ impl Search<'_> {
 }
 
 /// The unstable neuron of domain `i` with the largest relaxation loss.
-fn pick_branch(
-    bounds: &[(Vec<f32>, Vec<f32>)],
-    stability: &[Stability],
-    coeffs: &[Vec<f32>],
-    i: usize,
-) -> Option<(usize, usize)> {
+fn pick_branch(stability: &[Stability], coeffs: &[Vec<f32>], i: usize) -> Option<(usize, usize)> {
     let mut best: Option<((usize, usize), f32)> = None;
     for (k, st) in stability.iter().enumerate() {
         let n = st.neurons;
-        let (l, u) = &bounds[k];
+        let (l, u) = (&st.lower, &st.upper);
         for e in st.unstable_of(i) {
             let (lv, uv) = (l[i * n + e], u[i * n + e]);
             let a = coeffs[k].get(i * n + e).copied().unwrap_or(1.0);

@@ -52,11 +52,18 @@ pub struct LayerBounds {
 pub(crate) struct Stability {
     pub unstable: Vec<f32>,
     pub active: Vec<f32>,
+    /// CROWN's adaptive lower slope of each neuron (1 when u ≥ −l, else 0); it matters on
+    /// unstable neurons only.
+    pub adaptive: Vec<f32>,
+    /// The bounds the masks were read from, on the host.
+    pub lower: Vec<f32>,
+    pub upper: Vec<f32>,
     pub neurons: usize,
 }
 
 impl Stability {
-    /// Masks from bounds: active when l ≥ 0, inactive when u ≤ 0, unstable otherwise.
+    /// Masks from bounds: active when l ≥ 0, inactive when u ≤ 0, unstable otherwise (one copy
+    /// of the bounds to the host per layer serves the masks, the adaptive slopes and branching).
     pub fn of(b: &LayerBounds) -> Stability {
         let (l, u) = (b.lower.to_vec(), b.upper.to_vec());
         let neurons = b.lower.dim(1);
@@ -69,9 +76,17 @@ impl Stability {
                 unstable[i] = 1.0;
             }
         }
+        let adaptive = l
+            .iter()
+            .zip(&u)
+            .map(|(&l, &u)| if u >= -l { 1.0 } else { 0.0 })
+            .collect();
         Stability {
             unstable,
             active,
+            adaptive,
+            lower: l,
+            upper: u,
             neurons,
         }
     }
@@ -92,16 +107,6 @@ pub(crate) struct RowRelaxation {
     /// β-CROWN: the coefficient `β·s` added at the pre-activation (s = +1 for a neuron split
     /// inactive, −1 active, 0 unsplit), if any neuron of the layer is split.
     pub split_term: Option<Tensor>,
-}
-
-/// The slopes of every unstable neuron's lower line: CROWN's adaptive choice (1 when u ≥ −l,
-/// else 0), per point `[points, neurons]`.
-pub(crate) fn adaptive_slopes(b: &LayerBounds) -> Vec<f32> {
-    let (l, u) = (b.lower.to_vec(), b.upper.to_vec());
-    l.iter()
-        .zip(&u)
-        .map(|(&l, &u)| if u >= -l { 1.0 } else { 0.0 })
-        .collect()
 }
 
 /// The relaxation of layer bounds `b` (per point) gathered for rows. `alpha`: per-row lower
@@ -130,7 +135,7 @@ pub(crate) fn relax(
     let lower_slope = match alpha {
         Some(a) => a.mul(&rows(&unstable)).add(&rows(&active)),
         None => {
-            let adaptive = mask(&adaptive_slopes(b));
+            let adaptive = mask(&st.adaptive);
             rows(&adaptive.mul(&unstable).add(&active))
         }
     };
@@ -266,14 +271,18 @@ pub(crate) fn spec_rows(
             points.push(p);
         }
     }
-    let w = &net.last_weight;
-    let b = net.last_bias.reshape(&[k, 1]);
-    let a = w.index_rows(&ys).sub(&w.index_rows(&js));
-    let bias = b
-        .index_rows(&ys)
-        .sub(&b.index_rows(&js))
-        .reshape(&[ys.len()]);
+    let (a, bias) = spec_pairs(net, &ys, &js);
     (a, bias, points, js)
+}
+
+/// The specification rows `z_{ys[r]} − z_{js[r]}` merged into the classifier: coefficients on
+/// its input `[rows, hidden]` and constants `[rows]`.
+pub(crate) fn spec_pairs(net: &BoundNet, ys: &[usize], js: &[usize]) -> (Tensor, Tensor) {
+    let w = &net.last_weight;
+    let b = net.last_bias.reshape(&[net.classes(), 1]);
+    let a = w.index_rows(ys).sub(&w.index_rows(js));
+    let bias = b.index_rows(ys).sub(&b.index_rows(js)).reshape(&[ys.len()]);
+    (a, bias)
 }
 
 /// Rows `±z_i` of a ReLU layer's input for the given (point, neuron, sign) triples: their
@@ -429,19 +438,18 @@ impl AlphaState {
     }
 }
 
-/// Slopes for `rows` rows through ReLU layers `0..layers`, initialised to CROWN's adaptive
-/// choice for each row's point, as gradient leaves.
+/// Slopes for `rows` rows through the ReLU layers of `stability`, initialised to CROWN's
+/// adaptive choice for each row's point, as gradient leaves.
 pub(crate) fn initial_slopes(
     net: &BoundNet,
-    bounds: &[LayerBounds],
-    layers: usize,
+    stability: &[Stability],
     point_of_row: &[usize],
 ) -> Slopes {
-    (0..layers)
-        .map(|k| {
-            let n = net.relu_size(k);
-            let points = bounds[k].lower.dim(0);
-            let adaptive = Tensor::from_vec(adaptive_slopes(&bounds[k]), &[points, n]);
+    stability
+        .iter()
+        .map(|st| {
+            let (n, points) = (st.neurons, st.adaptive.len() / st.neurons.max(1));
+            let adaptive = Tensor::from_vec(st.adaptive.clone(), &[points, n]);
             net.on_device(adaptive.index_rows(point_of_row))
                 .detach()
                 .requires_grad()
@@ -511,7 +519,7 @@ impl Bounder<'_> {
                         (Some(_), Some((_, s))) => Some(s),
                         (Some(state), None) => {
                             let point_of_row: Vec<usize> = rows.iter().map(|r| r.0).collect();
-                            let s = initial_slopes(net, &bounds, k, &point_of_row);
+                            let s = initial_slopes(net, &stability, &point_of_row);
                             if state.intermediate.len() <= k {
                                 state.intermediate.resize(k + 1, None);
                             }
@@ -611,7 +619,7 @@ impl Bounder<'_> {
         let slopes: Option<Slopes> = alpha.map(|state| {
             state
                 .spec
-                .get_or_insert_with(|| initial_slopes(net, bounds, net.relu_count(), &all_rows))
+                .get_or_insert_with(|| initial_slopes(net, &stability, &all_rows))
                 .clone()
         });
         // Interval bounds of the classifier's input, one step on from the last ReLU layer's

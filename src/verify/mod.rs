@@ -18,7 +18,7 @@ pub use crown::{crown_margins, Intermediate, LayerBounds};
 pub use net::BoundNet;
 
 use crate::autodiff::with_no_grad;
-use crate::bounds::{enclosing_box, margin_lower_bounds, BnSource};
+use crate::bounds::{box_corners, input_box, margin_lower_bounds, BnSource};
 use crate::nn::Model;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -105,11 +105,7 @@ impl Default for VerifyConfig {
 
 /// The box `[x − ε, x + ε] ∩ [0, 1]` as corners `[points, ...]` on the model's device.
 pub fn input_corners(x: &Tensor, eps: f32, device: crate::Device) -> Result<(Tensor, Tensor)> {
-    let (lo, hi): (Vec<f32>, Vec<f32>) = x
-        .data()
-        .iter()
-        .map(|&v| ((v - eps).clamp(0.0, 1.0), (v + eps).clamp(0.0, 1.0)))
-        .unzip();
+    let (lo, hi) = box_corners(x, eps);
     Ok((
         Tensor::from_vec(lo, x.shape()).to_device(device)?,
         Tensor::from_vec(hi, x.shape()).to_device(device)?,
@@ -130,24 +126,23 @@ pub fn margin_bounds(
     if labels.is_empty() {
         return Ok(Vec::new());
     }
-    let device = net.device;
-    let (lo, hi) = input_corners(x, eps, device)?;
+    let corners = || input_corners(x, eps, net.device);
     Ok(match certifier {
+        // The propagation training uses, on the host box (ops follow the model's device).
         Certifier::Ibp => with_no_grad(|| {
-            let boxes = enclosing_box(lo.data(), hi.data(), lo.shape())
-                .to_device(device)
-                .map(|b| margin_lower_bounds(model, &b, labels, BnSource::Running));
-            boxes.map(|m| m.to_vec())
-        })?,
+            margin_lower_bounds(model, &input_box(x, eps), labels, BnSource::Running).to_vec()
+        }),
         Certifier::CrownIbp | Certifier::Crown => {
             let mode = if certifier == Certifier::Crown {
                 Intermediate::Crown
             } else {
                 Intermediate::Ibp
             };
+            let (lo, hi) = corners()?;
             crown_margins(net, &lo, &hi, labels, mode, cfg.memory_budget).to_vec()
         }
         Certifier::AlphaCrown => {
+            let (lo, hi) = corners()?;
             alpha_crown_margins(net, &lo, &hi, labels, &cfg.alpha, cfg.memory_budget)
         }
         Certifier::Bab => {

@@ -736,7 +736,7 @@ pub fn interval_conv2d_backward(
     let items = 2 * g.n;
 
     let mut dx = if need_input {
-        vec![0.0f32; 2 * g.input_len()]
+        vec![0.0f32; x.len()]
     } else {
         Vec::new()
     };
@@ -776,11 +776,7 @@ pub fn interval_conv2d_backward(
         let mut dcol = vec![0.0f32; if need_input { col_len } else { 0 }];
         for s in first..last {
             let centre = s < g.n;
-            let x_n = if need_weight {
-                &x[s * in_per..(s + 1) * in_per]
-            } else {
-                &[]
-            };
+            let x_n = &x[s * in_per..(s + 1) * in_per];
             let g_mat = MatRef::row_major(&grad_out[s * out_per..(s + 1) * out_per], g.c_out, ohw);
             if need_bias && centre {
                 for (db, row) in part.bias.iter_mut().zip(g_mat.data.chunks_exact(ohw)) {
