@@ -9,7 +9,7 @@ cactus side: the per-point file of `cactus eval --per-point FILE.jsonl`, one JSO
 over the box [x − ε, x + ε] ∩ [0, 1] (pixels in [0, 1]). Lines are selected by --row and
 --certifier.
 
-auto_LiRPA side: the checkpoint loaded by scripts/pytorch_model.py `load()`, wrapped as
+auto_LiRPA side: the checkpoint loaded by scripts/twin/pytorch_model.py `load()`, wrapped as
 nn.Sequential(normalisation, *model) so the normalisation is bounded too: by default
 (--normalize conv) a 1×1 convolution x·f32(1/std) + f32(−mean/std), which is how cactus computes
 it and which auto_LiRPA handles in every method in patches mode; --normalize subdiv writes it as
@@ -109,11 +109,11 @@ except ImportError as e:
     die(f"cannot import auto_LiRPA ({e}); run through scripts/verify/crosscheck_auto_lirpa.sh")
 
 warnings.filterwarnings("ignore", message=r".*Constant operand of node.*has batch dimension")
-sys.path.insert(0, str(SCRIPTS))
+sys.path.insert(0, str(SCRIPTS / "twin"))
 try:
     from pytorch_model import load as load_checkpoint
 except ImportError as e:
-    die(f"cannot import scripts/pytorch_model.py: {e}")
+    die(f"cannot import scripts/twin/pytorch_model.py: {e}")
 
 
 # ---------------------------------------------------------------------------------- data

@@ -7,7 +7,7 @@
 # with `dpkg-deb -x` into a temporary directory; if the package is already installed, its
 # files are copied directly.
 #
-# Usage: bash scripts/get_fashion_mnist.sh [DEST]      (default DEST: <repo>/data/fashion-mnist)
+# Usage: bash scripts/data/get_fashion_mnist.sh [DEST]  (default DEST: <repo>/data/fashion-mnist)
 # Then:  cactus train --dataset fashion-mnist --data DEST ...
 #
 # Idempotent: when DEST already holds the four files with valid headers, nothing is fetched.
@@ -15,7 +15,7 @@
 # to a temporary name then renamed, so an interrupted run never leaves a partial file.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 case "${1:-}" in
     -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
 esac

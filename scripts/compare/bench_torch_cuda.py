@@ -6,14 +6,14 @@ What: the same five workloads as the criterion bench `benches/kernels_cuda.rs` (
 "steps_cuda"), run in PyTorch eager mode on one GPU in float32, timed as criterion times
 cactus (every rep waits for the GPU), written as JSON; and a `report` mode (standard library
 only) that reads that JSON plus criterion's results and writes a Markdown/JSON comparison.
-Normally run through `scripts/compare_cuda.sh`, on a machine with an NVIDIA GPU (H100/H200)
+Normally run through `scripts/compare/compare_cuda.sh`, on a machine with an NVIDIA GPU (H100/H200)
 and a CUDA build of PyTorch; no Rust toolchain is needed there.
 
 Usage:
-    python3 scripts/bench_torch_cuda.py [--device cuda] [--tf32] [--quick] [--only NAMES]
+    python3 scripts/compare/bench_torch_cuda.py [--device cuda] [--tf32] [--quick] [--only NAMES]
         [--group kernels_cuda|steps_cuda|all] [--warmup N] [--reps N] [--min-time S]
         [--host-qparams] [--peak-tflops T] [--out target/compare-cuda/torch.json]
-    python3 scripts/bench_torch_cuda.py report [--criterion-dir target/criterion]
+    python3 scripts/compare/bench_torch_cuda.py report [--criterion-dir target/criterion]
         [--torch-json target/compare-cuda/torch.json] [--out-dir target/compare-cuda]
         [--since EPOCH] [--bench-bin PATH] [--steps-bin PATH] [--steps] [--peak-tflops T]
   (`--device cpu` exists only for smoke tests where there is no GPU: slow, and no % of peak.
@@ -31,7 +31,7 @@ Workloads (random data, seed 0, NCHW, float32, under torch.no_grad):
                            kernel); two convolutions' flops
   prune_mask_gul1_13M      global unstructured l1 mask at ratio 0.5 over full-width cnn7's
                            conv+linear weights for [1,28,28] inputs (13,256,256 weights; same
-                           model and seed as scripts/bench_torch.py): k = floor(0.5 n),
+                           model and seed as scripts/compare/bench_torch.py): k = floor(0.5 n),
                            threshold = torch.kthvalue(cat |w|, k), one float mask (|w| > thr)
                            per tensor; throughput in weights/s
   fake_quant_int8_13M      per-tensor asymmetric int8 fake quantization of those weights:
@@ -40,11 +40,11 @@ Workloads (random data, seed 0, NCHW, float32, under torch.no_grad):
                            By default s and z stay on the device (the tensor-qparams overload,
                            z clamped to [-128, 127]), as cactus's quant_params keeps them there;
                            --host-qparams reads them back per tensor with .item() exactly as
-                           scripts/bench_torch.py does (7 host round trips per rep).
+                           scripts/compare/bench_torch.py does (7 host round trips per rep).
 
 Training steps (group steps_cuda; grad enabled; one step of the CPU twins of
-scripts/bench_torch.py, same algorithm, with the model, the batch, the optimiser state and
-every tensor of the step on --device; the certified algorithm is scripts/torch_certified.py's,
+scripts/compare/bench_torch.py, same algorithm, with the model, the batch, the optimiser state and
+every tensor of the step on --device; the certified algorithm is scripts/twin/torch_certified.py's,
 imported): full-width cnn7 for CIFAR-shaped inputs [128,3,32,32], 10 classes; throughput in
 samples/s (batch 128 per step).
   cnn7_cifar_std_b128      bench_torch.py's w_step: inputs N(0,1), PyTorch's default init, no
@@ -105,7 +105,7 @@ CNN7_MNIST_WEIGHTS = (9 * (1 * 64 + 64 * 64 + 64 * 128 + 2 * 128 * 128)
 
 STEPS_GROUP = "steps_cuda"
 STEP_BATCH = 128
-# CIFAR-shaped data as scripts/bench_torch.py's CERT_DATA["cifar"]: in_ch, side, eps,
+# CIFAR-shaped data as scripts/compare/bench_torch.py's CERT_DATA["cifar"]: in_ch, side, eps,
 # normalisation (mean, std) as cactus's DatasetKind.
 CIFAR = (3, 32, 8 / 255, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))
 # steps_cuda workload -> training method (benches/steps_cuda.rs's names)
@@ -190,7 +190,7 @@ def bench_args(argv):
 
 
 def cnn7(nn, in_ch, hw, width=1.0):
-    """Full-width cnn7, layer for layer as scripts/bench_torch.py's cnn7."""
+    """Full-width cnn7, layer for layer as scripts/compare/bench_torch.py's cnn7."""
     layers, c, size = [], in_ch, hw
     for out, s in zip((64, 64, 128, 128, 128), (1, 1, 2, 1, 1)):
         out = int(out * width)
@@ -257,7 +257,7 @@ class Bench:
         return fwd, None
 
     def gul1_masks(self, ws, ratio, k=None):
-        """As scripts/bench_torch.py's gul1_masks: the k = floor(ratio*n) smallest |w| of all
+        """As scripts/compare/bench_torch.py's gul1_masks: the k = floor(ratio*n) smallest |w| of all
         tensors pruned via torch.kthvalue (a selection); ties at the threshold all pruned."""
         torch = self.torch
         n = sum(t.numel() for t in ws)
@@ -277,7 +277,7 @@ class Bench:
         return (lambda: self.gul1_masks(ws, 0.5)), check
 
     def fake_quant_host(self, ws):
-        """scripts/bench_torch.py's fake_quant_int8, verbatim in effect (host s and z)."""
+        """scripts/compare/bench_torch.py's fake_quant_int8, verbatim in effect (host s and z)."""
         torch = self.torch
         out = []
         for t in ws:
@@ -318,13 +318,13 @@ class Bench:
         return (lambda: fq(ws)), check
 
     # ----------------------------------------------------------------- training steps
-    # scripts/bench_torch.py's w_step / w_cert_step / w_cactus_step (the CPU twins), with the
+    # scripts/compare/bench_torch.py's w_step / w_cert_step / w_cactus_step (the CPU twins), with the
     # model, the batch, the optimiser state and every tensor of the step on self.dev. That
     # script parses its arguments when imported, so the bodies are restated here; the certified
-    # algorithm is imported from scripts/torch_certified.py. Run with grad enabled. Each
+    # algorithm is imported from scripts/twin/torch_certified.py. Run with grad enabled. Each
     # returns (fn, check): fn() = one whole step; check() = the last step's loss.
     def _tc(self):
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "twin"))
         import torch_certified as tc  # noqa: E402 (needs numpy; imported only when used)
         return tc
 
@@ -850,7 +850,7 @@ def report_main(argv):
                f"One whole step per iteration (forward, backward, optimiser; cnn7 on "
                f"CIFAR-shaped [{STEP_BATCH},3,32,32] inputs), every iteration synchronized on "
                f"both sides; throughput in samples/s ({STEP_BATCH} per step); ratio = PyTorch ms "
-               f"÷ cactus ms. PyTorch: scripts/bench_torch.py's twins on the device.",
+               f"÷ cactus ms. PyTorch: scripts/compare/bench_torch.py's twins on the device.",
                "", *step_table]
         if step_gm is not None:
             n_both = sum(1 for r in step_rows if r["ratio"])

@@ -4,7 +4,7 @@
 # LD_LIBRARY_PATH, the CUDA kernels compile without a GPU or a CUDA toolkit. Pinned to 13.0: the
 # GPUs here run driver 580 (CUDA 13.0), which rejects code from a newer NVRTC.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 DIR="${1:-target/nvrtc}"
 if [[ -f "$DIR/libnvrtc.so.13" && -f "$DIR/libnvrtc-builtins.so.13.0" ]]; then
     cd "$DIR" && pwd && exit 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load a cactus checkpoint (model.safetensors) into the matching PyTorch nn.Sequential.
 
-    python scripts/pytorch_model.py out/model.safetensors [--probe 0.5]
+    python scripts/twin/pytorch_model.py out/model.safetensors [--probe 0.5]
 
 As a library: `model, normalize = load("out/model.safetensors")`; `model(normalize(x))` gives
 the logits for pixels x in [0, 1]. Needs only torch (the safetensors format is read here directly; `safetensors.torch.load_file`

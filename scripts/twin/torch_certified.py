@@ -93,10 +93,10 @@ fp32). Each row is the evaluation above of the compressed weights (quantized: th
 clean/pgd/certified at the top level and adds "rows": [{"compression", "ratio", "sparsity",
 "format", "certifier": "ibp", "clean", "pgd", "certified"}], the rows of cactus's report.json.
 
-Usage (venv .venv-bench; scripts/torch_certified.sh creates it):
-  .venv-bench/bin/python scripts/torch_certified.py --method sabr --dataset mnist-mini \\
+Usage (venv .venv-bench; scripts/twin/torch_certified.sh creates it):
+  .venv-bench/bin/python scripts/twin/torch_certified.py --method sabr --dataset mnist-mini \\
       --eps 0.1 --epochs 10 --seed 0 --threads 2 --out out/torch_sabr_s0.json
-  .venv-bench/bin/python scripts/torch_certified.py --method cactus --compress prune+quant \\
+  .venv-bench/bin/python scripts/twin/torch_certified.py --method cactus --compress prune+quant \\
       --eps 0.1 --epochs 8 --seed 0 --eval-prune none,lul1,gul1,gsl2 \\
       --eval-ratios 0.5,0.7,0.9,0.95,0.99 --eval-quant fp32,fp16,int8,int4 --out out/t.json
 """
@@ -108,7 +108,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 NORMALIZATION = {"mnist-mini": (0.1307, 0.3081), "mnist": (0.1307, 0.3081),
                  "fashion-mnist": (0.2860, 0.3530)}
 

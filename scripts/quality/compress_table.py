@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""compress_table.py OUT_DIR — the Markdown tables of scripts/compress_quality.sh.
+"""compress_table.py OUT_DIR — the Markdown tables of scripts/quality/compress_quality.sh.
 
 Reads the runs in OUT_DIR: cactus run directories (report.json, history.json) and torch JSON
-files (scripts/torch_certified.py), named ENGINE-DATASET-eEPS[-MODEL]-VARIANT-sSEED (MODEL
+files (scripts/twin/torch_certified.py), named ENGINE-DATASET-eEPS[-MODEL]-VARIANT-sSEED (MODEL
 small, mlp or cnn7w<WIDTH>; small when absent). For each (dataset, ε, model) it prints two
 tables, certified accuracy then clean accuracy, in % as mean ± sample std over the seeds (the
 mean alone for one seed): one row per compression setting (none, LUL1 and GUL1 at 0.5, 0.7,

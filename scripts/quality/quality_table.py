@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""quality_table.py OUT_DIR — the Markdown table of scripts/quality.sh: clean / PGD /
+"""quality_table.py OUT_DIR — the Markdown table of scripts/quality/quality.sh: clean / PGD /
 IBP-certified accuracy (mean ± sample std over seeds, in %) and seconds per epoch, for each
 dataset, method and engine found in OUT_DIR (cactus run directories and torch JSON files)."""
 import json, statistics, sys

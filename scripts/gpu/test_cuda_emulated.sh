@@ -6,9 +6,9 @@
 # tests/cuda_kernels.rs is left out: it checks the real NVRTC's output. Then the command line:
 # `cactus train --device cuda` (CACTUS, a few batches) and `cactus eval` of its checkpoint on the
 # emulated GPU and on the CPU must give the same report.
-# Usage: bash scripts/test_cuda_emulated.sh [extra cargo test arguments]
+# Usage: bash scripts/gpu/test_cuda_emulated.sh [extra cargo test arguments]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 emulator="$(bash tools/cuda_emulator/build.sh target/cuda-emulator)"
 tests=()
 for f in tests/cuda_*.rs; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Print the verifier comparison of scripts/verify_quality.sh as Markdown tables.
+"""Print the verifier comparison of scripts/quality/verify_quality.sh as Markdown tables.
 
-    python3 scripts/verify_table.py out/verify
+    python3 scripts/quality/verify_table.py out/verify
 
 Per data set: certified accuracy (%) by IBP, CROWN, alpha-CROWN and branch and bound (each row of
 the cascade counts the points it or a weaker certifier certified), mean ± sd over seeds, for each

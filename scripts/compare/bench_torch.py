@@ -4,10 +4,10 @@
 Runs, on the CPU and in float32, the same workloads as the cactus criterion
 benches `benches/kernels.rs` (group "kernels") and `benches/steps.rs`
 (group "steps"), and writes their median timings as JSON for
-`scripts/compare_report.py`. Normally run through `scripts/compare_pytorch.sh`.
+`scripts/compare/compare_report.py`. Normally run through `scripts/compare/compare_pytorch.sh`.
 
 Usage:
-    .venv-bench/bin/python scripts/bench_torch.py [--threads 2] [--quick]
+    .venv-bench/bin/python scripts/compare/bench_torch.py [--threads 2] [--quick]
         [--only matmul_1024,cnn7_mnist_std_b32] [--out target/compare/torch.json]
 
 Workloads (random data, seed 0, NCHW, float32):
@@ -23,7 +23,7 @@ Workloads (random data, seed 0, NCHW, float32):
     cnn7_mnist_std_b32,  cnn7_mnist_std_b128      model `cnn7`,  input 1x28x28
     cnn7_cifar_std_b128                           model `cnn7`,  input 3x32x32
   certified steps (what cactus's trainer does per batch past the ramp; the functions of
-  scripts/torch_certified.py, so the same algorithm as its IBP/SABR training): clean pass in
+  scripts/twin/torch_certified.py, so the same algorithm as its IBP/SABR training): clean pass in
   train mode with BN batch statistics, then IBP over [x-eps, x+eps] n [0,1] (centre/radius,
   last-layer elision) or SABR (8-step sign PGD, BN in eval mode, input gradients only, then
   IBP on the box of radius 0.4*eps around the clamped adversarial point); loss
@@ -35,7 +35,7 @@ Workloads (random data, seed 0, NCHW, float32):
     cnn7_mnist_ibp_b128,  cnn7_mnist_sabr_b128    model `cnn7`,  input 1x28x28
     cnn7_cifar_ibp_b128,  cnn7_cifar_sabr_b128    model `cnn7`,  input 3x32x32
   CACTUS steps (cactus's `cactus_loss` with its default compression set, past the ramp; the
-  member computation of scripts/torch_certified.py's cactus_loss, built from its functions
+  member computation of scripts/twin/torch_certified.py's cactus_loss, built from its functions
   forward_with / sabr_box / margin_lower_bounds / cert_loss): the full net f and ONE copy of f
   pruned by GUL1 at a ratio drawn from U(0.25, 0.75) (mask recomputed every step from the
   detached weights, member weights w*mask); each member: 0.25*CE(clean pass, its own train-mode
@@ -219,7 +219,7 @@ def w_step(model_fn, in_ch, hw, batch):
     return batch, None, timed(step)
 
 
-# Certified steps: the algorithm of scripts/torch_certified.py (imported, not copied).
+# Certified steps: the algorithm of scripts/twin/torch_certified.py (imported, not copied).
 CERT_DATA = {  # in_ch, side, eps, normalisation (mean, std) as cactus's DatasetKind
     "mnist": (1, 28, 0.1, ((0.1307,), (0.3081,))),
     "cifar": (3, 32, 8 / 255, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
@@ -227,7 +227,7 @@ CERT_DATA = {  # in_ch, side, eps, normalisation (mean, std) as cactus's Dataset
 
 
 def torch_certified():
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "twin"))
     import torch_certified as tc  # noqa: E402 (needs numpy; imported only when used)
     return tc
 

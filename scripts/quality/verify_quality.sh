@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # verify_quality.sh — the verifier comparison: `small` trained with SABR and with CACTUS (pruning)
 # at ε = 0.1 on mnist-mini (8 epochs) and on Fashion-MNIST (first 20,000 training images,
-# 3 epochs), the settings of scripts/compress_quality.sh, then each network certified by the
+# 3 epochs), the settings of scripts/quality/compress_quality.sh, then each network certified by the
 # cascade IBP → CROWN → α-CROWN → branch and bound, as it is, pruned by LUL1 at 0.7 and by GSL2
 # at 0.5, and quantized to int8. One run at a time; resumable (finished runs are skipped, their
-# networks reused). Then prints the table (scripts/verify_table.py).
+# networks reused). Then prints the table (scripts/quality/verify_table.py).
 #
-# Usage: bash scripts/verify_quality.sh [--datasets mnist-mini,fashion-mnist]
+# Usage: bash scripts/quality/verify_quality.sh [--datasets mnist-mini,fashion-mnist]
 #            [--variants sabr,cactus-prune] [--seeds 0,1,2] [--limit 200] [--bab-timeout 5]
 #            [--threads 2] [--out out/verify]
 # Output: out/verify/NAME/ (model, report-*.json, points-*.jsonl).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 DATASETS=mnist-mini,fashion-mnist VARIANTS=sabr,cactus-prune SEEDS=0,1,2 LIMIT=200
 BAB_TIMEOUT=5 THREADS=2 OUT=out/verify EPS=0.1
@@ -37,7 +37,7 @@ for dataset in ${DATASETS//,/ }; do
     case "$dataset" in
         mnist-mini) data=() extra=(--epochs 8) ;;
         fashion-mnist)
-            [[ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]] || bash scripts/get_fashion_mnist.sh
+            [[ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]] || bash scripts/data/get_fashion_mnist.sh
             data=(--data data/fashion-mnist) extra=(--limit-train 20000 --epochs 3) ;;
         *) echo "unknown dataset $dataset" >&2; exit 2 ;;
     esac
@@ -73,4 +73,4 @@ for dataset in ${DATASETS//,/ }; do
         done
     done
 done
-python3 scripts/verify_table.py "$OUT"
+python3 scripts/quality/verify_table.py "$OUT"

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# torch_certified.sh — run scripts/torch_certified.py (the PyTorch twin of cactus's certified
+# torch_certified.sh — run scripts/twin/torch_certified.py (the PyTorch twin of cactus's certified
 # training and evaluation) in the venv .venv-bench at the repo root, creating it on first use
 # with `pip install torch numpy` (a large download, done once; shared with compare_pytorch.sh).
 #
-# Usage: bash scripts/torch_certified.sh --method sabr --dataset mnist-mini --epochs 10 \
+# Usage: bash scripts/twin/torch_certified.sh --method sabr --dataset mnist-mini --epochs 10 \
 #            --seed 0 --threads 2 --out out/torch_sabr_s0.json
 #        (all arguments go to torch_certified.py; see its --help)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="$ROOT/.venv-bench"
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "creating virtual environment $VENV" >&2
@@ -18,4 +18,4 @@ if ! "$VENV/bin/python" -c 'import torch, numpy' 2>/dev/null; then
     "$VENV/bin/python" -m pip install --upgrade pip >/dev/null || true
     "$VENV/bin/python" -m pip install torch numpy >&2
 fi
-exec "$VENV/bin/python" "$ROOT/scripts/torch_certified.py" "$@"
+exec "$VENV/bin/python" "$ROOT/scripts/twin/torch_certified.py" "$@"

@@ -17,14 +17,15 @@
 #                with LD_LIBRARY_PATH reaching libnvrtc.so.13 (the kernels compile at run time);
 #                then, with --steps-bin, STEPS_BIN --bench --noplot the same way (results in
 #                target/criterion/steps_cuda/<name>/new/estimates.json, log OUT/cactus_steps.log).
-#                NVRTC is looked for in: --nvrtc-dir, target/nvrtc (scripts/get_nvrtc.sh, pinned
+#                NVRTC is looked for in: --nvrtc-dir, target/nvrtc (scripts/gpu/get_nvrtc.sh, pinned
 #                13.0), the Python's nvidia wheels (nvidia/cu13/lib or nvidia/cuda_nvrtc/lib, as
 #                PyTorch's CUDA wheels ship them), /usr/local/cuda/lib64, then the system's.
-#   (b) PyTorch: scripts/bench_torch_cuda.py --device cuda --group kernels_cuda -> OUT/torch.json
+#   (b) PyTorch: scripts/compare/bench_torch_cuda.py --device cuda --group kernels_cuda
+#                -> OUT/torch.json
 #                (--group all with --steps-bin: the step twins too)
 #                (fp32, TF32 off unless --tf32; cuDNN benchmark mode; median of synchronized reps)
-#   (c) report:  scripts/bench_torch_cuda.py report -> Markdown table on stdout, OUT/compare.md,
-#                OUT/compare.json (ms, GFLOP/s or weights/s, % of the FP32 non-tensor peak, ratio
+#   (c) report:  scripts/compare/bench_torch_cuda.py report -> Markdown table on stdout,
+#                OUT/compare.md, OUT/compare.json (ms, GFLOP/s or weights/s, % of the FP32 non-tensor peak, ratio
 #                cactus/PyTorch of throughputs; GPU, driver and torch version in the header; with
 #                --steps-bin a second table: ms and samples/s per training step, ratio)
 # Workloads (group kernels_cuda): matmul_4096 conv_fwd_128x128x16x16 iconv_fwd_128x128x16x16
@@ -33,7 +34,7 @@
 #                                 cnn7_cifar_std_b128 cnn7_cifar_ibp_b128 cnn7_cifar_sabr_b128
 #                                 cnn7_cifar_cactus_b128
 #
-# Usage: bash scripts/compare_cuda.sh [--bench-bin PATH] [--steps-bin PATH] [--skip-cactus]
+# Usage: bash scripts/compare/compare_cuda.sh [--bench-bin PATH] [--steps-bin PATH] [--skip-cactus]
 #            [--skip-torch] [--out target/compare-cuda] [options, see --help] [-- CRITERION_ARGS...]
 #
 # On a lent device machine (its python3 holds a CUDA PyTorch with the nvidia-cuda-nvrtc wheel;
@@ -41,8 +42,8 @@
 #     cargo bench --bench kernels_cuda --no-run
 #     mkdir -p target/gpu && objcopy --strip-debug target/release/deps/kernels_cuda-<hash> \
 #         target/gpu/kernels_cuda                      # ~4 MB instead of ~44 MB
-#     run (carry target/gpu): bash scripts/compare_cuda.sh --bench-bin target/gpu/kernels_cuda \
-#         --out "$OUT/cmp"                             # ~2-3 min; --quick for well under 1
+#     run (carry target/gpu): bash scripts/compare/compare_cuda.sh \
+#         --bench-bin target/gpu/kernels_cuda --out "$OUT/cmp"   # ~2-3 min; --quick for well under 1
 # and for the training steps too (cargo bench --bench steps_cuda --no-run, strip it likewise into
 # target/gpu/steps_cuda): add --steps-bin target/gpu/steps_cuda (a few minutes more).
 # Exit status: 0, or 1 when a side failed or left results missing (the report still prints).
@@ -50,7 +51,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: bash scripts/compare_cuda.sh [options] [-- extra criterion arguments]
+Usage: bash scripts/compare/compare_cuda.sh [options] [-- extra criterion arguments]
 
 Benchmarks cactus's CUDA kernels (prebuilt criterion binary of benches/kernels_cuda.rs) and
 their PyTorch eager twins on this machine's GPU, then prints a Markdown table. With --steps-bin,
@@ -120,7 +121,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$ROOT/$1" ;; esac; }
 OUT="$(abspath "$OUT")"
@@ -234,7 +235,7 @@ else
         DRV_MINOR="$(sed -n 's/^13\.\([0-9]*\).*/\1/p' <<<"$DRIVER_CUDA")"
         if [[ -n "$NV_MINOR" && -n "$DRV_MINOR" && "$NV_MINOR" -gt "$DRV_MINOR" ]]; then
             echo "WARNING: NVRTC 13.$NV_MINOR is newer than the driver's CUDA $DRIVER_CUDA; if the kernels fail to load," >&2
-            echo "         use NVRTC 13.$DRV_MINOR (scripts/get_nvrtc.sh fetches 13.0 into target/nvrtc; --nvrtc-dir)" >&2
+            echo "         use NVRTC 13.$DRV_MINOR (scripts/gpu/get_nvrtc.sh fetches 13.0 into target/nvrtc; --nvrtc-dir)" >&2
         fi
     elif ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.13 '; then
         NVRTC_USED="(system: ldconfig)"
@@ -242,7 +243,7 @@ else
     else
         die "libnvrtc.so.13 not found (looked in: ${CANDIDATES[*]}, ldconfig).
        Install PyPI's nvidia-cuda-nvrtc (13.x, matching the driver) into $PY, or run
-       scripts/get_nvrtc.sh where there is a network and bring target/nvrtc, or pass --nvrtc-dir."
+       scripts/gpu/get_nvrtc.sh where there is a network and bring target/nvrtc, or pass --nvrtc-dir."
     fi
 
     CRIT_ARGS=(--bench --noplot)
@@ -294,8 +295,8 @@ else
     [[ $TF32 -eq 1 ]] && TORCH_ARGS+=(--tf32)
     [[ $QUICK -eq 1 ]] && TORCH_ARGS+=(--quick)
     [[ -n "$PEAK" ]] && TORCH_ARGS+=(--peak-tflops "$PEAK")
-    step "PyTorch: scripts/bench_torch_cuda.py ${TORCH_ARGS[*]}"
-    if ! PYTHONUNBUFFERED=1 "$PY" "$ROOT/scripts/bench_torch_cuda.py" "${TORCH_ARGS[@]}"; then
+    step "PyTorch: scripts/compare/bench_torch_cuda.py ${TORCH_ARGS[*]}"
+    if ! PYTHONUNBUFFERED=1 "$PY" "$ROOT/scripts/compare/bench_torch_cuda.py" "${TORCH_ARGS[@]}"; then
         echo "error: bench_torch_cuda.py failed; the report will lack PyTorch results" >&2
         STATUS=1
     fi
@@ -309,5 +310,5 @@ REPORT_ARGS=(--criterion-dir "$CRIT_DIR" --torch-json "$TORCH_JSON" --out-dir "$
 [[ -n "$NVRTC_USED" ]] && REPORT_ARGS+=(--nvrtc-dir "$NVRTC_USED")
 [[ $SKIP_CACTUS -eq 0 ]] && REPORT_ARGS+=(--since "$START_EPOCH")
 [[ -n "$PEAK" ]] && REPORT_ARGS+=(--peak-tflops "$PEAK")
-"$PY" "$ROOT/scripts/bench_torch_cuda.py" report "${REPORT_ARGS[@]}" || STATUS=1
+"$PY" "$ROOT/scripts/compare/bench_torch_cuda.py" report "${REPORT_ARGS[@]}" || STATUS=1
 exit $STATUS

@@ -3,16 +3,16 @@
 # with PyTorch and a compute-sanitizer pass) on a GPU machine that has no Rust toolchain.
 #
 # Where cargo is, in the repo root, build and strip the binaries into one folder:
-#     bash scripts/gpu_check.sh --prepare            # -> target/gpu/{cuda_*,kernels_cuda,steps_cuda}
+#     bash scripts/gpu/gpu_check.sh --prepare        # -> target/gpu/{cuda_*,kernels_cuda,steps_cuda}
 # (every tests/cuda_*.rs and benches/*_cuda.rs, and the cactus binary), then, on the GPU machine, from the same checkout with target/gpu beside it:
-#     bash scripts/gpu_check.sh --out DIR [--compare] [--sanitize SECONDS]
+#     bash scripts/gpu/gpu_check.sh --out DIR [--compare] [--sanitize SECONDS]
 # Each test binary's log lands in DIR/<name>.log and a summary line per binary on stdout; with
-# --compare, scripts/compare_cuda.sh writes DIR/cmp/compare.md (kernels_cuda and steps_cuda
+# --compare, scripts/compare/compare_cuda.sh writes DIR/cmp/compare.md (kernels_cuda and steps_cuda
 # against PyTorch), then the kernels and the SABR step run again with CACTUS_GEMM_TILES=64x64;
 # with --sanitize, each test binary runs again under `compute-sanitizer --tool memcheck`
 # (at most SECONDS each). Exit status 1 when a test failed or was skipped for want of a GPU.
 set -uo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 BIN_DIR="target/gpu"
 OUT_DIR="target/gpu-out"
@@ -106,7 +106,7 @@ done
 if [[ $COMPARE == 1 ]]; then
     steps=()
     [[ -x "$BIN_DIR/steps_cuda" ]] && steps=(--steps-bin "$BIN_DIR/steps_cuda")
-    bash scripts/compare_cuda.sh --bench-bin "$BIN_DIR/kernels_cuda" "${steps[@]}" \
+    bash scripts/compare/compare_cuda.sh --bench-bin "$BIN_DIR/kernels_cuda" "${steps[@]}" \
         --out "$OUT_DIR/cmp" ${NVRTC:+--nvrtc-dir "$NVRTC"} || status=1
     # The kernels and the SABR step with the 64x64 tiles only, in the same run: what the other
     # tile shapes gain.
