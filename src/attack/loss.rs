@@ -66,7 +66,7 @@ pub fn per_sample_cross_entropy(logits: &Tensor, labels: &[usize]) -> Tensor {
         if let Some(&bad) = labels.iter().find(|&&y| y >= logits.dim(1)) {
             panic!("label {bad} out of range for {} classes", logits.dim(1));
         }
-        return crate::ops::cuda::loss::per_sample_cross_entropy(logits, labels);
+        return crate::ops::loss::cuda::per_sample_cross_entropy(logits, labels);
     }
     true_logit(&log_softmax(logits), labels).neg()
 }
@@ -89,7 +89,7 @@ pub fn margin_loss(logits: &Tensor, labels: &[usize]) -> Tensor {
         if let Some(&bad) = labels.iter().find(|&&y| y >= logits.dim(1)) {
             panic!("label {bad} out of range for {} classes", logits.dim(1));
         }
-        return crate::ops::cuda::loss::margin_loss(logits, labels);
+        return crate::ops::loss::cuda::margin_loss(logits, labels);
     }
     // −∞ at the label (added, not multiplied, so no 0·∞ NaN) removes it from the max.
     let others = logits.add(&label_mask(logits, labels, f32::NEG_INFINITY, 0.0));

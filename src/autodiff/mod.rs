@@ -122,7 +122,7 @@ fn accumulate(grads: &mut HashMap<TensorId, Tensor>, id: TensorId, g: Tensor) {
             grads.insert(id, g);
         }
         Some(prev) if prev.is_cuda() || g.is_cuda() => {
-            grads.insert(id, crate::ops::cuda::elementwise::sum_detached(&prev, &g));
+            grads.insert(id, crate::ops::elementwise::cuda::sum_detached(&prev, &g));
         }
         Some(prev) => {
             let shape = prev.shape().to_vec();
@@ -160,9 +160,9 @@ pub fn backward(loss: &Tensor) -> Gradients {
             continue;
         };
         let needs: Vec<bool> = node.inputs.iter().map(Tensor::tracks_grad).collect();
-        let _timed = crate::backend::cuda::profile::enabled().then(|| {
-            let name = crate::backend::cuda::profile::short_name(node.name);
-            crate::backend::cuda::profile::scope(&format!("backward {name}"))
+        let _timed = crate::runtime::cuda::profile::enabled().then(|| {
+            let name = crate::runtime::cuda::profile::short_name(node.name);
+            crate::runtime::cuda::profile::scope(&format!("backward {name}"))
         });
         let input_grads = (node.backward)(&g, &needs);
         debug_assert_eq!(input_grads.len(), node.inputs.len());

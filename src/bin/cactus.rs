@@ -343,7 +343,7 @@ fn parse_shape(s: &str) -> Result<[usize; 3], String> {
 }
 
 fn main() {
-    cactus::backend::cpu::allocator::keep_freed_memory();
+    cactus::runtime::cpu::allocator::keep_freed_memory();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = run(cli, &matches) {

@@ -113,7 +113,7 @@ pub fn margin_lower_bounds(
             "label out of range for {} classes",
             last.out_features()
         );
-        return crate::ops::cuda::interval::elided_margins(
+        return crate::ops::interval::cuda::elided_margins(
             &hidden,
             &last.weight,
             last.bias.as_ref(),

@@ -54,8 +54,8 @@ impl Normalization {
         match device {
             crate::Device::Cpu => (Tensor::from_vec(scale, &[c]), Tensor::from_vec(shift, &[c])),
             crate::Device::Cuda => (
-                crate::ops::cuda::constant(&scale, &[c]),
-                crate::ops::cuda::constant(&shift, &[c]),
+                crate::ops::gpu::constant(&scale, &[c]),
+                crate::ops::gpu::constant(&shift, &[c]),
             ),
         }
     }

@@ -3,7 +3,7 @@
 //! `tests/gradcheck.rs`.
 
 pub mod conv;
-pub(crate) mod cuda;
+pub(crate) mod gpu;
 pub mod elementwise;
 pub mod interval;
 pub mod loss;

@@ -27,7 +27,7 @@ impl Device {
     pub fn check(self) -> crate::Result<()> {
         match self {
             Device::Cpu => Ok(()),
-            Device::Cuda => crate::backend::cuda::cuda().map(|_| ()),
+            Device::Cuda => crate::runtime::cuda::cuda().map(|_| ()),
         }
     }
 }

@@ -2,12 +2,13 @@
 //! how it was computed, so gradients can flow back through it (see `autodiff`).
 
 mod device;
-pub mod shape;
+
+pub use crate::runtime::shape;
 
 pub use device::Device;
 
 use crate::autodiff::{self, Node};
-use crate::backend::cuda::{profile, DeviceBuffer};
+use crate::runtime::cuda::{profile, DeviceBuffer};
 use crate::rng::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use std::fmt;
@@ -170,7 +171,7 @@ impl Tensor {
         match device {
             Device::Cpu => Ok(Tensor::full(shape, v)),
             Device::Cuda => Ok(Tensor::from_device(
-                crate::backend::cuda::train_ops::fill(shape::numel(shape), v)?,
+                crate::ops::elementwise::launch::fill(shape::numel(shape), v)?,
                 shape,
             )),
         }

@@ -280,7 +280,7 @@ pub fn cactus_loss(
     let mut members = Vec::new();
     if cfg.compress.prunes() {
         for ratio in set_ratios(cfg, model, progress, rng) {
-            let timed = crate::backend::cuda::profile::scope("step: pruning masks");
+            let timed = crate::runtime::cuda::profile::scope("step: pruning masks");
             let masks = prune_masks(model, cfg.prune_method, ratio)?;
             drop(timed);
             let mut pruned = apply_masks(model, &masks);

@@ -5,7 +5,7 @@
 //! boxes with the same affine map as the clean inputs (Shi et al. 2021).
 
 use crate::attack::{pgd, PgdConfig, Region};
-use crate::backend::cuda::profile;
+use crate::runtime::cuda::profile;
 use crate::bounds::{enclosing_box, ibp_loss, input_box, margin_lower_bounds, BnSource};
 use crate::nn::{BatchStats, Mode, Model};
 use crate::ops::cross_entropy;
@@ -66,8 +66,8 @@ pub fn sabr_box(x: &Tensor, x_adv: &Tensor, eps: f32, lambda: f32) -> Tensor {
         "sabr_box: point and attack differ in shape"
     );
     let tau = lambda * eps;
-    if crate::ops::cuda::on_cuda(&[x, x_adv]) {
-        return crate::ops::cuda::interval::sabr_box(x, x_adv, eps, tau);
+    if crate::ops::gpu::on_cuda(&[x, x_adv]) {
+        return crate::ops::interval::cuda::sabr_box(x, x_adv, eps, tau);
     }
     let mut lower = Vec::with_capacity(x.numel());
     let mut upper = Vec::with_capacity(x.numel());
