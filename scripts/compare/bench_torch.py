@@ -22,29 +22,29 @@ Workloads (random data, seed 0, NCHW, float32):
     small_mnist_std_b32, small_mnist_std_b128     model `small`, input 1x28x28
     cnn7_mnist_std_b32,  cnn7_mnist_std_b128      model `cnn7`,  input 1x28x28
     cnn7_cifar_std_b128                           model `cnn7`,  input 3x32x32
-  certified steps (what cactus's trainer does per batch past the ramp; the functions of
-  scripts/twin/torch_certified.py, so the same algorithm as its IBP/SABR training): clean pass in
-  train mode with BN batch statistics, then IBP over [x-eps, x+eps] n [0,1] (centre/radius,
-  last-layer elision) or SABR (8-step sign PGD, BN in eval mode, input gradients only, then
-  IBP on the box of radius 0.4*eps around the clamped adversarial point); loss
-  0.25*CE + 0.75*CE(-lb, y); backward; clip_grad_norm_(10); Adam(lr=5e-4, weight_decay=1e-5).
-  Models: input normalisation layer first, IBP init, full width; inputs uniform in [0, 1];
-  eps 0.1 (mnist), 8/255 (cifar).
+  certified steps (what cactus's trainer does per batch past the ramp; scripts/twin/
+  bench_steps.py on the losses of scripts/twin/torch_certified.py's IBP/SABR training, so the
+  same algorithm): clean pass in train mode with BN batch statistics, then IBP over
+  [x-eps, x+eps] n [0,1] (centre/radius, last-layer elision) or SABR (8-step sign PGD, BN in
+  eval mode, input gradients only, then IBP on the box of radius 0.4*eps around the clamped
+  adversarial point); loss 0.25*CE + 0.75*CE(-lb, y); backward; clip_grad_norm_(10);
+  Adam(lr=5e-4, weight_decay=1e-5). Models: input normalisation layer first, IBP init, full
+  width; inputs uniform in [0, 1]; eps 0.1 (mnist), 8/255 (cifar).
     small_mnist_ibp_b32,  small_mnist_ibp_b128    model `small`, input 1x28x28
     small_mnist_sabr_b32, small_mnist_sabr_b128   model `small`, input 1x28x28
     cnn7_mnist_ibp_b128,  cnn7_mnist_sabr_b128    model `cnn7`,  input 1x28x28
     cnn7_cifar_ibp_b128,  cnn7_cifar_sabr_b128    model `cnn7`,  input 3x32x32
-  CACTUS steps (cactus's `cactus_loss` with its default compression set, past the ramp; the
-  member computation of scripts/twin/torch_certified.py's cactus_loss, built from its functions
-  forward_with / sabr_box / margin_lower_bounds / cert_loss): the full net f and ONE copy of f
-  pruned by GUL1 at a ratio drawn from U(0.25, 0.75) (mask recomputed every step from the
-  detached weights, member weights w*mask); each member: 0.25*CE(clean pass, its own train-mode
-  batch statistics; only f updates the running ones) + 0.75*SABR loss (its own 8-step PGD on
-  its detached weights, BN in eval mode, then IBP on the 0.4*eps box with its clean batch
-  statistics); loss = mean of the two; backward; clip 10; Adam(5e-4, weight_decay=1e-5).
-  The GUL1 mask uses torch.kthvalue (a selection, as cactus), not torch_certified.prune_masks'
-  stable argsort (exact tie order, ~7x slower on 13 M weights), so the comparison times the
-  training step rather than a sort. Same models, inputs and eps as the SABR twins.
+  CACTUS steps (cactus's `cactus_loss` with its default compression set, past the ramp; each
+  member's loss is the one of scripts/twin/torch_certified.py's cactus_loss,
+  losses.member_loss): the full net f and ONE copy of f pruned by GUL1 at a ratio drawn from
+  U(0.25, 0.75) (mask recomputed every step from the detached weights, member weights w*mask);
+  each member: 0.25*CE(clean pass, its own train-mode batch statistics; only f updates the
+  running ones) + 0.75*SABR loss (its own 8-step PGD on its detached weights, BN in eval mode,
+  then IBP on the 0.4*eps box with its clean batch statistics); loss = mean of the two;
+  backward; clip 10; Adam(5e-4, weight_decay=1e-5). The GUL1 mask uses torch.kthvalue (a
+  selection, as cactus; compress.gul1_masks), not compress.prune_masks' stable argsort (exact
+  tie order, ~7x slower on 13 M weights), so the comparison times the training step rather
+  than a sort. Same models, inputs and eps as the SABR twins.
     small_mnist_cactus_b128                       model `small`, input 1x28x28, eps 0.1
     cnn7_cifar_cactus_b128                        model `cnn7`,  input 3x32x32, eps 8/255
   compression kernels (kernels group; full-width cnn7 for MNIST inputs [1,28,28], 10 classes:
@@ -69,7 +69,6 @@ gradient is not requested). Its GFLOP/s count is twice the forward's.
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -77,6 +76,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def parse_args():
@@ -97,7 +97,6 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
@@ -106,28 +105,11 @@ try:
 except RuntimeError:
     pass  # already set; harmless
 
-
-# --------------------------------------------------------------------------- models
-
-def cnn7(in_ch, hw, width=1.0):
-    layers, c, size = [], in_ch, hw
-    for out, s in zip((64, 64, 128, 128, 128), (1, 1, 2, 1, 1)):
-        out = int(out * width)  # cactus uses round(); keep widths integral
-        layers += [nn.Conv2d(c, out, 3, stride=s, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
-        c = out
-        size = (size + 2 - 3) // s + 1
-    fc = int(512 * width)
-    layers += [nn.Flatten(), nn.Linear(c * size * size, fc), nn.BatchNorm1d(fc), nn.ReLU(),
-               nn.Linear(fc, 10)]
-    return nn.Sequential(*layers)
-
-
-def small(in_ch, hw):
-    s1 = (hw + 2 - 4) // 2 + 1
-    s2 = (s1 + 2 - 4) // 1 + 1
-    return nn.Sequential(nn.Conv2d(in_ch, 16, 4, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv2d(16, 32, 4, stride=1, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(32 * s2 * s2, 100), nn.ReLU(), nn.Linear(100, 10))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "twin"), str(HERE)]  # the shared modules
+import bench_steps  # noqa: E402 (the training steps, shared with bench_torch_cuda.py)
+from compare_report import CNN7_MNIST_WEIGHTS  # noqa: E402
+from compress import fake_quant_int8, gul1_masks  # noqa: E402
 
 
 # --------------------------------------------------------------------------- workloads
@@ -202,170 +184,34 @@ def w_iconv_fwd():
     return CONV["n"], 2.0 * conv_flops(), timed(fwd)
 
 
-def w_step(model_fn, in_ch, hw, batch):
-    torch.manual_seed(0)
-    model = model_fn(in_ch, hw)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, in_ch, hw, hw, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
-
-    def step():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
+def w_step(arch, data, batch):
+    step, _ = bench_steps.std_step(arch, data, batch)
     return batch, None, timed(step)
 
 
-# Certified steps: the algorithm of scripts/twin/torch_certified.py (imported, not copied).
-CERT_DATA = {  # in_ch, side, eps, normalisation (mean, std) as cactus's DatasetKind
-    "mnist": (1, 28, 0.1, ((0.1307,), (0.3081,))),
-    "cifar": (3, 32, 8 / 255, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
-}
-
-
-def torch_certified():
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "twin"))
-    import torch_certified as tc  # noqa: E402 (needs numpy; imported only when used)
-    return tc
-
-
-def ibp_init(model):
-    """Shi et al. 2021, as torch_certified.small_model: every conv/linear weight but the last
-    ~ N(0, (sqrt(2 pi)/fan_in)^2)."""
-    affine = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for m in affine[:-1]:
-        nn.init.normal_(m.weight, 0.0, math.sqrt(2 * math.pi) / m.weight[0].numel())
-    return model
-
-
-def w_cert_step(arch, data, method, batch, cert_weight=0.75, sabr_lambda=0.4):
-    tc = torch_certified()
-    in_ch, hw, eps, (mean, std) = CERT_DATA[data]
-    torch.manual_seed(0)
-    if arch == "small":
-        model = tc.small_model((mean[0], std[0]), "ibp")
-    else:
-        model = ibp_init(nn.Sequential(tc.Normalize(mean, std), *cnn7(in_ch, hw)))
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, in_ch, hw, hw, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
+def w_cert_step(arch, data, method, batch):
     gen = torch.Generator().manual_seed(1)  # attack starts
-    w = cert_weight
-
-    def step():  # torch_certified.train's batch body, past the ramp (eps_t = eps, w_t = w)
-        logits, stats = tc.clean_forward(model, x)
-        loss = F.cross_entropy(logits, y)
-        if method == "ibp":
-            c, r = tc.input_box(x, eps)
-        else:
-            x_adv, lo, hi = tc.sabr_centre(model, x, y, eps, gen)
-            tau = sabr_lambda * eps
-            c, r = tc.input_box(torch.minimum(torch.maximum(x_adv, lo + tau), hi - tau), tau)
-        lcert = tc.cert_loss(tc.margin_lower_bounds(model, c, r, y, stats), y)
-        loss = (1 - w) * loss + w * lcert
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        loss.item()
+    step, _ = bench_steps.cert_step(arch, data, method, batch, gen)
     return batch, None, timed(step)
 
 
-def w_cactus_step(arch, data, batch, cert_weight=0.75, sabr_lambda=0.4):
-    """One CACTUS step (default set: f and f pruned by GUL1 at r ~ U(0.25, 0.75)); see the
-    module docstring. Mirrors torch_certified.cactus_loss with --compress prune --strategy
-    sampling --samples 1 --prune-method gul1, past the ramp (eps_t = eps, w_t = 0.75)."""
-    tc = torch_certified()
-    in_ch, hw, eps, (mean, std) = CERT_DATA[data]
-    torch.manual_seed(0)
-    if arch == "small":
-        model = tc.small_model((mean[0], std[0]), "ibp")
-    else:
-        model = ibp_init(nn.Sequential(tc.Normalize(mean, std), *cnn7(in_ch, hw)))
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, in_ch, hw, hw, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
+def w_cactus_step(arch, data, batch):
     gen = torch.Generator().manual_seed(1)  # ratios and attack starts
-    w = cert_weight
-    idx = tc.affine_indices(model)
-
-    def member(weights, bn):  # (1 - w)*CE(own clean pass) + w*SABR(own attack, own BN stats)
-        logits, stats = tc.forward_with(model, weights, x, bn)
-        c, r = tc.sabr_box(model, weights, x, y, eps, sabr_lambda, gen)
-        lb = tc.margin_lower_bounds(model, c, r, y, stats, weights)
-        return (1 - w) * F.cross_entropy(logits, y) + w * tc.cert_loss(lb, y)
-
-    def step():
-        full = member({}, "update")  # only f updates the running statistics
-        ratio = 0.25 + 0.5 * torch.rand(1, generator=gen).item()
-        ws = [model[i].weight.detach() for i in idx]
-        masks = gul1_masks(ws, ratio, tc.prune_count(ratio, sum(t.numel() for t in ws)))
-        pruned = member({i: model[i].weight * m for i, m in zip(idx, masks)}, "batch")
-        loss = (full + pruned) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        loss.item()
+    step, _ = bench_steps.cactus_step(arch, data, batch, gen, gen)
     return batch, None, timed(step)
 
 
 # Compression kernels: the conv/linear weights of full-width cnn7 for MNIST inputs.
-CNN7_MNIST_WEIGHTS = 13_256_256
-
-
 def compression_weights():
-    torch.manual_seed(0)
-    model = cnn7(1, 28)
-    ws = [m.weight.detach() for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ws = bench_steps.compression_weights()
     n = sum(t.numel() for t in ws)
     assert n == CNN7_MNIST_WEIGHTS, n
     return ws, n
 
 
-def gul1_masks(ws, ratio, k=None):
-    """Global unstructured l1 masks: the k = floor(ratio*n) smallest |w| of all tensors pruned,
-    via the k-th smallest |w| (torch.kthvalue, a selection); weights equal to it are all
-    pruned (ties not resolved). Float 0/1 masks, one per tensor."""
-    n = sum(t.numel() for t in ws)
-    k = math.floor(ratio * n) if k is None else k
-    if k <= 0:
-        return [torch.ones_like(t) for t in ws]
-    with torch.no_grad():
-        thr = torch.kthvalue(torch.cat([t.abs().flatten() for t in ws]), k).values
-        return [(t.abs() > thr).float() for t in ws]
-
-
 def w_prune_mask():
     ws, n = compression_weights()
     return n, None, timed(lambda: gul1_masks(ws, 0.5))
-
-
-def fake_quant_int8(ws):
-    """int8 per-tensor asymmetric fake quantization with PyTorch's fused
-    torch.fake_quantize_per_tensor_affine (the explicit formula only if z falls outside
-    [-128, 127], i.e. a tensor of one sign; not the case here)."""
-    out = []
-    with torch.no_grad():
-        for t in ws:
-            lo, hi = (v.item() for v in torch.aminmax(t))
-            if lo == hi:
-                out.append(t.clone())
-                continue
-            s = (hi - lo) / 255.0
-            z = -128 - round(lo / s)
-            if -128 <= z <= 127:
-                out.append(torch.fake_quantize_per_tensor_affine(t, s, z, -128, 127))
-            else:
-                out.append(s * ((torch.round(t / s) + z).clamp(-128, 127) - z))
-    return out
 
 
 def w_fake_quant():
@@ -381,11 +227,11 @@ WORKLOADS = [
     ("iconv_fwd_32x64x28x28", "kernels", w_iconv_fwd),
     ("prune_mask_gul1_13M", "kernels", w_prune_mask),
     ("fake_quant_int8_13M", "kernels", w_fake_quant),
-    ("small_mnist_std_b32", "steps", lambda: w_step(small, 1, 28, 32)),
-    ("small_mnist_std_b128", "steps", lambda: w_step(small, 1, 28, 128)),
-    ("cnn7_mnist_std_b32", "steps", lambda: w_step(cnn7, 1, 28, 32)),
-    ("cnn7_mnist_std_b128", "steps", lambda: w_step(cnn7, 1, 28, 128)),
-    ("cnn7_cifar_std_b128", "steps", lambda: w_step(cnn7, 3, 32, 128)),
+    ("small_mnist_std_b32", "steps", lambda: w_step("small", "mnist", 32)),
+    ("small_mnist_std_b128", "steps", lambda: w_step("small", "mnist", 128)),
+    ("cnn7_mnist_std_b32", "steps", lambda: w_step("cnn7", "mnist", 32)),
+    ("cnn7_mnist_std_b128", "steps", lambda: w_step("cnn7", "mnist", 128)),
+    ("cnn7_cifar_std_b128", "steps", lambda: w_step("cnn7", "cifar", 128)),
     ("small_mnist_ibp_b32", "steps", lambda: w_cert_step("small", "mnist", "ibp", 32)),
     ("small_mnist_ibp_b128", "steps", lambda: w_cert_step("small", "mnist", "ibp", 128)),
     ("small_mnist_sabr_b32", "steps", lambda: w_cert_step("small", "mnist", "sabr", 32)),

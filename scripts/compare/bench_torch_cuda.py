@@ -43,10 +43,10 @@ Workloads (random data, seed 0, NCHW, float32, under torch.no_grad):
                            scripts/compare/bench_torch.py does (7 host round trips per rep).
 
 Training steps (group steps_cuda; grad enabled; one step of the CPU twins of
-scripts/compare/bench_torch.py, same algorithm, with the model, the batch, the optimiser state and
-every tensor of the step on --device; the certified algorithm is scripts/twin/torch_certified.py's,
-imported): full-width cnn7 for CIFAR-shaped inputs [128,3,32,32], 10 classes; throughput in
-samples/s (batch 128 per step).
+scripts/compare/bench_torch.py, the same code, scripts/twin/bench_steps.py, with the model, the
+batch, the optimiser state and every tensor of the step on --device; the certified losses are
+scripts/twin/torch_certified.py's): full-width cnn7 for CIFAR-shaped inputs [128,3,32,32], 10
+classes; throughput in samples/s (batch 128 per step).
   cnn7_cifar_std_b128      bench_torch.py's w_step: inputs N(0,1), PyTorch's default init, no
                            input normalisation; zero_grad, cross-entropy, backward,
                            Adam(lr=1e-3) step
@@ -94,20 +94,20 @@ import subprocess
 import sys
 import time
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+TWIN = os.path.join(os.path.dirname(HERE), "twin")  # the shared modules (torch; bench mode only)
+sys.path.insert(0, HERE)
+# compare_report.py's workload size and number formats, so both reports read alike (standard
+# library only, as this module's report mode)
+from compare_report import CNN7_MNIST_WEIGHTS, NOISE, fmt, fmt_ratio  # noqa: E402
+
 GROUP = "kernels_cuda"
 N_MATMUL = 4096
 CONV = dict(n=128, ci=128, co=128, h=16, w=16, k=3)
 CONV_FLOPS = 2.0 * CONV["n"] * CONV["co"] * CONV["h"] * CONV["w"] * CONV["ci"] * CONV["k"] ** 2
-# cnn7 (1x28x28 input, 10 classes): conv 1->64, 64->64, 64->128 (s2), 128->128 x2 (k3), then
-# linear 128*14*14 -> 512 and 512 -> 10.
-CNN7_MNIST_WEIGHTS = (9 * (1 * 64 + 64 * 64 + 64 * 128 + 2 * 128 * 128)
-                      + 128 * 14 * 14 * 512 + 512 * 10)  # 13,256,256
 
 STEPS_GROUP = "steps_cuda"
 STEP_BATCH = 128
-# CIFAR-shaped data as scripts/compare/bench_torch.py's CERT_DATA["cifar"]: in_ch, side, eps,
-# normalisation (mean, std) as cactus's DatasetKind.
-CIFAR = (3, 32, 8 / 255, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))
 # steps_cuda workload -> training method (benches/steps_cuda.rs's names)
 STEP_METHODS = {
     "cnn7_cifar_std_b128": "std",
@@ -189,26 +189,15 @@ def bench_args(argv):
     return p.parse_args(argv)
 
 
-def cnn7(nn, in_ch, hw, width=1.0):
-    """Full-width cnn7, layer for layer as scripts/compare/bench_torch.py's cnn7."""
-    layers, c, size = [], in_ch, hw
-    for out, s in zip((64, 64, 128, 128, 128), (1, 1, 2, 1, 1)):
-        out = int(out * width)
-        layers += [nn.Conv2d(c, out, 3, stride=s, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
-        c = out
-        size = (size + 2 - 3) // s + 1
-    fc = int(512 * width)
-    layers += [nn.Flatten(), nn.Linear(c * size * size, fc), nn.BatchNorm1d(fc), nn.ReLU(),
-               nn.Linear(fc, 10)]
-    return nn.Sequential(*layers)
-
-
 class Bench:
     def __init__(self, a):
         import torch
-        import torch.nn as nn
         import torch.nn.functional as F
-        self.torch, self.nn, self.F, self.a = torch, nn, F, a
+        sys.path.insert(0, TWIN)
+        import bench_steps  # noqa: E402 (the training steps, shared with bench_torch.py)
+        import compress  # noqa: E402 (gul1_masks, fake_quant_int8[_device])
+        self.torch, self.F, self.a = torch, F, a
+        self.steps, self.compress = bench_steps, compress
         self.dev = torch.device(a.device)
         self.cuda = a.device == "cuda"
 
@@ -218,11 +207,7 @@ class Bench:
         return (self.torch.randn(*shape, generator=g) * scale).to(self.dev)
 
     def compression_weights(self):
-        torch = self.torch
-        torch.manual_seed(0)
-        model = cnn7(self.nn, 1, 28)
-        ws = [m.weight.detach().to(self.dev) for m in model
-              if isinstance(m, (self.nn.Conv2d, self.nn.Linear))]
+        ws = self.steps.compression_weights(self.dev)
         n = sum(t.numel() for t in ws)
         assert n == CNN7_MNIST_WEIGHTS, n
         return ws
@@ -256,197 +241,61 @@ class Bench:
                     F.conv2d(r, w.abs(), None, stride=1, padding=1))
         return fwd, None
 
-    def gul1_masks(self, ws, ratio, k=None):
-        """As scripts/compare/bench_torch.py's gul1_masks: the k = floor(ratio*n) smallest |w| of all
-        tensors pruned via torch.kthvalue (a selection); ties at the threshold all pruned."""
-        torch = self.torch
-        n = sum(t.numel() for t in ws)
-        k = math.floor(ratio * n) if k is None else k
-        if k <= 0:
-            return [torch.ones_like(t) for t in ws]
-        thr = torch.kthvalue(torch.cat([t.abs().flatten() for t in ws]), k).values
-        return [(t.abs() > thr).float() for t in ws]
-
     def prune_mask_gul1_13M(self):
         ws = self.compression_weights()
 
         def check():
-            masks = self.gul1_masks(ws, 0.5)
+            masks = self.compress.gul1_masks(ws, 0.5)
             kept = sum(float(m.sum().item()) for m in masks)
             return {"kept_fraction": kept / CNN7_MNIST_WEIGHTS}
-        return (lambda: self.gul1_masks(ws, 0.5)), check
-
-    def fake_quant_host(self, ws):
-        """scripts/compare/bench_torch.py's fake_quant_int8, verbatim in effect (host s and z)."""
-        torch = self.torch
-        out = []
-        for t in ws:
-            lo, hi = (v.item() for v in torch.aminmax(t))
-            if lo == hi:
-                out.append(t.clone())
-                continue
-            s = (hi - lo) / 255.0
-            z = -128 - round(lo / s)
-            if -128 <= z <= 127:
-                out.append(torch.fake_quantize_per_tensor_affine(t, s, z, -128, 127))
-            else:
-                out.append(s * ((torch.round(t / s) + z).clamp(-128, 127) - z))
-        return out
-
-    def fake_quant_device(self, ws):
-        """Same arithmetic with s and z kept on the device (no host round trip): the
-        tensor-qparams overload of fake_quantize_per_tensor_affine, z clamped to [-128, 127]
-        (equal to the host variant whenever a tensor has both signs, as all of cnn7's do)."""
-        torch = self.torch
-        out = []
-        for t in ws:
-            lo, hi = torch.aminmax(t)
-            s = ((hi - lo) / 255.0).clamp_min(torch.finfo(torch.float32).tiny).reshape(1)
-            z = (-128 - torch.round(lo / s)).clamp(-128, 127).to(torch.int32).reshape(1)
-            out.append(torch.fake_quantize_per_tensor_affine(t, s, z, -128, 127))
-        return out
+        return (lambda: self.compress.gul1_masks(ws, 0.5)), check
 
     def fake_quant_int8_13M(self):
         ws = self.compression_weights()
-        fq = self.fake_quant_host if self.a.host_qparams else self.fake_quant_device
+        host, device = self.compress.fake_quant_int8, self.compress.fake_quant_int8_device
+        fq = host if self.a.host_qparams else device
 
         def check():
-            a, b = self.fake_quant_device(ws), self.fake_quant_host(ws)
+            a, b = device(ws), host(ws)
             diff = max(float((x - y).abs().max().item()) for x, y in zip(a, b))
             return {"qparams": "host" if self.a.host_qparams else "device",
                     "max_abs_diff_device_vs_host_qparams": diff}
         return (lambda: fq(ws)), check
 
     # ----------------------------------------------------------------- training steps
-    # scripts/compare/bench_torch.py's w_step / w_cert_step / w_cactus_step (the CPU twins), with the
-    # model, the batch, the optimiser state and every tensor of the step on self.dev. That
-    # script parses its arguments when imported, so the bodies are restated here; the certified
-    # algorithm is imported from scripts/twin/torch_certified.py. Run with grad enabled. Each
-    # returns (fn, check): fn() = one whole step; check() = the last step's loss.
-    def _tc(self):
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "twin"))
-        import torch_certified as tc  # noqa: E402 (needs numpy; imported only when used)
-        return tc
-
-    def _batch(self, in_ch, hw, batch, normal):
-        """bench_torch.py's batch (CPU generator, seed 0: the same values), moved to the
-        device: x ~ N(0, 1) (standard steps) or U(0, 1) (certified), labels in 0..9."""
-        torch = self.torch
-        g = torch.Generator().manual_seed(0)
-        x = (torch.randn if normal else torch.rand)(batch, in_ch, hw, hw, generator=g)
-        y = torch.randint(0, 10, (batch,), generator=g)
-        return x.to(self.dev), y.to(self.dev)
-
-    def _cert_model(self, tc):
-        """bench_torch.py's certified cnn7: Normalize first, IBP init (drawn on the CPU with
-        seed 0, then moved), train mode."""
-        in_ch, hw, _, (mean, std) = CIFAR
-        self.torch.manual_seed(0)
-        model = tc.ibp_init(self.nn.Sequential(tc.Normalize(mean, std), *cnn7(self.nn, in_ch, hw)))
-        return model.to(self.dev).train()
-
+    # scripts/compare/bench_torch.py's steps (scripts/twin/bench_steps.py) on self.dev, with
+    # the model, the batch, the optimiser state and every tensor of the step there; the attack
+    # starts from a generator on the device (seed 1), CACTUS's ratio from a CPU generator
+    # (seed 2). Run with grad enabled. Each returns (fn, check): fn() = one whole step;
+    # check() = the last step's loss.
     @staticmethod
-    def _last_loss(box):
+    def _last_loss(last):
         def check():
-            return {"last_loss": float(box[0].item()) if box else None}
+            return {"last_loss": float(last[0].item()) if last else None}
         return check
 
-    def _std_step(self, batch):
-        torch, F = self.torch, self.F
-        in_ch, hw = CIFAR[:2]
-        torch.manual_seed(0)
-        model = cnn7(self.nn, in_ch, hw).to(self.dev).train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        x, y = self._batch(in_ch, hw, batch, normal=True)
-        box = []
-
-        def step():
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            box[:] = [loss.detach()]
-        return step, self._last_loss(box)
-
-    def _cert_step(self, method, batch, cert_weight=0.75, sabr_lambda=0.4):
-        torch, nn, F = self.torch, self.nn, self.F
-        tc = self._tc()
-        in_ch, hw, eps, _ = CIFAR
-        model = self._cert_model(tc)
-        opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5)
-        x, y = self._batch(in_ch, hw, batch, normal=False)
-        gen = torch.Generator(device=self.dev).manual_seed(1)  # attack starts, on the device
-        w = cert_weight
-        box = []
-
-        def step():  # torch_certified.train's batch body, past the ramp (eps_t = eps, w_t = w)
-            logits, stats = tc.clean_forward(model, x)
-            loss = F.cross_entropy(logits, y)
-            if method == "ibp":
-                c, r = tc.input_box(x, eps)
-            else:
-                x_adv, lo, hi = tc.sabr_centre(model, x, y, eps, gen)
-                tau = sabr_lambda * eps
-                c, r = tc.input_box(torch.minimum(torch.maximum(x_adv, lo + tau), hi - tau), tau)
-            lcert = tc.cert_loss(tc.margin_lower_bounds(model, c, r, y, stats), y)
-            loss = (1 - w) * loss + w * lcert
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            loss.item()
-            box[:] = [loss.detach()]
-        return step, self._last_loss(box)
-
-    def _cactus_step(self, batch, cert_weight=0.75, sabr_lambda=0.4):
-        """bench_torch.py's w_cactus_step (torch_certified.cactus_loss with --compress prune
-        --strategy sampling --samples 1 --prune-method gul1, past the ramp)."""
-        torch, nn, F = self.torch, self.nn, self.F
-        tc = self._tc()
-        in_ch, hw, eps, _ = CIFAR
-        model = self._cert_model(tc)
-        opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5)
-        x, y = self._batch(in_ch, hw, batch, normal=False)
-        gen = torch.Generator(device=self.dev).manual_seed(1)  # attack starts, on the device
-        ratio_gen = torch.Generator().manual_seed(2)  # the ratio: a host scalar
-        w = cert_weight
-        idx = tc.affine_indices(model)
-        n_weights = sum(model[i].weight.numel() for i in idx)
-        box = []
-
-        def member(weights, bn):  # (1 - w)*CE(own clean pass) + w*SABR(own attack, own BN)
-            logits, stats = tc.forward_with(model, weights, x, bn)
-            c, r = tc.sabr_box(model, weights, x, y, eps, sabr_lambda, gen)
-            lb = tc.margin_lower_bounds(model, c, r, y, stats, weights)
-            return (1 - w) * F.cross_entropy(logits, y) + w * tc.cert_loss(lb, y)
-
-        def step():
-            full = member({}, "update")  # only f updates the running statistics
-            ratio = 0.25 + 0.5 * torch.rand(1, generator=ratio_gen).item()
-            ws = [model[i].weight.detach() for i in idx]
-            with torch.no_grad():
-                masks = self.gul1_masks(ws, ratio, tc.prune_count(ratio, n_weights))
-            pruned = member({i: model[i].weight * m for i, m in zip(idx, masks)}, "batch")
-            loss = (full + pruned) / 2
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            loss.item()
-            box[:] = [loss.detach()]
-        return step, self._last_loss(box)
+    def _attack_gen(self):
+        return self.torch.Generator(device=self.dev).manual_seed(1)
 
     def cnn7_cifar_std_b128(self):
-        return self._std_step(STEP_BATCH)
+        step, last = self.steps.std_step("cnn7", "cifar", STEP_BATCH, self.dev)
+        return step, self._last_loss(last)
 
     def cnn7_cifar_ibp_b128(self):
-        return self._cert_step("ibp", STEP_BATCH)
+        step, last = self.steps.cert_step("cnn7", "cifar", "ibp", STEP_BATCH, self._attack_gen(),
+                                          self.dev)
+        return step, self._last_loss(last)
 
     def cnn7_cifar_sabr_b128(self):
-        return self._cert_step("sabr", STEP_BATCH)
+        step, last = self.steps.cert_step("cnn7", "cifar", "sabr", STEP_BATCH,
+                                          self._attack_gen(), self.dev)
+        return step, self._last_loss(last)
 
     def cnn7_cifar_cactus_b128(self):
-        return self._cactus_step(STEP_BATCH)
+        ratio_gen = self.torch.Generator().manual_seed(2)   # the ratio: a host scalar
+        step, last = self.steps.cactus_step("cnn7", "cifar", STEP_BATCH, self._attack_gen(),
+                                            ratio_gen, self.dev)
+        return step, self._last_loss(last)
 
     # ----------------------------------------------------------------- timing
     def sync(self):
@@ -703,13 +552,6 @@ def load_torch(path, notes):
         return {}, {}
 
 
-def _fmt_helpers():
-    """compare_report.py's number formats, so both reports read alike."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from compare_report import NOISE, fmt, fmt_ratio  # noqa: E402 (standard library only)
-    return NOISE, fmt, fmt_ratio
-
-
 def fmt_throughput(flops, elements, ms, fmt):
     if not ms:
         return "-"
@@ -720,7 +562,6 @@ def fmt_throughput(flops, elements, ms, fmt):
 
 def report_main(argv):
     a = report_args(argv)
-    NOISE, fmt, fmt_ratio = _fmt_helpers()
     notes = []
     env, trows = load_torch(a.torch_json, notes)
     if not os.path.isdir(a.criterion_dir):

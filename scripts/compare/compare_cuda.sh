@@ -25,9 +25,10 @@
 #                (--group all with --steps-bin: the step twins too)
 #                (fp32, TF32 off unless --tf32; cuDNN benchmark mode; median of synchronized reps)
 #   (c) report:  scripts/compare/bench_torch_cuda.py report -> Markdown table on stdout,
-#                OUT/compare.md, OUT/compare.json (ms, GFLOP/s or weights/s, % of the FP32 non-tensor peak, ratio
-#                cactus/PyTorch of throughputs; GPU, driver and torch version in the header; with
-#                --steps-bin a second table: ms and samples/s per training step, ratio)
+#                OUT/compare.md, OUT/compare.json (ms, GFLOP/s or weights/s, % of the FP32
+#                non-tensor peak, ratio cactus/PyTorch of throughputs; GPU, driver and torch
+#                version in the header; with --steps-bin a second table: ms and samples/s per
+#                training step, ratio)
 # Workloads (group kernels_cuda): matmul_4096 conv_fwd_128x128x16x16 iconv_fwd_128x128x16x16
 #                                 prune_mask_gul1_13M fake_quant_int8_13M
 # With --steps-bin (group steps_cuda, cnn7 on CIFAR-shaped data, batch 128, one whole step):
@@ -43,7 +44,7 @@
 #     mkdir -p target/gpu && objcopy --strip-debug target/release/deps/kernels_cuda-<hash> \
 #         target/gpu/kernels_cuda                      # ~4 MB instead of ~44 MB
 #     run (carry target/gpu): bash scripts/compare/compare_cuda.sh \
-#         --bench-bin target/gpu/kernels_cuda --out "$OUT/cmp"   # ~2-3 min; --quick for well under 1
+#         --bench-bin target/gpu/kernels_cuda --out "$OUT/cmp"  # ~2-3 min; --quick: under 1
 # and for the training steps too (cargo bench --bench steps_cuda --no-run, strip it likewise into
 # target/gpu/steps_cuda): add --steps-bin target/gpu/steps_cuda (a few minutes more).
 # Exit status: 0, or 1 when a side failed or left results missing (the report still prints).

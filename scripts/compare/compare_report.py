@@ -31,7 +31,7 @@ NOISE = 0.10  # |ratio - 1| <= NOISE is reported as noise
 _CONV_FLOPS = 2.0 * 32 * 64 * 28 * 28 * 64 * 9
 # cnn7 (1x28x28 input, 10 classes): conv 1->64, 64->64, 64->128 (s2), 128->128 x2 (k3), then
 # linear 128*14*14 -> 512 and 512 -> 10.
-_CNN7_MNIST_WEIGHTS = (9 * (1 * 64 + 64 * 64 + 64 * 128 + 2 * 128 * 128)
+CNN7_MNIST_WEIGHTS = (9 * (1 * 64 + 64 * 64 + 64 * 128 + 2 * 128 * 128)
                        + 128 * 14 * 14 * 512 + 512 * 10)  # 13,256,256
 WORKLOADS = {
     "matmul_1024": ("kernels", 1, 2.0 * 1024 ** 3),
@@ -41,8 +41,8 @@ WORKLOADS = {
     "iconv_fwd_32x64x28x28": ("kernels", 32, 2.0 * _CONV_FLOPS),
     # Compression kernels on full-width cnn7's conv/linear weights for MNIST inputs: the "batch"
     # is the number of weights (criterion's Throughput::Elements), so samples/s = weights/s.
-    "prune_mask_gul1_13M": ("kernels", _CNN7_MNIST_WEIGHTS, None),
-    "fake_quant_int8_13M": ("kernels", _CNN7_MNIST_WEIGHTS, None),
+    "prune_mask_gul1_13M": ("kernels", CNN7_MNIST_WEIGHTS, None),
+    "fake_quant_int8_13M": ("kernels", CNN7_MNIST_WEIGHTS, None),
     "small_mnist_std_b32": ("steps", 32, None),
     "small_mnist_std_b128": ("steps", 128, None),
     "cnn7_mnist_std_b32": ("steps", 32, None),
@@ -295,7 +295,7 @@ def main():
         md += ["", f"## {group}", "", table(g_rows, with_gflops=(group == "kernels"))]
         if any(r["name"] in COMPRESSION_KERNELS for r in g_rows):
             md += ["", "(prune_mask_gul1_13M, fake_quant_int8_13M: samples = weights, "
-                       f"{_CNN7_MNIST_WEIGHTS:,} per iteration; samples/s = weights/s)"]
+                       f"{CNN7_MNIST_WEIGHTS:,} per iteration; samples/s = weights/s)"]
         ratios = [r["ratio"] for r in g_rows if r["ratio"] is not None]
         gm = geomean(ratios)
         summary[group] = gm

@@ -3,7 +3,7 @@
 # with PyTorch and a compute-sanitizer pass) on a GPU machine that has no Rust toolchain.
 #
 # Where cargo is, in the repo root, build and strip the binaries into one folder:
-#     bash scripts/gpu/gpu_check.sh --prepare        # -> target/gpu/{cuda_*,kernels_cuda,steps_cuda}
+#     bash scripts/gpu/gpu_check.sh --prepare       # -> target/gpu/{cuda_*,kernels_cuda,steps_cuda}
 # (every tests/cuda_*.rs and benches/*_cuda.rs, and the cactus binary), then, on the GPU machine, from the same checkout with target/gpu beside it:
 #     bash scripts/gpu/gpu_check.sh --out DIR [--compare] [--sanitize SECONDS]
 # Each test binary's log lands in DIR/<name>.log and a summary line per binary on stdout; with

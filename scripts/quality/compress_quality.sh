@@ -66,7 +66,8 @@ for dataset in ${DATASETS//,/ }; do
     case "$dataset" in
         mnist-mini) data=() extra=(--epochs 8) ;;
         fashion-mnist)
-            [[ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]] || bash scripts/data/get_fashion_mnist.sh
+            [[ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]] \
+                || bash scripts/data/get_fashion_mnist.sh
             data=(--data data/fashion-mnist) extra=(--limit-train 20000 --epochs 3) ;;
         *) echo "unknown dataset $dataset" >&2; exit 2 ;;
     esac

@@ -35,7 +35,8 @@ for dataset in ${DATASETS//,/ }; do
     case "$dataset" in
         mnist-mini) extra=(--epochs 8) ;;
         fashion-mnist)
-            [[ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]] || bash scripts/data/get_fashion_mnist.sh
+            [[ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]] \
+                || bash scripts/data/get_fashion_mnist.sh
             extra=(--data data/fashion-mnist --limit-train 20000 --epochs 3) ;;
         *) echo "unknown dataset $dataset" >&2; exit 2 ;;
     esac

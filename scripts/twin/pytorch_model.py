@@ -3,9 +3,10 @@
 
     python scripts/twin/pytorch_model.py out/model.safetensors [--probe 0.5]
 
-As a library: `model, normalize = load("out/model.safetensors")`; `model(normalize(x))` gives
-the logits for pixels x in [0, 1]. Needs only torch (the safetensors format is read here directly; `safetensors.torch.load_file`
-gives the same state dict).
+As a library: `model, normalize, spec = load("out/model.safetensors")`; `model(normalize(x))`
+gives the logits for pixels x in [0, 1] (normalize: model.Normalize of the checkpoint's
+normalisation, beside this file, or the identity). Needs only torch (the safetensors format is
+read here directly; `safetensors.torch.load_file` gives the same state dict).
 The layer list is read from the checkpoint's metadata ("cactus.layers"), so any architecture
 cactus writes is rebuilt exactly; the state dict loads with strict=True.
 """
@@ -13,9 +14,14 @@ import argparse
 import json
 import re
 import struct
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared modules beside it
+from model import Normalize  # noqa: E402
 
 DTYPES = {"F32": torch.float32, "I64": torch.int64}
 
@@ -61,12 +67,7 @@ def load(path: str):
     model.load_state_dict(state, strict=True)
     model.eval()
     norm = spec.get("normalization")
-    if norm:
-        mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
-        normalize = lambda x: (x - mean) / std  # noqa: E731
-    else:
-        normalize = lambda x: x  # noqa: E731
+    normalize = Normalize(norm["mean"], norm["std"]) if norm else nn.Identity()
     return model, normalize, spec
 
 

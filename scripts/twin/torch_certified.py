@@ -93,6 +93,12 @@ fp32). Each row is the evaluation above of the compressed weights (quantized: th
 clean/pgd/certified at the top level and adds "rows": [{"compression", "ratio", "sparsity",
 "format", "certifier": "ibp", "clean", "pgd", "certified"}], the rows of cactus's report.json.
 
+Code: the parts shared with the benchmark twins (scripts/compare/bench_torch*.py) and the
+auto_LiRPA cross-check live beside this file: data.py (IDX files), model.py (the networks, the
+normalisation, functional forward passes), ibp.py, attack.py (PGD), losses.py (the IBP, SABR and
+CACTUS-member losses of a batch), compress.py (pruning, quantization). This file adds CACTUS's
+compression set and AWP, the training loop, the evaluation grid and the command line.
+
 Usage (venv .venv-bench; scripts/twin/torch_certified.sh creates it):
   .venv-bench/bin/python scripts/twin/torch_certified.py --method sabr --dataset mnist-mini \\
       --eps 0.1 --epochs 10 --seed 0 --threads 2 --out out/torch_sabr_s0.json
@@ -100,400 +106,26 @@ Usage (venv .venv-bench; scripts/twin/torch_certified.sh creates it):
       --eps 0.1 --epochs 8 --seed 0 --eval-prune none,lul1,gul1,gsl2 \\
       --eval-ratios 0.5,0.7,0.9,0.95,0.99 --eval-quant fp32,fp16,int8,int4 --out out/t.json
 """
-import argparse, copy, gzip, json, math, os, sys, time
+import argparse, json, math, os, sys, time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-NORMALIZATION = {"mnist-mini": (0.1307, 0.3081), "mnist": (0.1307, 0.3081),
-                 "fashion-mnist": (0.2860, 0.3530)}
-
-
-# ---------------------------------------------------------------------------------- data
-def read_idx(path):
-    raw = Path(path).read_bytes()
-    if str(path).endswith(".gz"):
-        raw = gzip.decompress(raw)
-    magic, dims = int.from_bytes(raw[0:4], "big"), raw[3]
-    if magic not in (0x801, 0x803):
-        sys.exit(f"error: {path}: bad IDX magic number {magic:#x}")
-    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * dims)
-    if data.size != int(np.prod(shape)):
-        sys.exit(f"error: {path}: {data.size} bytes of data, header says {shape}")
-    return data.reshape(shape)
-
-
-def find_idx(d, prefix, what, dims):
-    for sub in (d, d / "raw"):
-        for name in (f"{prefix}-{what}-{dims}-ubyte", f"{prefix}-{what}-{dims}-ubyte.gz",
-                     f"{prefix}-{what}.{dims}-ubyte", f"{prefix}-{what}.{dims}-ubyte.gz"):
-            if (sub / name).is_file():
-                return sub / name
-    sys.exit(f"error: no {prefix}-{what}-{dims}-ubyte[.gz] in {d}")
-
-
-def load_split(dataset, data_dir, split):
-    if dataset == "mnist-mini":
-        if data_dir:
-            sys.exit("error: mnist-mini is read from assets/mnist-mini and takes no --data")
-        d = ROOT / "assets" / "mnist-mini"
-    elif not data_dir:
-        sys.exit(f"error: --dataset {dataset} needs --data DIR (IDX files)")
-    else:
-        d = Path(data_dir)
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(find_idx(d, prefix, "images", "idx3"))
-    labels = read_idx(find_idx(d, prefix, "labels", "idx1"))
-    if len(images) != len(labels) or labels.max() > 9:
-        sys.exit(f"error: {d}: {len(images)} images, {len(labels)} labels, max label {labels.max()}")
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)   # N×1×28×28 in [0, 1]
-    return x, torch.from_numpy(labels.astype(np.int64))
-
-
-# ---------------------------------------------------------------------------------- model
-class Normalize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([mean]).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor([std]).view(1, -1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-def small_model(norm, init):
-    model = nn.Sequential(
-        Normalize(*norm),
-        nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),     # 28 → 14
-        nn.Conv2d(16, 32, 4, stride=1, padding=1), nn.ReLU(),    # 14 → 13
-        nn.Flatten(), nn.Linear(32 * 13 * 13, 100), nn.ReLU(), nn.Linear(100, 10))
-    return ibp_init(model) if init == "ibp" else model
-
-
-def scaled(channels, width):
-    """cactus's round(channels·width) in f32, half away from zero, at least 1."""
-    x = float(np.float32(channels) * np.float32(width))
-    return max(1, int(math.floor(x + 0.5)))
-
-
-def cnn7_model(norm, init, width):
-    layers, ch, hw = [Normalize(*norm)], 1, 28
-    for out, stride in ((64, 1), (64, 1), (128, 2), (128, 1), (128, 1)):
-        out = scaled(out, width)
-        layers += [nn.Conv2d(ch, out, 3, stride=stride, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
-        ch, hw = out, (hw + 2 - 3) // stride + 1
-    fc = scaled(512, width)
-    layers += [nn.Flatten(), nn.Linear(ch * hw * hw, fc), nn.BatchNorm1d(fc), nn.ReLU(),
-               nn.Linear(fc, 10)]
-    model = nn.Sequential(*layers)
-    return ibp_init(model) if init == "ibp" else model
-
-
-def ibp_init(model):
-    """Shi et al. 2021: every conv/linear weight but the last redrawn; the rest keeps PyTorch's
-    default."""
-    affine = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for m in affine[:-1]:
-        fan_in = m.weight[0].numel()
-        nn.init.normal_(m.weight, 0.0, math.sqrt(2 * math.pi) / fan_in)
-    return model
-
-
-def affine_indices(model):
-    """Indices (in the Sequential) of the conv and linear layers: the compressible weights."""
-    return [i for i, m in enumerate(model) if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-def forward_with(model, weights, x, bn):
-    """Functional forward pass with some conv/linear weights replaced: `weights` maps a layer
-    index to the weight to use there (others use the module's own). bn: "eval" (running
-    statistics), "batch" (the input's own batch statistics, running statistics untouched) or
-    "update" (batch statistics, and the running ones updated as PyTorch's train mode does).
-    Returns the logits and the (mean, biased var) of each BN's input in batch mode."""
-    stats = []
-    for i, m in enumerate(model):
-        if isinstance(m, nn.Conv2d):
-            x = F.conv2d(x, weights.get(i, m.weight), m.bias, m.stride, m.padding, m.dilation,
-                         m.groups)
-        elif isinstance(m, nn.Linear):
-            x = F.linear(x, weights.get(i, m.weight), m.bias)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if bn == "eval":
-                x = F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0,
-                                 m.eps)
-                continue
-            dims = [0] + list(range(2, x.dim()))
-            stats.append((x.mean(dims), x.var(dims, unbiased=False)))
-            if bn == "update":                   # momentum 0.1, unbiased running variance
-                with torch.no_grad():
-                    F.batch_norm(x.detach(), m.running_mean, m.running_var, None, None, True,
-                                 m.momentum, m.eps)
-            x = F.batch_norm(x, None, None, m.weight, m.bias, True, 0.0, m.eps)
-        else:
-            x = m(x)
-    return x, stats
-
-
-def clean_forward(model, x):
-    """Forward pass in the model's current mode; returns the logits and, for each BatchNorm
-    in train mode, the (mean, biased var) of its input, with gradients, for IBP's boxes."""
-    stats = []
-    for m in model:
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-            dims = [0] + list(range(2, x.dim()))
-            stats.append((x.mean(dims), x.var(dims, unbiased=False)))
-        x = m(x)
-    return x, stats
-
-
-# ---------------------------------------------------------------------------------- bounds
-def input_box(x, eps):
-    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
-    return (lo + hi) / 2, (hi - lo) / 2
-
-
-def propagate(layers, c, r, stats, weights=None):
-    """Interval bounds in centre/radius form; `stats` = clean batch statistics (train) or None;
-    `weights` (layer index → weight) replaces conv/linear weights as in forward_with."""
-    bn_stats = iter(stats or [])
-    weights = weights or {}
-    for i, m in enumerate(layers):
-        if isinstance(m, Normalize):
-            c, r = (c - m.mean) / m.std, r / m.std
-        elif isinstance(m, nn.Conv2d):
-            w = weights.get(i, m.weight)
-            c = F.conv2d(c, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
-            r = F.conv2d(r, w.abs(), None, m.stride, m.padding, m.dilation, m.groups)
-        elif isinstance(m, nn.Linear):
-            w = weights.get(i, m.weight)
-            c, r = F.linear(c, w, m.bias), F.linear(r, w.abs())
-        elif isinstance(m, nn.ReLU):
-            lo, hi = F.relu(c - r), F.relu(c + r)
-            c, r = (hi + lo) / 2, (hi - lo) / 2
-        elif isinstance(m, nn.Flatten):
-            c, r = c.flatten(1), r.flatten(1)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            mean, var = next(bn_stats) if stats is not None else (m.running_mean, m.running_var)
-            scale = m.weight / torch.sqrt(var + m.eps)
-            shift = m.bias - mean * scale
-            shape = [1, -1] + [1] * (c.dim() - 2)
-            c, r = c * scale.view(shape) + shift.view(shape), r * scale.abs().view(shape)
-        else:
-            raise TypeError(f"no interval rule for {type(m).__name__}")
-    return c, r
-
-
-def margin_lower_bounds(model, c, r, y, stats, weights=None):
-    """lb(z_y − z_j) over each box [c − r, c + r], [N, K] (0 at j = y): last-layer elision."""
-    weights = weights or {}
-    c, r = propagate(list(model)[:-1], c, r, stats, weights)
-    last = model[-1]
-    w_last = weights.get(len(model) - 1, last.weight)
-    w_spec = w_last[y].unsqueeze(1) - w_last.unsqueeze(0)                  # N×K×H
-    b_spec = last.bias[y].unsqueeze(1) - last.bias.unsqueeze(0)            # N×K
-    return (torch.einsum("nkh,nh->nk", w_spec, c) + b_spec
-            - torch.einsum("nkh,nh->nk", w_spec.abs(), r))
-
-
-def cert_loss(lb, y):
-    return F.cross_entropy(-lb, y)
-
-
-# ---------------------------------------------------------------------------------- compression
-PRUNE_METHODS = ("gul1", "gul2", "lul1", "lul2", "gsl1", "gsl2", "lsl1", "lsl2")
-
-
-def prune_count(ratio, n):
-    """floor(ratio·n), where a product within a few ulps below an integer counts as that one."""
-    x = ratio * n
-    k = math.floor(x)
-    if (k + 1.0) - x <= 4.0 * sys.float_info.epsilon * max(x, 1.0):
-        k += 1
-    return min(int(k), n)
-
-
-def prune_masks(model, method, ratio):
-    """0/1 masks {layer index: mask} of the conv/linear weights for pruning `method` at δ =
-    `ratio` (src/compress/prune.rs), computed from the detached weights; and the fraction of
-    those weights the masks zero."""
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
-    if method not in PRUNE_METHODS:
-        raise ValueError(f"unknown pruning method {method}")
-    idx = affine_indices(model)
-    ws = [model[i].weight.detach() for i in idx]
-    masks = [torch.ones_like(w) for w in ws]
-    if method[1] == "u":                        # single weights, ranked by (|w|, layer, index)
-        def prune_smallest(flat, k, out):
-            if k > 0:
-                out.view(-1)[torch.argsort(flat, stable=True)[:k]] = 0.0
-        if method[0] == "g":
-            flat = torch.cat([w.abs().flatten() for w in ws])
-            m = torch.ones_like(flat)
-            prune_smallest(flat, prune_count(ratio, flat.numel()), m)
-            masks = [t.view_as(w).clone() for t, w in zip(m.split([w.numel() for w in ws]), ws)]
-        else:
-            for w, m in zip(ws, masks):
-                prune_smallest(w.abs().flatten(), prune_count(ratio, w.numel()), m)
-    else:                                       # units: conv channels, hidden linear neurons
-        classifier = max(i for i in idx if isinstance(model[i], nn.Linear))
-        scores = []                             # (position in ws, f64 scores of its rows)
-        for t, (i, w) in enumerate(zip(idx, ws)):
-            if i == classifier:
-                continue
-            rows = w.double().flatten(1)
-            scores.append((t, rows.abs().sum(1) if method[3] == "1"
-                           else rows.pow(2).sum(1).sqrt()))
-        removed = []                            # (position in ws, unit)
-        if method[0] == "g":
-            ranking = []
-            for t, sc in scores:
-                mean = sc.mean().item()
-                norm = sc / mean if mean > 0 else sc * 0.0
-                ranking += [(v + 0.0, t, u) for u, v in enumerate(norm.tolist())]
-            ranking.sort()
-            k, lost = prune_count(ratio, len(ranking)), {}
-            for _, t, u in ranking:
-                if len(removed) == k:
-                    break
-                if lost.get(t, 0) + 1 >= ws[t].shape[0]:
-                    continue                    # keep at least one unit per layer
-                lost[t] = lost.get(t, 0) + 1
-                removed.append((t, u))
-        else:
-            for t, sc in scores:
-                k = min(prune_count(ratio, len(sc)), len(sc) - 1)
-                if k > 0:
-                    removed += [(t, int(u)) for u in torch.argsort(sc, stable=True)[:k]]
-        for t, u in removed:
-            masks[t][u] = 0.0
-    total = sum(w.numel() for w in ws)
-    zeros = sum(int((m == 0).sum()) for m in masks)
-    return dict(zip(idx, masks)), zeros / total
-
-
-def int_quant_params(w, bits):
-    """(scale, zero point) of the per-tensor asymmetric intN quantizer of w, or None for a
-    constant tensor (quantized exactly, step 0) (src/compress/quant.rs)."""
-    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    if not bool(torch.isfinite(w).all()):
-        sys.exit("error: cannot quantize weights to integers: NaN or infinite values "
-                 "(the network has diverged)")
-    lo, hi = float(w.min()), float(w.max())
-    if lo == hi:
-        return None
-    levels, span = float(qmax - qmin), hi - lo
-    s = np.float32(span / levels)
-    if float(s) * levels < span:                # round up: s·(qmax − qmin) ≥ max − min
-        s = np.nextafter(s, np.float32(np.inf))
-    magnitude = max(abs(lo), abs(hi))
-    floor = np.float32(magnitude / 2.0 ** 30)
-    if float(floor) * 2.0 ** 30 < magnitude:
-        floor = np.nextafter(floor, np.float32(np.inf))
-    s = float(max(s, floor, np.float32(np.finfo(np.float32).smallest_subnormal)))
-    return s, qmin - round(lo / s)              # Python's round: half to even
-
-
-def quant_step(w, bits=8):
-    """The per-tensor intN quantization step of w (0 for a constant tensor)."""
-    p = int_quant_params(w.detach(), bits)
-    return 0.0 if p is None else p[0]
-
-
-def fake_quantize(w, fmt):
-    """Dequantized weights of w in format fp32, fp16 or intN (N in 2..8), per tensor."""
-    w = w.detach()
-    if fmt == "fp32":
-        return w.clone()
-    if fmt == "fp16":
-        return torch.where(torch.isfinite(w), w.clamp(-65504.0, 65504.0), w).half().float()
-    bits = int(fmt[3:])
-    p = int_quant_params(w, bits)
-    if p is None:
-        return w.clone()
-    s, z = p
-    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    q = (torch.round(w.double() / s) + z).clamp(qmin, qmax)
-    return (s * (q - z)).float()
-
-
-def compressed_copy(model, weights):
-    """A copy of model (BN running statistics included) with these conv/linear weights."""
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        for i, w in weights.items():
-            out[i].weight.copy_(w)
-    return out
-
-
-# ---------------------------------------------------------------------------------- attacks
-def attack_loss(logits, y, kind):
-    if kind == "ce":
-        return F.cross_entropy(logits, y, reduction="none")
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return others.max(1).values - logits.gather(1, y[:, None])[:, 0]
-
-
-def pgd(model, x, y, lo, hi, eps, steps, step_frac, decay_after, factor, kind, gen,
-        stop_early=False):
-    """Sign PGD in the box [lo, hi] from a uniform random start; model in its current mode.
-    Returns each sample's highest-loss point among the clean point and every iterate, and
-    whether any evaluated point was misclassified. Gradients go to the input only."""
-    def point(p, need_grad):
-        p = p.detach().requires_grad_(need_grad)
-        with torch.set_grad_enabled(need_grad):
-            logits = model(p)
-            loss = attack_loss(logits, y, kind)
-        g = torch.autograd.grad(loss.sum(), p)[0] if need_grad else None
-        return logits.detach(), loss.detach(), g
-
-    best_x, fooled = x.clone(), torch.zeros(len(y), dtype=torch.bool, device=x.device)
-    logits, best_loss, _ = point(x, False)                # the clean point is a candidate
-    fooled |= logits.argmax(1) != y
-    u = torch.rand(x.shape, generator=gen, device=x.device)  # gen must be on x's device
-    cur = torch.minimum(lo + (hi - lo) * u, hi)
-    for k in range(steps + 1):
-        logits, loss, g = point(cur, k < steps)
-        fooled |= logits.argmax(1) != y
-        better = loss > best_loss
-        best_loss = torch.where(better, loss, best_loss)
-        best_x[better] = cur[better]
-        if k == steps or (stop_early and bool(fooled.all())):
-            break
-        size = step_frac * eps * factor ** sum(k >= m for m in decay_after)
-        cur = torch.minimum(torch.maximum(cur + size * torch.sign(torch.nan_to_num(g)), lo), hi)
-    return best_x, fooled
-
-
-def sabr_centre(model, x, y, eps, gen):
-    lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
-    was_training = model.training
-    model.eval()                                             # BN in eval mode during the attack
-    x_adv, _ = pgd(model, x, y, lo, hi, eps, 8, 0.5, (4, 7, 8), 0.1, "ce", gen)
-    model.train(was_training)
-    return x_adv, lo, hi
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared modules beside it
+from attack import pgd  # noqa: E402
+from compress import (PRUNE_METHODS, compressed_copy, fake_quantize,  # noqa: E402
+                      prune_masks, quant_step)
+from data import load_split  # noqa: E402
+from ibp import cert_loss, input_box, margin_lower_bounds  # noqa: E402
+from losses import certified_loss, member_loss  # noqa: E402
+from model import (NORMALIZATION, affine_indices, cnn7, forward_with,  # noqa: E402
+                   ibp_init, small)
 
 
 # ---------------------------------------------------------------------------------- CACTUS
 DENSE_RATIOS = (0.15, 0.3, 0.45, 0.6, 0.75)
-
-
-def sabr_box(model, weights, x, y, eps, lam, gen):
-    """SABR's small box (centre, radius) for the net with these weights: its own PGD attack on
-    the detached weights with BN in eval mode, the centre clamped to [lo + τ, hi − τ]."""
-    detached = {i: w.detach() for i, w in weights.items()}
-    for i in affine_indices(model):
-        detached.setdefault(i, model[i].weight.detach())
-    lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
-    x_adv, _ = pgd(lambda p: forward_with(model, detached, p, "eval")[0], x, y, lo, hi, eps,
-                   8, 0.5, (4, 7, 8), 0.1, "ce", gen)
-    tau = lam * eps
-    return input_box(torch.minimum(torch.maximum(x_adv, lo + tau), hi - tau), tau)
 
 
 def batch_ratios(model, args, t, total_batches, gen):
@@ -550,27 +182,19 @@ def awp_delta(model, x, y, w_cert, box, args):
 def cactus_loss(model, x, y, eps_t, w, t, total_batches, args, gen):
     """The CACTUS loss of one batch (mean over the compression set) and the full net's logits."""
     idx = affine_indices(model)
-    lam = args.sabr_lambda
 
-    def member_loss(weights, bn):
-        logits, stats = forward_with(model, weights, x, bn)
-        loss = F.cross_entropy(logits, y)
-        box = None
-        if w > 0:
-            box = sabr_box(model, weights, x, y, eps_t, lam, gen)
-            lb = margin_lower_bounds(model, box[0], box[1], y, stats, weights)
-            loss = (1 - w) * loss + w * cert_loss(lb, y)
-        return loss, logits, box
+    def member(weights, bn):
+        return member_loss(model, weights, bn, x, y, eps_t, w, args.sabr_lambda, gen)
 
-    full_loss, full_logits, full_box = member_loss({}, "update")   # only f updates running stats
+    full_loss, full_logits, full_box = member({}, "update")   # only f updates running stats
     losses = [full_loss]
     if args.compress in ("prune", "prune+quant"):
         for ratio in batch_ratios(model, args, t, total_batches, gen):
             masks, _ = prune_masks(model, args.prune_method, ratio)
-            losses.append(member_loss({i: model[i].weight * masks[i] for i in idx}, "batch")[0])
+            losses.append(member({i: model[i].weight * masks[i] for i in idx}, "batch")[0])
     if args.compress in ("quant", "prune+quant"):
         delta = awp_delta(model, x, y, w, full_box, args)
-        losses.append(member_loss({i: model[i].weight + delta[i] for i in idx}, "batch")[0])
+        losses.append(member({i: model[i].weight + delta[i] for i in idx}, "batch")[0])
     return torch.stack(losses).mean(), full_logits
 
 
@@ -597,17 +221,8 @@ def train(model, x_train, y_train, args):
                 loss, logits = cactus_loss(model, x, y, eps_t, w, t, args.epochs * n_batches,
                                            args, gen)
             else:
-                logits, stats = clean_forward(model, x)
-                loss = F.cross_entropy(logits, y)
-            if args.method in ("ibp", "sabr") and w > 0:
-                if args.method == "ibp":
-                    c, r = input_box(x, eps_t)
-                else:
-                    x_adv, lo, hi = sabr_centre(model, x, y, eps_t, gen)
-                    tau = args.sabr_lambda * eps_t
-                    c, r = input_box(torch.minimum(torch.maximum(x_adv, lo + tau), hi - tau), tau)
-                lcert = cert_loss(margin_lower_bounds(model, c, r, y, stats), y)
-                loss = (1 - w) * loss + w * lcert
+                loss, logits = certified_loss(model, x, y, args.method, eps_t, w,
+                                              args.sabr_lambda, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -780,9 +395,10 @@ def main():
         x_train, y_train = x_train[:args.limit_train], y_train[:args.limit_train]
     if args.limit_test is not None:
         x_test, y_test = x_test[:args.limit_test], y_test[:args.limit_test]
-    init = "pytorch" if args.method == "std" else "ibp"
     norm = NORMALIZATION[args.dataset]
-    model = small_model(norm, init) if args.model == "small" else cnn7_model(norm, init, args.width)
+    model = small(norm=norm) if args.model == "small" else cnn7(width=args.width, norm=norm)
+    if args.method != "std":                                 # std: PyTorch's default init
+        ibp_init(model)
     what = args.method
     if args.method == "cactus":
         what += f" ({args.compress}, {args.prune_method}, {args.strategy})"

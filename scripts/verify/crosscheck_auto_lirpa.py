@@ -83,9 +83,7 @@ import time
 import warnings
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SCRIPTS = HERE.parent
-ROOT = SCRIPTS.parent
+TWIN = Path(__file__).resolve().parent.parent / "twin"   # the PyTorch twin's shared modules
 METHODS = {"crown": "CROWN", "crown-ibp": "CROWN-IBP", "alpha-crown": "CROWN-Optimized",
            "ibp": "IBP"}
 
@@ -96,7 +94,7 @@ def die(msg):
 
 
 try:
-    import numpy as np
+    import numpy  # noqa: F401 (the twin's data module needs it)
     import torch
     import torch.nn as nn
 except ImportError as e:  # pragma: no cover
@@ -109,62 +107,23 @@ except ImportError as e:
     die(f"cannot import auto_LiRPA ({e}); run through scripts/verify/crosscheck_auto_lirpa.sh")
 
 warnings.filterwarnings("ignore", message=r".*Constant operand of node.*has batch dimension")
-sys.path.insert(0, str(SCRIPTS / "twin"))
+sys.path.insert(0, str(TWIN))
 try:
+    from data import load_split
+    from model import Normalize
     from pytorch_model import load as load_checkpoint
 except ImportError as e:
-    die(f"cannot import scripts/twin/pytorch_model.py: {e}")
+    die(f"cannot import the twin's modules in {TWIN}: {e}")
 
 
 # ---------------------------------------------------------------------------------- data
-def read_idx(path):
-    import gzip
-    raw = Path(path).read_bytes()
-    if str(path).endswith(".gz"):
-        raw = gzip.decompress(raw)
-    magic, dims = int.from_bytes(raw[0:4], "big"), raw[3]
-    if magic not in (0x801, 0x803):
-        die(f"{path}: bad IDX magic number {magic:#x}")
-    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * dims)
-    if data.size != int(np.prod(shape)):
-        die(f"{path}: {data.size} bytes of data, header says {shape}")
-    return data.reshape(shape)
-
-
 def load_test_split(dataset, data_dir):
-    """(x N×1×28×28 float32 in [0, 1], y int64) of the test split. Uses torch_certified's
-    load_split (importing that module only defines things), else the same IDX reading here."""
+    """(x N×1×28×28 float32 in [0, 1], y int64) of the test split (the twin's data.load_split,
+    its errors as this script's)."""
     try:
-        from torch_certified import load_split
-    except ImportError:
-        load_split = None
-    if load_split is not None:
-        try:
-            return load_split(dataset, data_dir, "test")
-        except SystemExit as e:   # its errors are sys.exit("error: …")
-            die(str(e.code).removeprefix("error: "))
-    if dataset == "mnist-mini":
-        if data_dir:
-            die("mnist-mini is read from assets/mnist-mini and takes no --data")
-        d = ROOT / "assets" / "mnist-mini"
-    elif not data_dir:
-        die(f"--dataset {dataset} needs --data DIR (IDX files)")
-    else:
-        d = Path(data_dir)
-
-    def find(what, dims):
-        for sub in (d, d / "raw"):
-            for name in (f"t10k-{what}-{dims}-ubyte", f"t10k-{what}-{dims}-ubyte.gz",
-                         f"t10k-{what}.{dims}-ubyte", f"t10k-{what}.{dims}-ubyte.gz"):
-                if (sub / name).is_file():
-                    return sub / name
-        die(f"no t10k-{what}-{dims}-ubyte[.gz] in {d}")
-    images, labels = read_idx(find("images", "idx3")), read_idx(find("labels", "idx1"))
-    if len(images) != len(labels):
-        die(f"{d}: {len(images)} images but {len(labels)} labels")
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
-    return x, torch.from_numpy(labels.astype(np.int64))
+        return load_split(dataset, data_dir, "test")
+    except SystemExit as e:   # its errors are sys.exit("error: …")
+        die(str(e.code).removeprefix("error: "))
 
 
 def read_per_point(path, row, certifier):
@@ -197,22 +156,6 @@ def read_per_point(path, row, certifier):
 
 
 # ---------------------------------------------------------------------------------- model
-class Normalize(nn.Module):
-    """(x − mean)/std per channel, written as that (--normalize subdiv). The constants are
-    1×C×1×1: auto_LiRPA's patches mode (BoundDiv/BoundMul by a constant) asserts a 4-d constant
-    and fails on C×1×1; with 1×C×1×1 it only warns that the constant "has batch dimension"
-    (harmless: it broadcasts; silenced above). alpha-CROWN in patches mode still fails on this
-    form (a shape error in concretize_bounds.add_b; matrix mode untested, too slow): use
-    --normalize conv."""
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
 def normalize_conv(mean, std):
     """The normalisation as cactus computes it, x·scale + shift with scale = f32(1/std) and
     shift = f32(−mean/std) (src/nn/models.rs Normalization::affine), as a 1×1 C→C convolution
@@ -231,6 +174,12 @@ def normalize_conv(mean, std):
 
 
 def build_model(checkpoint, how):
+    """The checkpoint's network with its normalisation first: --normalize conv
+    (normalize_conv) or subdiv, model.Normalize, (x − mean)/std as written. Its constants are
+    1×C×1×1: auto_LiRPA's patches mode (BoundDiv/BoundMul by a constant) asserts a 4-d constant
+    and fails on C×1×1; with 1×C×1×1 it only warns that the constant "has batch dimension"
+    (harmless: it broadcasts; silenced above). alpha-CROWN in patches mode still fails on the
+    subdiv form (a shape error in concretize_bounds.add_b; matrix mode untested, too slow)."""
     if not Path(checkpoint).is_file():
         die(f"checkpoint {checkpoint} not found")
     try:
