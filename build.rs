@@ -88,6 +88,24 @@ fn main() {
         &files_with_extension(&dirs, "cuh"),
         |f| f.file_name().unwrap().to_string_lossy().into_owned(),
     );
+    // Where each file lives, for messages that name it.
+    code.push_str(
+        "/// (file name, path from the crate root) of every kernel module and header.\n\
+         pub const KERNEL_FILES: &[(&str, &str)] = &[\n",
+    );
+    let mut all = files_with_extension(&dirs, "cu");
+    all.extend(files_with_extension(&dirs, "cuh"));
+    for f in &all {
+        let rel = f.strip_prefix(root).unwrap_or(f);
+        writeln!(
+            code,
+            "    ({:?}, {:?}),",
+            f.file_name().unwrap().to_string_lossy(),
+            rel.display().to_string()
+        )
+        .unwrap();
+    }
+    code.push_str("];\n");
     let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("kernel_sources.rs");
     std::fs::write(out, code).unwrap();
 }

@@ -1,9 +1,9 @@
 //! Kernel throughput on the CPU backend: GEMM, convolution forward/backward, interval
 //! convolution, and the compression kernels (pruning masks, fake quantization).
-//! Names match the PyTorch comparison (`scripts/compare_pytorch.sh`).
+//! Names match the PyTorch comparison (`scripts/compare/compare_pytorch.sh`).
 
 use cactus::autodiff::with_no_grad;
-use cactus::backend::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeometry};
+use cactus::ops::conv::cpu::{conv2d_backward, conv2d_forward, ConvGeometry};
 use cactus::ops::Conv2dParams;
 use cactus::rng::Rng;
 use cactus::Tensor;
@@ -118,7 +118,7 @@ fn compression(c: &mut Criterion) {
 }
 
 fn configured() -> Criterion {
-    cactus::backend::cpu::allocator::keep_freed_memory();
+    cactus::runtime::cpu::allocator::keep_freed_memory();
     Criterion::default()
 }
 

@@ -2,14 +2,15 @@
 //! where no GPU is present. Every iteration waits for the stream, so times are the kernels'
 //! own. Names follow the CPU benches (`benches/kernels.rs`) and the PyTorch comparison.
 
-use cactus::backend::cuda::conv::{conv2d_forward, interval_conv2d_forward, matmul, ConvShape};
-use cactus::backend::cuda::prune::{prune_masks, DeviceWeight};
-use cactus::backend::cuda::quant::{fake_quantize_int, quant_params};
-use cactus::backend::cuda::{device_or_skip, CudaBackend, DeviceBuffer};
+use cactus::compress::prune::launch::{prune_masks, DeviceWeight};
+use cactus::compress::quant::launch::{fake_quantize_int, quant_params};
 use cactus::compress::quant::Granularity;
 use cactus::nn::{Arch, Layer, Model, ModelSpec};
+use cactus::ops::conv::launch::{conv2d_forward, interval_conv2d_forward, ConvShape};
+use cactus::ops::matmul::launch::matmul;
 use cactus::ops::Conv2dParams;
 use cactus::rng::Rng;
+use cactus::runtime::cuda::{device_or_skip, CudaBackend, DeviceBuffer};
 use cactus::Tensor;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 

@@ -1,6 +1,6 @@
 //! Whole training steps on random data: standard (forward, cross-entropy, backward, Adam) and
 //! certified (IBP, SABR, CACTUS: the trainer's per-batch work past the ramp). Names match the PyTorch
-//! comparison (`scripts/compare_pytorch.sh`).
+//! comparison (`scripts/compare/compare_pytorch.sh`).
 
 use cactus::data::DatasetKind;
 use cactus::nn::{Arch, Init, Model, ModelSpec};
@@ -125,7 +125,7 @@ fn steps(c: &mut Criterion) {
 }
 
 fn configured() -> Criterion {
-    cactus::backend::cpu::allocator::keep_freed_memory();
+    cactus::runtime::cpu::allocator::keep_freed_memory();
     Criterion::default()
 }
 

@@ -5,10 +5,10 @@
 //! time is the whole step's. Each bench also prints the host-device copies one step makes.
 //! Skips, saying so, where no GPU is present.
 
-use cactus::backend::cuda::{device_or_skip, profile, CudaBackend};
 use cactus::data::DatasetKind;
 use cactus::nn::{Arch, Init, Model};
 use cactus::rng::Rng;
+use cactus::runtime::cuda::{device_or_skip, profile, CudaBackend};
 use cactus::tensor::{transfers, Device};
 use cactus::train::{Adam, Method, Phase, Progress, TrainConfig};
 use cactus::Tensor;

@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion, name: &str, arch: Arch, var: &str, points: usize, ce
 }
 
 fn verify(c: &mut Criterion) {
-    cactus::backend::cpu::allocator::keep_freed_memory();
+    cactus::runtime::cpu::allocator::keep_freed_memory();
     bench(
         c,
         "crown_small_b100",

@@ -484,7 +484,7 @@ fn compression_options_are_checked() {
 /// GPU machine, tests/cuda_steps.rs trains there instead); unknown devices are refused.
 #[test]
 fn device_cuda_without_a_gpu_is_an_error_with_a_reason() {
-    if cactus::backend::cuda::cuda().is_ok() {
+    if cactus::runtime::cuda::cuda().is_ok() {
         eprintln!(
             "device_cuda_without_a_gpu_is_an_error_with_a_reason: SKIPPED — this machine has a GPU"
         );

@@ -1,5 +1,5 @@
-//! CPU-vs-CUDA parity of the interval bound propagation kernels (`kernels/bounds.cu`, wrappers
-//! in `backend::cuda::bounds`): every wrapper, forward and backward, against the CPU ops and
+//! CPU-vs-CUDA parity of the interval bound propagation kernels (`ops/interval/interval.cu`, wrappers
+//! in `ops::interval::launch`): every wrapper, forward and backward, against the CPU ops and
 //! their autodiff gradients (`Tensor::interval_*`, `bounds::margin_lower_bounds`), on random
 //! shapes that include odd sizes, sizes around the 64-wide GEMM tiles and batch 1. Each test
 //! skips, saying why, where no GPU is present.
@@ -16,17 +16,18 @@
 // `!(err <= bound)` on purpose: a NaN must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use cactus::backend::cuda::bounds::{
+use cactus::bounds::{margin_lower_bounds, BnSource};
+use cactus::nn::{Arch, Layer, Linear, Model, ModelSpec, Sequential};
+use cactus::ops::interval::launch::{
     elided_margins, elided_margins_backward, interval_channel_affine,
     interval_channel_affine_backward, interval_linear, interval_linear_backward_bias,
     interval_linear_backward_input, interval_linear_backward_weight, interval_relu,
     interval_relu_backward, sabr_box, LinearDims,
 };
-use cactus::backend::cuda::device_or_skip;
-use cactus::backend::cuda::train_ops::{ChannelDims, DeviceLabels};
-use cactus::bounds::{margin_lower_bounds, BnSource};
-use cactus::nn::{Arch, Layer, Linear, Model, ModelSpec, Sequential};
+use cactus::ops::loss::launch::DeviceLabels;
+use cactus::ops::norm::launch::ChannelDims;
 use cactus::rng::Rng;
+use cactus::runtime::cuda::device_or_skip;
 use cactus::Tensor;
 
 mod common;

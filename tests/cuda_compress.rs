@@ -1,17 +1,17 @@
-//! CPU-vs-CUDA parity of the compression kernels (`kernels/prune.cu`, `kernels/quant.cu`):
+//! CPU-vs-CUDA parity of the compression kernels (`compress/prune/prune.cu`, `compress/quant/quant.cu`):
 //! pruning masks are identical (exact counts and the same tie rule), fake quantization and the
 //! integer codes are bit-identical (the same f64 arithmetic and rounding), the STE gradient
 //! equal. Each test skips, saying why, where no GPU is present.
 
-use cactus::backend::cuda::prune::{apply_mask, prune_masks as cuda_masks, DeviceWeight};
-use cactus::backend::cuda::quant::{
+use cactus::compress::prune::launch::{apply_mask, prune_masks as cuda_masks, DeviceWeight};
+use cactus::compress::prune::{prune_masks, PruneMethod};
+use cactus::compress::quant::launch::{
     fake_quantize_fp16, fake_quantize_int, quant_params, quantize_codes, ste_backward,
 };
-use cactus::backend::cuda::{device_or_skip, DeviceBuffer};
-use cactus::compress::prune::{prune_masks, PruneMethod};
 use cactus::compress::quant::{fake_quantize, quantize_int, Format, Granularity};
 use cactus::nn::{Arch, Init, Layer, Model, ModelSpec};
 use cactus::rng::Rng;
+use cactus::runtime::cuda::{device_or_skip, DeviceBuffer};
 use cactus::Tensor;
 
 fn models() -> Vec<Model> {

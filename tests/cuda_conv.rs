@@ -1,5 +1,5 @@
-//! The CUDA convolution and GEMM kernels (`kernels/conv.cu`, `kernels/gemm.cu`, launched by
-//! `cactus::backend::cuda::conv`) against the CPU engine: forward and every gradient of
+//! The CUDA convolution and GEMM kernels (`ops/conv/conv.cu`, `ops/matmul/matmul.cu`, launched by
+//! `cactus::ops::conv::launch`) against the CPU engine: forward and every gradient of
 //! `Tensor::conv2d` and `Tensor::interval_conv2d` (gradients from autodiff), and `matmul`, on
 //! odd and random shapes (batch 1, stride 1 to 3, padding 0 to 2, kernels 1×1 to 5×5,
 //! non-square inputs and kernels, channel counts across tile edges, split-K weight gradients).
@@ -24,12 +24,15 @@
 // `!(err <= bound)` on purpose: a NaN must fail the check.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use cactus::backend::cuda::conv::{self as gpu, ConvShape, GemmSpec, MAX_ELEMENTS};
-use cactus::backend::cuda::KernelModule;
-use cactus::backend::cuda::Tiles;
-use cactus::backend::cuda::{compile_module, device_or_skip, nvrtc_available, DeviceBuffer};
+use cactus::ops::conv::launch::{self as gpu, ConvShape};
+use cactus::ops::matmul::launch::{self as gemm, GemmSpec};
+use cactus::ops::reduce::launch::channel_sum;
 use cactus::ops::Conv2dParams;
 use cactus::rng::Rng;
+use cactus::runtime::cuda::tiles::MAX_ELEMENTS;
+use cactus::runtime::cuda::KernelModule;
+use cactus::runtime::cuda::Tiles;
+use cactus::runtime::cuda::{compile_module, device_or_skip, nvrtc_available, DeviceBuffer};
 use cactus::Tensor;
 
 mod common;
@@ -474,14 +477,14 @@ fn bad_shapes_are_errors() {
     assert!(gpu::conv2d_backward_input(&short, &w, &s).is_err());
     assert!(gpu::conv2d_backward_weight(&x, &short, &s).is_err());
     assert!(gpu::conv2d_backward_bias(&short, &s).is_err());
-    assert!(gpu::channel_sum(&short, 2, 2, 2).is_err());
+    assert!(channel_sum(&short, 2, 2, 2).is_err());
     let too_big = shape(1, 2, 2, 2, 3, (5, 5), (1, 1), (0, 0));
     assert!(gpu::conv2d_forward(&x, &w, None, &too_big).is_err());
-    assert!(gpu::matmul(&short, &short, 2, 2, 2, false, false).is_err());
+    assert!(gemm::matmul(&short, &short, 2, 2, 2, false, false).is_err());
     let mut c = up(&[0.0; 4]);
     let mut spec = GemmSpec::dense(2, 2, 2, false, false);
     spec.lda = 1; // shorter than a row
-    assert!(gpu::sgemm(&spec, &c_copy(&c), &c_copy(&c), &mut c).is_err());
+    assert!(gemm::sgemm(&spec, &c_copy(&c), &c_copy(&c), &mut c).is_err());
 }
 
 fn c_copy(b: &DeviceBuffer) -> DeviceBuffer {
@@ -537,7 +540,7 @@ fn matmul_matches_cpu() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let a_stored = if ta { transpose(&a, m, k) } else { a.clone() };
             let b_stored = if tb { transpose(&b, k, n) } else { b.clone() };
-            let got = gpu::matmul(&up(&a_stored), &up(&b_stored), m, n, k, ta, tb).unwrap();
+            let got = gemm::matmul(&up(&a_stored), &up(&b_stored), m, n, k, ta, tb).unwrap();
             assert_close(
                 &format!("matmul {m}x{k}x{n} trans ({ta}, {tb})"),
                 &down(&got),
@@ -615,7 +618,7 @@ fn sgemm_alpha_beta_and_pitches() {
                 }
             }
             let mut cd = up(&c);
-            gpu::sgemm(&spec, &up(&a), &up(&b), &mut cd).unwrap();
+            gemm::sgemm(&spec, &up(&a), &up(&b), &mut cd).unwrap();
             let got = down(&cd);
             // The pitch padding: bit for bit as it was.
             for i in 0..m {
@@ -721,7 +724,7 @@ fn weight_gradient_splits_cover_every_pixel() {
 /// and the tolerance does see a single missing term.
 #[test]
 fn cpu_reference_and_tolerance_self_check() {
-    use cactus::backend::cpu::conv::{reference as direct, ConvGeometry};
+    use cactus::ops::conv::cpu::{reference as direct, ConvGeometry};
     let mut rng = Rng::seed(7);
     for s in conv_cases() {
         let g: ConvGeometry = params(&s).geometry(&input_shape(&s), &weight_shape(&s));
@@ -810,10 +813,11 @@ fn every_launched_kernel_is_compiled() {
         );
         return;
     }
-    for module in ["conv", "gemm"] {
+    let launched: Vec<(&str, &str)> = [gpu::kernels(), gemm::kernels()].concat();
+    for module in ["conv", "matmul"] {
         let cubin = compile_module(KernelModule::named(module).unwrap(), "sm_80")
             .unwrap_or_else(|e| panic!("{e}"));
-        for (_, name) in gpu::kernels().iter().filter(|(m, _)| *m == module) {
+        for (_, name) in launched.iter().filter(|(m, _)| *m == module) {
             // The ELF string tables hold each entry point's symbol ("\0name\0") and sections
             // (".text.name\0"); the leading delimiter keeps `conv2d_fwd` from matching inside
             // `interval_conv2d_fwd`.
@@ -821,7 +825,7 @@ fn every_launched_kernel_is_compiled() {
                 let needle: Vec<u8> = [&lead[..], name.as_bytes(), b"\0"].concat();
                 cubin.windows(needle.len()).any(|w| w == needle.as_slice())
             });
-            assert!(found, "kernels/{module}.cu has no kernel '{name}'");
+            assert!(found, "{module}.cu has no kernel '{name}'");
         }
     }
 }

@@ -1,11 +1,11 @@
-//! Every `kernels/*.cu` compiles with NVRTC for the GPUs we target (sm_90: H100/H200, sm_80:
+//! Every `src/**/*.cu` compiles with NVRTC for the GPUs we target (sm_90: H100/H200, sm_80:
 //! A100), ptxas included, without a GPU. Skips, saying so, where NVRTC cannot be loaded
-//! (`bash scripts/get_nvrtc.sh` fetches it; `.ci/run` does, and sets CACTUS_REQUIRE_NVRTC=1 so
+//! (`bash scripts/gpu/get_nvrtc.sh` fetches it; `.ci/run` does, and sets CACTUS_REQUIRE_NVRTC=1 so
 //! that a missing library fails instead of skipping). The `#include "name.cuh"` resolution
-//! (kernels/*.cuh, embedded as headers, never compiled alone) is checked without NVRTC.
+//! (src/**/*.cuh, embedded as headers, never compiled alone) is checked without NVRTC.
 
-use cactus::backend::cuda::{compile_module, nvrtc_available, KernelModule};
-use cactus::backend::KERNEL_HEADERS;
+use cactus::runtime::cuda::KERNEL_HEADERS;
+use cactus::runtime::cuda::{compile_module, nvrtc_available, KernelModule};
 use std::collections::BTreeSet;
 
 fn nvrtc_or_skip(test: &str) -> bool {
@@ -16,7 +16,7 @@ fn nvrtc_or_skip(test: &str) -> bool {
         panic!("{test}: CACTUS_REQUIRE_NVRTC is set but libnvrtc.so.13 cannot be loaded");
     }
     eprintln!(
-        "{test}: SKIPPED — NVRTC (libnvrtc.so.13) is not loadable; run `bash scripts/get_nvrtc.sh` \
+        "{test}: SKIPPED — NVRTC (libnvrtc.so.13) is not loadable; run `bash scripts/gpu/get_nvrtc.sh` \
          and put the folder it prints on LD_LIBRARY_PATH"
     );
     false
@@ -28,21 +28,16 @@ fn every_kernel_module_compiles_for_sm90_and_sm80() {
         return;
     }
     let modules: Vec<KernelModule> = KernelModule::all().collect();
-    assert!(!modules.is_empty(), "no kernels/*.cu embedded");
+    assert!(!modules.is_empty(), "no src/**/*.cu embedded");
     for module in modules {
         for arch in ["sm_90", "sm_80"] {
             let started = std::time::Instant::now();
             let cubin = compile_module(module, arch).unwrap_or_else(|e| panic!("{e}"));
             let seconds = started.elapsed().as_secs_f64();
             // An ELF image.
-            assert_eq!(
-                &cubin[..4],
-                b"\x7fELF",
-                "kernels/{}.cu for {arch}",
-                module.name
-            );
+            assert_eq!(&cubin[..4], b"\x7fELF", "{}.cu for {arch}", module.name);
             eprintln!(
-                "kernels/{}.cu for {arch}: {} bytes in {seconds:.2} s",
+                "{}.cu for {arch}: {} bytes in {seconds:.2} s",
                 module.name,
                 cubin.len()
             );
@@ -76,14 +71,14 @@ fn module(name: &'static str, source: String) -> KernelModule {
 
 #[test]
 fn every_header_is_included_and_every_include_resolved() {
-    assert!(!KERNEL_HEADERS.is_empty(), "no kernels/*.cuh embedded");
+    assert!(!KERNEL_HEADERS.is_empty(), "no src/**/*.cuh embedded");
     let mut used = BTreeSet::new();
     for m in KernelModule::all() {
         let text = m.expanded_source().unwrap_or_else(|e| panic!("{e}"));
         for line in text.lines() {
             assert!(
                 !line.trim_start().starts_with("#include"),
-                "kernels/{}.cu: unresolved {line}",
+                "{}.cu: unresolved {line}",
                 m.name
             );
             if let Some(h) = line.strip_prefix("#line 1 \"") {
@@ -92,7 +87,7 @@ fn every_header_is_included_and_every_include_resolved() {
         }
     }
     for (h, _) in KERNEL_HEADERS {
-        assert!(used.contains(*h), "kernels/{h} is included by no module");
+        assert!(used.contains(*h), "{h} is included by no module");
     }
 }
 
@@ -124,7 +119,7 @@ fn an_unknown_include_is_an_error_naming_the_file() {
     );
     let err = m.expanded_source().unwrap_err().to_string();
     assert!(
-        err.contains("kernels/broken.cu:2") && err.contains("no_such_header.cuh"),
+        err.contains("broken.cu:2") && err.contains("no_such_header.cuh"),
         "{err}"
     );
     // compile_module reports it before it needs NVRTC.
@@ -153,7 +148,7 @@ fn nvrtc_reports_module_lines_after_an_include() {
 
 #[test]
 fn compiled_modules_are_cached_on_disk() {
-    use cactus::backend::cuda::kernel_cache::{load_module_in, Origin};
+    use cactus::runtime::cuda::kernel_cache::{load_module_in, Origin};
     if !nvrtc_or_skip("compiled_modules_are_cached_on_disk") {
         return;
     }

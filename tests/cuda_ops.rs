@@ -1,4 +1,4 @@
-//! Every op's GPU version (`src/ops/cuda/`) against the CPU engine, through the public `Tensor`
+//! Every op's GPU version (each family's `src/ops/<family>/cuda.rs`) against the CPU engine, through the public `Tensor`
 //! API: the same op on the same values, once with CPU tensors and once with GPU tensors, must
 //! give the same output and, through autodiff, the same gradient of a random weighted sum of
 //! it with respect to every input. On the GPU the op must run there: its result lives on the
@@ -6,10 +6,10 @@
 //! where no GPU is present.
 
 use cactus::attack::per_sample_cross_entropy;
-use cactus::backend::cuda::device_or_skip;
 use cactus::compress::quant::{fake_quantize, Format, Granularity};
 use cactus::ops::{cross_entropy, Conv2dParams};
 use cactus::rng::Rng;
+use cactus::runtime::cuda::device_or_skip;
 use cactus::tensor::transfers;
 use cactus::{Device, Tensor};
 

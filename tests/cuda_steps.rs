@@ -7,11 +7,11 @@
 //! driver's allocator. Each test skips, saying why, where no GPU is present.
 
 use cactus::autodiff::with_no_grad;
-use cactus::backend::cuda::{buffer, device_or_skip};
 use cactus::bounds::{certified, input_box, margin_lower_bounds, BnSource};
 use cactus::data::DatasetKind;
 use cactus::nn::{Arch, Mode, Model};
 use cactus::rng::Rng;
+use cactus::runtime::cuda::{buffer, device_or_skip};
 use cactus::tensor::{transfers, Device};
 use cactus::train::{Adam, Method, Phase, Progress, TrainConfig};
 use cactus::Tensor;
@@ -327,7 +327,7 @@ fn a_steady_training_step_does_not_call_the_allocator() {
     let _serial = one_at_a_time();
     // The count works: a size no step uses (2^25 values) comes from the driver.
     let before = buffer::allocations().1;
-    let fresh = cactus::backend::cuda::DeviceBuffer::uninit(1 << 25).unwrap();
+    let fresh = cactus::runtime::cuda::DeviceBuffer::uninit(1 << 25).unwrap();
     assert_eq!(
         buffer::allocations().1,
         before + 1,

@@ -1,5 +1,5 @@
-//! CPU-vs-CUDA parity of the training kernels (`kernels/train.cu`, wrappers in
-//! `backend::cuda::train_ops`): element-wise ops and gradients, softmax cross-entropy, the
+//! CPU-vs-CUDA parity of the training kernels (the `.cu` files of the element-wise, loss,
+//! norm, Adam and PGD kernels, wrappers in each folder's `launch.rs`): element-wise ops and gradients, softmax cross-entropy, the
 //! batch-norm statistics and affine map with every gradient, the global gradient norm, Adam and
 //! the PGD step, each against the CPU op (and its autodiff) on random sizes including odd ones
 //! and batch 1. Each test skips, saying why, where no GPU is present.
@@ -16,18 +16,38 @@
 // `!(err <= bound)` on purpose: a NaN must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+use cactus::attack::pgd::launch::pgd_keep_best;
+use cactus::attack::pgd::launch::pgd_step;
+use cactus::attack::pgd::launch::PgdBest;
 use cactus::attack::{margin_loss, per_sample_cross_entropy};
-use cactus::backend::cuda::train_ops::{
-    abs, abs_backward, adam_step, add, add_scaled, batch_norm_affine, batch_norm_affine_backward,
-    batch_stats_backward, channel_mean, channel_var, clip_scale, global_norm, mul, mul_backward,
-    pgd_keep_best, pgd_step, relu, relu_backward, scale, sign, softmax_cross_entropy,
-    softmax_cross_entropy_backward, sum_squares, BatchNormParams, ChannelDims, DeviceLabels,
-    PgdBest,
-};
-use cactus::backend::cuda::{device_or_skip, DeviceBuffer};
 use cactus::nn::BatchNorm;
 use cactus::ops::cross_entropy;
+use cactus::ops::elementwise::launch::abs;
+use cactus::ops::elementwise::launch::abs_backward;
+use cactus::ops::elementwise::launch::add;
+use cactus::ops::elementwise::launch::add_scaled;
+use cactus::ops::elementwise::launch::mul;
+use cactus::ops::elementwise::launch::mul_backward;
+use cactus::ops::elementwise::launch::relu;
+use cactus::ops::elementwise::launch::relu_backward;
+use cactus::ops::elementwise::launch::scale;
+use cactus::ops::elementwise::launch::sign;
+use cactus::ops::loss::launch::softmax_cross_entropy;
+use cactus::ops::loss::launch::softmax_cross_entropy_backward;
+use cactus::ops::loss::launch::DeviceLabels;
+use cactus::ops::norm::launch::batch_norm_affine;
+use cactus::ops::norm::launch::batch_norm_affine_backward;
+use cactus::ops::norm::launch::batch_stats_backward;
+use cactus::ops::norm::launch::channel_mean;
+use cactus::ops::norm::launch::channel_var;
+use cactus::ops::norm::launch::BatchNormParams;
+use cactus::ops::norm::launch::ChannelDims;
+use cactus::ops::reduce::launch::global_norm;
+use cactus::ops::reduce::launch::sum_squares;
 use cactus::rng::Rng;
+use cactus::runtime::cuda::{device_or_skip, DeviceBuffer};
+use cactus::train::optim::launch::adam_step;
+use cactus::train::optim::launch::clip_scale;
 use cactus::train::{Adam, AdamConfig, WeightDecay};
 use cactus::Tensor;
 

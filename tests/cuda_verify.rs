@@ -4,9 +4,9 @@
 //! device; branch and bound reaches the same verdicts. Skips, saying why, where no GPU is present.
 
 use cactus::autodiff::with_no_grad;
-use cactus::backend::cuda::device_or_skip;
 use cactus::nn::{Arch, Layer, Model, ModelSpec, Normalization};
 use cactus::rng::Rng;
+use cactus::runtime::cuda::device_or_skip;
 use cactus::verify::bab::verify_point;
 use cactus::verify::{margin_bounds, AlphaConfig, BabConfig, BoundNet, Certifier, VerifyConfig};
 use cactus::{Device, Tensor};

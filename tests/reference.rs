@@ -8,8 +8,8 @@
 // `!(err <= bound)` on purpose: a NaN must fail the check.
 #![allow(clippy::too_many_arguments, clippy::neg_cmp_op_on_partial_ord)]
 
-use cactus::backend::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeometry};
 use cactus::nn::{BatchNorm, Layer, Sequential};
+use cactus::ops::conv::cpu::{conv2d_backward, conv2d_forward, ConvGeometry};
 use cactus::ops::{self, Conv2dParams};
 use cactus::rng::Rng;
 use cactus::Tensor;

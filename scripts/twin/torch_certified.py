@@ -3,7 +3,7 @@
 evaluation (plain and under compression), written again in plain PyTorch, to show that both
 engines reach the same accuracies (within the spread over seeds) under the same settings.
 
-Everything below follows cactus (DESIGN.md "Specification" and "Training"; src/train,
+Everything below follows cactus (docs/design.md, "Specification decisions" and "Training"; src/train,
 src/bounds/ibp.rs, src/attack, src/compress); only the random streams differ (torch's
 generators, not cactus's Rng), which is why runs are compared over several seeds, not bit for bit.
 
@@ -58,7 +58,7 @@ never touched):
              q = clamp(round(w/s) + z, qmin, qmax), ŵ = f32(s·(q − z)), all in f64, round half to
              even; a constant tensor stays as it is (its step is 0).
 
-CACTUS (--method cactus; DESIGN.md "Specification": AWP, compression-set strategies, BN in a
+CACTUS (--method cactus; docs/design.md, "Specification decisions": AWP, compression-set strategies, BN in a
 compression set; same warm-up/ramp schedule, w_t and ε_t as SABR):
   set        the full net f; plus, for --compress prune or prune+quant, f pruned (--prune-method,
              default gul1) at each ratio of the batch's strategy: sampling (default): --samples k

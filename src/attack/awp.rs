@@ -2,8 +2,8 @@
 //! trains against instead of quantization itself.
 //!
 //! The perturbation `Δ` of each conv and linear weight tensor `W` lies in the l-inf ball of
-//! radius `r = η·q(W)`, where `q(W)` is `W`'s per-tensor int8 quantization step (DESIGN.md,
-//! "Specification"). Quantization moves every weight by at most half a step, so `η ≥ ½` covers
+//! radius `r = η·q(W)`, where `q(W)` is `W`'s per-tensor int8 quantization step (docs/design.md,
+//! "AWP"). Quantization moves every weight by at most half a step, so `η ≥ ½` covers
 //! int8 rounding (Theorem C.1). `Δ` starts at zero and takes signed-gradient ascent steps of size
 //! `α = r·min(1, 2/steps)` on the caller's objective, each followed by a clamp to the ball: one
 //! step (the default) goes straight to the ball's corner `r·sign(∇)`, several steps can turn.

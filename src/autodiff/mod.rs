@@ -6,65 +6,11 @@
 //! it once. The graph lives in the tensors themselves, so it is freed as soon as the values that
 //! hold it are dropped, and there is no global tape to clear between steps.
 
+pub use crate::tensor::graph::{
+    is_grad_enabled, no_grad, with_no_grad, BackwardFn, NoGradGuard, Node,
+};
 use crate::tensor::{Tensor, TensorId};
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-
-/// Maps the output's gradient to one optional gradient per input. The flags say which inputs
-/// need a gradient, so that work for the others (say, the input of the first conv) is skipped.
-pub type BackwardFn = dyn Fn(&Tensor, &[bool]) -> Vec<Option<Tensor>> + Send + Sync;
-
-pub struct Node {
-    inputs: Vec<Tensor>,
-    backward: Box<BackwardFn>,
-    /// The backward closure's type name: which op recorded the node (for profiles).
-    name: &'static str,
-}
-
-impl Node {
-    pub(crate) fn new<F>(inputs: Vec<Tensor>, backward: F) -> Node
-    where
-        F: Fn(&Tensor, &[bool]) -> Vec<Option<Tensor>> + Send + Sync + 'static,
-    {
-        Node {
-            inputs,
-            backward: Box::new(backward),
-            name: std::any::type_name::<F>(),
-        }
-    }
-}
-
-thread_local! {
-    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
-}
-
-/// Whether ops on this thread record the graph.
-pub fn is_grad_enabled() -> bool {
-    GRAD_ENABLED.with(|g| g.get())
-}
-
-/// While alive, ops on this thread record no graph (inference, attacks' inner bookkeeping,
-/// backward closures). Restores the previous mode when dropped.
-pub struct NoGradGuard {
-    previous: bool,
-}
-
-impl Drop for NoGradGuard {
-    fn drop(&mut self) {
-        GRAD_ENABLED.with(|g| g.set(self.previous));
-    }
-}
-
-pub fn no_grad() -> NoGradGuard {
-    let previous = GRAD_ENABLED.with(|g| g.replace(false));
-    NoGradGuard { previous }
-}
-
-/// Run `f` without recording a graph.
-pub fn with_no_grad<T>(f: impl FnOnce() -> T) -> T {
-    let _guard = no_grad();
-    f()
-}
 
 /// Gradients of a scalar with respect to the leaves that require them.
 #[derive(Default)]
@@ -121,16 +67,8 @@ fn accumulate(grads: &mut HashMap<TensorId, Tensor>, id: TensorId, g: Tensor) {
         None => {
             grads.insert(id, g);
         }
-        Some(prev) if prev.is_cuda() || g.is_cuda() => {
-            grads.insert(id, crate::ops::elementwise::cuda::sum_detached(&prev, &g));
-        }
         Some(prev) => {
-            let shape = prev.shape().to_vec();
-            let mut sum = prev.into_vec();
-            for (s, x) in sum.iter_mut().zip(g.data()) {
-                *s += x;
-            }
-            grads.insert(id, Tensor::from_vec(sum, &shape));
+            grads.insert(id, prev.accumulate(&g));
         }
     }
 }

@@ -85,7 +85,7 @@ enum Command {
         /// A model.safetensors written by cactus.
         checkpoint: PathBuf,
         /// Also print the eval-mode logits of one input filled with this value (compare with
-        /// `scripts/pytorch_model.py --probe`).
+        /// `scripts/twin/pytorch_model.py --probe`).
         #[arg(long)]
         probe: Option<f32>,
     },

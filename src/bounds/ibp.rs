@@ -107,54 +107,7 @@ pub fn margin_lower_bounds(
         panic!("last-layer elision needs a network that ends with a linear layer");
     };
     let hidden = propagate(model, boxes, bn, layers.len() - 1);
-    if hidden.is_cuda() {
-        assert!(
-            labels.iter().all(|&y| y < last.out_features()),
-            "label out of range for {} classes",
-            last.out_features()
-        );
-        return crate::ops::interval::cuda::elided_margins(
-            &hidden,
-            &last.weight,
-            last.bias.as_ref(),
-            labels,
-        );
-    }
-    let (c, r) = (hidden.interval_part(0), hidden.interval_part(1));
-    let k = last.out_features();
-    assert_eq!(labels.len(), c.dim(0), "one label per box");
-    let bias = last.bias.clone().unwrap_or_else(|| Tensor::zeros(&[k]));
-    // Group the boxes by label: each group shares one specification matrix (W_y − W_j).
-    let mut parts = Vec::new();
-    let mut order = Vec::with_capacity(labels.len());
-    for y in 0..k {
-        let idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == y).collect();
-        if idx.is_empty() {
-            continue;
-        }
-        let spec_w = last.weight.index_rows(&[y]).sub(&last.weight);
-        let spec_b = bias
-            .reshape(&[k, 1])
-            .index_rows(&[y])
-            .reshape(&[1])
-            .sub(&bias);
-        let (cy, ry) = (c.index_rows(&idx), r.index_rows(&idx));
-        parts.push(
-            cy.linear(&spec_w, Some(&spec_b))
-                .sub(&ry.linear(&spec_w.abs(), None)),
-        );
-        order.extend(idx);
-    }
-    assert!(
-        order.len() == labels.len(),
-        "label out of range for {k} classes"
-    );
-    let grouped = Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0);
-    let mut inverse = vec![0; order.len()];
-    for (pos, &i) in order.iter().enumerate() {
-        inverse[i] = pos;
-    }
-    grouped.index_rows(&inverse)
+    hidden.interval_elided_margins(&last.weight, last.bias.as_ref(), labels)
 }
 
 /// The certified loss: cross-entropy over the worst-case logits `−lb(z_y − z_j)` (0 for y).

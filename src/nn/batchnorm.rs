@@ -110,20 +110,12 @@ impl BatchNorm {
         } else {
             1.0
         };
+        // (1 − m)·running + (m·batch)·factor, each product rounded as the CPU always has, on
+        // whichever device the statistics live.
         let blend = |running: &Tensor, batch: &Tensor, factor: f32| {
-            if running.is_cuda() {
-                // On the GPU with GPU ops (no copy to the host); rounded as m·(b·factor).
-                return running
-                    .mul_scalar(1.0 - m)
-                    .add(&batch.detach().mul_scalar(factor).mul_scalar(m));
-            }
-            let v = running
-                .data()
-                .iter()
-                .zip(batch.data())
-                .map(|(r, b)| (1.0 - m) * r + m * b * factor)
-                .collect();
-            Tensor::from_vec(v, running.shape())
+            running
+                .mul_scalar(1.0 - m)
+                .add(&batch.detach().mul_scalar(m).mul_scalar(factor))
         };
         self.running_mean = blend(&self.running_mean, &stats.mean, 1.0);
         self.running_var = blend(&self.running_var, &stats.var, unbias);

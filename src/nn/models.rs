@@ -51,13 +51,10 @@ impl Normalization {
             .map(|(m, s)| -m / s)
             .collect();
         let c = scale.len();
-        match device {
-            crate::Device::Cpu => (Tensor::from_vec(scale, &[c]), Tensor::from_vec(shift, &[c])),
-            crate::Device::Cuda => (
-                crate::ops::gpu::constant(&scale, &[c]),
-                crate::ops::gpu::constant(&shift, &[c]),
-            ),
-        }
+        (
+            Tensor::constant_on(&scale, &[c], device),
+            Tensor::constant_on(&shift, &[c], device),
+        )
     }
 }
 

@@ -3,8 +3,8 @@
 //! `tests/gradcheck.rs`.
 
 pub mod conv;
-pub(crate) mod gpu;
 pub mod elementwise;
+pub(crate) mod gpu;
 pub mod interval;
 pub mod loss;
 pub mod matmul;

@@ -8,7 +8,7 @@ pub enum Device {
     /// Host memory; ops run on the rayon thread pool.
     #[default]
     Cpu,
-    /// The first NVIDIA GPU; ops with a kernel in `kernels/*.cu` run there.
+    /// The first NVIDIA GPU; ops with a kernel in `src/**/*.cu` run there.
     Cuda,
 }
 

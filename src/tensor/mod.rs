@@ -2,14 +2,15 @@
 //! how it was computed, so gradients can flow back through it (see `autodiff`).
 
 mod device;
+pub mod graph;
 
 pub use crate::runtime::shape;
 
 pub use device::Device;
 
-use crate::autodiff::{self, Node};
-use crate::runtime::cuda::{profile, DeviceBuffer};
 use crate::rng::Rng;
+use crate::runtime::cuda::{profile, DeviceBuffer};
+use crate::tensor::graph::{is_grad_enabled, Node};
 use rand_distr::{Distribution, StandardNormal};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,18 +166,6 @@ impl Tensor {
         Tensor::full(shape, 0.0)
     }
 
-    /// [`Tensor::full`] made on `device` (on the GPU by a kernel, not copied from the host: a
-    /// copy from pageable host memory would wait for the stream).
-    pub fn full_on(shape: &[usize], v: f32, device: Device) -> crate::Result<Tensor> {
-        match device {
-            Device::Cpu => Ok(Tensor::full(shape, v)),
-            Device::Cuda => Ok(Tensor::from_device(
-                crate::ops::elementwise::launch::fill(shape::numel(shape), v)?,
-                shape,
-            )),
-        }
-    }
-
     pub fn ones(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 1.0)
     }
@@ -271,7 +260,7 @@ impl Tensor {
     where
         F: Fn(&Tensor, &[bool]) -> Vec<Option<Tensor>> + Send + Sync + 'static,
     {
-        if autodiff::is_grad_enabled() && inputs.iter().any(|t| t.tracks_grad()) {
+        if is_grad_enabled() && inputs.iter().any(|t| t.tracks_grad()) {
             let node = Node::new(inputs.iter().map(|&t| t.clone()).collect(), backward);
             Tensor::build(storage, shape.to_vec(), true, Some(node))
         } else {
@@ -288,7 +277,7 @@ impl Tensor {
             self.shape()
         );
         let storage = self.0.storage.clone();
-        if autodiff::is_grad_enabled() && self.tracks_grad() {
+        if is_grad_enabled() && self.tracks_grad() {
             let in_shape = self.shape().to_vec();
             let node = Node::new(vec![self.clone()], move |g: &Tensor, _: &[bool]| {
                 vec![Some(g.reshape(&in_shape))]

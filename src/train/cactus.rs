@@ -2,7 +2,7 @@
 //! the mean over a compression set `C(f)` of `(1 − w)·CE + w·L_SABR`, so that `f` stays
 //! certifiable when it is pruned or quantized.
 //!
-//! The set (DESIGN.md, "Specification") is rebuilt every batch from the current weights:
+//! The set (docs/design.md, "Compression-set strategies") is rebuilt every batch from the current weights:
 //! - the full network `f`, whose clean pass alone updates batch norm's running statistics;
 //! - for pruning, `f` pruned with `prune_method` at the ratios the [`Strategy`] picks (masks
 //!   multiplied into the weights, so gradients reach only the kept weights);

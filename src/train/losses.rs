@@ -5,11 +5,11 @@
 //! boxes with the same affine map as the clean inputs (Shi et al. 2021).
 
 use crate::attack::{pgd, PgdConfig, Region};
-use crate::runtime::cuda::profile;
 use crate::bounds::{enclosing_box, ibp_loss, input_box, margin_lower_bounds, BnSource};
 use crate::nn::{BatchStats, Mode, Model};
 use crate::ops::cross_entropy;
 use crate::rng::Rng;
+use crate::runtime::cuda::profile;
 use crate::tensor::Tensor;
 use crate::train::schedule::Phase;
 use serde::{Deserialize, Serialize};

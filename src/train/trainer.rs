@@ -57,7 +57,7 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The defaults of DESIGN.md's "Specification": CACTUS (pruning, sampled ratios) on `small`,
+    /// The defaults of docs/design.md's "Specification decisions": CACTUS (pruning, sampled ratios) on `small`,
     /// mnist-mini, ε = 0.1.
     fn default() -> Self {
         TrainConfig {

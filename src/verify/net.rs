@@ -201,11 +201,7 @@ impl BoundNet {
 
     /// `t` on this network's device.
     pub(crate) fn on_device(&self, t: Tensor) -> Tensor {
-        match self.device {
-            Device::Cpu => t,
-            Device::Cuda => t
-                .to_device(Device::Cuda)
-                .unwrap_or_else(|e| panic!("uploading verification constants failed: {e}")),
-        }
+        t.to_device(self.device)
+            .unwrap_or_else(|e| panic!("uploading verification constants failed: {e}"))
     }
 }

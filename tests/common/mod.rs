@@ -2,8 +2,8 @@
 //! comparison, f32 rounding bounds and random data.
 #![allow(dead_code)] // each test file uses its own subset
 
-use cactus::backend::cuda::DeviceBuffer;
 use cactus::rng::Rng;
+use cactus::runtime::cuda::DeviceBuffer;
 
 /// f32 unit roundoff.
 pub const U: f64 = 1.0 / (1u64 << 24) as f64;

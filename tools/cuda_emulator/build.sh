@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the CUDA emulator (an emulated libcuda.so.1 and libnvrtc.so.13 that run kernels/*.cu on
+# Build the CUDA emulator (an emulated libcuda.so.1 and libnvrtc.so.13 that run src/**/*.cu on
 # the CPU) into a folder and print the folder; put it first on LD_LIBRARY_PATH to use it.
 # Usage: bash tools/cuda_emulator/build.sh [OUT_DIR]   (default: target/cuda-emulator)
 set -euo pipefail

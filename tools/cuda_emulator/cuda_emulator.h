@@ -1,4 +1,4 @@
-// CUDA on the CPU, for testing kernels/*.cu without a GPU: the built-ins the kernels use
+// CUDA on the CPU, for testing src/**/*.cu without a GPU: the built-ins the kernels use
 // (thread and block indices, __syncthreads, warp shuffles, atomics, the rounding intrinsics)
 // and a runtime that executes a grid. The emulated NVRTC (nvrtc.cpp) compiles each kernel
 // module with the host C++ compiler, this header force-included, into a shared library that the

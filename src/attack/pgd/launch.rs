@@ -1,11 +1,11 @@
 //! Launch wrappers for `pgd.cu`: the signed, projected attack step and the best points kept
 //! per sample on the device (`attack::pgd`).
 
+use crate::ops::elementwise::launch::fill;
+use crate::ops::loss::launch::DeviceLabels;
 use crate::runtime::cuda::buffer::DeviceBuffer;
 use crate::runtime::cuda::context::grid_1d;
 use crate::runtime::cuda::launch::{as_i32, as_i64, check_len, launch};
-use crate::ops::elementwise::launch::fill;
-use crate::ops::loss::launch::DeviceLabels;
 use crate::{Error, Result};
 use cudarc::driver::LaunchConfig;
 

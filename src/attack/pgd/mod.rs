@@ -3,6 +3,7 @@
 //! (SABR) hands in. Sign-gradient steps, projection after each, optional random start, restarts
 //! and per-sample best iterate.
 
+pub(crate) mod cuda;
 pub mod launch;
 
 use crate::attack::AttackLoss;
@@ -257,7 +258,7 @@ enum Best {
         fooled: Vec<bool>,
         row_len: usize,
     },
-    Gpu(crate::ops::gpu::DeviceBest),
+    Gpu(cuda::DeviceBest),
 }
 
 impl Best {
@@ -266,7 +267,7 @@ impl Best {
     fn new(start: Vec<f32>, y: &[usize], classes: usize, on_gpu: bool) -> Best {
         let n = y.len();
         if on_gpu && n > 0 {
-            return Best::Gpu(crate::ops::gpu::DeviceBest::new(&start, y, classes));
+            return Best::Gpu(cuda::DeviceBest::new(&start, y, classes));
         }
         Best::Host {
             row_len: start.len().checked_div(n).unwrap_or(0),
@@ -323,7 +324,7 @@ impl Best {
 }
 
 /// Where the attack's iterates live: on the GPU when the batch or the network is there (the
-/// signed step then runs there too, `kernels/train.cu`'s `pgd_step`), else on the host.
+/// signed step then runs there too, `pgd.cu`'s `pgd_step`), else on the host.
 enum Iterates {
     Host,
     Gpu { lo: Tensor, hi: Tensor },
@@ -366,7 +367,7 @@ impl Iterates {
             Iterates::Host => {
                 Tensor::from_vec(region.step(point.data(), grad.data(), step), point.shape())
             }
-            Iterates::Gpu { lo, hi } => crate::ops::gpu::pgd_step(point, grad, lo, hi, step),
+            Iterates::Gpu { lo, hi } => cuda::pgd_step(point, grad, lo, hi, step),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Pruning masks on the device (`kernels/prune.cu`), equal to `compress::prune::prune_masks`.
+//! Pruning masks on the device (`compress/prune/prune.cu`), equal to `compress::prune::prune_masks`.
 //!
 //! Unstructured methods select the threshold key by an 8-pass radix selection that stays on the
 //! device: the masks equal the CPU's exactly. Structured methods score the units on the device,
@@ -6,11 +6,11 @@
 //! scores on the host with the CPU's rules (`select_units`): one copy of the scores down and one
 //! of the pruned-unit flags up per call, so the masks equal the CPU's exactly too.
 
-use crate::runtime::cuda::context::{cuda, grid_1d, CudaBackend};
-use crate::runtime::cuda::{DeviceBuffer, DeviceVec};
 use crate::compress::prune::{
     check_ratio, count, select_units, PruneMethod, Scope, Structure, UnitReport,
 };
+use crate::runtime::cuda::context::{cuda, grid_1d, CudaBackend};
+use crate::runtime::cuda::{DeviceBuffer, DeviceVec};
 use crate::{Error, Result};
 use cudarc::driver::{CudaView, LaunchConfig};
 

@@ -1,4 +1,4 @@
-//! Magnitude pruning of conv and linear weights (DESIGN.md, "Compression" and "Specification").
+//! Magnitude pruning of conv and linear weights (docs/design.md, "Compression" and its pruning decisions).
 //!
 //! A pruning is a set of 0/1 masks ([`Masks`]), one per conv/linear weight, multiplied into the
 //! weights by [`apply_masks`]. Biases and batch norm are never pruned.
@@ -248,7 +248,7 @@ pub(crate) fn check_ratio(ratio: f64) -> Result<()> {
 
 /// Magnitude pruning masks for `model` removing the fraction `ratio` (δ ∈ [0, 1)) of weights
 /// (unstructured) or units (structured). See the module documentation for the exact rules.
-/// Masks of weights on the GPU, computed there (`backend::cuda::prune`: the same selection and
+/// Masks of weights on the GPU, computed there (`compress::prune::launch`: the same selection and
 /// the same unit scores, so the same masks); what comes back is one number (the kept count) and,
 /// for structured methods, the units' scores.
 fn device_masks(

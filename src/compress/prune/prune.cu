@@ -1,5 +1,5 @@
-// Magnitude pruning masks (DESIGN.md "Specification", pruning; CPU reference
-// src/compress/prune.rs).
+// Magnitude pruning masks (docs/design.md, "Unstructured pruning" and "Structured pruning"; CPU reference
+// src/compress/prune/mod.rs).
 //
 // Unstructured (GUL1/LUL1): the k-th smallest key of all weights, found by radix selection
 // without sorting. A weight's key is (bits of |w|) << 32 | position, position being its index in

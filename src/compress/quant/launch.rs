@@ -1,10 +1,10 @@
-//! Fake quantization on the device (`kernels/quant.cu`), equal to `compress::quant` value for
+//! Fake quantization on the device (`compress/quant/quant.cu`), equal to `compress::quant` value for
 //! value: intN per tensor or per output channel (min/max reductions, then the parameters, the
 //! rounding and the straight-through gradient, all on the device) and the fp16 round trip.
 
+use crate::compress::quant::{int_range, Granularity};
 use crate::runtime::cuda::context::{cuda, grid_1d, CudaBackend};
 use crate::runtime::cuda::{DeviceBuffer, DeviceVec};
-use crate::compress::quant::{int_range, Granularity};
 use crate::{Error, Result};
 use cudarc::driver::LaunchConfig;
 

@@ -7,7 +7,7 @@
 //!   crate. Finite values beyond the half range are **clamped to ±65504** (the largest finite
 //!   half) instead of overflowing to ±inf, so a quantized network never gains infinite weights;
 //!   values that already are ±inf or NaN stay as they are. The gradient is the identity.
-//! - `intN` (DESIGN.md "Specification", a deviation from eq. 13's floor, which breaks the
+//! - `intN` (docs/design.md, "Quantization": a deviation from eq. 13's floor, which breaks the
 //!   half-step error bound): with `[qmin, qmax] = [−2^(N−1), 2^(N−1)−1]` and `min`, `max` taken
 //!   over the tensor (per tensor) or over each output channel (per channel, the first axis),
 //!   `s = (max − min)/(qmax − qmin)`, `z = qmin − round(min/s)`,

@@ -1,6 +1,6 @@
-// Fake quantization of weights (DESIGN.md "Specification", Quantization): fp16 round trip, and
+// Fake quantization of weights (docs/design.md, "Quantization"): fp16 round trip, and
 // asymmetric intN per tensor or per output channel with the straight-through estimator. Each
-// kernel reproduces the CPU reference bit for bit (src/compress/quant.rs): the same f64
+// kernel reproduces the CPU reference bit for bit (src/compress/quant/mod.rs): the same f64
 // arithmetic, ties to even, and the same parameter rules.
 //
 // Launch order for intN: minmax_partial (grid-stride, one (min, max) per block), then

@@ -2,7 +2,7 @@
 // implicit GEMM: the im2col matrix is never stored. Every kernel is one tiled GEMM whose
 // operand loaders gather their 64 × 16 tiles straight from the tensors, with zeros for
 // padding and for anything past the edges, so any size works. The CPU reference is
-// src/backend/cpu/conv.rs (im2col + GEMM) and src/ops/interval.rs (centre/radius form).
+// src/ops/conv/cpu.rs (im2col + GEMM) and src/ops/interval/mod.rs (centre/radius form).
 //
 // Notation: P = N·OH·OW output pixels, KK = C·KH·KW taps, p = (n, oy, ox), kk = (c, ky, kx).
 //
@@ -12,7 +12,7 @@
 //   interval_..._weight   Σ gC·cols(c) + sign(W) ⊙ Σ gR·cols(r)
 //   conv2d_bwd_input      dX[c, q]  = Σ_(o,ky,kx) W[o, c, ky, kx] · gY(...)    M=C  N=N·H·W
 //   interval_..._input    dC with W and dR with |W| at once
-//   channel_sum           Σ over n and pixels per channel (bias gradients)
+//   (bias gradients: channel_sum, in reduce.cu)
 //   (the split-K partials of the weight gradients are added by sum_splits, in matmul.cu)
 //
 // Tiling: tile_gemm.cuh (shared with matmul.cu): a block of 256 threads computes
@@ -36,12 +36,12 @@
 // written once (no atomics, no zero fill, deterministic), and taps that miss every phase
 // (kernel smaller than the stride) give exact zeros.
 //
-// Indices are 32-bit: the Rust wrappers (src/backend/cuda/conv.rs) refuse tensors of 2^31
+// Indices are 32-bit: the Rust wrappers (src/ops/conv/launch.rs) refuse tensors of 2^31
 // elements or more.
 
 #include "tile_gemm.cuh"
 
-// The geometry, passed by value (src/backend/cuda/conv.rs: `Dims`, #[repr(C)], 13 × i32).
+// The geometry, passed by value (src/ops/conv/launch.rs: `Dims`, #[repr(C)], 13 × i32).
 struct ConvShape {
     int n, c, h, w;   // input [n, c, h, w]
     int o, kh, kw;    // weight [o, c, kh, kw]
@@ -597,29 +597,3 @@ CONV2D_BWD_INPUT(conv2d_bwd_input_16x256, 64, 16, 256)
 INTERVAL_CONV2D_BWD_INPUT(interval_conv2d_bwd_input, 16, 64, 64)
 INTERVAL_CONV2D_BWD_INPUT(interval_conv2d_bwd_input_128x64, 16, 128, 64)
 INTERVAL_CONV2D_BWD_INPUT(interval_conv2d_bwd_input_64x128, 16, 64, 128)
-
-// ---------------------------------------------------------------------------------------------
-// Bias gradient
-// ---------------------------------------------------------------------------------------------
-
-// out[ch] = Σ_{i < n} Σ_{s < hw} x[(i·channels + ch)·hw + s]: one block of 256 per channel,
-// a fixed-order tree at the end (deterministic).
-extern "C" __global__ void __launch_bounds__(THREADS)
-    channel_sum(const float* __restrict__ x, int n, int channels, int hw,
-                float* __restrict__ out) {
-    __shared__ float part[THREADS];
-    const int ch = blockIdx.x;
-    const int total = n * hw;
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < total; i += THREADS) {
-        const int b = i / hw;
-        s += x[(b * channels + ch) * hw + (i - b * hw)];
-    }
-    part[threadIdx.x] = s;
-    __syncthreads();
-    for (int half = THREADS / 2; half > 0; half >>= 1) {
-        if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[ch] = part[0];
-}

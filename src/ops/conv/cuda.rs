@@ -1,8 +1,8 @@
-//! Convolution and interval convolution on the GPU (`kernels/conv.cu`).
+//! Convolution and interval convolution on the GPU (`ops/conv/conv.cu`).
 
-use crate::ops::gpu::{buf, expect, resident, tensor};
 use crate::ops::conv::cpu::ConvGeometry;
 use crate::ops::conv::launch::{self as kernels, ConvShape, DeviceConvGrads};
+use crate::ops::gpu::{buf, expect, resident, tensor};
 use crate::runtime::cuda::profile;
 use crate::runtime::cuda::DeviceBuffer;
 use crate::tensor::Tensor;
@@ -24,7 +24,7 @@ fn grads_as_tensors(
     out
 }
 
-/// A device convolution's forward and backward (`backend::cuda::conv`).
+/// A device convolution's forward and backward (`ops::conv::launch`).
 type Forward = fn(
     &DeviceBuffer,
     &DeviceBuffer,

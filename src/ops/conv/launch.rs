@@ -1,5 +1,5 @@
-//! Convolution and matrix multiplication on the GPU: safe launch wrappers for `kernels/conv.cu`
-//! and `kernels/gemm.cu`, on [`DeviceBuffer`]s of f32, NCHW, weights `[O, C, KH, KW]`.
+//! Convolution and matrix multiplication on the GPU: safe launch wrappers for `ops/conv/conv.cu`
+//! and `ops/matmul/matmul.cu`, on [`DeviceBuffer`]s of f32, NCHW, weights `[O, C, KH, KW]`.
 //!
 //! Every kernel is one tiled SGEMM: 64 × 64, 128 × 64, 64 × 128 or 128 × 128 output tiles per
 //! block of 256 threads, and 16 × 256 for the plain input gradient (an entry point per shape,
@@ -17,7 +17,7 @@
 //! | [`interval_conv2d_backward_weight`] | gC · cols(c)ᵀ + sign(W) ⊙ gR · cols(r)ᵀ, one kernel |
 //! | [`conv2d_backward_input`] | dX = Wᵀ ⋆ gY gathered per stride phase: C × N·H·W |
 //! | [`interval_conv2d_backward_input`] | dC with W and dR with \|W\|, one kernel |
-//! | [`channel_sum`], [`conv2d_backward_bias`] | per-channel sums (bias gradients) |
+//! | [`conv2d_backward_bias`] | per-channel sums (`reduce::launch::channel_sum`) |
 //!
 //! Why these shapes: the weight gradient has few output tiles and a very long K (every pixel
 //! of the batch), so it is split over K into partial sums added in a fixed order (no atomics:
@@ -35,14 +35,15 @@
 //! then radii), the layout of `Tensor::interval_conv2d`.
 
 use crate::ops::conv::cpu::ConvGeometry;
+use crate::ops::conv::Conv2dParams;
+use crate::ops::reduce::launch::{channel_sum, channel_sum_view};
 use crate::runtime::cuda::buffer::DeviceBuffer;
 use crate::runtime::cuda::context::{cuda, grid_1d, CudaBackend};
 use crate::runtime::cuda::launch::check_len;
 use crate::runtime::cuda::tiles::{
-    config, multiprocessors, pick, view, view_mut, KernelShapes, Tiles,
-    GRID_YZ, MAX_ELEMENTS, MIN_TILE, TILE, TILE_K,
+    config, multiprocessors, pick, view, view_mut, KernelShapes, Tiles, GRID_YZ, MAX_ELEMENTS,
+    MIN_TILE, TILE, TILE_K,
 };
-use crate::ops::conv::Conv2dParams;
 use crate::{Error, Result};
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
 
@@ -108,12 +109,10 @@ pub fn kernels() -> Vec<(&'static str, &'static str)> {
         CONV2D_BWD_INPUT,
         INTERVAL_CONV2D_BWD_INPUT,
     ];
-    let mut all: Vec<(&str, &str)> = shaped
+    shaped
         .iter()
         .flat_map(|k| k.entries().map(move |e| (k.module, e)))
-        .collect();
-    all.push(("conv", "channel_sum"));
-    all
+        .collect()
 }
 
 /// The geometry of a convolution: input `[n, c, h, w]`, weight `[o, c, kh, kw]`, symmetric zero
@@ -149,7 +148,7 @@ impl From<ConvGeometry> for ConvShape {
     }
 }
 
-/// What the kernels receive by value: `struct ConvShape` of `kernels/conv.cu`, field for field.
+/// What the kernels receive by value: `struct ConvShape` of `ops/conv/conv.cu`, field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -308,7 +307,6 @@ fn too_large(s: &ConvShape) -> Error {
          2^30 values)"
     ))
 }
-
 
 /// The two halves `[0, half)` and `[half, 2·half)` of a stacked buffer.
 fn halves(b: &DeviceBuffer, half: usize) -> (CudaView<'_, f32>, CudaView<'_, f32>) {
@@ -731,46 +729,6 @@ pub fn interval_conv2d_backward_input(
 // Bias gradient
 // ---------------------------------------------------------------------------------------------
 
-/// `[channels]`: the sum of `x` `[n, channels, hw]` over n and hw, per channel.
-pub fn channel_sum(x: &DeviceBuffer, n: usize, channels: usize, hw: usize) -> Result<DeviceBuffer> {
-    let len = n
-        .checked_mul(channels)
-        .and_then(|v| v.checked_mul(hw))
-        .filter(|&v| v < MAX_ELEMENTS)
-        .ok_or_else(|| {
-            Error::Shape(format!(
-                "channel_sum: [{n}, {channels}, {hw}] exceeds 2^30 values"
-            ))
-        })?;
-    check_len("channel_sum input", x.len(), len)?;
-    channel_sum_view(&view(x, len.max(1)), n, channels, hw)
-}
-
-/// [`channel_sum`] of a view holding n·channels·hw (< 2^30) values.
-fn channel_sum_view(
-    x: &CudaView<'_, f32>,
-    n: usize,
-    channels: usize,
-    hw: usize,
-) -> Result<DeviceBuffer> {
-    if channels == 0 {
-        return DeviceBuffer::uninit(0);
-    }
-    if n == 0 || hw == 0 {
-        return DeviceBuffer::zeros(channels);
-    }
-    let mut out = DeviceBuffer::uninit(channels)?;
-    let backend = cuda()?;
-    // Each is at most n·channels·hw < 2^30.
-    let (n_i, c_i, hw_i) = (n as i32, channels as i32, hw as i32);
-    let mut ov = view_mut(&mut out, channels);
-    let mut b = backend.launch("conv", "channel_sum")?;
-    b.arg(x).arg(&n_i).arg(&c_i).arg(&hw_i).arg(&mut ov);
-    // SAFETY: one block per channel; reads n·channels·hw values, writes `channels`.
-    unsafe { b.launch(config((channels as u32, 1, 1))) }?;
-    Ok(out)
-}
-
 /// The bias gradient `[o]`: grad_out `[n, o, oh, ow]` summed per channel.
 pub fn conv2d_backward_bias(grad_out: &DeviceBuffer, g: &ConvShape) -> Result<DeviceBuffer> {
     let k = g.check()?;
@@ -873,4 +831,3 @@ pub fn interval_conv2d_backward_stacked(
     }
     Ok(grads)
 }
-

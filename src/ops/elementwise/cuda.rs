@@ -1,12 +1,12 @@
 //! Element-wise ops on the GPU: same-shape binary ops and the unary maps training uses, with
-//! kernels of their own (`kernels/train.cu`); broadcasting binary ops and the rarer maps (exp,
-//! log, sqrt, clamp) through the shape-general map of `kernels/broadcast.cu`.
+//! kernels of their own (`elementwise.cu`'s `ew_*`); broadcasting binary ops and the rarer maps (exp,
+//! log, sqrt, clamp) through the shape-general map of `elementwise.cu`.
 
-use crate::ops::gpu::{buf, expect, resident, tensor};
 use crate::ops::elementwise::launch::MapOp;
-use crate::runtime::cuda::strided::Operand;
-use crate::ops::reduce::launch::Reduce;
+use crate::ops::elementwise::launch::Reduce;
+use crate::ops::gpu::{buf, expect, resident, tensor};
 use crate::runtime::cuda::profile;
+use crate::runtime::cuda::strided::Operand;
 use crate::runtime::cuda::DeviceBuffer;
 use crate::tensor::shape::broadcast_shapes;
 use crate::tensor::Tensor;
@@ -19,7 +19,7 @@ fn operand(t: &Tensor) -> Option<Operand<'_>> {
 fn sum_to(full: &DeviceBuffer, from: &[usize], to: &[usize]) -> Tensor {
     let reduced = expect(
         "broadcast gradient",
-        crate::ops::reduce::launch::reduce_to(full, from, to, Reduce::Sum),
+        crate::ops::elementwise::launch::reduce_to(full, from, to, Reduce::Sum),
     );
     tensor(reduced, to)
 }
@@ -56,7 +56,10 @@ pub(crate) fn broadcast_binary(
                 return sum_to(buf(&gs), &shape, target.shape());
             }
             let operands = [operand(&gs), operand(&sa), operand(&sb)];
-            let full = expect(name, crate::ops::elementwise::launch::map(op, &shape, operands, (0.0, 0.0)));
+            let full = expect(
+                name,
+                crate::ops::elementwise::launch::map(op, &shape, operands, (0.0, 0.0)),
+            );
             if target.shape() == shape.as_slice() {
                 return tensor(full, &shape);
             }
@@ -80,12 +83,20 @@ pub(crate) fn unary_map(
     let xs = resident(x);
     let y = expect(
         name,
-        crate::ops::elementwise::launch::map(forward, x.shape(), [None, operand(&xs), None], params),
+        crate::ops::elementwise::launch::map(
+            forward,
+            x.shape(),
+            [None, operand(&xs), None],
+            params,
+        ),
     );
     Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
         let gs = resident(g);
         let operands = [operand(&gs), operand(&xs), None];
-        let d = expect(name, crate::ops::elementwise::launch::map(grad, xs.shape(), operands, params));
+        let d = expect(
+            name,
+            crate::ops::elementwise::launch::map(grad, xs.shape(), operands, params),
+        );
         vec![Some(tensor(d, xs.shape()))]
     })
 }
@@ -96,7 +107,10 @@ pub(crate) fn relu(x: &Tensor) -> Tensor {
     let y = expect("relu", crate::ops::elementwise::launch::relu(buf(&xs)));
     Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
         let gs = resident(g);
-        let d = expect("relu backward", crate::ops::elementwise::launch::relu_backward(buf(&gs), buf(&xs)));
+        let d = expect(
+            "relu backward",
+            crate::ops::elementwise::launch::relu_backward(buf(&gs), buf(&xs)),
+        );
         vec![Some(tensor(d, xs.shape()))]
     })
 }
@@ -107,7 +121,10 @@ pub(crate) fn abs(x: &Tensor) -> Tensor {
     let y = expect("abs", crate::ops::elementwise::launch::abs(buf(&xs)));
     Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
         let gs = resident(g);
-        let d = expect("abs backward", crate::ops::elementwise::launch::abs_backward(buf(&gs), buf(&xs)));
+        let d = expect(
+            "abs backward",
+            crate::ops::elementwise::launch::abs_backward(buf(&gs), buf(&xs)),
+        );
         vec![Some(tensor(d, xs.shape()))]
     })
 }
@@ -115,22 +132,28 @@ pub(crate) fn abs(x: &Tensor) -> Tensor {
 /// sign(x) (0 at 0), whose gradient is 0.
 pub(crate) fn sign(x: &Tensor) -> Tensor {
     let _p = profile::scope("sign");
-    let y = expect("sign", crate::ops::elementwise::launch::sign(buf(&resident(x))));
+    let y = expect(
+        "sign",
+        crate::ops::elementwise::launch::sign(buf(&resident(x))),
+    );
     let shape = x.shape().to_vec();
     Tensor::from_device_op(y, x.shape(), &[x], move |_, _| {
-        vec![Some(tensor(
-            crate::ops::gpu::filled(shape.iter().product(), 0.0),
-            &shape,
-        ))]
+        vec![Some(tensor(filled(shape.iter().product(), 0.0), &shape))]
     })
 }
 
 /// s·x.
 pub(crate) fn scale(x: &Tensor, s: f32) -> Tensor {
     let _p = profile::scope("scale");
-    let y = expect("scale", crate::ops::elementwise::launch::scale(buf(&resident(x)), s));
+    let y = expect(
+        "scale",
+        crate::ops::elementwise::launch::scale(buf(&resident(x)), s),
+    );
     Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
-        let d = expect("scale backward", crate::ops::elementwise::launch::scale(buf(&resident(g)), s));
+        let d = expect(
+            "scale backward",
+            crate::ops::elementwise::launch::scale(buf(&resident(g)), s),
+        );
         vec![Some(tensor(d, g.shape()))]
     })
 }
@@ -140,7 +163,10 @@ pub(crate) fn add_scaled(a: &Tensor, b: &Tensor, s: f32) -> Tensor {
     let _p = profile::scope("add_scaled");
     let (sa, sb) = (resident(a), resident(b));
     let mut y = crate::ops::gpu::copy(buf(&sa));
-    expect("add", crate::ops::elementwise::launch::add_scaled(&mut y, buf(&sb), s));
+    expect(
+        "add",
+        crate::ops::elementwise::launch::add_scaled(&mut y, buf(&sb), s),
+    );
     Tensor::from_device_op(y, a.shape(), &[a, b], move |g, needs| {
         let gs = resident(g);
         vec![
@@ -149,7 +175,13 @@ pub(crate) fn add_scaled(a: &Tensor, b: &Tensor, s: f32) -> Tensor {
                 if s == 1.0 {
                     gs.clone()
                 } else {
-                    tensor(expect("add backward", crate::ops::elementwise::launch::scale(buf(&gs), s)), gs.shape())
+                    tensor(
+                        expect(
+                            "add backward",
+                            crate::ops::elementwise::launch::scale(buf(&gs), s),
+                        ),
+                        gs.shape(),
+                    )
                 }
             }),
         ]
@@ -160,7 +192,10 @@ pub(crate) fn add_scaled(a: &Tensor, b: &Tensor, s: f32) -> Tensor {
 pub(crate) fn mul(a: &Tensor, b: &Tensor) -> Tensor {
     let _p = profile::scope("mul");
     let (sa, sb) = (resident(a), resident(b));
-    let y = expect("mul", crate::ops::elementwise::launch::mul(buf(&sa), buf(&sb)));
+    let y = expect(
+        "mul",
+        crate::ops::elementwise::launch::mul(buf(&sa), buf(&sb)),
+    );
     Tensor::from_device_op(y, a.shape(), &[a, b], move |g, needs| {
         let gs = resident(g);
         let (da, db) = expect(
@@ -189,7 +224,10 @@ pub(crate) fn sum_detached(a: &Tensor, b: &Tensor) -> Tensor {
 /// x + s.
 pub(crate) fn add_scalar(x: &Tensor, s: f32) -> Tensor {
     let _p = profile::scope("add_scalar");
-    let y = expect("add_scalar", crate::ops::elementwise::launch::add_scalar(buf(&resident(x)), s));
+    let y = expect(
+        "add_scalar",
+        crate::ops::elementwise::launch::add_scalar(buf(&resident(x)), s),
+    );
     Tensor::from_device_op(y, x.shape(), &[x], |g, _| vec![Some(g.clone())])
 }
 
@@ -200,7 +238,17 @@ pub(crate) fn powf(x: &Tensor, p: f32) -> Tensor {
     let y = expect("powf", crate::ops::elementwise::launch::powf(buf(&xs), p));
     Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {
         let gs = resident(g);
-        let d = expect("powf backward", crate::ops::elementwise::launch::powf_backward(buf(&gs), buf(&xs), p));
+        let d = expect(
+            "powf backward",
+            crate::ops::elementwise::launch::powf_backward(buf(&gs), buf(&xs), p),
+        );
         vec![Some(tensor(d, xs.shape()))]
     })
+}
+
+/// `len` copies of `v` on the device.
+pub(crate) fn filled(len: usize, v: f32) -> DeviceBuffer {
+    // A kernel, not a copy from the host: a copy from pageable memory would wait for the
+    // stream, and constants are made inside ops.
+    expect("fill", super::launch::fill(len, v))
 }

@@ -1,5 +1,7 @@
 // Element-wise maps. The shape-general map: NumPy-broadcasting binary ops and their gradients and
-// the rarer unary maps (exp, log, sqrt, clamp), each operand read through its own strides; and
+// the rarer unary maps (exp, log, sqrt, clamp), each operand read through its own strides; its
+// adjoint, the reduction of a tensor to a broadcast-compatible shape (sum, and max, over any set
+// of axes; sums in double in a fixed order: deterministic); and
 // the fast paths on equal-length buffers (ew_*: add, mul, relu, abs, sign, scale, powf, fill,
 // add_scaled) with their gradients. CPU reference: src/ops/elementwise/mod.rs.
 //
@@ -101,6 +103,59 @@ extern "C" __global__ void broadcast_map(const float* g, const float* a, const f
     }
 }
 
+
+// The reduction of a tensor to fewer elements: each output is indexed over the kept axes and
+// reads the reduced axes at its offset.
+struct Reduction {
+    int kept_rank, reduced_rank;
+    long long kept_dims[MAX_RANK], kept_strides[MAX_RANK];
+    long long reduced_dims[MAX_RANK], reduced_strides[MAX_RANK];
+    long long reduced;   // product of reduced_dims
+};
+
+__device__ __forceinline__ long long offset_of(long long i, int rank, const long long* dims,
+                                               const long long* strides) {
+    long long off = 0;
+    for (int ax = rank - 1; ax >= 0; --ax) {
+        off += (i % dims[ax]) * strides[ax];
+        i /= dims[ax];
+    }
+    return off;
+}
+
+// One block per output (grid-stride over outputs): op 0 sums (in double, then rounded once),
+// op 1 takes the maximum (fmaxf from −∞: NaN never wins, as the CPU's f32::max fold). The
+// threads stride over the reduced elements, then the block reduces in a fixed order.
+extern "C" __global__ void reduce_axes(const float* x, Reduction r, int op, long long outputs,
+                                       float* y) {
+    __shared__ float part_max[32];
+    for (long long o = blockIdx.x; o < outputs; o += gridDim.x) {
+        long long base = offset_of(o, r.kept_rank, r.kept_dims, r.kept_strides);
+        if (op == 0) {
+            double acc[1] = {0.0};
+            for (long long j = threadIdx.x; j < r.reduced; j += blockDim.x)
+                acc[0] += (double)x[base + offset_of(j, r.reduced_rank, r.reduced_dims,
+                                                     r.reduced_strides)];
+            block_sum_d<1>(acc);
+            if (threadIdx.x == 0) y[o] = (float)acc[0];
+        } else {
+            float m = NEG_INF;
+            for (long long j = threadIdx.x; j < r.reduced; j += blockDim.x)
+                m = fmaxf(m, x[base + offset_of(j, r.reduced_rank, r.reduced_dims,
+                                                r.reduced_strides)]);
+            m = warp_max(m);
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            if (lane == 0) part_max[warp] = m;
+            __syncthreads();
+            if (warp == 0) {
+                int warps = blockDim.x >> 5;
+                m = warp_max(lane < warps ? part_max[lane] : NEG_INF);
+                if (lane == 0) y[o] = m;
+            }
+        }
+        __syncthreads();   // the shared partials are reused by the next output
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Element-wise ops on equal-length buffers (no broadcasting). The gradient of a + b is g for

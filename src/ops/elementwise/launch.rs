@@ -5,21 +5,20 @@
 //! (`runtime::cuda::strided`).
 
 use crate::runtime::cuda::buffer::DeviceBuffer;
+use crate::runtime::cuda::context::grid_1d;
 use crate::runtime::cuda::launch::launch;
+use crate::runtime::cuda::launch::{as_i64, check_len};
 use crate::runtime::cuda::strided::{
     check_operand, padded, simplify, stride_grid, too_many_axes, Operand, MAX_RANK,
 };
-use crate::runtime::shape::{broadcast_strides, numel};
+use crate::runtime::shape::{broadcast_shapes, broadcast_strides, numel, strides};
 use crate::{Error, Result};
-use cudarc::driver::DeviceRepr;
-use crate::runtime::cuda::context::grid_1d;
-use crate::runtime::cuda::launch::{as_i64, check_len};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 /// The kernel module these wrappers launch.
 const MODULE: &str = "elementwise";
 
-
-/// The kernels' operation codes (`MapOp` in kernels/broadcast.cu). Forward ops read `a` and
+/// The kernels' operation codes (`MapOp` in elementwise.cu). Forward ops read `a` and
 /// `b`; gradient ops (`G…`) give `g` times the forward op's derivative at `(a, b)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
@@ -128,6 +127,95 @@ pub fn map(
     Ok(y)
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Reduction {
+    kept_rank: i32,
+    reduced_rank: i32,
+    kept_dims: [i64; MAX_RANK],
+    kept_strides: [i64; MAX_RANK],
+    reduced_dims: [i64; MAX_RANK],
+    reduced_strides: [i64; MAX_RANK],
+    reduced: i64,
+}
+
+// SAFETY: #[repr(C)] of i32s and i64 arrays: the layout of the kernel's `Reduction`.
+unsafe impl DeviceRepr for Reduction {}
+
+/// What [`reduce_to`] computes over the reduced axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    /// Summed in double, rounded once.
+    Sum = 0,
+    /// The maximum (NaN never wins; −∞ over no elements).
+    Max = 1,
+}
+
+/// `x` (of shape `from`) reduced to `to`, a shape that broadcasts to `from`: every axis where
+/// `to` has 1 (or which `to` lacks, leading) is reduced. One block per output.
+pub fn reduce_to(
+    x: &DeviceBuffer,
+    from: &[usize],
+    to: &[usize],
+    op: Reduce,
+) -> Result<DeviceBuffer> {
+    let what = format!("reduce ({op:?})");
+    check_operand(&what, Operand::new(x, from), from)?;
+    if to.len() > from.len() || broadcast_shapes(to, from)? != from {
+        return Err(Error::Shape(format!(
+            "{what}: {to:?} is not a reduction of {from:?}"
+        )));
+    }
+    let outputs = numel(to);
+    let mut y = DeviceBuffer::uninit(outputs)?;
+    if outputs == 0 {
+        return Ok(y);
+    }
+    let own = strides(from);
+    let lead = from.len() - to.len();
+    let (mut kept, mut kept_st, mut red, mut red_st) = (vec![], vec![], vec![], vec![]);
+    for (ax, &d) in from.iter().enumerate() {
+        let reduced = ax < lead || to[ax - lead] == 1;
+        let (dims, st) = if reduced {
+            (&mut red, &mut red_st)
+        } else {
+            (&mut kept, &mut kept_st)
+        };
+        dims.push(d);
+        st.push(own[ax]);
+    }
+    let (kept, [kept_st]) = simplify(&kept, [&kept_st]);
+    let (red, [red_st]) = simplify(&red, [&red_st]);
+    if kept.len() > MAX_RANK || red.len() > MAX_RANK {
+        return Err(too_many_axes(&what, from));
+    }
+    let reduced: i64 = red.iter().product();
+    let r = Reduction {
+        kept_rank: kept.len() as i32,
+        reduced_rank: red.len() as i32,
+        kept_dims: padded(&kept),
+        kept_strides: padded(&kept_st),
+        reduced_dims: padded(&red),
+        reduced_strides: padded(&red_st),
+        reduced,
+    };
+    // A warp for short reductions, up to 256 threads for long ones.
+    let threads = (reduced.max(1) as u64).next_power_of_two().clamp(32, 256) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (outputs.min(1 << 20) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (code, outputs64) = (op as i32, outputs as i64);
+    launch!(
+        MODULE,
+        "reduce_axes",
+        cfg,
+        [x.slice(), &r, &code, &outputs64, y.slice_mut()]
+    );
+    Ok(y)
+}
+
 // Equal-length fast paths (no broadcasting).
 
 fn same_len(what: &str, a: &DeviceBuffer, b: &DeviceBuffer) -> Result<()> {
@@ -192,8 +280,8 @@ pub fn mul_backward(
     if !g.is_empty() {
         let n = as_i64(g.len())?;
         launch!(
-        MODULE,
-        "ew_mul_backward",
+            MODULE,
+            "ew_mul_backward",
             grid_1d(g.len()),
             [
                 g.slice(),
@@ -244,8 +332,8 @@ fn unary_with(name: &'static str, x: &DeviceBuffer, s: f32) -> Result<DeviceBuff
     if !x.is_empty() {
         let n = as_i64(x.len())?;
         launch!(
-        MODULE,
-        name,
+            MODULE,
+            name,
             grid_1d(x.len()),
             [x.slice(), &s, &n, y.slice_mut()]
         );
@@ -270,8 +358,8 @@ pub fn powf_backward(g: &DeviceBuffer, x: &DeviceBuffer, p: f32) -> Result<Devic
     if !x.is_empty() {
         let n = as_i64(x.len())?;
         launch!(
-        MODULE,
-        "ew_powf_backward",
+            MODULE,
+            "ew_powf_backward",
             grid_1d(x.len()),
             [g.slice(), x.slice(), &p, &n, dx.slice_mut()]
         );
@@ -284,9 +372,7 @@ pub fn fill(len: usize, v: f32) -> Result<DeviceBuffer> {
     let mut y = DeviceBuffer::uninit(len)?;
     if len > 0 {
         let n = as_i64(len)?;
-        launch!(
-        MODULE,
-        "ew_fill", grid_1d(len), [y.slice_mut(), &v, &n]);
+        launch!(MODULE, "ew_fill", grid_1d(len), [y.slice_mut(), &v, &n]);
     }
     Ok(y)
 }
@@ -297,8 +383,8 @@ pub fn add_scaled(y: &mut DeviceBuffer, x: &DeviceBuffer, s: f32) -> Result<()> 
     if !x.is_empty() {
         let n = as_i64(x.len())?;
         launch!(
-        MODULE,
-        "ew_add_scaled",
+            MODULE,
+            "ew_add_scaled",
             grid_1d(x.len()),
             [y.slice_mut(), x.slice(), &s, &n]
         );

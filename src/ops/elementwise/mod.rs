@@ -3,11 +3,11 @@
 pub(crate) mod cuda;
 pub mod launch;
 
-use crate::runtime::cpu::parallel::{self, zip3_map, zip_map};
 use crate::ops::elementwise::launch::MapOp;
 use crate::ops::gpu;
+use crate::runtime::cpu::parallel::{self, zip3_map, zip_map};
 use crate::tensor::shape::{broadcast_shapes, broadcast_strides, numel, strides};
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 /// A unary op whose gradient is `g * dfdx(x)` (derivatives are recomputed from the input, which
 /// is cheaper than keeping the output alive). `gpu`: the same map and derivative on the device,
@@ -112,7 +112,7 @@ pub(crate) fn broadcast_to(x: &Tensor, shape: &[usize]) -> Vec<f32> {
 }
 
 /// A binary op with broadcasting; `da`/`db` give ∂out/∂a and ∂out/∂b at (a, b). `gpu` names
-/// the same op and derivatives for the device's map (`backend::cuda::broadcast`), used when an
+/// the same op and derivatives for the device's map (`ops::elementwise::launch::map`), used when an
 /// operand lives on the GPU.
 fn binary(
     (name, gpu): (&'static str, [MapOp; 3]),
@@ -321,6 +321,45 @@ fn tie_share(wins: bool, tie: bool) -> f32 {
         0.5
     } else {
         0.0
+    }
+}
+
+impl Tensor {
+    /// `self + other` for two gradients of one shape, with no graph: the accumulation step of
+    /// backward, where `self` is consumed and its values are reused when not shared.
+    pub(crate) fn accumulate(self, other: &Tensor) -> Tensor {
+        if gpu::on_cuda(&[&self, other]) {
+            return cuda::sum_detached(&self, other);
+        }
+        let shape = self.shape().to_vec();
+        let mut sum = self.into_vec();
+        for (s, x) in sum.iter_mut().zip(other.data()) {
+            *s += x;
+        }
+        Tensor::from_vec(sum, &shape)
+    }
+
+    /// A constant of `values` on `device`. On the GPU, uploaded once per process and shared
+    /// after that (tensors are immutable), since a copy from pageable host memory on every use
+    /// would wait for the stream: for a handful of small per-model constants only (the input
+    /// normalisation), as the cache never shrinks.
+    pub fn constant_on(values: &[f32], shape: &[usize], device: Device) -> Tensor {
+        match device {
+            Device::Cpu => Tensor::from_vec(values.to_vec(), shape),
+            Device::Cuda => gpu::constant(values, shape),
+        }
+    }
+
+    /// [`Tensor::full`] made on `device` (on the GPU by a kernel, not copied from the host: a
+    /// copy from pageable host memory would wait for the stream).
+    pub fn full_on(shape: &[usize], v: f32, device: Device) -> crate::Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(Tensor::full(shape, v)),
+            Device::Cuda => Ok(Tensor::from_device(
+                launch::fill(crate::tensor::shape::numel(shape), v)?,
+                shape,
+            )),
+        }
     }
 }
 

@@ -1,14 +1,14 @@
-//! Interval ops on the GPU (`kernels/bounds.cu`): ReLU and the per-channel affine map on boxes
+//! Interval ops on the GPU (`ops/interval/interval.cu`): ReLU and the per-channel affine map on boxes
 //! [2, N, ...], and the last layer's elided margins.
 
 use crate::ops::gpu::{buf, expect, resident, tensor};
+use crate::ops::interval::launch::LinearDims;
+use crate::ops::loss::launch::DeviceLabels;
 use crate::ops::matmul::cuda::add_row_bias;
 use crate::ops::matmul::launch::{matmul_at, GemmSpec};
-use crate::runtime::cuda::DeviceBuffer;
-use crate::ops::interval::launch::LinearDims;
-use crate::runtime::cuda::profile;
 use crate::ops::norm::launch::ChannelDims;
-use crate::ops::loss::launch::DeviceLabels;
+use crate::runtime::cuda::profile;
+use crate::runtime::cuda::DeviceBuffer;
 use crate::tensor::Tensor;
 
 /// SABR's small boxes around `adv` inside the clipped ε-boxes of `x`, stacked `[2, …]` (a
@@ -16,7 +16,10 @@ use crate::tensor::Tensor;
 pub(crate) fn sabr_box(x: &Tensor, adv: &Tensor, eps: f32, tau: f32) -> Tensor {
     let _p = profile::scope("sabr_box");
     let (xs, advs) = (resident(x), resident(adv));
-    let y = expect("sabr_box", crate::ops::interval::launch::sabr_box(buf(&xs), buf(&advs), eps, tau));
+    let y = expect(
+        "sabr_box",
+        crate::ops::interval::launch::sabr_box(buf(&xs), buf(&advs), eps, tau),
+    );
     let mut shape = vec![2];
     shape.extend_from_slice(x.shape());
     tensor(y, &shape)
@@ -25,7 +28,10 @@ pub(crate) fn sabr_box(x: &Tensor, adv: &Tensor, eps: f32, tau: f32) -> Tensor {
 pub(crate) fn interval_relu(boxes: &Tensor) -> Tensor {
     let _p = profile::scope("interval_relu");
     let xs = resident(boxes);
-    let y = expect("interval_relu", crate::ops::interval::launch::interval_relu(buf(&xs)));
+    let y = expect(
+        "interval_relu",
+        crate::ops::interval::launch::interval_relu(buf(&xs)),
+    );
     Tensor::from_device_op(y, boxes.shape(), &[boxes], move |g, _| {
         let gs = resident(g);
         let d = crate::ops::interval::launch::interval_relu_backward(buf(&xs), buf(&gs));
@@ -52,7 +58,12 @@ pub(crate) fn interval_channel_affine(boxes: &Tensor, scale: &Tensor, shift: &Te
         let gs = resident(g);
         let grads = expect(
             "interval_channel_affine backward",
-            crate::ops::interval::launch::interval_channel_affine_backward(buf(&xs), buf(&ss), buf(&gs), d),
+            crate::ops::interval::launch::interval_channel_affine_backward(
+                buf(&xs),
+                buf(&ss),
+                buf(&gs),
+                d,
+            ),
         );
         vec![
             needs[0].then(|| tensor(grads.boxes, xs.shape())),
@@ -99,7 +110,13 @@ pub(crate) fn elided_margins(
         let gs = resident(g);
         let grads = expect(
             "elided margins backward",
-            crate::ops::interval::launch::elided_margins_backward(buf(&hs), buf(&ws), &device_labels, buf(&gs), dims),
+            crate::ops::interval::launch::elided_margins_backward(
+                buf(&hs),
+                buf(&ws),
+                &device_labels,
+                buf(&gs),
+                dims,
+            ),
         );
         let mut out = vec![
             needs[0].then(|| tensor(grads.hidden, hs.shape())),
@@ -111,7 +128,6 @@ pub(crate) fn elided_margins(
         out
     })
 }
-
 
 /// (W c + b, |W| r) as two GEMMs (split along K when the outputs are few: a wide flattened
 /// feature map, the usual first linear layer), into one stacked [2, n, out] buffer.
@@ -162,11 +178,17 @@ pub(crate) fn interval_linear(boxes: &Tensor, weight: &Tensor, bias: Option<&Ten
         let what = "interval_linear backward";
         let mut grads = vec![
             needs[0].then(|| {
-                let d = crate::ops::interval::launch::interval_linear_backward_input(g, buf(&ws), dims);
+                let d =
+                    crate::ops::interval::launch::interval_linear_backward_input(g, buf(&ws), dims);
                 tensor(expect(what, d), xs.shape())
             }),
             needs[1].then(|| {
-                let d = crate::ops::interval::launch::interval_linear_backward_weight(g, buf(&xs), buf(&ws), dims);
+                let d = crate::ops::interval::launch::interval_linear_backward_weight(
+                    g,
+                    buf(&xs),
+                    buf(&ws),
+                    dims,
+                );
                 tensor(expect(what, d), ws.shape())
             }),
         ];

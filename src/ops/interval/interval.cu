@@ -1,5 +1,5 @@
-// Interval bound propagation on a batch of boxes (DESIGN.md "Specification", IBP), forward and
-// backward, matching the CPU reference (src/ops/interval.rs, src/bounds/ibp.rs).
+// Interval bound propagation on a batch of boxes (docs/design.md, "Bounds"), forward and
+// backward, matching the CPU reference (src/ops/interval/mod.rs, src/bounds/ibp.rs).
 //
 // A batch of N boxes is one stacked buffer [2, N, ...]: the N centres c first, then the N radii
 // r ≥ 0 (the CPU's interval tensor). Each layer reads and writes both halves in one launch, so

@@ -1,4 +1,4 @@
-//! Launch wrappers for `kernels/bounds.cu`: interval bound propagation for a batch of boxes,
+//! Launch wrappers for `ops/interval/interval.cu`: interval bound propagation for a batch of boxes,
 //! forward and backward, matching the CPU's `ops::interval` and `bounds::ibp`.
 //!
 //! Boxes are stacked buffers [2, N, ...]: the N centres, then the N radii (the CPU's interval
@@ -18,11 +18,11 @@
 //! Sizes are passed explicitly (`LinearDims`, `ChannelDims` of one half) and checked against
 //! the buffers first: a mismatch is an `Error`, never a panic or an out-of-bounds launch.
 
+use crate::ops::loss::launch::DeviceLabels;
+use crate::ops::norm::launch::ChannelDims;
 use crate::runtime::cuda::buffer::DeviceBuffer;
 use crate::runtime::cuda::context::grid_1d;
 use crate::runtime::cuda::launch::{as_i32, as_i64, check_len, launch, per_block, per_channel};
-use crate::ops::norm::launch::ChannelDims;
-use crate::ops::loss::launch::DeviceLabels;
 use crate::{Error, Result};
 use cudarc::driver::LaunchConfig;
 
@@ -136,7 +136,11 @@ pub fn interval_linear_backward_input(
         grad.len(),
         2 * batch * fout,
     )?;
-    check_len("interval_linear_backward_input weight", weight.len(), fout * fin)?;
+    check_len(
+        "interval_linear_backward_input weight",
+        weight.len(),
+        fout * fin,
+    )?;
     let mut dx = DeviceBuffer::uninit(2 * batch * fin)?;
     if batch == 0 || fin == 0 {
         return Ok(dx);
@@ -175,7 +179,11 @@ pub fn interval_linear_backward_weight(
         boxes.len(),
         2 * batch * fin,
     )?;
-    check_len("interval_linear_backward_weight weight", weight.len(), fout * fin)?;
+    check_len(
+        "interval_linear_backward_weight weight",
+        weight.len(),
+        fout * fin,
+    )?;
     let mut dw = DeviceBuffer::uninit(fout * fin)?;
     if fout == 0 || fin == 0 {
         return Ok(dw);
@@ -512,8 +520,8 @@ pub fn elided_margins_backward(
     let mut db = DeviceBuffer::uninit(classes)?;
     if batch * fin > 0 {
         launch!(
-        MODULE,
-        "elided_margins_backward_input",
+            MODULE,
+            "elided_margins_backward_input",
             grid_1d(batch * fin),
             [
                 grad.slice(),
@@ -528,8 +536,8 @@ pub fn elided_margins_backward(
     }
     if classes > 0 {
         launch!(
-        MODULE,
-        "elided_margins_backward_params",
+            MODULE,
+            "elided_margins_backward_params",
             grid_1d(threads_params),
             [
                 grad.slice(),

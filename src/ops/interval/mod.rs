@@ -9,11 +9,11 @@ pub(crate) mod cuda;
 pub mod launch;
 
 use crate::ops::conv::cpu::{abs_weight, interval_conv2d_backward, interval_conv2d_forward};
-use crate::runtime::cpu::gemm::{matmul_into, MatRef};
 use crate::ops::conv::grads_as_tensors;
-use crate::ops::gpu;
 use crate::ops::elementwise::sign;
+use crate::ops::gpu;
 use crate::ops::Conv2dParams;
+use crate::runtime::cpu::gemm::{matmul_into, MatRef};
 use crate::tensor::Tensor;
 
 /// (half length, shape of one half) of a stacked interval tensor.
@@ -325,14 +325,72 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// Last-layer elision: for boxes `self` ([2, N, F], the last hidden layer's) and the final
+    /// linear layer (`weight` [K, F], `bias`), the lower bound of every margin z_y − z_j of
+    /// sample n with label y, [N, K] (0 at j = y): the specification rows W_y − W_j are applied
+    /// to the box directly, which is tighter than bounding the logits first.
+    pub fn interval_elided_margins(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        labels: &[usize],
+    ) -> Tensor {
+        let hidden = self;
+        if gpu::on_cuda(&[hidden]) {
+            assert!(
+                labels.iter().all(|&y| y < weight.dim(0)),
+                "label out of range for {} classes",
+                weight.dim(0)
+            );
+            return cuda::elided_margins(hidden, weight, bias, labels);
+        }
+        let (c, r) = (hidden.interval_part(0), hidden.interval_part(1));
+        let k = weight.dim(0);
+        assert_eq!(labels.len(), c.dim(0), "one label per box");
+        let bias = bias.cloned().unwrap_or_else(|| Tensor::zeros(&[k]));
+        // Group the boxes by label: each group shares one specification matrix (W_y − W_j).
+        let mut parts = Vec::new();
+        let mut order = Vec::with_capacity(labels.len());
+        for y in 0..k {
+            let idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == y).collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let spec_w = weight.index_rows(&[y]).sub(weight);
+            let spec_b = bias
+                .reshape(&[k, 1])
+                .index_rows(&[y])
+                .reshape(&[1])
+                .sub(&bias);
+            let (cy, ry) = (c.index_rows(&idx), r.index_rows(&idx));
+            parts.push(
+                cy.linear(&spec_w, Some(&spec_b))
+                    .sub(&ry.linear(&spec_w.abs(), None)),
+            );
+            order.extend(idx);
+        }
+        assert!(
+            order.len() == labels.len(),
+            "label out of range for {k} classes"
+        );
+        let grouped = Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0);
+        let mut inverse = vec![0; order.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            inverse[i] = pos;
+        }
+        grouped.index_rows(&inverse)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The fused interval convolution against its definition: two plain convolutions, the
     //! centre with (W, b) and the radius with |W|, forward and every gradient.
 
-    use crate::autodiff::with_no_grad;
     use crate::ops::Conv2dParams;
     use crate::rng::Rng;
+    use crate::tensor::graph::with_no_grad;
     use crate::tensor::Tensor;
 
     fn random(shape: &[usize], lo: f32, hi: f32, rng: &mut Rng) -> Tensor {

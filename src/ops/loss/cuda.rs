@@ -1,8 +1,8 @@
-//! Softmax cross-entropy on the GPU (`kernels/train.cu`).
+//! Softmax cross-entropy, log-softmax and the attack losses on the GPU (`loss.cu`).
 
 use crate::ops::gpu::{buf, copy, expect, resident, tensor};
-use crate::runtime::cuda::profile;
 use crate::ops::loss::launch::DeviceLabels;
+use crate::runtime::cuda::profile;
 use crate::tensor::Tensor;
 
 /// Mean cross-entropy of logits [n, classes] against `labels` (checked by the caller).
@@ -73,7 +73,13 @@ pub(crate) fn margin_loss(logits: &Tensor, labels: &[usize]) -> Tensor {
     );
     Tensor::from_device_op(loss, &[n], &[logits], move |g, _| {
         let gs = resident(g);
-        let d = crate::ops::loss::launch::margin_rows_backward(buf(&ls), &device_labels, buf(&gs), n, classes);
+        let d = crate::ops::loss::launch::margin_rows_backward(
+            buf(&ls),
+            &device_labels,
+            buf(&gs),
+            n,
+            classes,
+        );
         vec![Some(tensor(expect("margin loss backward", d), ls.shape()))]
     })
 }
@@ -83,7 +89,10 @@ pub(crate) fn margin_loss(logits: &Tensor, labels: &[usize]) -> Tensor {
 pub(crate) fn log_softmax(x: &Tensor) -> Tensor {
     let _p = profile::scope("log_softmax");
     let (n, classes) = (x.dim(0), x.dim(1));
-    let y = expect("log_softmax", crate::ops::loss::launch::log_softmax(buf(&resident(x)), n, classes));
+    let y = expect(
+        "log_softmax",
+        crate::ops::loss::launch::log_softmax(buf(&resident(x)), n, classes),
+    );
     let saved = copy(&y);
     let shape = x.shape().to_vec();
     Tensor::from_device_op(y, x.shape(), &[x], move |g, _| {

@@ -5,10 +5,10 @@
 //! (`attack::loss`). Labels live on the device as [`DeviceLabels`], checked against the class
 //! count when uploaded.
 
+use crate::ops::elementwise::launch::scale;
 use crate::runtime::cuda::buffer::{DeviceBuffer, DeviceVec};
 use crate::runtime::cuda::context::grid_1d;
 use crate::runtime::cuda::launch::{as_i32, check_len, launch, per_block};
-use crate::ops::elementwise::launch::scale;
 use crate::{Error, Result};
 use cudarc::driver::CudaSlice;
 
@@ -260,8 +260,16 @@ pub fn softmax_cross_entropy_backward(
         logits.len(),
         rows * classes,
     )?;
-    check_len("softmax_cross_entropy_backward lse", forward.lse.len(), rows)?;
-    check_len("softmax_cross_entropy_backward loss gradient", grad_loss.len(), 1)?;
+    check_len(
+        "softmax_cross_entropy_backward lse",
+        forward.lse.len(),
+        rows,
+    )?;
+    check_len(
+        "softmax_cross_entropy_backward loss gradient",
+        grad_loss.len(),
+        1,
+    )?;
     labels.check("softmax_cross_entropy_backward", rows, classes)?;
     let mut dz = DeviceBuffer::uninit(rows * classes)?;
     launch!(
@@ -295,8 +303,8 @@ pub fn log_softmax(z: &DeviceBuffer, rows: usize, classes: usize) -> Result<Devi
     let mut y = DeviceBuffer::uninit(z.len())?;
     if !z.is_empty() {
         launch!(
-        MODULE,
-        "log_softmax_rows",
+            MODULE,
+            "log_softmax_rows",
             grid_1d(rows * 32),
             [z.slice(), &rows_i, &classes_i, y.slice_mut()]
         );
@@ -317,8 +325,8 @@ pub fn log_softmax_backward(
     let mut dz = DeviceBuffer::uninit(y.len())?;
     if !y.is_empty() {
         launch!(
-        MODULE,
-        "log_softmax_rows_backward",
+            MODULE,
+            "log_softmax_rows_backward",
             grid_1d(rows * 32),
             [g.slice(), y.slice(), &rows_i, &classes_i, dz.slice_mut()]
         );
@@ -363,8 +371,8 @@ pub fn softmax_cross_entropy_rows_backward(
     let mut dz = DeviceBuffer::uninit(rows * classes)?;
     if rows * classes > 0 {
         launch!(
-        MODULE,
-        "softmax_xent_rows_backward",
+            MODULE,
+            "softmax_xent_rows_backward",
             grid_1d(rows * classes),
             [
                 logits.slice(),

@@ -1,19 +1,25 @@
-//! Matrix products and fully connected layers on the GPU: plain (`kernels/gemm.cu`) and on boxes
-//! (`kernels/bounds.cu`).
+//! Matrix products and fully connected layers on the GPU: plain (`ops/matmul/matmul.cu`) and on boxes
+//! (`ops/interval/interval.cu`).
 
-use crate::ops::gpu::{buf, expect, filled, resident, tensor};
-use crate::ops::conv::launch::channel_sum;
+use crate::ops::elementwise::cuda::filled;
+use crate::ops::gpu::{buf, expect, resident, tensor};
 use crate::ops::matmul::launch::matmul;
-use crate::runtime::cuda::profile;
 use crate::ops::norm::launch::batch_norm_affine;
 use crate::ops::norm::launch::BatchNormParams;
 use crate::ops::norm::launch::ChannelDims;
+use crate::ops::reduce::launch::channel_sum;
+use crate::runtime::cuda::profile;
 use crate::runtime::cuda::DeviceBuffer;
 use crate::tensor::Tensor;
 
 /// `y + bias` per row of `y` [n, out] (batch norm's affine map with scale 1 and shift `bias`:
 /// exact, since 1/√(1 + 0) is 1).
-pub(crate) fn add_row_bias(y: &DeviceBuffer, bias: &DeviceBuffer, n: usize, out: usize) -> DeviceBuffer {
+pub(crate) fn add_row_bias(
+    y: &DeviceBuffer,
+    bias: &DeviceBuffer,
+    n: usize,
+    out: usize,
+) -> DeviceBuffer {
     let (zeros, ones) = (filled(out, 0.0), filled(out, 1.0));
     let params = BatchNormParams {
         mean: &zeros,

@@ -5,10 +5,10 @@
 
 use crate::runtime::cuda::buffer::DeviceBuffer;
 use crate::runtime::cuda::context::{cuda, grid_1d};
+use crate::runtime::cuda::launch::check_len;
 use crate::runtime::cuda::tiles::{
     config, multiprocessors, pick, KernelShapes, GRID_YZ, MAX_ELEMENTS, TILE, TILE_K,
 };
-use crate::runtime::cuda::launch::check_len;
 use crate::runtime::cuda::tiles::{view, view_mut, MIN_TILE};
 use crate::{Error, Result};
 

@@ -2,7 +2,7 @@
 // K × N; op(X) = X, or Xᵀ when its trans flag is set (then X is stored K × M, or N × K).
 // Any M, N, K ≥ 1 and any leading dimensions (lda, ldb, ldc: row pitches in floats).
 //
-// Tiling: kernels/tile_gemm.cuh (shared with the implicit-GEMM convolutions of kernels/conv.cu):
+// Tiling: runtime/cuda/tile_gemm.cuh (shared with the implicit-GEMM convolutions of ops/conv/conv.cu):
 // a block of 256 threads computes a 64 × 64, 128 × 64, 64 × 128 or 128 × 128 tile of C (an
 // entry point per shape), each thread 1, 2 or 4 register micro-tiles of 4 × 4, stepping through
 // K 16 at a time with double-buffered shared tiles; this file supplies the operand loader
@@ -14,7 +14,7 @@
 // Elements outside the matrix are staged as zeros, which is what makes ragged edges exact.
 //
 // beta = 0 does not read C (it may hold garbage or NaN), as BLAS specifies. Offsets are 32-bit:
-// the wrapper (src/backend/cuda/conv.rs, `sgemm`) refuses operands of 2^31 floats or more.
+// the wrapper (src/ops/matmul/launch.rs, `sgemm`) refuses operands of 2^31 floats or more.
 // An offset may step past the end of its operand on the last K-step; it is never read then.
 
 #include "tile_gemm.cuh"

@@ -4,8 +4,8 @@
 pub(crate) mod cuda;
 pub mod launch;
 
-use crate::runtime::cpu::gemm::{matmul_into, MatRef};
 use crate::ops::gpu;
+use crate::runtime::cpu::gemm::{matmul_into, MatRef};
 use crate::tensor::Tensor;
 
 fn mat(t: &Tensor) -> MatRef<'_> {

@@ -238,7 +238,11 @@ pub fn batch_norm_affine_backward_input(
     dims: ChannelDims,
 ) -> Result<DeviceBuffer> {
     check_nonempty("batch_norm_affine_backward", dims)?;
-    check_len("batch_norm_affine_backward gradient", grad.len(), dims.numel())?;
+    check_len(
+        "batch_norm_affine_backward gradient",
+        grad.len(),
+        dims.numel(),
+    )?;
     params.check("batch_norm_affine_backward", dims)?;
     let (_, c, s) = dims.kernel_args("batch_norm_affine_backward")?;
     let total = as_i64(dims.numel())?;
@@ -270,7 +274,11 @@ pub fn batch_norm_affine_backward(
 ) -> Result<BatchNormAffineGrads> {
     check_nonempty("batch_norm_affine_backward", dims)?;
     check_len("batch_norm_affine_backward input", x.len(), dims.numel())?;
-    check_len("batch_norm_affine_backward gradient", grad.len(), dims.numel())?;
+    check_len(
+        "batch_norm_affine_backward gradient",
+        grad.len(),
+        dims.numel(),
+    )?;
     params.check("batch_norm_affine_backward", dims)?;
     let (n, c, s) = dims.kernel_args("batch_norm_affine_backward")?;
     let input = batch_norm_affine_backward_input(grad, params, dims)?;

@@ -1,18 +1,16 @@
 //! Reductions on the GPU: whole-tensor sums (attack objectives sum their per-sample losses),
-//! sums and maxima over axes, argmax along an axis (`kernels/broadcast.cu`).
+//! sums and maxima over axes, argmax along an axis (`reduce.cu`, and the broadcast's adjoint in `elementwise.cu`).
 
-use crate::ops::gpu::{buf, expect, filled, resident};
-use crate::ops::reduce::launch::argmax_axis;
+use crate::ops::elementwise::cuda::filled;
 use crate::ops::elementwise::launch::map;
-use crate::ops::reduce::launch::reduce_to;
+use crate::ops::elementwise::launch::reduce_to;
 use crate::ops::elementwise::launch::MapOp;
-use crate::runtime::cuda::strided::Operand;
-use crate::ops::reduce::launch::Reduce;
-use crate::ops::conv::launch::channel_sum;
+use crate::ops::elementwise::launch::Reduce;
+use crate::ops::gpu::{buf, expect, resident};
+use crate::ops::reduce::launch::argmax_axis;
+use crate::ops::reduce::launch::channel_sum;
 use crate::runtime::cuda::profile;
-use crate::ops::norm::launch::batch_norm_affine;
-use crate::ops::norm::launch::BatchNormParams;
-use crate::ops::norm::launch::ChannelDims;
+use crate::runtime::cuda::strided::Operand;
 use crate::tensor::Tensor;
 
 /// Σ x, a scalar; its backward broadcasts the gradient to every element.
@@ -30,22 +28,13 @@ pub(crate) fn sum_all(x: &Tensor) -> Tensor {
         if n == 0 {
             return vec![Some(crate::ops::gpu::tensor(filled(0, 0.0), &shape))];
         }
-        // g in every element: batch norm's map of zeros with scale 0 and shift g.
+        // g in every element: the scalar broadcast to the input's shape.
         let gs = resident(g);
-        let (zeros, zero, one) = (filled(n, 0.0), filled(1, 0.0), filled(1, 1.0));
-        let params = BatchNormParams {
-            mean: &zero,
-            var: &one,
-            gamma: &zero,
-            beta: buf(&gs),
-            eps: 0.0,
-        };
-        let dims = ChannelDims {
-            batch: 1,
-            channels: 1,
-            spatial: n,
-        };
-        let d = expect("sum backward", batch_norm_affine(&zeros, params, dims));
+        let spread = [None, None, Some(Operand::new(buf(&gs), &[]))];
+        let d = expect(
+            "sum backward",
+            map(MapOp::CopyB, &shape, spread, (0.0, 0.0)),
+        );
         vec![Some(crate::ops::gpu::tensor(d, &shape))]
     })
 }

@@ -1,5 +1,5 @@
 //! Reductions along axes: sum, mean, max (with gradients) and argmax. On the GPU they run in
-//! `ops::cuda::reduce`.
+//! `ops::reduce::cuda`.
 
 pub(crate) mod cuda;
 pub mod launch;

@@ -1,7 +1,8 @@
 //! Row gathers and concatenation on the GPU: short gathers of distinct rows as device-to-device
-//! copies, others through `kernels/broadcast.cu`'s gather and strided copies.
+//! copies, others through `shape.cu`'s gather and strided copies.
 
-use crate::ops::gpu::{buf, expect, filled, resident, tensor};
+use crate::ops::elementwise::cuda::filled;
+use crate::ops::gpu::{buf, expect, resident, tensor};
 use crate::ops::shape::launch::Blocks;
 use crate::runtime::cuda::profile;
 use crate::runtime::cuda::DeviceBuffer;
@@ -33,7 +34,10 @@ pub(crate) fn index_rows(x: &Tensor, indices: &[usize]) -> Tensor {
         }
         out
     } else {
-        expect("index_rows", crate::ops::shape::launch::gather_rows(buf(&xs), rows, row, indices))
+        expect(
+            "index_rows",
+            crate::ops::shape::launch::gather_rows(buf(&xs), rows, row, indices),
+        )
     };
     let mut shape = x.shape().to_vec();
     shape[0] = indices.len();
@@ -49,7 +53,10 @@ pub(crate) fn index_rows(x: &Tensor, indices: &[usize]) -> Tensor {
             }
             d
         } else {
-            expect(what, crate::ops::shape::launch::scatter_rows(buf(&gs), row, &indices, rows))
+            expect(
+                what,
+                crate::ops::shape::launch::scatter_rows(buf(&gs), row, &indices, rows),
+            )
         };
         vec![Some(tensor(d, &in_shape))]
     })
@@ -88,7 +95,14 @@ pub(crate) fn concat(parts: &[&Tensor], axis: usize, shape: &[usize]) -> Tensor 
             .map(|((own, place, width, s), &need)| {
                 need.then(|| {
                     let mut d = expect("concat backward", DeviceBuffer::uninit(outer * width));
-                    let copied = crate::ops::shape::launch::copy_blocks(buf(&gs), *place, &mut d, *own, outer, *width);
+                    let copied = crate::ops::shape::launch::copy_blocks(
+                        buf(&gs),
+                        *place,
+                        &mut d,
+                        *own,
+                        outer,
+                        *width,
+                    );
                     expect("concat backward", copied);
                     tensor(d, s)
                 })

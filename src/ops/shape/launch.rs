@@ -83,8 +83,8 @@ pub fn gather_rows(
         let (k, r) = (index.len() as i64, row as i64);
         let index = upload_indices("gather indices", index)?;
         launch!(
-        MODULE,
-        "gather_rows",
+            MODULE,
+            "gather_rows",
             stride_grid(n),
             [x.slice(), index.slice(), &k, &r, y.slice_mut()]
         );
@@ -148,4 +148,3 @@ pub fn scatter_rows(
     );
     Ok(dx)
 }
-

@@ -2,7 +2,7 @@
 
 use crate::runtime::cuda::buffer::BufferPool;
 use crate::runtime::cuda::kernel_cache;
-use crate::runtime::cuda::nvrtc::{nvrtc_available, KernelModule};
+use crate::runtime::cuda::nvrtc::{kernel_path, nvrtc_available, KernelModule};
 use crate::{Error, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg,
@@ -84,7 +84,7 @@ impl CudaBackend {
         })
     }
 
-    /// The kernel `function` of `kernels/<module>.cu`, compiling the module on first use.
+    /// The kernel `function` of the module `<module>.cu` (`src/**/<module>.cu`), compiling the module on first use.
     pub fn function(
         &self,
         module: &'static str,
@@ -107,7 +107,10 @@ impl CudaBackend {
                         self.context
                             .load_module(Ptx::from_binary(cubin))
                             .map_err(|e| {
-                                Error::Invalid(format!("loading kernels/{module}.cu: {e:?}"))
+                                Error::Invalid(format!(
+                                    "loading {}: {e:?}",
+                                    kernel_path(&format!("{module}.cu"))
+                                ))
                             })
                     };
                     let (m, _) =
@@ -119,7 +122,8 @@ impl CudaBackend {
         };
         let f = loaded.load_function(function).map_err(|e| {
             Error::Invalid(format!(
-                "kernels/{module}.cu has no kernel '{function}': {e:?}"
+                "{} has no kernel '{function}': {e:?}",
+                kernel_path(&format!("{module}.cu"))
             ))
         })?;
         let kernel: &'static Kernel = Box::leak(Box::new(Kernel {
@@ -134,7 +138,7 @@ impl CudaBackend {
         Ok(kernel)
     }
 
-    /// A launch of the kernel `function` of `kernels/<module>.cu` (see [`Launch`]).
+    /// A launch of the kernel `function` of the module `<module>.cu` (see [`Launch`]).
     pub fn launch(&self, module: &'static str, function: &'static str) -> Result<Launch<'_>> {
         Ok(self.launch_builder(self.function(module, function)?))
     }
@@ -236,7 +240,7 @@ pub fn driver_error(what: &str, e: cudarc::driver::DriverError) -> Error {
 
 /// For parity tests: the backend, or `None` after printing why `test` is skipped (no driver, no
 /// device, no NVRTC). With `CACTUS_REQUIRE_CUDA` set (a GPU machine's test run, or the CPU
-/// emulator's: `scripts/test_cuda_emulated.sh`) a missing device fails the test instead.
+/// emulator's: `scripts/gpu/test_cuda_emulated.sh`) a missing device fails the test instead.
 pub fn device_or_skip(test: &str) -> Option<&'static CudaBackend> {
     match cuda() {
         Ok(b) => Some(b),

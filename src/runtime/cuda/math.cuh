@@ -1,4 +1,4 @@
-// Scalar helpers shared by kernel files (kernels/bounds.cu, kernels/train.cu).
+// Scalar helpers shared by kernel files (the ops' and training's `.cu` files).
 
 #ifndef CACTUS_MATH_CUH
 #define CACTUS_MATH_CUH

@@ -1,10 +1,10 @@
-//! Run-time compilation of `kernels/*.cu` with NVRTC (loaded dynamically: `libnvrtc.so.13`).
+//! Run-time compilation of the embedded kernel modules (`src/**/*.cu`) with NVRTC (loaded dynamically: `libnvrtc.so.13`).
 //!
 //! NVRTC compiles one source string and we give it no include paths, so a module's
 //! `#include "name.cuh"` lines are resolved here first, textually, from the embedded
-//! `kernels/*.cuh` (see [`KernelModule::expanded_source`]).
+//! `src/**/*.cuh` (see [`KernelModule::expanded_source`]).
 
-use crate::runtime::cuda::{KERNEL_HEADERS, KERNEL_SOURCES};
+use crate::runtime::cuda::{KERNEL_FILES, KERNEL_HEADERS, KERNEL_SOURCES};
 use crate::{Error, Result};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
@@ -18,8 +18,17 @@ pub struct KernelModule {
     pub source: &'static str,
 }
 
+/// Where the kernel file `file` (`name.cu` or `name.cuh`) lives, from the crate root (the bare
+/// name for a file that is not embedded, such as a test's own module).
+pub fn kernel_path(file: &str) -> String {
+    KERNEL_FILES
+        .iter()
+        .find(|(f, _)| *f == file)
+        .map_or_else(|| file.to_string(), |(_, path)| path.to_string())
+}
+
 impl KernelModule {
-    /// Every `kernels/*.cu`, in file-name order.
+    /// Every embedded `src/**/*.cu`, in file-name order.
     pub fn all() -> impl Iterator<Item = KernelModule> {
         KERNEL_SOURCES
             .iter()
@@ -28,13 +37,15 @@ impl KernelModule {
 
     /// The module called `name`.
     pub fn named(name: &str) -> Result<KernelModule> {
-        Self::all()
-            .find(|m| m.name == name)
-            .ok_or_else(|| Error::Invalid(format!("no kernel module '{name}' among kernels/*.cu")))
+        Self::all().find(|m| m.name == name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "no kernel module '{name}' among the embedded src/**/*.cu"
+            ))
+        })
     }
 
     /// The source NVRTC compiles: `source` with each `#include "name.cuh"` line replaced by the
-    /// embedded `kernels/name.cuh`, recursively, each header at most once per module (as if it
+    /// embedded `name.cuh`, recursively, each header at most once per module (as if it
     /// began with `#pragma once`; a repeated include becomes an empty line). Every inserted
     /// header is framed by `#line` directives, so NVRTC's messages and `-lineinfo` name the
     /// header or the module with their own line numbers. An include of a header that is not
@@ -77,8 +88,9 @@ fn expand_includes(
         let Some(&(header, text)) = KERNEL_HEADERS.iter().find(|(h, _)| *h == name) else {
             let known: Vec<&str> = KERNEL_HEADERS.iter().map(|(h, _)| *h).collect();
             return Err(Error::Invalid(format!(
-                "kernels/{file}:{}: #include \"{name}\": no such header, kernels/{name} is not \
-                 embedded (kernels/*.cuh: {})",
+                "{}:{}: #include \"{name}\": no such header, {name} is not embedded \
+                 (src/**/*.cuh: {})",
+                kernel_path(file),
                 i + 1,
                 if known.is_empty() {
                     "none".to_string()
@@ -130,8 +142,8 @@ pub fn compile_module(module: KernelModule, arch: &str) -> Result<Vec<u8>> {
     }
     let fail = |what: &str, e: &dyn std::fmt::Debug| {
         Error::Invalid(format!(
-            "NVRTC, kernels/{}.cu for {arch}: {what}: {e:?}",
-            module.name
+            "NVRTC, {} for {arch}: {what}: {e:?}",
+            kernel_path(&format!("{}.cu", module.name))
         ))
     };
     let src = CString::new(source)
@@ -169,8 +181,8 @@ pub fn compile_module(module: KernelModule, arch: &str) -> Result<Vec<u8>> {
     let _ = unsafe { result::destroy_program(prog) };
     cubin.map_err(|e| {
         Error::Invalid(format!(
-            "NVRTC could not compile kernels/{}.cu for {arch} ({e}):\n{log}",
-            module.name
+            "NVRTC could not compile {} for {arch} ({e}):\n{log}",
+            kernel_path(&format!("{}.cu", module.name))
         ))
     })
 }

@@ -36,7 +36,7 @@ pub fn scope(name: &str) -> Option<Scope> {
 }
 
 /// A closure's type name without the crate prefix and the closure suffix, as a scope name:
-/// `ops::cuda::conv::conv2d` for the backward of the GPU convolution.
+/// `ops::conv::cuda::conv2d` for the backward of the GPU convolution.
 pub fn short_name(type_name: &str) -> &str {
     let s = type_name.strip_prefix("cactus::").unwrap_or(type_name);
     s.split("::{{closure}}").next().unwrap_or(s)

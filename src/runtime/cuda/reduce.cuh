@@ -1,4 +1,4 @@
-// Warp and block reductions shared by kernel files (kernels/bounds.cu, kernels/train.cu).
+// Warp and block reductions shared by kernel files (the ops' and training's `.cu` files).
 // A warp is 32 lanes, all active (full shuffle mask); the butterfly (xor) order is fixed, so a
 // sum is deterministic and every lane ends with the same value.
 

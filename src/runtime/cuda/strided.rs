@@ -29,7 +29,10 @@ impl<'a> Operand<'a> {
 /// each axis merged into the one before it where, for every operand, stepping the earlier axis
 /// equals running through the later one (`stride[i] == stride[i+1]·dims[i+1]`, also true of
 /// broadcast axes, whose strides are 0).
-pub fn simplify<const K: usize>(dims: &[usize], strides: [&[usize]; K]) -> (Vec<i64>, [Vec<i64>; K]) {
+pub fn simplify<const K: usize>(
+    dims: &[usize],
+    strides: [&[usize]; K],
+) -> (Vec<i64>, [Vec<i64>; K]) {
     let mut out_dims: Vec<i64> = Vec::new();
     let mut out_strides: [Vec<i64>; K] = std::array::from_fn(|_| Vec::new());
     for (ax, &d) in dims.iter().enumerate() {

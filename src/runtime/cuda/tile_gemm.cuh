@@ -1,4 +1,4 @@
-// The tiled SGEMM main loop shared by kernels/gemm.cu (plain SGEMM) and kernels/conv.cu
+// The tiled SGEMM main loop shared by ops/matmul/matmul.cu (plain SGEMM) and ops/conv/conv.cu
 // (implicit-GEMM convolutions): the files differ only in their operand loaders (how a 16-deep
 // tile of each operand is gathered from memory) and their epilogues.
 //
@@ -18,7 +18,7 @@
 //
 // Bigger tiles need more registers and shared memory (2·(NA·(WM + 4) + NB·(WN + 4))·16 floats,
 // at most 48 KiB) and give fewer blocks: the launch wrappers pick the shape per problem
-// (src/backend/cuda/tiles.rs).
+// (src/runtime/cuda/tiles.rs).
 
 #ifndef CACTUS_TILE_GEMM_CUH
 #define CACTUS_TILE_GEMM_CUH

@@ -1,4 +1,4 @@
-//! Output tile shapes of the GEMM-shaped kernels (`kernels/tile_gemm.cuh`) and the choice of
+//! Output tile shapes of the GEMM-shaped kernels (`runtime/cuda/tile_gemm.cuh`) and the choice of
 //! one per launch.
 //!
 //! Every GEMM and convolution kernel has an entry point per tile shape (M × N): `name`
@@ -193,62 +193,6 @@ impl KernelShapes {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FOUR: KernelShapes = KernelShapes::four("m", ["k_128x128", "k_128x64", "k_64x128", "k"]);
-    const FIVE: KernelShapes = KernelShapes {
-        module: "m",
-        names: [
-            Some("k_128x128"),
-            Some("k_128x64"),
-            Some("k_64x128"),
-            Some("k"),
-            Some("k_16x256"),
-        ],
-    };
-    const NO_BIG: KernelShapes = KernelShapes {
-        module: "m",
-        names: [None, Some("k_128x64"), Some("k_64x128"), Some("k"), None],
-    };
-
-    #[test]
-    fn cnn7_layers_get_wide_tiles_and_small_problems_keep_64() {
-        let sms = 132;
-        // cnn7 at batch 128 on CIFAR: 64 channels over 131,072 pixels, 128 over 32,768.
-        assert_eq!(Tiles::auto(&FIVE, 64, 131_072, 1, sms), Tiles::T64x128);
-        assert_eq!(Tiles::auto(&FIVE, 128, 32_768, 1, sms), Tiles::T128x128);
-        assert_eq!(Tiles::auto(&NO_BIG, 128, 32_768, 1, sms), Tiles::T128x64);
-        // The first layer's input gradient: 3 channels fill 3 of 16 rows instead of 3 of 64.
-        assert_eq!(Tiles::auto(&FIVE, 3, 131_072, 1, sms), Tiles::T16x256);
-        assert_eq!(Tiles::auto(&FOUR, 3, 131_072, 1, sms), Tiles::T64x128);
-        // Too few blocks for anything bigger.
-        assert_eq!(Tiles::auto(&FIVE, 100, 1000, 1, sms), Tiles::T64x64);
-        // 192 rows: 128-row tiles pad to 256, a third more work, but load half as often.
-        assert_eq!(Tiles::auto(&FIVE, 192, 65_536, 1, sms), Tiles::T128x128);
-        // Depth (split-K chunks, stride phases) counts towards the blocks.
-        assert_eq!(Tiles::auto(&FIVE, 128, 1152, 1, sms), Tiles::T64x64);
-        assert_eq!(Tiles::auto(&FIVE, 128, 1152, 64, sms), Tiles::T128x128);
-    }
-
-    #[test]
-    fn entries_follow_the_shapes() {
-        assert_eq!(NO_BIG.entry(Tiles::T128x128), None);
-        assert_eq!(NO_BIG.entry(Tiles::T64x128), Some("k_64x128"));
-        assert_eq!(FOUR.entries().count(), 4);
-        assert_eq!(FIVE.entry(Tiles::T16x256), Some("k_16x256"));
-        assert_eq!(Tiles::T128x64.grid(300, 1000), (16, 3));
-        assert_eq!(Tiles::T16x256.grid(3, 1000), (4, 1));
-        for t in Tiles::ALL {
-            assert_eq!(Tiles::parse(t.name()), Some(t));
-        }
-        assert_eq!(Tiles::parse("32x32"), None);
-        assert_eq!(Tiles::T128x128.fmas_per_load(), 4.0);
-        assert_eq!(Tiles::T16x256.fmas_per_load(), 2.0);
-    }
-}
-
 // Shared by the GEMM-shaped launch wrappers (convolutions and matrix products).
 /// The entry point of `kernel` for an M × N output, `depth` deep in grid z, and its shape.
 pub fn pick(
@@ -306,4 +250,60 @@ pub fn multiprocessors(backend: &CudaBackend) -> usize {
             .map(|v| v.max(1) as usize)
             .unwrap_or(132)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FOUR: KernelShapes = KernelShapes::four("m", ["k_128x128", "k_128x64", "k_64x128", "k"]);
+    const FIVE: KernelShapes = KernelShapes {
+        module: "m",
+        names: [
+            Some("k_128x128"),
+            Some("k_128x64"),
+            Some("k_64x128"),
+            Some("k"),
+            Some("k_16x256"),
+        ],
+    };
+    const NO_BIG: KernelShapes = KernelShapes {
+        module: "m",
+        names: [None, Some("k_128x64"), Some("k_64x128"), Some("k"), None],
+    };
+
+    #[test]
+    fn cnn7_layers_get_wide_tiles_and_small_problems_keep_64() {
+        let sms = 132;
+        // cnn7 at batch 128 on CIFAR: 64 channels over 131,072 pixels, 128 over 32,768.
+        assert_eq!(Tiles::auto(&FIVE, 64, 131_072, 1, sms), Tiles::T64x128);
+        assert_eq!(Tiles::auto(&FIVE, 128, 32_768, 1, sms), Tiles::T128x128);
+        assert_eq!(Tiles::auto(&NO_BIG, 128, 32_768, 1, sms), Tiles::T128x64);
+        // The first layer's input gradient: 3 channels fill 3 of 16 rows instead of 3 of 64.
+        assert_eq!(Tiles::auto(&FIVE, 3, 131_072, 1, sms), Tiles::T16x256);
+        assert_eq!(Tiles::auto(&FOUR, 3, 131_072, 1, sms), Tiles::T64x128);
+        // Too few blocks for anything bigger.
+        assert_eq!(Tiles::auto(&FIVE, 100, 1000, 1, sms), Tiles::T64x64);
+        // 192 rows: 128-row tiles pad to 256, a third more work, but load half as often.
+        assert_eq!(Tiles::auto(&FIVE, 192, 65_536, 1, sms), Tiles::T128x128);
+        // Depth (split-K chunks, stride phases) counts towards the blocks.
+        assert_eq!(Tiles::auto(&FIVE, 128, 1152, 1, sms), Tiles::T64x64);
+        assert_eq!(Tiles::auto(&FIVE, 128, 1152, 64, sms), Tiles::T128x128);
+    }
+
+    #[test]
+    fn entries_follow_the_shapes() {
+        assert_eq!(NO_BIG.entry(Tiles::T128x128), None);
+        assert_eq!(NO_BIG.entry(Tiles::T64x128), Some("k_64x128"));
+        assert_eq!(FOUR.entries().count(), 4);
+        assert_eq!(FIVE.entry(Tiles::T16x256), Some("k_16x256"));
+        assert_eq!(Tiles::T128x64.grid(300, 1000), (16, 3));
+        assert_eq!(Tiles::T16x256.grid(3, 1000), (4, 1));
+        for t in Tiles::ALL {
+            assert_eq!(Tiles::parse(t.name()), Some(t));
+        }
+        assert_eq!(Tiles::parse("32x32"), None);
+        assert_eq!(Tiles::T128x128.fmas_per_load(), 4.0);
+        assert_eq!(Tiles::T16x256.fmas_per_load(), 2.0);
+    }
 }

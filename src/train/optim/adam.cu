@@ -6,7 +6,7 @@
 #include "reduce.cuh"
 
 // ---------------------------------------------------------------------------------------------
-// Adam, one fused pass over (w, g, m, v), exactly the CPU's update (src/train/optim.rs):
+// Adam, one fused pass over (w, g, m, v), exactly the CPU's update (src/train/optim/mod.rs):
 //   g' = g·grad_scale + l2·w                  (grad_scale: global-norm clipping, else 1)
 //   m ← β1·m + (1 − β1)·g',  v ← β2·v + (1 − β2)·g'·g'
 //   w ← w·shrink − step_size·m / (√v / bias2_sqrt + ε)

@@ -197,7 +197,7 @@ impl Adam {
     }
 
     /// `step` for parameters on the GPU: the norm, the clipping factor and the fused update
-    /// (`kernels/train.cu`'s `adam_step`, the same arithmetic) all on the device; one value
+    /// (`adam.cu`'s `adam_step`, the same arithmetic) all on the device; one value
     /// (the norm) comes back.
     fn step_on_gpu(&mut self, params: &mut [&mut Tensor], grads: &Gradients) -> Result<StepInfo> {
         use crate::ops::gpu::resident;
