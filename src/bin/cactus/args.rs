@@ -1,0 +1,39 @@
+//! Value parsers and checks shared by the subcommands' options.
+
+use anyhow::{bail, Result};
+use cactus::compress::prune::PruneMethod;
+use std::path::Path;
+use std::str::FromStr;
+
+/// Any of the library's named choices (pruning method, number format, granularity, certifier,
+/// device), with its own message when the name is unknown.
+pub fn parse<T: FromStr<Err = cactus::Error>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: cactus::Error| e.to_string())
+}
+
+/// A pruning method, or `none` for the unpruned network.
+pub fn parse_prune_choice(s: &str) -> Result<Option<PruneMethod>, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        Ok(None)
+    } else {
+        parse(s).map(Some)
+    }
+}
+
+pub fn check_ratios(ratios: &[f64], option: &str) -> Result<()> {
+    if let Some(r) = ratios
+        .iter()
+        .find(|r| !(r.is_finite() && (0.0..1.0).contains(*r)))
+    {
+        bail!("{option}: ratio {r} is not in [0, 1)");
+    }
+    Ok(())
+}
+
+/// A missing checkpoint said plainly, before the loader's own message for it.
+pub fn check_exists(path: &Path) -> Result<()> {
+    if !path.exists() {
+        bail!("{}: no such file", path.display());
+    }
+    Ok(())
+}
