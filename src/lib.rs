@@ -1,8 +1,16 @@
 //! cactus: certified training of neural networks that stay certified after compression.
 //!
-//! The crate is a small tensor engine with reverse-mode autodiff (`runtime`, `tensor`, `ops`,
-//! `autodiff`), neural-network layers and models (`nn`), the optimiser (`train`) and
-//! checkpoints PyTorch can load (`io`).
+//! Layers, bottom first (each imports only the ones below it; `tests/layering.rs` checks):
+//! - `runtime`: what runs ops, knowing none of them (CPU threads and GEMM; the CUDA device,
+//!   buffers, NVRTC and launches);
+//! - `tensor`: the tensor, its storage and the graph it carries;
+//! - `ops`: the operations, one folder per family with its CPU path, GPU path and kernels;
+//! - `autodiff`: backward over the recorded graph;
+//! - `nn` (layers and models), `data`, `bounds` (interval bound propagation);
+//! - `io` (checkpoints PyTorch can load), `attack` (PGD, AWP), `compress` (pruning and
+//!   quantization);
+//! - `train` (IBP, SABR and CACTUS training), `verify` (CROWN, α-CROWN, branch and bound);
+//! - `eval` (the evaluation grid and its reports).
 
 pub mod attack;
 pub mod autodiff;

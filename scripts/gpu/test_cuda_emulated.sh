@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the GPU parity tests (tests/cuda_*.rs) without a GPU, on the CPU emulator of
-# tools/cuda_emulator: the same Rust code, launch wrappers and kernels/*.cu as on a GPU, with
+# tools/cuda_emulator: the same Rust code, launch wrappers and kernels (src/**/*.cu) as on a GPU, with
 # the driver and NVRTC replaced by emulated ones that build the kernels with the host C++
 # compiler and run them on the CPU. A skipped test is a failure here (CACTUS_REQUIRE_CUDA).
 # tests/cuda_kernels.rs is left out: it checks the real NVRTC's output. Then the command line:

@@ -1,7 +1,7 @@
-//! The ops on the GPU. Every op in `ops` first asks [`on_cuda`] of its inputs; when one lives on
-//! the GPU it runs in its family's `cuda.rs`: the family's kernels through its `launch.rs`, with the
-//! result, its graph node and its backward all on the device. An op without a device version
-//! here computes on host copies of its inputs and sends its result back to the GPU
+//! What the GPU paths of every op family share. Every op first asks [`on_cuda`] of its inputs;
+//! when one lives on the GPU it runs in its family's `cuda.rs`: the family's kernels through its
+//! `launch.rs`, with the result, its graph node and its backward all on the device. An op
+//! without a device path computes on host copies of its inputs and sends its result back to the GPU
 //! (`Tensor::from_op`), so every op works on either device; `tensor::transfers` counts what that
 //! costs.
 //!
