@@ -5,8 +5,9 @@
 //! - the folders form no cycle (within `ops/`, each op family is a folder of its own);
 //! - code above the ops never asks which device a tensor lives on: outside `runtime/`,
 //!   `tensor/`, `ops/` and the folders that own a kernel (a `.cu` file beside their code), no
-//!   file calls `is_cuda`, names `Device::Cuda` or `Storage`, or reaches into `runtime::cuda`
-//!   other than its profiler.
+//!   file calls `is_cuda`, `on_cuda` or `cuda_buffer`, names `Device::Cuda` or `Storage`,
+//!   reaches into an op family's `cuda`/`launch` modules or `ops::gpu`, or into
+//!   `runtime::cuda` other than its profiler.
 //!
 //! A failure names the file and line of each offending path.
 
@@ -445,10 +446,20 @@ fn code_above_the_ops_never_asks_for_the_device() {
         }
         for (n, line) in s.code.lines().enumerate() {
             let device_path = line.contains("runtime::cuda") && !line.contains("cuda::profile");
+            // An op family's device paths (`ops::<family>::cuda`, `…::launch`) and the GPU
+            // plumbing are the ops' own business.
+            let op_internals = line.contains("ops::gpu")
+                || line
+                    .split("ops::")
+                    .skip(1)
+                    .any(|rest| rest.contains("::cuda") || rest.contains("::launch"));
             let asks_device = line.contains(".is_cuda()")
+                || line.contains("on_cuda(")
+                || line.contains("cuda_buffer(")
                 || line.contains("Device::Cuda")
                 || line.contains("Storage::")
-                || device_path;
+                || device_path
+                || op_internals;
             if asks_device {
                 asks.push(format!("{}:{}: {}", s.rel.display(), n + 1, line.trim()));
             }

@@ -10,6 +10,7 @@
 
 use crate::nn::{BatchStats, Layer, Model};
 use crate::ops::cross_entropy;
+pub use crate::ops::interval::enclosing_box;
 use crate::tensor::Tensor;
 
 /// Which statistics batch norm uses on boxes.
@@ -34,27 +35,6 @@ pub fn box_corners(x: &Tensor, eps: f32) -> (Vec<f32>, Vec<f32>) {
         .iter()
         .map(|&v| ((v - eps).clamp(0.0, 1.0), (v + eps).clamp(0.0, 1.0)))
         .unzip()
-}
-
-/// The interval tensor of the box [lo, hi] (constants), in centre/radius form rounded outward:
-/// `(lo + hi)/2 ± (hi − lo)/2` can miss a corner by one rounding step, so the radius is
-/// widened until `c − r ≤ lo` and `c + r ≥ hi` hold in f32. Attacks and samplers use the exact
-/// corners; the bounds must contain them.
-pub fn enclosing_box(lo: &[f32], hi: &[f32], shape: &[usize]) -> Tensor {
-    assert_eq!(lo.len(), hi.len(), "box corners differ in length");
-    let (c, r): (Vec<f32>, Vec<f32>) = lo
-        .iter()
-        .zip(hi)
-        .map(|(&l, &h)| {
-            let c = 0.5 * (l + h);
-            let mut r = 0.5 * (h - l);
-            while c - r > l || c + r < h {
-                r = r.next_up();
-            }
-            (c, r)
-        })
-        .unzip();
-    Tensor::interval_stack(&Tensor::from_vec(c, shape), &Tensor::from_vec(r, shape))
 }
 
 /// Propagate boxes through the normalisation and the first `layers` layers of the network.

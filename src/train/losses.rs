@@ -5,7 +5,7 @@
 //! boxes with the same affine map as the clean inputs (Shi et al. 2021).
 
 use crate::attack::{pgd, PgdConfig, Region};
-use crate::bounds::{enclosing_box, ibp_loss, input_box, margin_lower_bounds, BnSource};
+use crate::bounds::{ibp_loss, input_box, margin_lower_bounds, BnSource};
 use crate::nn::{BatchStats, Mode, Model};
 use crate::ops::cross_entropy;
 use crate::rng::Rng;
@@ -66,19 +66,7 @@ pub fn sabr_box(x: &Tensor, x_adv: &Tensor, eps: f32, lambda: f32) -> Tensor {
         "sabr_box: point and attack differ in shape"
     );
     let tau = lambda * eps;
-    if crate::ops::gpu::on_cuda(&[x, x_adv]) {
-        return crate::ops::interval::cuda::sabr_box(x, x_adv, eps, tau);
-    }
-    let mut lower = Vec::with_capacity(x.numel());
-    let mut upper = Vec::with_capacity(x.numel());
-    for (&v, &a) in x.data().iter().zip(x_adv.data()) {
-        let (lo, hi) = ((v - eps).clamp(0.0, 1.0), (v + eps).clamp(0.0, 1.0));
-        // min last, as torch.clamp does, should the interval be empty.
-        let c = a.max(lo + tau).min(hi - tau);
-        lower.push((c - tau).max(lo));
-        upper.push((c + tau).min(hi));
-    }
-    enclosing_box(&lower, &upper, x.shape())
+    crate::ops::interval::sabr_box(x, x_adv, eps, tau)
 }
 
 /// SABR's certified loss for a given adversarial point (the gradient does not flow into the

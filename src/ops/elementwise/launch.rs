@@ -1,8 +1,13 @@
-//! Launch wrappers for `elementwise.cu`'s shape-general map: `y = op(g, a, b)` over an output
-//! shape, each operand broadcast to it (NumPy rules); the binary ops, the rarer unary maps and
-//! every gradient formula of `ops::elementwise` ([`MapOp`]). Shapes are checked here (an operand
-//! must broadcast to the output; buffers must hold their shapes), then simplified before launch
-//! (`runtime::cuda::strided`).
+//! Launch wrappers for `elementwise.cu`:
+//! - [`map`]: `y = op(g, a, b)` over an output shape, each operand broadcast to it (NumPy
+//!   rules); the binary ops, the rarer unary maps and every gradient formula of
+//!   `ops::elementwise` ([`MapOp`]);
+//! - [`reduce_to`]: its adjoint, the sum (or maximum) of a tensor over the axes where a target
+//!   shape has 1 or lacks the axis (`sum_axes`, `max_axes`, the gradient of a broadcast);
+//! - equal-length fast paths (`add`, `mul`, `relu`, …, `fill`, `add_scaled`) and their gradients.
+//!
+//! Shapes are checked here (an operand must broadcast to the output; buffers must hold their
+//! shapes), then simplified before launch (`runtime::cuda::strided`).
 
 use crate::runtime::cuda::buffer::DeviceBuffer;
 use crate::runtime::cuda::context::grid_1d;

@@ -383,6 +383,46 @@ impl Tensor {
     }
 }
 
+/// The interval tensor of the box [lo, hi] (constants), in centre/radius form rounded outward:
+/// `(lo + hi)/2 ± (hi − lo)/2` can miss a corner by one rounding step, so the radius is
+/// widened until `c − r ≤ lo` and `c + r ≥ hi` hold in f32. Attacks and samplers use the exact
+/// corners; the bounds must contain them.
+pub fn enclosing_box(lo: &[f32], hi: &[f32], shape: &[usize]) -> Tensor {
+    assert_eq!(lo.len(), hi.len(), "box corners differ in length");
+    let (c, r): (Vec<f32>, Vec<f32>) = lo
+        .iter()
+        .zip(hi)
+        .map(|(&l, &h)| {
+            let c = 0.5 * (l + h);
+            let mut r = 0.5 * (h - l);
+            while c - r > l || c + r < h {
+                r = r.next_up();
+            }
+            (c, r)
+        })
+        .unzip();
+    Tensor::interval_stack(&Tensor::from_vec(c, shape), &Tensor::from_vec(r, shape))
+}
+
+/// SABR's small boxes, stacked `[2, …]`: centre `x_adv` clamped to `[lo + τ, hi − τ]` (lo, hi:
+/// the ε-box around `x` clipped to [0, 1]), then `[c − τ, c + τ] ∩ [lo, hi]`, enclosed in f32
+/// ([`enclosing_box`]). A constant: no gradient flows into the attack.
+pub fn sabr_box(x: &Tensor, x_adv: &Tensor, eps: f32, tau: f32) -> Tensor {
+    if gpu::on_cuda(&[x, x_adv]) {
+        return cuda::sabr_box(x, x_adv, eps, tau);
+    }
+    let mut lower = Vec::with_capacity(x.numel());
+    let mut upper = Vec::with_capacity(x.numel());
+    for (&v, &a) in x.data().iter().zip(x_adv.data()) {
+        let (lo, hi) = ((v - eps).clamp(0.0, 1.0), (v + eps).clamp(0.0, 1.0));
+        // min last, as torch.clamp does, should the interval be empty.
+        let c = a.max(lo + tau).min(hi - tau);
+        lower.push((c - tau).max(lo));
+        upper.push((c + tau).min(hi));
+    }
+    enclosing_box(&lower, &upper, x.shape())
+}
+
 #[cfg(test)]
 mod tests {
     //! The fused interval convolution against its definition: two plain convolutions, the
