@@ -31,7 +31,7 @@ done
 mkdir -p "$OUT"
 cargo build --release --quiet
 export RAYON_NUM_THREADS="$THREADS"
-cascade=(--certifier ibp,crown,alpha-crown,bab --bab-timeout "$BAB_TIMEOUT" --limit "$LIMIT")
+cascade=(--certifier ibp,crown,alpha-crown,bab --unsound --bab-timeout "$BAB_TIMEOUT" --limit "$LIMIT")
 
 for dataset in ${DATASETS//,/ }; do
     case "$dataset" in

@@ -527,6 +527,7 @@ mod tests {
             n: 1000,
             bn_recalibration_batches: None,
             shard: None,
+            sound: false,
             rows,
         }
     }

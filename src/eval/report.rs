@@ -44,6 +44,9 @@ pub struct Report {
     /// combines them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
+    /// Certified means certified under f32 rounding (`cactus eval --sound`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sound: bool,
     pub rows: Vec<Row>,
 }
 
@@ -87,6 +90,11 @@ impl Report {
                 "Compressed networks' batch-norm statistics re-estimated on {b} training batches.\n"
             )
             .expect("writing to a String");
+        }
+        if self.sound {
+            s.push_str(
+                "Certified under f32 rounding (bounds lowered by their rounding error).\n\n",
+            );
         }
         s.push_str(
             "| compression | ratio | format | certifier | clean | PGD | certified | seconds |\n",
@@ -169,6 +177,7 @@ impl Report {
                     r.dataset.clone(),
                     r.eps.to_bits(),
                     r.bn_recalibration_batches,
+                    r.sound,
                 )
             };
             let settings = |r: &Report| -> Vec<(String, u64, String, String)> {
@@ -182,7 +191,7 @@ impl Report {
             };
             if key(r) != key(first) || settings(r) != settings(first) {
                 return Err(Error::Invalid(format!(
-                    "shard {k}/{n} is of another evaluation (checkpoint, data set, ε or rows differ)"
+                    "shard {k}/{n} is of another evaluation (checkpoint, data set, ε, soundness or rows differ)"
                 )));
             }
         }

@@ -18,7 +18,7 @@ pub use crown::{crown_margins, Intermediate, LayerBounds};
 pub use net::BoundNet;
 
 use crate::autodiff::with_no_grad;
-use crate::bounds::{box_corners, input_box, margin_lower_bounds, BnSource};
+use crate::bounds::{box_corners, input_box, margin_lower_bounds, rounding, BnSource};
 use crate::nn::Model;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -91,6 +91,10 @@ pub struct VerifyConfig {
     /// Bytes one batch of linear-bound coefficients may take (rows are processed in chunks
     /// that fit).
     pub memory_budget: usize,
+    /// Margin bounds that hold under f32 rounding (the default): each is lowered by a rigorous
+    /// bound on the rounding error of its computation (`bounds::rounding`). Branch and bound
+    /// has no such bound yet and runs only without it.
+    pub sound: bool,
 }
 
 impl Default for VerifyConfig {
@@ -99,6 +103,7 @@ impl Default for VerifyConfig {
             alpha: AlphaConfig::default(),
             bab: BabConfig::default(),
             memory_budget: 1 << 30,
+            sound: true,
         }
     }
 }
@@ -127,7 +132,7 @@ pub fn margin_bounds(
         return Ok(Vec::new());
     }
     let corners = || input_corners(x, eps, net.device);
-    Ok(match certifier {
+    let lower = match certifier {
         // The propagation training uses, on the host box (ops follow the model's device).
         Certifier::Ibp => with_no_grad(|| {
             margin_lower_bounds(model, &input_box(x, eps), labels, BnSource::Running).to_vec()
@@ -150,5 +155,28 @@ pub fn margin_bounds(
                 "branch and bound decides points; it gives no margin bounds".into(),
             ))
         }
-    })
+    };
+    if !cfg.sound {
+        return Ok(lower);
+    }
+    let slack = with_no_grad(|| rounding::margin_slack(model, x, eps, labels));
+    let factor = match certifier {
+        Certifier::Ibp => 1.0,
+        _ => rounding::LINEAR_RELAXATION_FACTOR,
+    };
+    Ok(rounding::sound_lower_bounds(&lower, &slack, factor))
+}
+
+/// Refuse sound certificates (the default) with a certifier whose bounds do not account for
+/// f32 rounding yet.
+pub fn check_sound(certifiers: &[Certifier]) -> Result<()> {
+    if certifiers.contains(&Certifier::Bab) {
+        return Err(Error::Invalid(
+            "branch and bound (bab) does not bound its f32 rounding yet, so its certificates \
+             are not sound: add --unsound to run it (every certifier's bounds then go \
+             unadjusted), or leave bab out of --certifier"
+                .into(),
+        ));
+    }
+    Ok(())
 }

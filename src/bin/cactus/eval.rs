@@ -89,6 +89,15 @@ pub struct EvalArgs {
     /// Write one JSON line per (row, point, certifier) here: lower bounds, verdict, seconds.
     #[arg(long, value_name = "FILE.jsonl")]
     per_point: Option<PathBuf>,
+    /// Certificates that hold under f32 rounding (the default): every margin bound is lowered
+    /// by a rigorous bound on its computation's rounding error before a point counts as
+    /// certified (ibp, crown-ibp, crown, alpha-crown; bab needs --unsound).
+    #[arg(long, conflicts_with = "unsound")]
+    sound: bool,
+    /// The bounds as computed in f32, not lowered by their rounding error (as most verifiers
+    /// report them); needed for bab.
+    #[arg(long)]
+    unsound: bool,
     /// Evaluate only the K-th of N equal slices of the test points (0 ≤ K < N); `cactus merge`
     /// combines the shards' reports.
     #[arg(long, value_name = "K/N")]
@@ -128,6 +137,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
         test_set = test_set.limit(n);
     }
     cactus::eval::check_cascade(&args.certifier)?;
+    // `--sound` is the default, spelled out; clap refuses it together with `--unsound`.
+    let sound = args.sound || !args.unsound;
+    if sound {
+        cactus::verify::check_sound(&args.certifier)?;
+    }
     if !(args.bab_timeout.is_finite() && args.bab_timeout > 0.0) {
         bail!("--bab-timeout must be a positive number of seconds");
     }
@@ -150,6 +164,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let mut verify = cactus::verify::VerifyConfig {
         memory_budget: args.verify_memory.saturating_mul(1 << 20),
+        sound,
         ..Default::default()
     };
     verify.alpha.iterations = args.alpha_iters;
@@ -272,6 +287,7 @@ pub fn evaluate(
         n: test_set.len(),
         bn_recalibration_batches: recalibration.map(|r| r.batches),
         shard: None,
+        sound: cfg.verify.sound,
         rows,
     };
     Ok((report, points))
