@@ -744,3 +744,27 @@ fn eval_runs_a_certifier_cascade_with_per_point_records_and_shards() {
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&whole).unwrap();
 }
+
+/// The commands that take pruning methods list every method of the registry in their help, and
+/// name them all when one is unknown.
+#[test]
+fn help_and_errors_list_every_pruning_method() {
+    let names: Vec<String> = cactus::compress::PruneMethod::listed()
+        .map(|m| m.to_string())
+        .collect();
+    for command in ["train", "eval", "compress"] {
+        let help = ok(&[command, "--help"]);
+        for name in &names {
+            assert!(
+                help.contains(name.as_str()),
+                "{command} --help lacks {name}"
+            );
+        }
+    }
+    let out = cactus(&["eval", "--checkpoint", "x", "--prune", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for name in &names {
+        assert!(err.contains(name.as_str()), "the error lacks {name}: {err}");
+    }
+}

@@ -4,7 +4,7 @@
 //! equal. Each test skips, saying why, where no GPU is present.
 
 use cactus::compress::prune::launch::{apply_mask, prune_masks as cuda_masks, DeviceWeight};
-use cactus::compress::prune::{prune_masks, PruneMethod};
+use cactus::compress::prune::{prune_masks, Magnitude};
 use cactus::compress::quant::launch::{
     fake_quantize_fp16, fake_quantize_int, quant_params, quantize_codes, ste_backward,
 };
@@ -69,9 +69,9 @@ fn pruning_masks_match_the_cpu() {
                 classifier: Some(*i) == classifier,
             })
             .collect();
-        for method in PruneMethod::ALL {
+        for method in Magnitude::ALL {
             for ratio in [0.0, 0.1, 0.5, 0.7, 0.95, 0.99] {
-                let cpu = prune_masks(&model, method, ratio).unwrap();
+                let cpu = prune_masks(&model, method.method(), ratio).unwrap();
                 let gpu = cuda_masks(&weights, method, ratio).unwrap();
                 assert_eq!(gpu.units, cpu.units, "{method} at {ratio}: unit counts");
                 for ((i, _, _), g) in uploaded.iter().zip(&gpu.masks) {
