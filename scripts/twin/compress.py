@@ -14,7 +14,11 @@ quantization).
            the classifier), score = l1/l2 norm of its weight row (f64); global: scores divided
            by their layer's mean score, one ranking by (score, layer, unit), count(δ, units)
            removed, skipping a unit whose layer is down to one; local: min(count(δ, u), u − 1)
-           per layer. A removed unit's row is zeroed, its bias kept.
+           per layer. A removed unit's row is zeroed, its bias kept. N:M (src/compress/nm/):
+           1 ≤ N < M ≤ 64, 2:4 canonical; in every group of M consecutive weights of a row (an
+           output unit's flattened weights), min(N, len) kept by (|w| bits, position), the lower
+           position pruned first among equal magnitudes, NaN above all; every conv/linear layer;
+           the ratio is fixed at 1 − N/M.
   quant    fp32 = identity; fp16 = round to nearest even through half (finite values clamped to
            ±65504 first); intN per tensor: asymmetric, [qmin, qmax] = [−2^(N−1), 2^(N−1) − 1],
            s rounded up in f32, z = qmin − round(min/s), ŵ = f32(s·(q − z)); a constant tensor
@@ -101,8 +105,49 @@ class Magnitude:
         return masks
 
 
+class NM:
+    """N:M semi-structured sparsity (src/compress/nm/)."""
+    names = ("2:4",)
+    syntax = "N:M with 1 ≤ N < M ≤ 64"
+    help = ("semi-structured sparsity: in every M consecutive weights of a row, the N largest |w| "
+            "kept, in every conv and linear layer; prunes the fixed ratio 1 − N/M")
+
+    def parse(self, name):
+        if ":" not in name:
+            return None
+        n, _, m = name.partition(":")
+        if not (all(t.isascii() and t.isdigit() and len(t) <= 3 for t in (n, m))
+                and 1 <= int(n) < int(m) <= 64):
+            raise ValueError(f"pruning method {name!r}: N:M sparsity needs whole numbers "
+                             "1 ≤ N < M ≤ 64, such as 2:4")
+        return f"{int(n)}:{int(m)}"
+
+    def implied_ratio(self, method):
+        n, m = (int(t) for t in method.split(":"))
+        return 1.0 - n / m
+
+    def masks(self, model, idx, ws, method, ratio):
+        n, m = (int(t) for t in method.split(":"))
+        return [nm_mask(w, n, m) for w in ws]
+
+
+def nm_mask(w, n, m):
+    """The 0/1 N:M mask of w (rows along the first axis): per group of m consecutive values of a
+    row, the min(n, len) with the largest keys (bits of |w|)·64 + position kept."""
+    rows = w.detach().float().contiguous().view(w.shape[0], -1)
+    row_len = rows.shape[1]
+    pad = (-row_len) % m
+    bits = (rows.view(torch.int32) & 0x7FFFFFFF).long()
+    position = torch.arange(row_len, dtype=torch.long) % m
+    keys = torch.nn.functional.pad(bits * 64 + position, (0, pad), value=-1)  # padding ranks last
+    keys = keys.view(rows.shape[0], -1, m)
+    mask = torch.zeros(keys.shape, dtype=torch.float32)
+    mask.scatter_(2, keys.topk(n, dim=2).indices, 1.0)
+    return mask.view(rows.shape[0], -1)[:, :row_len].reshape(w.shape)
+
+
 # Every pruning rule, in the order help texts list them (src/compress/mod.rs, PRUNE_RULES).
-PRUNE_RULES = (Magnitude(),)
+PRUNE_RULES = (Magnitude(), NM())
 
 
 def prune_names():

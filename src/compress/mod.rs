@@ -10,6 +10,7 @@
 //!   [`PRUNE_RULES`] and its tests (docs/extending.md).
 //! - **Quantization** (`quant/`): fake quantization of weights to fp16 or intN.
 
+pub mod nm;
 pub mod prune;
 pub mod quant;
 
@@ -21,7 +22,7 @@ use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
 /// Every pruning rule, in the order help texts and error messages list them.
-pub static PRUNE_RULES: &[&dyn PruneRule] = &[&prune::MagnitudeRule];
+pub static PRUNE_RULES: &[&dyn PruneRule] = &[&prune::MagnitudeRule, &nm::NmRule];
 
 /// A rule's parameters, encoded by the rule itself (magnitude pruning: scope, structure and
 /// norm). Small and `Copy`, so that a [`PruneMethod`] is too.
