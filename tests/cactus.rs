@@ -1,5 +1,5 @@
-//! CACTUS: the adversarial weight perturbation, the compression-set strategies, the set loss,
-//! and compressed checkpoints.
+//! CACTUS: the adversarial weight perturbation, the compression-set strategies, the set loss
+//! (a 2:4 set included), and compressed checkpoints.
 
 use cactus::attack::{awp_perturbation, awp_radii, perturbed, AwpConfig};
 use cactus::compress::quant::{fake_quantize, Format, Granularity};
@@ -274,6 +274,142 @@ fn degenerate_sets_reduce_to_sabr() {
             let (logits, _) = m2.forward_batch_stats(&x, false);
             cross_entropy(&logits, &y).item()
         });
+    }
+}
+
+/// A set pruned 2:4 holds the network and its one 2:4 copy, whatever the strategy; options that
+/// choose ratios are refused; its loss is the mean of the two networks' losses, bit for bit.
+#[test]
+fn a_2_4_set_holds_the_network_and_its_2_4_copy() {
+    use cactus::compress::{apply_masks, prune_masks, PruneMethod};
+    use cactus::train::{network_loss, Method};
+    let nm: PruneMethod = "2:4".parse().unwrap();
+    let cfg = CactusConfig {
+        prune_method: nm,
+        ..CactusConfig::default()
+    };
+    cfg.validate().unwrap();
+    let model = small_model(12);
+    for strategy in [
+        Strategy::Sampling,
+        Strategy::Fixed,
+        Strategy::Progressive,
+        Strategy::Dense,
+        Strategy::Adaptive,
+    ] {
+        let c = CactusConfig {
+            strategy,
+            ..cfg.clone()
+        };
+        assert_eq!(
+            set_ratios(&c, &model, progress(700), &mut Rng::seed(0)),
+            [0.5]
+        );
+    }
+    for (bad, option) in [
+        (
+            CactusConfig {
+                ratios: Some(vec![0.5]),
+                ..cfg.clone()
+            },
+            "--ratios",
+        ),
+        (
+            CactusConfig {
+                samples: 2,
+                ..cfg.clone()
+            },
+            "--samples",
+        ),
+        (
+            CactusConfig {
+                strategy: Strategy::Dense,
+                ..cfg.clone()
+            },
+            "--strategy",
+        ),
+    ] {
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains(option) && err.contains("2:4") && err.contains("0.5"),
+            "{err}"
+        );
+    }
+    // Without pruned members the method plays no part.
+    CactusConfig {
+        compress: CompressKind::Quant,
+        strategy: Strategy::Dense,
+        ..cfg.clone()
+    }
+    .validate()
+    .unwrap();
+
+    let (x, y) = digits(32);
+    let phase = Phase {
+        eps: 0.05,
+        cert_weight: 0.75,
+    };
+    let mut m = small_model(12);
+    let out = cactus_loss(
+        &mut m,
+        &x,
+        &y,
+        phase,
+        0.4,
+        &cfg,
+        progress(500),
+        &mut Rng::seed(3),
+    )
+    .unwrap();
+    // The same set by hand, with the same attack seeds.
+    let mut rng = Rng::seed(3);
+    let mut m2 = small_model(12);
+    let full = network_loss(&mut m2, Method::Cactus, &x, &y, phase, 0.4, true, &mut rng);
+    let masks = prune_masks(&m2, nm, 0.5).unwrap();
+    assert_eq!(masks.weight_sparsity(), 0.5);
+    let mut pruned = apply_masks(&m2, &masks);
+    let member = network_loss(
+        &mut pruned,
+        Method::Cactus,
+        &x,
+        &y,
+        phase,
+        0.4,
+        false,
+        &mut rng,
+    );
+    let expected = full.total.add(&member.total).mul_scalar(0.5).item();
+    assert_eq!(out.total.item(), expected);
+    assert_eq!(
+        out.cert,
+        Some((full.cert.unwrap() + member.cert.unwrap()) / 2.0)
+    );
+    // Another pruning of the same ratio gives another loss: the 2:4 copy is the one used.
+    let gul1 = CactusConfig {
+        prune_method: "gul1".parse().unwrap(),
+        strategy: Strategy::Fixed,
+        ratios: Some(vec![0.5]),
+        ..CactusConfig::default()
+    };
+    let other = cactus_loss(
+        &mut small_model(12),
+        &x,
+        &y,
+        phase,
+        0.4,
+        &gul1,
+        progress(500),
+        &mut Rng::seed(3),
+    )
+    .unwrap();
+    assert_ne!(other.total.item(), expected);
+    // Gradients reach every parameter.
+    let grads = out.total.backward();
+    for (name, p) in m.net.named_parameters() {
+        let g = grads
+            .get(p)
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert!(g.data().iter().all(|v| v.is_finite()), "{name}");
     }
 }
 

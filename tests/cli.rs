@@ -746,3 +746,169 @@ fn eval_runs_a_certifier_cascade_with_per_point_records_and_shards() {
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&whole).unwrap();
 }
+
+/// The commands that take pruning methods list every method of the registry in their help, and
+/// name them all when one is unknown.
+#[test]
+fn help_and_errors_list_every_pruning_method() {
+    let names: Vec<String> = cactus::compress::PruneMethod::listed()
+        .map(|m| m.to_string())
+        .collect();
+    for command in ["train", "eval", "compress"] {
+        let help = ok(&[command, "--help"]);
+        for name in &names {
+            assert!(
+                help.contains(name.as_str()),
+                "{command} --help lacks {name}"
+            );
+        }
+    }
+    let out = cactus(&["eval", "--checkpoint", "x", "--prune", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for name in &names {
+        assert!(err.contains(name.as_str()), "the error lacks {name}: {err}");
+    }
+}
+
+/// N:M sparsity on the command line: CACTUS with a 2:4 set, the evaluation grid (one row at the
+/// ratio 2:4 fixes, in every format with --joint), a 2:4 checkpoint from `compress` that
+/// evaluates like its grid row and holds at most two nonzero weights in every group of four,
+/// and the ratio options that disagree with it refused.
+#[test]
+fn n_m_sparsity_trains_evaluates_and_compresses() {
+    let dir = scratch("nm");
+    let d = dir.to_str().unwrap();
+    fails(
+        &train_args(d, &["--prune-method", "2:4", "--strategy", "dense"]),
+        "--strategy",
+    );
+    fails(
+        &train_args(d, &["--prune-method", "2:4", "--ratios", "0.5"]),
+        "--ratios",
+    );
+    fails(&train_args(d, &["--prune-method", "5:4"]), "1 ≤ N < M ≤ 64");
+    ok(&train_args(
+        d,
+        &[
+            "--method",
+            "cactus",
+            "--prune-method",
+            "2:4",
+            "--epochs",
+            "1",
+            "--eval-limit",
+            "20",
+            "--eval-prune",
+            "none,2:4",
+            "--eval-quant",
+            "fp32",
+        ],
+    ));
+    let model = format!("{d}/model.safetensors");
+    let ckpt = load_checkpoint(Path::new(&model)).unwrap();
+    let config: Value = serde_json::from_str(&ckpt.extra["train.config"]).unwrap();
+    assert_eq!(config["cactus"]["prune_method"], "2:4", "{config}");
+    let report = check_report(&dir, 20, 2);
+    assert_eq!(report["rows"][1]["compression"], "2:4");
+    assert_eq!(report["rows"][1]["ratio"], 0.5);
+
+    let json = ok(&[
+        "eval",
+        "--checkpoint",
+        &model,
+        "--limit",
+        "40",
+        "--prune",
+        "none,2:4,gul1",
+        "--ratios",
+        "0.7",
+        "--quant",
+        "fp32,int8",
+        "--joint",
+        "--json",
+        "--out",
+        d,
+    ]);
+    let report: Value = serde_json::from_str(&json).unwrap();
+    check_report(&dir, 40, 6);
+    let rows = report["rows"].as_array().unwrap();
+    let key = |r: &Value| {
+        format!(
+            "{} {} {}",
+            r["compression"].as_str().unwrap(),
+            r["ratio"],
+            r["format"].as_str().unwrap()
+        )
+    };
+    let keys: Vec<String> = rows.iter().map(key).collect();
+    assert_eq!(
+        keys,
+        [
+            "none 0.0 fp32",
+            "none 0.0 int8",
+            "2:4 0.5 fp32",
+            "2:4 0.5 int8",
+            "gul1 0.7 fp32",
+            "gul1 0.7 int8"
+        ]
+    );
+    // small's rows are multiples of four: exactly half the weights go.
+    assert_eq!(rows[2]["sparsity"], 0.5);
+
+    for (compress_args, setting) in [
+        (vec!["--prune", "2:4"], "2:4 0.5 fp32"),
+        (
+            vec!["--prune", "2:4", "--ratio", "0.5", "--quant", "int8"],
+            "2:4 0.5 int8",
+        ),
+    ] {
+        let file = format!("{d}/nm.safetensors");
+        let mut args = vec!["compress", "--checkpoint", &model, "--out", &file];
+        args.extend(compress_args.iter());
+        let said = ok(&args);
+        assert!(said.contains("2:4 at ratio 0.5"), "{said}");
+        let json = ok(&[
+            "eval",
+            "--checkpoint",
+            &file,
+            "--limit",
+            "40",
+            "--json",
+            "--out",
+            dir.join("c").to_str().unwrap(),
+        ]);
+        let alone: Value = serde_json::from_str(&json).unwrap();
+        let expected = rows.iter().find(|r| key(r) == setting).unwrap();
+        for k in ["clean", "pgd", "certified"] {
+            assert_eq!(alone["rows"][0][k], expected[k], "{setting}: {k}");
+        }
+        let saved = load_checkpoint(Path::new(&file)).unwrap();
+        assert_eq!(saved.extra["compress.prune"], "2:4");
+        assert_eq!(saved.extra["compress.ratio"], "0.5");
+        assert_eq!(saved.extra["compress.sparsity"], "0.500000");
+        // Every group of four consecutive weights of a row holds at most two nonzeros.
+        for layer in &saved.model.net.layers {
+            if let Some(w) = layer.weight() {
+                for group in w.data().chunks(4) {
+                    assert!(group.iter().filter(|&&v| v != 0.0).count() <= 2);
+                }
+            }
+        }
+    }
+    fails(
+        &[
+            "compress",
+            "--checkpoint",
+            &model,
+            "--prune",
+            "2:4",
+            "--ratio",
+            "0.7",
+            "--out",
+            "x",
+        ],
+        "fixed ratio of 0.5",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

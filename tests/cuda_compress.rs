@@ -1,10 +1,12 @@
-//! CPU-vs-CUDA parity of the compression kernels (`compress/prune/prune.cu`, `compress/quant/quant.cu`):
-//! pruning masks are identical (exact counts and the same tie rule), fake quantization and the
+//! CPU-vs-CUDA parity of the compression kernels (`compress/prune/prune.cu`, `compress/nm/nm.cu`,
+//! `compress/quant/quant.cu`): pruning masks are identical (exact counts and the same tie rule;
+//! N:M masks on every model, tail groups, ties and NaN included), fake quantization and the
 //! integer codes are bit-identical (the same f64 arithmetic and rounding), the STE gradient
 //! equal. Each test skips, saying why, where no GPU is present.
 
+use cactus::compress::nm::{launch::nm_mask as cuda_nm_mask, nm_mask};
 use cactus::compress::prune::launch::{apply_mask, prune_masks as cuda_masks, DeviceWeight};
-use cactus::compress::prune::{prune_masks, PruneMethod};
+use cactus::compress::prune::{prune_masks, Magnitude};
 use cactus::compress::quant::launch::{
     fake_quantize_fp16, fake_quantize_int, quant_params, quantize_codes, ste_backward,
 };
@@ -12,7 +14,7 @@ use cactus::compress::quant::{fake_quantize, quantize_int, Format, Granularity};
 use cactus::nn::{Arch, Init, Layer, Model, ModelSpec};
 use cactus::rng::Rng;
 use cactus::runtime::cuda::{device_or_skip, DeviceBuffer};
-use cactus::Tensor;
+use cactus::{Device, Tensor};
 
 fn models() -> Vec<Model> {
     let mut small = ModelSpec::new(Arch::Small, [1, 28, 28], 10);
@@ -69,9 +71,9 @@ fn pruning_masks_match_the_cpu() {
                 classifier: Some(*i) == classifier,
             })
             .collect();
-        for method in PruneMethod::ALL {
+        for method in Magnitude::ALL {
             for ratio in [0.0, 0.1, 0.5, 0.7, 0.95, 0.99] {
-                let cpu = prune_masks(&model, method, ratio).unwrap();
+                let cpu = prune_masks(&model, method.method(), ratio).unwrap();
                 let gpu = cuda_masks(&weights, method, ratio).unwrap();
                 assert_eq!(gpu.units, cpu.units, "{method} at {ratio}: unit counts");
                 for ((i, _, _), g) in uploaded.iter().zip(&gpu.masks) {
@@ -99,6 +101,75 @@ fn pruning_masks_match_the_cpu() {
             .collect();
         assert_eq!(y, expect);
     }
+}
+
+#[test]
+fn nm_masks_match_the_cpu() {
+    let Some(_gpu) = device_or_skip("nm_masks_match_the_cpu") else {
+        return;
+    };
+    for model in models() {
+        // Through the registry: weights on the GPU get their masks computed there.
+        let on_gpu = model.to_device(Device::Cuda).unwrap();
+        for name in ["2:4", "1:4", "4:8", "3:7", "63:64"] {
+            let method: cactus::compress::PruneMethod = name.parse().unwrap();
+            let ratio = method.implied_ratio().unwrap();
+            let cpu = prune_masks(&model, method, ratio).unwrap();
+            let gpu = prune_masks(&on_gpu, method, ratio).unwrap();
+            assert_eq!(gpu.pruned_weights, cpu.pruned_weights, "{name}");
+            assert_eq!(gpu.total_weights, cpu.total_weights, "{name}");
+            for (i, (c, g)) in cpu.layers.iter().zip(&gpu.layers).enumerate() {
+                match (c, g) {
+                    (Some(c), Some(g)) => {
+                        assert!(g.is_cuda(), "{name}: layer {i}'s mask left the GPU");
+                        assert_eq!(g.to_vec(), c.to_vec(), "{name}: layer {i} differs");
+                    }
+                    (None, None) => {}
+                    _ => panic!("{name}: layer {i} has a mask on one device only"),
+                }
+            }
+        }
+    }
+    // The kernel on NaN, infinities, signed zeros and ties, in rows of every tail length.
+    let mut rng = Rng::seed(6);
+    let mut values: Vec<f32> = Tensor::randn(&[4 * 3 * 5 * 7], 0.0, 1.0, &mut rng).to_vec();
+    for (k, v) in values.iter_mut().enumerate() {
+        match k % 11 {
+            0 => *v = f32::NAN,
+            1 => *v = -f32::NAN,
+            2 => *v = f32::INFINITY,
+            3 => *v = -0.0,
+            4 => *v = 0.0,
+            5 | 6 => *v = -0.5,
+            7 => *v = 0.5,
+            _ => {}
+        }
+    }
+    let dev = DeviceBuffer::from_host(&values).unwrap();
+    for (rows, row_len) in [
+        (420, 1),
+        (140, 3),
+        (84, 5),
+        (60, 7),
+        (28, 15),
+        (12, 35),
+        (1, 420),
+    ] {
+        for (n, m) in [(2, 4), (1, 4), (3, 4), (4, 8), (1, 2), (5, 64)] {
+            let gpu = cuda_nm_mask(&dev, rows, row_len, n, m)
+                .unwrap()
+                .to_host()
+                .unwrap();
+            let cpu = nm_mask(&values, row_len, n, m);
+            assert_eq!(gpu, cpu, "{n}:{m} on {rows} rows of {row_len}");
+        }
+    }
+    assert!(
+        cuda_nm_mask(&dev, 7, 7, 2, 4).is_err(),
+        "a shape that does not fit"
+    );
+    assert!(cuda_nm_mask(&dev, 420, 1, 4, 4).is_err(), "N = M");
+    assert!(cuda_nm_mask(&dev, 420, 1, 1, 65).is_err(), "M > 64");
 }
 
 #[test]

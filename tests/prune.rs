@@ -2,7 +2,7 @@
 //! structure), global vs local, l1 vs l2, ties, ratios, names, and gradients through the masks.
 
 use cactus::compress::prune::{
-    apply_masks, prune, prune_masks, Masks, Norm, PruneMethod, Scope, Structure,
+    apply_masks, prune, prune_masks, Magnitude, Masks, Norm, PruneMethod, Scope, Structure,
 };
 use cactus::nn::{Arch, Layer, Mode, Model, ModelSpec};
 use cactus::rng::Rng;
@@ -42,7 +42,12 @@ fn mask(masks: &Masks, layer: usize) -> Vec<f32> {
 }
 
 fn all_methods() -> [PruneMethod; 8] {
-    PruneMethod::ALL
+    Magnitude::ALL.map(Magnitude::method)
+}
+
+/// The magnitude method's scope, structure and norm.
+fn magnitude(method: PruneMethod) -> Magnitude {
+    Magnitude::of(method).expect("a magnitude method")
 }
 
 #[test]
@@ -55,17 +60,17 @@ fn names_parse_and_print() {
         assert_eq!(m(name), method);
         assert_eq!(m(&name.to_uppercase()), method);
         assert_eq!(
-            <PruneMethod as clap::ValueEnum>::from_str(&name.to_uppercase(), false).unwrap(),
+            name.to_uppercase().parse::<Magnitude>().unwrap().method(),
             method
         );
     }
     assert_eq!(
         m("GSl2"),
-        PruneMethod::new(Scope::Global, Structure::Structured, Norm::L2)
+        Magnitude::new(Scope::Global, Structure::Structured, Norm::L2).method()
     );
     assert_eq!(
         m("LUL1"),
-        PruneMethod::new(Scope::Local, Structure::Unstructured, Norm::L1)
+        Magnitude::new(Scope::Local, Structure::Unstructured, Norm::L1).method()
     );
     for bad in ["gul3", "", "g", "gul1 ", "xsl1"] {
         if bad == "gul1 " {
@@ -111,7 +116,7 @@ fn ratio_zero_keeps_everything() {
         for i in [0, 2, 4] {
             assert!(masks.get(i).is_none());
         }
-        if method.structure == Structure::Structured {
+        if magnitude(method).structure == Structure::Structured {
             assert_eq!(masks.units.unwrap().pruned, 0);
             assert_eq!(masks.unit_fraction(), Some(0.0));
         } else {
@@ -343,12 +348,12 @@ fn structured_removes_whole_channels_and_never_classifier_rows() {
     let ws = weights(&model);
     let classifier = ws.last().unwrap().0;
     // Units: 16 + 32 conv channels, 100 hidden neurons.
-    for method in all_methods()
+    for method in Magnitude::ALL
         .into_iter()
         .filter(|m| m.structure == Structure::Structured)
     {
         for ratio in [0.3, 0.5, 0.9] {
-            let masks = prune_masks(&model, method, ratio).unwrap();
+            let masks = prune_masks(&model, method.method(), ratio).unwrap();
             let u = masks.units.unwrap();
             assert_eq!(u.total, 148);
             let expected = match method.scope {

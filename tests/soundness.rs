@@ -14,7 +14,8 @@
 //! - the bounds are not vacuous: at ε = 0 they collapse to the forward pass, they grow
 //!   monotonically with ε, and bounds shrunk on purpose are caught by the same sampling;
 //! - an IBP-trained `small` (mnist-mini at 14×14) certifies a good share of test points, and
-//!   none of them is broken by a strong PGD (every iterate checked) or by sampling.
+//!   none of them is broken by a strong PGD (every iterate checked) or by sampling; the same
+//!   holds for it quantized, pruned by magnitude and pruned 2:4.
 //!
 //! Tolerance: a value v passes when lo − tol ≤ v ≤ hi + tol with tol = 1e-4·(1 + |v|), far
 //! below any real error of the bounds but above f32 rounding.
@@ -894,6 +895,10 @@ fn certified_points_of_quantized_and_pruned_networks_survive_pgd_and_sampling() 
     }
     let (pruned, _) = prune(&model, "gul1".parse().unwrap(), 0.7).unwrap();
     certified_points_hold(&pruned.detached(), "small pruned gul1 0.7", 10);
+    // N:M sparsity: half of every group of four weights gone, in every layer.
+    let (pruned, masks) = prune(&model, "2:4".parse().unwrap(), 0.5).unwrap();
+    assert_eq!(masks.weight_sparsity(), 0.5);
+    certified_points_hold(&pruned.detached(), "small pruned 2:4", 10);
 }
 
 /// Certify 300 test points of `model` at ε = 0.08 (at least one in `min_share`), then attack

@@ -1,9 +1,12 @@
-"""Compression of the conv/linear weights (src/compress/prune.rs and quant.rs; biases and BN
-never touched): the pruning masks and fake quantization of the certified twin, exact to cactus's
-rules, and the fast variants the benchmark twins time (a selection instead of a stable sort,
-PyTorch's fused fake quantization).
+"""Compression of the conv/linear weights (src/compress/; biases and BN never touched): the
+pruning masks and fake quantization of the certified twin, exact to cactus's rules, and the fast
+variants the benchmark twins time (a selection instead of a stable sort, PyTorch's fused fake
+quantization).
 
-  pruning  gul1 gul2 lul1 lul2 gsl1 gsl2 lsl1 lsl2 at ratio δ ∈ [0, 1); count(δ, n) =
+  pruning  a registry of rules as in src/compress/mod.rs (PRUNE_RULES: each rule's names, help
+           line, masks and, for a rule whose parameters fix it, its ratio); a method is its
+           canonical name (parse_prune_method). Magnitude (src/compress/prune/):
+           gul1 gul2 lul1 lul2 gsl1 gsl2 lsl1 lsl2 at ratio δ ∈ [0, 1); count(δ, n) =
            floor(δ·n) (a product a few ulps below an integer counts as it). Unstructured
            (?ul?; l1 ≡ l2): weights ranked by (|w|, layer, flat index) ascending, the first
            count(δ, all weights) pruned (global) or count(δ, n_t) per tensor (local).
@@ -11,7 +14,11 @@ PyTorch's fused fake quantization).
            the classifier), score = l1/l2 norm of its weight row (f64); global: scores divided
            by their layer's mean score, one ranking by (score, layer, unit), count(δ, units)
            removed, skipping a unit whose layer is down to one; local: min(count(δ, u), u − 1)
-           per layer. A removed unit's row is zeroed, its bias kept.
+           per layer. A removed unit's row is zeroed, its bias kept. N:M (src/compress/nm/):
+           1 ≤ N < M ≤ 64, 2:4 canonical; in every group of M consecutive weights of a row (an
+           output unit's flattened weights), min(N, len) kept by (|w| bits, position), the lower
+           position pruned first among equal magnitudes, NaN above all; every conv/linear layer;
+           the ratio is fixed at 1 − N/M.
   quant    fp32 = identity; fp16 = round to nearest even through half (finite values clamped to
            ±65504 first); intN per tensor: asymmetric, [qmin, qmax] = [−2^(N−1), 2^(N−1) − 1],
            s rounded up in f32, z = qmin − round(min/s), ŵ = f32(s·(q − z)); a constant tensor
@@ -27,9 +34,6 @@ import torch.nn as nn
 
 from model import affine_indices
 
-PRUNE_METHODS = ("gul1", "gul2", "lul1", "lul2", "gsl1", "gsl2", "lsl1", "lsl2")
-
-
 def prune_count(ratio, n):
     """floor(ratio·n), where a product within a few ulps below an integer counts as that one."""
     x = ratio * n
@@ -39,30 +43,34 @@ def prune_count(ratio, n):
     return min(int(k), n)
 
 
-def prune_masks(model, method, ratio):
-    """0/1 masks {layer index: mask} of the conv/linear weights for pruning `method` at δ =
-    `ratio` (src/compress/prune.rs), computed from the detached weights; and the fraction of
-    those weights the masks zero."""
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
-    if method not in PRUNE_METHODS:
-        raise ValueError(f"unknown pruning method {method}")
-    idx = affine_indices(model)
-    ws = [model[i].weight.detach() for i in idx]
-    masks = [torch.ones_like(w) for w in ws]
-    if method[1] == "u":                        # single weights, ranked by (|w|, layer, index)
-        def prune_smallest(flat, k, out):
-            if k > 0:
-                out.view(-1)[torch.argsort(flat, stable=True)[:k]] = 0.0
-        if method[0] == "g":
-            flat = torch.cat([w.abs().flatten() for w in ws])
-            m = torch.ones_like(flat)
-            prune_smallest(flat, prune_count(ratio, flat.numel()), m)
-            masks = [t.view_as(w).clone() for t, w in zip(m.split([w.numel() for w in ws]), ws)]
-        else:
+class Magnitude:
+    """The paper's eight magnitude methods (src/compress/prune/)."""
+    names = ("gul1", "gul2", "lul1", "lul2", "gsl1", "gsl2", "lsl1", "lsl2")
+    syntax = None
+    help = ("magnitude pruning at the ratio asked for; g/l: one ranking over all layers or one "
+            "per layer, u/s: single weights or whole units, l1/l2: the units' norm; any case")
+
+    def parse(self, name):
+        return name if name in self.names else None
+
+    def implied_ratio(self, method):
+        return None
+
+    def masks(self, model, idx, ws, method, ratio):
+        masks = [torch.ones_like(w) for w in ws]
+        if method[1] == "u":                    # single weights, ranked by (|w|, layer, index)
+            def prune_smallest(flat, k, out):
+                if k > 0:
+                    out.view(-1)[torch.argsort(flat, stable=True)[:k]] = 0.0
+            if method[0] == "g":
+                flat = torch.cat([w.abs().flatten() for w in ws])
+                m = torch.ones_like(flat)
+                prune_smallest(flat, prune_count(ratio, flat.numel()), m)
+                return [t.view_as(w).clone() for t, w in zip(m.split([w.numel() for w in ws]), ws)]
             for w, m in zip(ws, masks):
                 prune_smallest(w.abs().flatten(), prune_count(ratio, w.numel()), m)
-    else:                                       # units: conv channels, hidden linear neurons
+            return masks
+        # units: conv channels, hidden linear neurons
         classifier = max(i for i in idx if isinstance(model[i], nn.Linear))
         scores = []                             # (position in ws, f64 scores of its rows)
         for t, (i, w) in enumerate(zip(idx, ws)):
@@ -94,6 +102,108 @@ def prune_masks(model, method, ratio):
                     removed += [(t, int(u)) for u in torch.argsort(sc, stable=True)[:k]]
         for t, u in removed:
             masks[t][u] = 0.0
+        return masks
+
+
+class NM:
+    """N:M semi-structured sparsity (src/compress/nm/)."""
+    names = ("2:4",)
+    syntax = "N:M with 1 ≤ N < M ≤ 64"
+    help = ("semi-structured sparsity: in every M consecutive weights of a row, the N largest |w| "
+            "kept, in every conv and linear layer; prunes the fixed ratio 1 − N/M")
+
+    def parse(self, name):
+        if ":" not in name:
+            return None
+        n, _, m = name.partition(":")
+        if not (all(t.isascii() and t.isdigit() and len(t) <= 3 for t in (n, m))
+                and 1 <= int(n) < int(m) <= 64):
+            raise ValueError(f"pruning method {name!r}: N:M sparsity needs whole numbers "
+                             "1 ≤ N < M ≤ 64, such as 2:4")
+        return f"{int(n)}:{int(m)}"
+
+    def implied_ratio(self, method):
+        n, m = (int(t) for t in method.split(":"))
+        return 1.0 - n / m
+
+    def masks(self, model, idx, ws, method, ratio):
+        n, m = (int(t) for t in method.split(":"))
+        return [nm_mask(w, n, m) for w in ws]
+
+
+def nm_mask(w, n, m):
+    """The 0/1 N:M mask of w (rows along the first axis): per group of m consecutive values of a
+    row, the min(n, len) with the largest keys (bits of |w|)·64 + position kept."""
+    rows = w.detach().float().contiguous().view(w.shape[0], -1)
+    row_len = rows.shape[1]
+    pad = (-row_len) % m
+    bits = (rows.view(torch.int32) & 0x7FFFFFFF).long()
+    position = torch.arange(row_len, dtype=torch.long) % m
+    keys = torch.nn.functional.pad(bits * 64 + position, (0, pad), value=-1)  # padding ranks last
+    keys = keys.view(rows.shape[0], -1, m)
+    mask = torch.zeros(keys.shape, dtype=torch.float32)
+    mask.scatter_(2, keys.topk(n, dim=2).indices, 1.0)
+    return mask.view(rows.shape[0], -1)[:, :row_len].reshape(w.shape)
+
+
+# Every pruning rule, in the order help texts list them (src/compress/mod.rs, PRUNE_RULES).
+PRUNE_RULES = (Magnitude(), NM())
+
+
+def prune_names():
+    """The registry's names for help texts and errors: gul1, gul2, …"""
+    return ", ".join(f"{r.syntax} (e.g. {', '.join(r.names)})" if r.syntax
+                     else ", ".join(r.names) for r in PRUNE_RULES)
+
+
+def prune_help():
+    """Every rule's names with its help line."""
+    return "; ".join(f"{r.syntax + ', e.g. ' if r.syntax else ''}{', '.join(r.names)} "
+                     f"({r.help})" for r in PRUNE_RULES)
+
+
+def _rule(method):
+    """(rule, canonical name) of a method name in any case, or None."""
+    t = method.strip().lower()
+    for rule in PRUNE_RULES:
+        name = rule.parse(t)
+        if name is not None:
+            return rule, name
+    return None
+
+
+def parse_prune_method(text):
+    """The canonical name of a pruning method; ValueError listing the registry's names."""
+    found = _rule(text)
+    if found is None:
+        raise ValueError(f"unknown pruning method {text!r}: expected one of {prune_names()}")
+    return found[1]
+
+
+def implied_ratio(method):
+    """The ratio the method fixes (None: the caller chooses)."""
+    rule, name = _rule(method) or (None, None)
+    if rule is None:
+        raise ValueError(f"unknown pruning method {method!r}")
+    return rule.implied_ratio(name)
+
+
+def prune_masks(model, method, ratio):
+    """0/1 masks {layer index: mask} of the conv/linear weights for pruning `method` at δ =
+    `ratio` (src/compress/), computed from the detached weights; and the fraction of those
+    weights the masks zero."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
+    found = _rule(method)
+    if found is None:
+        raise ValueError(f"unknown pruning method {method}")
+    rule, name = found
+    fixed = rule.implied_ratio(name)
+    if fixed is not None and abs(fixed - ratio) > 1e-9:
+        raise ValueError(f"{name} prunes a fixed ratio of {fixed}, not {ratio}")
+    idx = affine_indices(model)
+    ws = [model[i].weight.detach() for i in idx]
+    masks = rule.masks(model, idx, ws, name, ratio)
     total = sum(w.numel() for w in ws)
     zeros = sum(int((m == 0).sum()) for m in masks)
     return dict(zip(idx, masks)), zeros / total

@@ -38,9 +38,10 @@ generators, not cactus's Rng), which is why runs are compared over several seeds
              (margin loss max_{j≠y} z_j − z_y, then CE), random start, step 0.25·ε halved after
              10 and 15 completed steps; broken if any evaluated point is misclassified.
 
-Compression (src/compress/prune.rs and quant.rs; conv and linear weights only, biases and BN
-never touched):
-  pruning    --prune-method gul1 gul2 lul1 lul2 gsl1 gsl2 lsl1 lsl2 at ratio δ ∈ [0, 1);
+Compression (src/compress/; conv and linear weights only, biases and BN never touched):
+  pruning    the registry of compress.py (PRUNE_RULES, as src/compress/mod.rs); a method that
+             fixes its own ratio (compress.implied_ratio) is pruned at that ratio only.
+             Magnitude: gul1 gul2 lul1 lul2 gsl1 gsl2 lsl1 lsl2 at ratio δ ∈ [0, 1);
              count(δ, n) = floor(δ·n) (a product a few ulps below an integer counts as it).
              Unstructured (?ul?; l1 ≡ l2): weights ranked by (|w|, layer, flat index) ascending,
              the first count(δ, all weights) pruned (global, first and last layer included) or
@@ -68,9 +69,10 @@ compression set; same warm-up/ramp schedule, w_t and ε_t as SABR):
              (the last batch of the run), per batch; adaptive: the fractions of the conv/linear
              weights that, pruned smallest |w| first, hold at most 1%, 5% and 10% of their total
              l1 mass, each clamped to [0.25, 0.75]. --ratios only with sampling and fixed,
-             --samples ≠ 1 only with sampling. Masks are computed every batch from the detached
-             weights; the member's weights are w·mask (gradient only to kept weights). Plus, for
-             quant or prune+quant, the AWP net f + Δ*.
+             --samples ≠ 1 only with sampling. A --prune-method that fixes its own ratio: one
+             pruned copy at that ratio, and none of --ratios, --samples, --strategy. Masks are
+             computed every batch from the detached weights; the member's weights are w·mask
+             (gradient only to kept weights). Plus, for quant or prune+quant, the AWP net f + Δ*.
   AWP        per conv/linear weight W: radius r_W = η·s_W (--awp-eta 0.5), s_W = the int8 step of W
              (per tensor, as above); Δ = 0, then --awp-steps times: objective = CE(clean logits of
              f + Δ, BN with its own batch statistics) + (if w_t > 0) the SABR IBP loss of f + Δ on
@@ -88,7 +90,7 @@ Evaluation grid (--eval-prune, --eval-ratios, --eval-quant; default none / none 
 single plain evaluation), rows in the order of cactus's src/eval/grid.rs, repeats left out: the
 uncompressed net (compression "none", ratio 0, sparsity 0, fp32) always first; the unpruned net
 in each other format of --eval-quant; each pruning method ≠ none at each ratio > 0 (pruned,
-fp32). Each row is the evaluation above of the compressed weights (quantized: the dequantized
+fp32), or once at the ratio it fixes. Each row is the evaluation above of the compressed weights (quantized: the dequantized
 ŵ), BN in eval mode with the full net's running statistics. The JSON keeps the plain net's
 clean/pgd/certified at the top level and adds "rows": [{"compression", "ratio", "sparsity",
 "format", "certifier": "ibp", "clean", "pgd", "certified"}], the rows of cactus's report.json.
@@ -115,8 +117,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared modules beside it
 from attack import pgd  # noqa: E402
-from compress import (PRUNE_METHODS, compressed_copy, fake_quantize,  # noqa: E402
-                      prune_masks, quant_step)
+from compress import (compressed_copy, fake_quantize, implied_ratio,  # noqa: E402
+                      parse_prune_method, prune_help, prune_masks, quant_step)
 from data import load_split  # noqa: E402
 from ibp import cert_loss, input_box, margin_lower_bounds  # noqa: E402
 from losses import certified_loss, member_loss  # noqa: E402
@@ -130,6 +132,9 @@ DENSE_RATIOS = (0.15, 0.3, 0.45, 0.6, 0.75)
 
 def batch_ratios(model, args, t, total_batches, gen):
     """The pruning ratios of this batch's compression set (see the docstring)."""
+    fixed = implied_ratio(args.prune_method)
+    if fixed is not None:
+        return [fixed]
     if args.strategy == "sampling":
         if args.ratios:
             picks = torch.randint(len(args.ratios), (args.samples,), generator=gen).tolist()
@@ -285,7 +290,9 @@ def evaluation_grid(model, x_test, y_test, args, plain):
     for method in dict.fromkeys(args.eval_prune):
         if method == "none":
             continue
-        for ratio in dict.fromkeys(r for r in args.eval_ratios if r > 0):
+        fixed = implied_ratio(method)
+        ratios = [fixed] if fixed is not None else [r for r in args.eval_ratios if r > 0]
+        for ratio in dict.fromkeys(ratios):
             masks, sparsity = prune_masks(model, method, ratio)
             net = compressed_copy(model, {i: model[i].weight.detach() * masks[i] for i in idx})
             row(method, ratio, sparsity, "fp32",
@@ -314,12 +321,12 @@ def ratio_value(text):
 
 
 def prune_name(text, allow_none):
-    t = text.lower()
-    if t in PRUNE_METHODS or (allow_none and t == "none"):
-        return t
-    raise argparse.ArgumentTypeError(
-        f"unknown pruning method {text!r}: expected {'none, ' if allow_none else ''}"
-        + ", ".join(PRUNE_METHODS))
+    if allow_none and text.strip().lower() == "none":
+        return "none"
+    try:
+        return parse_prune_method(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}{' (or none)' if allow_none else ''}")
 
 
 def format_name(text):
@@ -354,7 +361,7 @@ def main():
     g = p.add_argument_group("CACTUS (--method cactus)")
     g.add_argument("--compress", choices=["prune", "quant", "prune+quant"], default="prune")
     g.add_argument("--prune-method", type=lambda t: prune_name(t, False), default="gul1",
-                   help="pruning of the compression set: " + " ".join(PRUNE_METHODS))
+                   help="pruning of the compression set: " + prune_help())
     g.add_argument("--strategy", default="sampling",
                    choices=["sampling", "fixed", "progressive", "dense", "adaptive"])
     g.add_argument("--ratios", type=comma_list(ratio_value), default=None,
@@ -365,7 +372,7 @@ def main():
     g.add_argument("--awp-steps", type=int, default=1)
     g = p.add_argument_group("evaluation grid")
     g.add_argument("--eval-prune", type=comma_list(lambda t: prune_name(t, True)),
-                   default=["none"], help="pruning methods (none, gul1, lul1, gsl2, ...)")
+                   default=["none"], help="pruning methods (none; " + prune_help() + ")")
     g.add_argument("--eval-ratios", type=comma_list(ratio_value), default=[],
                    help="pruning ratios of every --eval-prune method")
     g.add_argument("--eval-quant", type=comma_list(format_name), default=["fp32"],
@@ -381,9 +388,17 @@ def main():
         p.error(f"--ratios applies to --strategy sampling and fixed, not {args.strategy}")
     if args.samples != 1 and args.strategy != "sampling":
         p.error(f"--samples applies to --strategy sampling, not {args.strategy}")
+    fixed = implied_ratio(args.prune_method)
+    if fixed is not None and args.compress != "quant":
+        for given, option in ((args.ratios, "--ratios"), (args.samples != 1, "--samples"),
+                              (args.strategy != "sampling", "--strategy")):
+            if given:
+                p.error(f"{option} does not apply to --prune-method {args.prune_method}, which "
+                        f"prunes a fixed ratio of {fixed}")
     if not (math.isfinite(args.width) and 0 < args.width <= 64):
         p.error("--width must be in (0, 64]")
-    if any(m != "none" for m in args.eval_prune) and not args.eval_ratios:
+    if not args.eval_ratios and any(m != "none" and implied_ratio(m) is None
+                                    for m in args.eval_prune):
         p.error("--eval-prune with pruning methods needs --eval-ratios")
 
     torch.set_num_threads(args.threads)

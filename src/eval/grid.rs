@@ -9,8 +9,8 @@
 //! that would be deployed.
 
 use crate::autodiff::with_no_grad;
-use crate::compress::prune::{apply_masks, prune_masks, PruneMethod};
 use crate::compress::quant::{quantize_model, Format, Granularity};
+use crate::compress::{apply_masks, prune_masks, PruneMethod};
 use crate::data::Dataset;
 use crate::eval::{evaluate, EvalConfig, PointRecord, Row};
 use crate::nn::{Layer, Model};
@@ -36,13 +36,14 @@ impl Setting {
 
     /// The name of the pruning column (`none`, `gul1`, ...).
     pub fn compression(&self) -> String {
-        self.prune.map_or("none".into(), |m| m.name().into())
+        self.prune.map_or("none".into(), |m| m.name())
     }
 }
 
 /// The settings of `--prune`, `--ratios` and `--quant`, in report order: the uncompressed
 /// network first; the unpruned network in every format other than fp32; each pruning method at
-/// each non-zero ratio in fp32 — or, with `joint`, in every format listed.
+/// each non-zero ratio in fp32 — or, with `joint`, in every format listed. A method that fixes
+/// its own ratio is evaluated once, at that ratio, whatever `ratios` holds.
 pub fn grid(
     prune: &[Option<PruneMethod>],
     ratios: &[f64],
@@ -67,7 +68,11 @@ pub fn grid(
         vec![Format::Fp32]
     };
     for method in prune.iter().flatten() {
-        for &ratio in ratios.iter().filter(|&&r| r > 0.0) {
+        let method_ratios = match method.implied_ratio() {
+            Some(fixed) => vec![fixed],
+            None => ratios.iter().copied().filter(|&r| r > 0.0).collect(),
+        };
+        for ratio in method_ratios {
             for &format in &pruned_formats {
                 push(Setting {
                     prune: Some(*method),

@@ -5,7 +5,9 @@
 //! The set (docs/design.md, "Compression-set strategies") is rebuilt every batch from the current weights:
 //! - the full network `f`, whose clean pass alone updates batch norm's running statistics;
 //! - for pruning, `f` pruned with `prune_method` at the ratios the [`Strategy`] picks (masks
-//!   multiplied into the weights, so gradients reach only the kept weights);
+//!   multiplied into the weights, so gradients reach only the kept weights); a method that fixes
+//!   its own ratio gives one pruned member at that ratio, and the strategies' options do not
+//!   apply to it;
 //! - for quantization, `f + Δ*`, the adversarial weight perturbation of [`crate::attack::awp`]
 //!   found by ascending `CE + L_cert` (the SABR box of `f`'s adversarial centre), a
 //!   differentiable proxy of int8 rounding.
@@ -14,7 +16,7 @@
 //! own SABR attack.
 
 use crate::attack::{awp_perturbation, perturbed, AwpConfig};
-use crate::compress::prune::{apply_masks, prune_masks, PruneMethod};
+use crate::compress::{apply_masks, prune_masks, PruneMethod};
 use crate::nn::{Layer, Model};
 use crate::ops::cross_entropy;
 use crate::rng::Rng;
@@ -161,6 +163,25 @@ impl CactusConfig {
                 self.strategy.name()
             ));
         }
+        if let Some(fixed) = self
+            .prune_method
+            .implied_ratio()
+            .filter(|_| self.compress.prunes())
+        {
+            // Such a method prunes one ratio: nothing for a strategy to choose.
+            let stray = [
+                (self.ratios.is_some(), "--ratios"),
+                (self.samples != 1, "--samples"),
+                (self.strategy != Strategy::Sampling, "--strategy"),
+            ];
+            if let Some((_, option)) = stray.iter().find(|(given, _)| *given) {
+                return bad(format!(
+                    "{option} does not apply to --prune-method {}, which prunes a fixed ratio \
+                     of {fixed}: its compression set is the network and its one pruned copy",
+                    self.prune_method
+                ));
+            }
+        }
         if !(self.awp.eta.is_finite() && self.awp.eta >= 0.0) {
             return bad(format!("--awp-eta must be ≥ 0, got {}", self.awp.eta));
         }
@@ -179,13 +200,17 @@ pub struct Progress {
     pub ramp_end: u64,
 }
 
-/// The pruning ratios of this batch's set.
+/// The pruning ratios of this batch's set: the strategy's, or the one ratio the pruning method
+/// fixes.
 pub fn set_ratios(
     cfg: &CactusConfig,
     model: &Model,
     progress: Progress,
     rng: &mut Rng,
 ) -> Vec<f64> {
+    if let Some(fixed) = cfg.prune_method.implied_ratio() {
+        return vec![fixed];
+    }
     let (lo, hi) = RATIO_RANGE;
     match cfg.strategy {
         Strategy::Sampling => (0..cfg.samples)

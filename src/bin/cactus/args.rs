@@ -1,7 +1,8 @@
 //! Value parsers and checks shared by the subcommands' options.
 
 use anyhow::{bail, Result};
-use cactus::compress::prune::PruneMethod;
+use cactus::compress::quant::FORMAT_NAMES;
+use cactus::compress::{prune_help, PruneMethod};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -18,6 +19,16 @@ pub fn parse_prune_choice(s: &str) -> Result<Option<PruneMethod>, String> {
     } else {
         parse(s).map(Some)
     }
+}
+
+/// Help for an option taking pruning methods: `intro`, then every method of the registry.
+pub fn prune_methods_help(intro: &str) -> String {
+    format!("{intro}: {}", prune_help())
+}
+
+/// Help for an option taking weight formats: `intro`, then the formats.
+pub fn formats_help(intro: &str) -> String {
+    format!("{intro}: {FORMAT_NAMES}")
 }
 
 pub fn check_ratios(ratios: &[f64], option: &str) -> Result<()> {

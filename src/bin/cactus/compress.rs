@@ -1,9 +1,9 @@
 //! `cactus compress`: a pruned and/or quantized copy of a checkpoint, stored compressed.
 
-use crate::args::{check_exists, check_ratios, parse};
+use crate::args::{check_exists, check_ratios, parse, prune_methods_help};
 use anyhow::{bail, Context, Result};
-use cactus::compress::prune::PruneMethod;
 use cactus::compress::quant::{Format, Granularity};
+use cactus::compress::PruneMethod;
 use cactus::eval::grid::compressed;
 use cactus::eval::Setting;
 use cactus::io::{load_checkpoint, save_compressed_checkpoint};
@@ -14,10 +14,10 @@ pub struct CompressArgs {
     /// A model.safetensors written by cactus.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Pruning method (gul1, gul2, lul1, lul2, gsl1, gsl2, lsl1, lsl2).
-    #[arg(long, value_parser = parse::<PruneMethod>)]
+    #[arg(long, value_parser = parse::<PruneMethod>, help = prune_methods_help("Pruning method"))]
     prune: Option<PruneMethod>,
-    /// Pruning ratio δ in [0, 1) (with --prune).
+    /// Pruning ratio δ in [0, 1) (with --prune; a method that fixes its own ratio needs none, and
+    /// a different one is an error).
     #[arg(long)]
     ratio: Option<f64>,
     /// Weight format to store: fp32, fp16 or intN (N in 2..=8; stored as int8 codes with scale
@@ -39,11 +39,18 @@ pub fn run(args: CompressArgs) -> Result<()> {
             check_ratios(&[r], "--ratio")?;
             Setting {
                 prune: Some(m),
-                ratio: r,
+                ratio: m.ratio(Some(r)).context("--ratio")?,
                 format: args.quant,
             }
         }
-        (Some(_), None) => bail!("--prune needs --ratio"),
+        (Some(m), None) => match m.implied_ratio() {
+            Some(ratio) => Setting {
+                prune: Some(m),
+                ratio,
+                format: args.quant,
+            },
+            None => bail!("--prune needs --ratio"),
+        },
         (None, Some(_)) => bail!("--ratio needs --prune"),
         (None, None) => Setting {
             format: args.quant,

@@ -1,11 +1,13 @@
 //! `cactus eval`: a checkpoint's accuracies under each compression and certifier asked for,
 //! and the evaluation with a progress bar that `train` also ends with.
 
-use crate::args::{check_exists, check_ratios, parse, parse_prune_choice};
+use crate::args::{
+    check_exists, check_ratios, formats_help, parse, parse_prune_choice, prune_methods_help,
+};
 use crate::output::{print_table, write_reports};
 use anyhow::{bail, Context, Result};
-use cactus::compress::prune::PruneMethod;
 use cactus::compress::quant::{Format, Granularity};
+use cactus::compress::PruneMethod;
 use cactus::data::{self, DatasetKind, Split};
 use cactus::eval::{
     evaluate_grid, grid, parse_shard, EvalConfig, PointRecord, Recalibration, Report, Setting,
@@ -40,14 +42,15 @@ pub struct EvalArgs {
     /// Print the JSON report to stdout (instead of the table).
     #[arg(long)]
     json: bool,
-    /// Pruning methods (`none`, gul1, gul2, lul1, lul2, gsl1, gsl2, lsl1, lsl2), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "none", value_parser = parse_prune_choice)]
+    #[arg(long, value_delimiter = ',', default_value = "none", value_parser = parse_prune_choice,
+          help = prune_methods_help("Pruning methods, comma-separated, `none` for the network unpruned"))]
     prune: Vec<Option<PruneMethod>>,
-    /// Pruning ratios δ in [0, 1) for every method of --prune.
+    /// Pruning ratios δ in [0, 1) for every method of --prune (a method that fixes its own
+    /// ratio is evaluated once, at it).
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.9,0.95,0.99")]
     ratios: Vec<f64>,
-    /// Weight formats (fp32, fp16, intN with N in 2..=8), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "fp32", value_parser = parse::<Format>)]
+    #[arg(long, value_delimiter = ',', default_value = "fp32", value_parser = parse::<Format>,
+          help = formats_help("Weight formats, comma-separated"))]
     quant: Vec<Format>,
     /// Also evaluate every pruned setting in every format of --quant (pruned, then quantized).
     #[arg(long)]

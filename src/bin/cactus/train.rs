@@ -1,13 +1,13 @@
 //! `cactus train`: its options, the run they describe (checked against a resumed run's own),
 //! and the training followed by the evaluation grid.
 
-use crate::args::{check_ratios, parse, parse_prune_choice};
+use crate::args::{check_ratios, formats_help, parse, parse_prune_choice, prune_methods_help};
 use crate::eval::evaluate;
 use crate::output::{print_table, write_reports};
 use anyhow::{bail, Result};
 use cactus::attack::AwpConfig;
-use cactus::compress::prune::PruneMethod;
 use cactus::compress::quant::{Format, Granularity};
+use cactus::compress::PruneMethod;
 use cactus::data::{self, DatasetKind, Split};
 use cactus::eval::{grid, EvalConfig};
 use cactus::nn::{Arch, Init};
@@ -40,14 +40,15 @@ pub struct TrainArgs {
     /// standing in for quantization, or both).
     #[arg(long, value_enum, default_value = "prune")]
     compress: CompressKind,
-    /// CACTUS: how the set's networks are pruned.
-    #[arg(long, default_value = "gul1", value_parser = parse::<PruneMethod>)]
+    #[arg(long, default_value = "gul1", value_parser = parse::<PruneMethod>,
+          help = prune_methods_help("CACTUS: how the set's networks are pruned"))]
     prune_method: PruneMethod,
     /// CACTUS: how the set's pruning ratios are chosen each batch.
     #[arg(long, value_enum, default_value = "sampling")]
     strategy: Strategy,
     /// CACTUS: pruning ratios (`sampling` draws from them, `fixed` uses them all) [default:
-    /// sampling from U(0.25, 0.75); fixed 0.25,0.5,0.75].
+    /// sampling from U(0.25, 0.75); fixed 0.25,0.5,0.75]. A --prune-method that fixes its own
+    /// ratio prunes one copy at it, and takes no --ratios, --samples or --strategy.
     #[arg(long, value_delimiter = ',')]
     ratios: Option<Vec<f64>>,
     /// CACTUS: pruned networks drawn per batch by `sampling`.
@@ -105,14 +106,15 @@ pub struct TrainArgs {
     /// Test points for the final evaluation [default: the whole test split].
     #[arg(long)]
     eval_limit: Option<usize>,
-    /// Pruning methods of the final evaluation (`none` for no pruning).
-    #[arg(long, value_delimiter = ',', default_value = "none,gul1,lul1,gsl2", value_parser = parse_prune_choice)]
+    #[arg(long, value_delimiter = ',', default_value = "none,gul1,lul1,gsl2", value_parser = parse_prune_choice,
+          help = prune_methods_help("Pruning methods of the final evaluation (`none` for no pruning)"))]
     eval_prune: Vec<Option<PruneMethod>>,
-    /// Pruning ratios of the final evaluation.
+    /// Pruning ratios of the final evaluation (a method that fixes its own ratio is evaluated
+    /// at it).
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.9")]
     eval_ratios: Vec<f64>,
-    /// Weight formats of the final evaluation.
-    #[arg(long, value_delimiter = ',', default_value = "fp32,fp16,int8,int4", value_parser = parse::<Format>)]
+    #[arg(long, value_delimiter = ',', default_value = "fp32,fp16,int8,int4", value_parser = parse::<Format>,
+          help = formats_help("Weight formats of the final evaluation"))]
     eval_quant: Vec<Format>,
     /// Skip the final evaluation.
     #[arg(long)]

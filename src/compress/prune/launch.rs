@@ -1,4 +1,5 @@
-//! Pruning masks on the device (`compress/prune/prune.cu`), equal to `compress::prune::prune_masks`.
+//! Pruning masks on the device (`compress/prune/prune.cu`), equal to
+//! `compress::prune::magnitude_masks`.
 //!
 //! Unstructured methods select the threshold key by an 8-pass radix selection that stays on the
 //! device: the masks equal the CPU's exactly. Structured methods score the units on the device,
@@ -6,9 +7,8 @@
 //! scores on the host with the CPU's rules (`select_units`): one copy of the scores down and one
 //! of the pruned-unit flags up per call, so the masks equal the CPU's exactly too.
 
-use crate::compress::prune::{
-    check_ratio, count, select_units, PruneMethod, Scope, Structure, UnitReport,
-};
+use crate::compress::check_ratio;
+use crate::compress::prune::{count, select_units, Magnitude, Scope, Structure, UnitReport};
 use crate::runtime::cuda::context::{cuda, grid_1d, CudaBackend};
 use crate::runtime::cuda::{DeviceBuffer, DeviceVec};
 use crate::{Error, Result};
@@ -41,10 +41,10 @@ pub struct DevicePruning {
 }
 
 /// 0/1 masks (one per weight, same length) pruning the fraction `ratio` with `method`: the CPU's
-/// masks (`compress::prune::prune_masks`) exactly.
+/// masks (`compress::prune::magnitude_masks`) exactly.
 pub fn prune_masks(
     weights: &[DeviceWeight<'_>],
-    method: PruneMethod,
+    method: Magnitude,
     ratio: f64,
 ) -> Result<DevicePruning> {
     check_ratio(ratio)?;
@@ -205,7 +205,7 @@ fn unstructured(
 fn structured(
     backend: &CudaBackend,
     weights: &[DeviceWeight<'_>],
-    method: PruneMethod,
+    method: Magnitude,
     ratio: f64,
 ) -> Result<DevicePruning> {
     let p: i32 = match method.norm {

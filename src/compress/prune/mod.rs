@@ -3,7 +3,8 @@
 //! A pruning is a set of 0/1 masks ([`Masks`]), one per conv/linear weight, multiplied into the
 //! weights by [`apply_masks`]. Biases and batch norm are never pruned.
 //!
-//! Methods ([`PruneMethod`], the paper's names `gul1 gul2 lul1 lul2 gsl1 gsl2 lsl1 lsl2`):
+//! Methods ([`Magnitude`], the paper's names `gul1 gul2 lul1 lul2 gsl1 gsl2 lsl1 lsl2`; one rule
+//! of the registry in `compress`, [`MagnitudeRule`]):
 //! - **Unstructured** (`?ul?`): every single weight of every conv and linear layer (first and last
 //!   included) is scored by `|w|` (l1 and l2 rank single weights identically, so `gul1 ≡ gul2`
 //!   and `lul1 ≡ lul2`). Global: one ranking over all weights, exactly `count(δ, total)` pruned;
@@ -31,6 +32,10 @@
 
 pub mod launch;
 
+// The general pruning API, where callers of magnitude pruning have always found it.
+pub use crate::compress::{apply_masks, prune, prune_masks, Masks, PruneMethod, UnitReport};
+
+use crate::compress::{PruneRule, RuleParams};
 use crate::nn::{Layer, Model};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -59,22 +64,22 @@ pub enum Norm {
     L2,
 }
 
-/// One of the paper's eight pruning methods.
+/// One of the paper's eight magnitude pruning methods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PruneMethod {
+pub struct Magnitude {
     pub scope: Scope,
     pub structure: Structure,
     pub norm: Norm,
 }
 
-impl PruneMethod {
+impl Magnitude {
     /// All eight methods, in the order of their names `gul1 gul2 lul1 lul2 gsl1 gsl2 lsl1 lsl2`.
-    pub const ALL: [PruneMethod; 8] = {
+    pub const ALL: [Magnitude; 8] = {
         use Norm::*;
         use Scope::*;
         use Structure::*;
-        const fn m(scope: Scope, structure: Structure, norm: Norm) -> PruneMethod {
-            PruneMethod::new(scope, structure, norm)
+        const fn m(scope: Scope, structure: Structure, norm: Norm) -> Magnitude {
+            Magnitude::new(scope, structure, norm)
         }
         [
             m(Global, Unstructured, L1),
@@ -88,8 +93,8 @@ impl PruneMethod {
         ]
     };
 
-    pub const fn new(scope: Scope, structure: Structure, norm: Norm) -> PruneMethod {
-        PruneMethod {
+    pub const fn new(scope: Scope, structure: Structure, norm: Norm) -> Magnitude {
+        Magnitude {
             scope,
             structure,
             norm,
@@ -109,118 +114,77 @@ impl PruneMethod {
             (Scope::Local, Structure::Structured, Norm::L2) => "lsl2",
         }
     }
+
+    /// This method as a registry entry.
+    pub fn method(self) -> PruneMethod {
+        PruneMethod::new(&MagnitudeRule, self.params())
+    }
+
+    /// The magnitude method `method` is, if it is one.
+    pub fn of(method: PruneMethod) -> Option<Magnitude> {
+        (method.rule().key() == MagnitudeRule.key())
+            .then(|| Magnitude::from_params(method.params()))
+    }
+
+    fn params(self) -> RuleParams {
+        let index = Magnitude::ALL.iter().position(|m| *m == self).unwrap_or(0);
+        RuleParams([index as u8, 0, 0, 0])
+    }
+
+    fn from_params(params: RuleParams) -> Magnitude {
+        Magnitude::ALL[usize::from(params.0[0]) % Magnitude::ALL.len()]
+    }
 }
 
-impl fmt::Display for PruneMethod {
+impl fmt::Display for Magnitude {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
 }
 
-impl FromStr for PruneMethod {
+impl FromStr for Magnitude {
     type Err = Error;
 
-    /// Case-insensitive: `GUL1`, `gsl2`, `LuL1`, …
-    fn from_str(s: &str) -> Result<PruneMethod> {
-        let lower = s.trim().to_ascii_lowercase();
-        PruneMethod::ALL
+    /// A magnitude method's name in any case; any other method is an error naming it.
+    fn from_str(s: &str) -> Result<Magnitude> {
+        let method: PruneMethod = s.parse()?;
+        Magnitude::of(method)
+            .ok_or_else(|| Error::Invalid(format!("{method} is not a magnitude pruning method")))
+    }
+}
+
+/// The registry's entry for the eight magnitude methods.
+pub struct MagnitudeRule;
+
+impl PruneRule for MagnitudeRule {
+    fn key(&self) -> &'static str {
+        "magnitude"
+    }
+
+    fn names(&self) -> &'static [&'static str] {
+        &[
+            "gul1", "gul2", "lul1", "lul2", "gsl1", "gsl2", "lsl1", "lsl2",
+        ]
+    }
+
+    fn help(&self) -> &'static str {
+        "magnitude pruning at the ratio asked for; g/l: one ranking over all layers or one per \
+         layer, u/s: single weights or whole units, l1/l2: the units' norm; any case"
+    }
+
+    fn parse(&self, name: &str) -> Result<Option<RuleParams>> {
+        Ok(Magnitude::ALL
             .into_iter()
-            .find(|m| m.name() == lower)
-            .ok_or_else(|| {
-                let names: Vec<&str> = PruneMethod::ALL.iter().map(|m| m.name()).collect();
-                Error::Invalid(format!(
-                    "unknown pruning method {s:?}: expected one of {}",
-                    names.join(", ")
-                ))
-            })
-    }
-}
-
-impl serde::Serialize for PruneMethod {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PruneMethod {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl clap::ValueEnum for PruneMethod {
-    fn value_variants<'a>() -> &'a [Self] {
-        &PruneMethod::ALL
+            .find(|m| m.name() == name)
+            .map(Magnitude::params))
     }
 
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.name()))
+    fn name(&self, params: RuleParams) -> String {
+        Magnitude::from_params(params).name().to_string()
     }
 
-    fn from_str(input: &str, _ignore_case: bool) -> std::result::Result<Self, String> {
-        // The paper writes the names in upper case; accept any case.
-        input.parse().map_err(|e: Error| e.to_string())
-    }
-}
-
-/// Structured pruning's unit counts (over the prunable layers, the classifier excluded).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UnitReport {
-    /// Output channels of convs plus output neurons of hidden linear layers.
-    pub total: usize,
-    /// Units removed.
-    pub pruned: usize,
-    /// Units the ratio asked for (`floor(δ·total)` global, `Σ floor(δ·u_l)` local). Larger than
-    /// `pruned` only when the one-unit-per-layer rule made the exact count impossible.
-    pub requested: usize,
-}
-
-impl UnitReport {
-    /// Fraction of units removed.
-    pub fn fraction(&self) -> f64 {
-        if self.total == 0 {
-            0.0
-        } else {
-            self.pruned as f64 / self.total as f64
-        }
-    }
-}
-
-/// One 0/1 mask per conv/linear weight, with what the pruning achieved.
-#[derive(Clone)]
-pub struct Masks {
-    pub method: PruneMethod,
-    pub ratio: f64,
-    /// Indexed by layer index of `model.net.layers`: `Some(mask)` (same shape as the weight,
-    /// values 0.0 or 1.0) for every conv and linear layer, `None` for the others.
-    pub layers: Vec<Option<Tensor>>,
-    /// Conv and linear weights in the model (biases excluded).
-    pub total_weights: usize,
-    /// Of those, how many the masks zero.
-    pub pruned_weights: usize,
-    /// Structured pruning only.
-    pub units: Option<UnitReport>,
-}
-
-impl Masks {
-    /// The mask of layer `index` (None for layers without a prunable weight).
-    pub fn get(&self, index: usize) -> Option<&Tensor> {
-        self.layers.get(index).and_then(|m| m.as_ref())
-    }
-
-    /// Fraction of all conv/linear weights set to zero by the masks.
-    pub fn weight_sparsity(&self) -> f64 {
-        if self.total_weights == 0 {
-            0.0
-        } else {
-            self.pruned_weights as f64 / self.total_weights as f64
-        }
-    }
-
-    /// Fraction of units removed (structured pruning only).
-    pub fn unit_fraction(&self) -> Option<f64> {
-        self.units.map(|u| u.fraction())
+    fn masks(&self, model: &Model, method: PruneMethod, ratio: f64) -> Result<Masks> {
+        magnitude_masks(model, Magnitude::from_params(method.params()), ratio)
     }
 }
 
@@ -236,25 +200,13 @@ pub(crate) fn count(ratio: f64, n: usize) -> usize {
     (k as usize).min(n)
 }
 
-pub(crate) fn check_ratio(ratio: f64) -> Result<()> {
-    if (0.0..1.0).contains(&ratio) {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "pruning ratio must be in [0, 1), got {ratio}"
-        )))
-    }
-}
-
-/// Magnitude pruning masks for `model` removing the fraction `ratio` (δ ∈ [0, 1)) of weights
-/// (unstructured) or units (structured). See the module documentation for the exact rules.
 /// Masks of weights on the GPU, computed there (`compress::prune::launch`: the same selection and
 /// the same unit scores, so the same masks); what comes back is one number (the kept count) and,
 /// for structured methods, the units' scores.
 fn device_masks(
     layers: &[Layer],
     weights: &[(usize, &Tensor)],
-    method: PruneMethod,
+    method: Magnitude,
     ratio: f64,
     total_weights: usize,
 ) -> Result<Masks> {
@@ -276,7 +228,7 @@ fn device_masks(
         out[*i] = Some(Tensor::from_device(m, w.shape()));
     }
     Ok(Masks {
-        method,
+        method: method.method(),
         ratio,
         layers: out,
         total_weights,
@@ -285,8 +237,10 @@ fn device_masks(
     })
 }
 
-pub fn prune_masks(model: &Model, method: PruneMethod, ratio: f64) -> Result<Masks> {
-    check_ratio(ratio)?;
+/// Magnitude pruning masks for `model` removing the fraction `ratio` (δ ∈ [0, 1)) of weights
+/// (unstructured) or units (structured). See the module documentation for the exact rules.
+pub fn magnitude_masks(model: &Model, method: Magnitude, ratio: f64) -> Result<Masks> {
+    crate::compress::check_ratio(ratio)?;
     let layers = &model.net.layers;
     let weights: Vec<(usize, &Tensor)> = layers
         .iter()
@@ -311,7 +265,7 @@ pub fn prune_masks(model: &Model, method: PruneMethod, ratio: f64) -> Result<Mas
         out[*i] = Some(Tensor::from_vec(m, w.shape()));
     }
     Ok(Masks {
-        method,
+        method: method.method(),
         ratio,
         layers: out,
         total_weights,
@@ -416,7 +370,7 @@ fn unstructured(weights: &[(usize, &Tensor)], scope: Scope, ratio: f64) -> Resul
 fn structured(
     layers: &[Layer],
     weights: &[(usize, &Tensor)],
-    method: PruneMethod,
+    method: Magnitude,
     ratio: f64,
 ) -> (Vec<Vec<f32>>, UnitReport) {
     let classifier = layers.iter().rposition(|l| matches!(l, Layer::Linear(_)));
@@ -538,43 +492,4 @@ pub(crate) fn select_units(
             requested,
         },
     )
-}
-
-/// A pruned copy of `model`: every conv/linear weight `w` that has a mask becomes
-/// `w.mul(&mask)`, recorded by autodiff. When `model`'s weights are parameter leaves (and
-/// gradients are enabled), a loss computed with the copy backpropagates into those leaves with
-/// gradient exactly zero at pruned entries (`∂(w·m)/∂w = m`): this is how a CACTUS training step
-/// trains through a pruned network. Biases, batch norm (parameters and running statistics) and
-/// every other layer are shared with `model` unchanged.
-///
-/// Panics if `masks` was not computed for a model of this structure (mask shapes differ).
-pub fn apply_masks(model: &Model, masks: &Masks) -> Model {
-    let mut copy = model.clone();
-    assert_eq!(
-        masks.layers.len(),
-        copy.net.layers.len(),
-        "masks for {} layers applied to a model with {}",
-        masks.layers.len(),
-        copy.net.layers.len()
-    );
-    for (i, layer) in copy.net.layers.iter_mut().enumerate() {
-        let Some(w) = layer.weight_mut() else {
-            continue;
-        };
-        if let Some(m) = masks.get(i) {
-            assert_eq!(
-                m.shape(),
-                w.shape(),
-                "mask of layer {i} does not fit its weight"
-            );
-            *w = w.mul(m);
-        }
-    }
-    copy
-}
-
-/// `prune_masks` then `apply_masks`: the pruned copy with the masks (for their report).
-pub fn prune(model: &Model, method: PruneMethod, ratio: f64) -> Result<(Model, Masks)> {
-    let masks = prune_masks(model, method, ratio)?;
-    Ok((apply_masks(model, &masks), masks))
 }

@@ -57,6 +57,9 @@ const CHUNK: usize = 1 << 13;
 /// The largest finite IEEE half value.
 pub const FP16_MAX: f32 = 65504.0;
 
+/// The formats [`Format`] parses, for help texts and error messages.
+pub const FORMAT_NAMES: &str = "fp32, fp16 or intN with N in 2..=8";
+
 /// A number format that weights are (fake-)quantized to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -94,8 +97,7 @@ impl FromStr for Format {
         let t = s.trim().to_ascii_lowercase();
         let bad = || {
             Error::Invalid(format!(
-                "unknown quantization format {s:?}: expected fp32, fp16 or intN with N in 2..=8 \
-                 (int8, int4, ...)"
+                "unknown quantization format {s:?}: expected {FORMAT_NAMES} (int8, int4, ...)"
             ))
         };
         match t.as_str() {
