@@ -266,6 +266,46 @@ fn a_run_stopped_at_any_write_step_resumes_to_the_same_bytes() {
     fs::remove_dir_all(&whole).unwrap();
 }
 
+/// Runs killed again and again — while training, and while a resume repairs what the last
+/// kill left — still end like the uninterrupted run.
+#[test]
+fn a_run_killed_again_and_again_still_ends_like_the_uninterrupted_one() {
+    let (whole, reference) = reference("chain");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        1 + (seed >> 33) % n
+    };
+    for chain in 0..8 {
+        let dir = scratch(&format!("chain-{chain}"));
+        let d = dir.to_str().unwrap();
+        let mut kills = 0;
+        loop {
+            // Every other run is stopped early, most often inside the previous stop's repairs.
+            let k = if kills % 2 == 1 { next(12) } else { next(45) };
+            let args = if dir.join("manifest.json").exists() {
+                vec!["train", "--out", d, "--resume", "--no-eval", "--quiet"]
+            } else {
+                train_args(d, &["--epochs", "2"])
+            };
+            let out = cactus_env(&args, &[("CACTUS_ABORT_AFTER_WRITES", k.to_string())]);
+            if out.status.success() {
+                break;
+            }
+            assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
+            committed_epoch(&dir, &reference);
+            kills += 1;
+            assert!(kills < 100, "chain {chain} makes no progress");
+        }
+        assert_ends_like(&dir, &whole, &reference);
+        eprintln!("chain {chain}: {kills} kills before the run ended");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    fs::remove_dir_all(&whole).unwrap();
+}
+
 /// A folder written before manifests whose save was cut short (its state at epoch 2, its
 /// checkpoint and history still at epoch 1) resumes from the state and is repaired; so does
 /// one stopped cleanly after epoch 1.
@@ -408,7 +448,8 @@ fn identical_runs_write_identical_checkpoints() {
 fn a_second_run_into_a_locked_folder_fails_at_once() {
     let dir = scratch("lock");
     fs::create_dir_all(&dir).unwrap();
-    let stale = dir.join(".model.safetensors.tmp-12345");
+    // A killed writer's temporary (no process has a pid above Linux's largest pid_max).
+    let stale = dir.join(".model.safetensors.tmp-4194399-00000000deadbeef");
     fs::write(&stale, b"partial").unwrap();
     let lock = fs::OpenOptions::new()
         .create(true)

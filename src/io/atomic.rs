@@ -84,13 +84,32 @@ pub fn is_temporary_name(name: &OsStr) -> bool {
     name.starts_with('.') && name.contains(TEMP_MARK)
 }
 
-/// A random temporary name for `name` in `dir` (`.NAME.tmp-<16 hex digits>`), not yet created.
+/// A random temporary name for `name` in `dir`, not yet created: `.NAME.tmp-<pid>-<16 hex
+/// digits>`, the writer's process id first so that a stale one can be told from one in use.
 pub(crate) fn temp_name(dir: &Path, name: &OsStr) -> PathBuf {
     dir.join(format!(
-        ".{}{TEMP_MARK}{:016x}",
+        ".{}{TEMP_MARK}{}-{:016x}",
         name.to_string_lossy(),
+        std::process::id(),
         rand::random::<u64>()
     ))
+}
+
+/// Whether the process that made the temporary file `name` may still be writing it (its pid,
+/// when the name has one, is alive).
+fn writer_alive(name: &str) -> bool {
+    let Some((_, tail)) = name.rsplit_once(TEMP_MARK) else {
+        return false;
+    };
+    let pid = tail.split('-').next().unwrap_or("");
+    match pid.parse::<libc::pid_t>() {
+        // SAFETY: signal 0 only asks whether the process exists.
+        Ok(pid) if pid > 0 => unsafe {
+            libc::kill(pid, 0) == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        },
+        _ => false,
+    }
 }
 
 /// A fresh temporary file beside `name` in `dir`, created exclusively under a random name.
@@ -141,14 +160,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Remove the temporary files a killed writer left in `dir` (call it only while no other
-/// process writes there: with the run folder's lock held). Returns how many were removed.
+/// Remove the temporary files that writers which no longer run left in `dir` (those of a live
+/// process, such as a `cactus eval` writing its reports there, stay). Returns how many were
+/// removed.
 pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
     let mut removed = 0;
     let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if !is_temporary_name(&entry.file_name()) {
+        let name = entry.file_name();
+        if !is_temporary_name(&name) || writer_alive(&name.to_string_lossy()) {
             continue;
         }
         // `file_type` does not follow symlinks: a planted link is removed, not its target.
@@ -223,16 +244,22 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let victim = dir.join("kept");
         fs::write(&victim, b"kept").unwrap();
-        std::os::unix::fs::symlink(&victim, dir.join(".f.bin.tmp-42")).unwrap();
-        fs::write(dir.join(".f.bin.tmp-0123456789abcdef"), b"partial").unwrap();
+        // Process ids above Linux's largest pid_max belong to no process.
+        std::os::unix::fs::symlink(&victim, dir.join(".f.bin.tmp-4194399")).unwrap();
+        fs::write(dir.join(".f.bin.tmp-4194400-0123456789abcdef"), b"partial").unwrap();
+        fs::write(dir.join(".g.bin.tmp-x"), b"no pid").unwrap();
         fs::create_dir(dir.join(".d.tmp-1")).unwrap();
-        assert_eq!(remove_stale_temporaries(&dir).unwrap(), 2);
+        // A live writer's (this process's) temporary stays.
+        let live = temp_name(&dir, OsStr::new("h.bin"));
+        fs::write(&live, b"in use").unwrap();
+        assert_eq!(remove_stale_temporaries(&dir).unwrap(), 3);
         let mut left: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, [".d.tmp-1", "kept"]);
+        let live = live.file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(left, [".d.tmp-1".to_string(), live, "kept".into()]);
         assert_eq!(fs::read(&victim).unwrap(), b"kept");
         fs::remove_dir_all(dir).unwrap();
     }
