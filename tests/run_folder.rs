@@ -426,6 +426,44 @@ fn eval_of_a_run_scores_what_its_training_reported() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Committed files damaged after the fact: the checkpoint and history are rebuilt from the
+/// training state (the same bytes), a damaged state is an error naming it.
+#[test]
+fn damaged_committed_files_are_rebuilt_from_the_state_or_named() {
+    let dir = scratch("damage");
+    let d = dir.to_str().unwrap();
+    ok(&train_args(d, &["--epochs", "2"]));
+    let (model, history) = (
+        fs::read(dir.join("model.safetensors")).unwrap(),
+        fs::read(dir.join("history.json")).unwrap(),
+    );
+    // history.json edited in place (which edits the committed file it links to), the
+    // committed checkpoint deleted.
+    fs::write(dir.join("history.json"), b"[]").unwrap();
+    fs::remove_file(dir.join("model.e2.safetensors")).unwrap();
+    let out = ok(&["train", "--out", d, "--resume", "--no-eval"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("history.e2.json") && err.contains("model.e2.safetensors"),
+        "{err}"
+    );
+    assert_eq!(fs::read(dir.join("model.safetensors")).unwrap(), model);
+    assert_eq!(fs::read(dir.join("history.json")).unwrap(), history);
+    assert_eq!(fs::read(dir.join("history.e2.json")).unwrap(), history);
+    // A damaged training state cannot be rebuilt: named, and the folder left as it is.
+    let state = dir.join("train_state.e2.safetensors");
+    let mut bytes = fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&state, &bytes).unwrap();
+    let out = cactus(&["train", "--out", d, "--resume", "--no-eval"]);
+    fails(
+        &out,
+        "train_state.e2.safetensors: does not match manifest.json",
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Two identical runs write identical files (the metadata's order is fixed).
 #[test]
 fn identical_runs_write_identical_checkpoints() {
