@@ -481,7 +481,8 @@ fn identical_runs_write_identical_checkpoints() {
 }
 
 /// A second run into a folder whose lock is held fails at once, naming the holder, and
-/// touches nothing; once free, a run clears the temporaries a killed writer left.
+/// touches nothing; once free, a run clears the temporaries a killed writer left. The same
+/// with two real runs.
 #[test]
 fn a_second_run_into_a_locked_folder_fails_at_once() {
     let dir = scratch("lock");
@@ -514,6 +515,42 @@ fn a_second_run_into_a_locked_folder_fails_at_once() {
     drop(lock);
     ok(&train_args(d, &["--epochs", "1"]));
     assert!(!stale.exists(), "stale temporary left");
+
+    // Two real runs: while one trains, the other is refused by its pid; killed, the first
+    // leaves a folder that resumes.
+    let busy = dir.join("busy");
+    let b = busy.to_str().unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_cactus"))
+        .args(train_args(b, &["--epochs", "10000"]))
+        .env("RAYON_NUM_THREADS", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = first.id().to_string();
+    let waited = Instant::now();
+    while !dir.join("busy/manifest.json").exists() {
+        assert!(
+            waited.elapsed().as_secs() < 60,
+            "the first run never committed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = cactus(&train_args(b, &["--epochs", "1"]));
+    fails(&second, "in use");
+    assert!(stderr(&second).contains(&pid), "{}", stderr(&second));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let resumed = cactus(&[
+        "train",
+        "--out",
+        b,
+        "--resume",
+        "--epochs",
+        "1",
+        "--no-eval",
+        "--quiet",
+    ]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
     fs::remove_dir_all(&dir).unwrap();
 }
 
