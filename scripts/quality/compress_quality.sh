@@ -88,7 +88,7 @@ for dataset in ${DATASETS//,/ }; do
                         [[ -f "$dir/report.json" ]] && continue
                         echo "== $name"
                         resume=()
-                        [[ -f "$dir/train_state.safetensors" ]] && resume=(--resume)
+                        [[ -f "$dir/train_state.safetensors" || -f "$dir/manifest.json" ]] && resume=(--resume)
                         # A finished run given --resume trains no further epochs.
                         ./target/release/cactus train "${method[@]}" "${model_args[@]}" \
                             --dataset "$dataset" "${data[@]}" --eps "$EPS" --seed "$seed" \

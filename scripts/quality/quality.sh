@@ -49,7 +49,7 @@ for dataset in ${DATASETS//,/ }; do
                         dir="$OUT/$name"
                         [[ -f "$dir/report.json" ]] && continue
                         resume=()
-                        [[ -f "$dir/train_state.safetensors" ]] && resume=(--resume)
+                        [[ -f "$dir/train_state.safetensors" || -f "$dir/manifest.json" ]] && resume=(--resume)
                         echo "== $name"
                         ./target/release/cactus train --method "$method" --dataset "$dataset" \
                             --eps 0.1 --seed "$seed" "${extra[@]}" --out "$dir" --quiet "${resume[@]}"

@@ -56,7 +56,7 @@ for dataset in ${DATASETS//,/ }; do
             echo "== $name"
             if [[ ! -f "$dir/history.json" ]] || [[ -f "$dir/train_state.safetensors" && ! -f "$dir/trained" ]]; then
                 resume=()
-                [[ -f "$dir/train_state.safetensors" ]] && resume=(--resume)
+                [[ -f "$dir/train_state.safetensors" || -f "$dir/manifest.json" ]] && resume=(--resume)
                 ./target/release/cactus train "${method[@]}" --model small --dataset "$dataset" \
                     "${data[@]}" --eps "$EPS" --seed "$seed" "${extra[@]}" --out "$dir" \
                     --quiet --no-eval "${resume[@]}"

@@ -12,13 +12,14 @@
 
 use crate::compress::quant::{dequantize_int, quantize_int, round_fp16, Format, Granularity};
 use crate::io::atomic::write_atomic;
+use crate::io::canonical::serialize_sorted;
 use crate::nn::{Layer, Model, ModelSpec};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const FORMAT: &str = "cactus-model";
@@ -178,8 +179,7 @@ fn encode(
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?;
-    let mut meta: HashMap<String, String> =
-        extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut meta = extra.clone();
     meta.insert("format".into(), FORMAT.into());
     meta.insert("cactus.version".into(), VERSION.into());
     meta.insert(
@@ -193,8 +193,7 @@ fn encode(
     if !format.is_identity() {
         meta.insert("cactus.weight_format".into(), format.to_string());
     }
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))
+    serialize_sorted(views, &meta).map_err(|e| Error::Invalid(format!("checkpoint: {e}")))
 }
 
 /// Read a checkpoint written by `save_checkpoint` (or by anyone following its layout).

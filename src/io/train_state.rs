@@ -4,12 +4,13 @@
 //! the run's settings and its history (the last two as JSON in the metadata).
 
 use crate::io::atomic::write_atomic;
+use crate::io::canonical::serialize_sorted;
 use crate::io::checkpoint::{checkpoint_bytes, parse_checkpoint};
 use crate::nn::Model;
 use crate::{Error, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const FORMAT: &str = "cactus-train-state";
@@ -37,6 +38,11 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 /// Write the state atomically.
 pub fn save_train_state(path: &Path, s: &TrainState) -> Result<()> {
+    write_atomic(path, &train_state_bytes(s)?)
+}
+
+/// The bytes `save_train_state` writes: the same state gives the same bytes.
+pub fn train_state_bytes(s: &TrainState) -> Result<Vec<u8>> {
     let model = checkpoint_bytes(&s.model, &BTreeMap::new())?;
     let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
         vec![("model".into(), Dtype::U8, vec![model.len()], model)];
@@ -58,7 +64,7 @@ pub fn save_train_state(path: &Path, s: &TrainState) -> Result<()> {
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Invalid(format!("training state: {e}")))?;
     let rng: Vec<String> = s.rng.iter().map(|w| w.to_string()).collect();
-    let meta: HashMap<String, String> = [
+    let meta: BTreeMap<String, String> = [
         ("format", FORMAT.to_string()),
         ("config", s.config.clone()),
         ("history", s.history.clone()),
@@ -71,21 +77,24 @@ pub fn save_train_state(path: &Path, s: &TrainState) -> Result<()> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Invalid(format!("training state: {e}")))?;
-    write_atomic(path, &bytes)
+    serialize_sorted(views, &meta).map_err(|e| Error::Invalid(format!("training state: {e}")))
 }
 
 /// Read a state written by `save_train_state`; every inconsistency is an error naming the file.
 pub fn load_train_state(path: &Path) -> Result<TrainState> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_train_state(path, &bytes)
+}
+
+/// Read the bytes of a training state; `path` names them in errors.
+pub fn parse_train_state(path: &Path, bytes: &[u8]) -> Result<TrainState> {
     let bad = |msg: String| Error::bad_file(path, msg);
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
         bad(format!(
             "not a readable training state (truncated or corrupt?): {e}"
         ))
     })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
+    let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(FORMAT) {

@@ -1,10 +1,13 @@
 //! The training loop behind `cactus train`: epochs of seeded batches, the schedule, the loss of
-//! the chosen method, Adam; after every epoch the model and the resumable state are written
-//! atomically, so a stopped run continues (`Trainer::resume`) and ends exactly where an
-//! uninterrupted one would.
+//! the chosen method, Adam; after every epoch the model, the resumable state and the history
+//! are committed together (`io::run`: one manifest per epoch), so a stopped run continues
+//! (`Trainer::resume`) from its last committed epoch and ends exactly where an uninterrupted
+//! one would.
 
 use crate::data::{batches, epoch_order, num_batches, Dataset, DatasetKind};
-use crate::io::{load_train_state, save_checkpoint, save_train_state, TrainState};
+use crate::io::run::{self, Manifest, MANIFEST_FILE};
+use crate::io::TrainState;
+use crate::io::{checkpoint_bytes, load_train_state, parse_train_state, train_state_bytes};
 use crate::nn::{Arch, Init, Model, ModelSpec};
 use crate::rng::Rng;
 use crate::tensor::Device;
@@ -262,6 +265,8 @@ pub struct Trainer {
     /// Where the network and each batch live during training (not a setting of the run: a run
     /// saved on one device resumes on another).
     pub device: Device,
+    /// What `resume` found amiss in the folder and repaired, one line each (for the user).
+    pub repairs: Vec<String>,
 }
 
 impl Trainer {
@@ -280,6 +285,7 @@ impl Trainer {
             history: Vec::new(),
             out: out.to_path_buf(),
             device: Device::Cpu,
+            repairs: Vec::new(),
         })
     }
 
@@ -292,21 +298,46 @@ impl Trainer {
         Ok(self)
     }
 
-    /// Continue the run saved in `out`. `adjust` sees the saved settings and returns those to
-    /// continue with (it may raise `epochs`; it should reject other changes).
+    /// Continue the run saved in `out` from its last committed epoch. `adjust` sees the saved
+    /// settings and returns those to continue with (it may raise `epochs`; it should reject
+    /// other changes). The committed files are verified against the manifest; stable names a
+    /// crash left behind are restored, and a folder written before manifests is committed anew
+    /// from its training state (the file it always wrote first). What was repaired is listed
+    /// in `repairs`.
     pub fn resume(
         out: &Path,
         adjust: impl FnOnce(&TrainConfig) -> Result<TrainConfig>,
     ) -> Result<Trainer> {
-        let path = out.join(STATE_FILE);
-        if !path.exists() {
-            return Err(Error::Invalid(format!(
-                "--resume: {} does not exist (no run was saved in {}; drop --resume to start one)",
-                path.display(),
-                out.display()
-            )));
-        }
-        let state = load_train_state(&path)?;
+        let manifest = run::read_manifest(out)?;
+        let (path, state) = match &manifest {
+            Some(m) => {
+                let (path, bytes) = run::read_committed(out, m, STATE_FILE)?;
+                let state = parse_train_state(&path, &bytes)?;
+                if state.epoch != m.epoch {
+                    return Err(Error::bad_file(
+                        &path,
+                        format!(
+                            "holds epoch {} but {MANIFEST_FILE} commits epoch {}",
+                            state.epoch, m.epoch
+                        ),
+                    ));
+                }
+                (path, state)
+            }
+            None => {
+                let path = out.join(STATE_FILE);
+                if !path.exists() {
+                    return Err(Error::Invalid(format!(
+                        "--resume: no run was saved in {} ({} does not exist: no epoch was \
+                         completed there); drop --resume to start one",
+                        out.display(),
+                        out.join(MANIFEST_FILE).display()
+                    )));
+                }
+                let state = load_train_state(&path)?;
+                (path, state)
+            }
+        };
         let saved: TrainConfig = serde_json::from_str(&state.config)
             .map_err(|e| Error::bad_file(&path, format!("run settings are unreadable: {e}")))?;
         let history: Vec<EpochRecord> = serde_json::from_str(&state.history)
@@ -321,7 +352,7 @@ impl Trainer {
         }
         let mut optimizer = Adam::new(config.adam());
         optimizer.restore(state.adam_step, state.adam_m, state.adam_v)?;
-        Ok(Trainer {
+        let mut trainer = Trainer {
             config,
             model: state.model,
             optimizer,
@@ -331,36 +362,96 @@ impl Trainer {
             history,
             out: out.to_path_buf(),
             device: Device::Cpu,
-        })
+            repairs: Vec::new(),
+        };
+        trainer.repairs = match &manifest {
+            Some(m) => trainer.repair(m, &saved)?,
+            None => {
+                trainer.save()?;
+                vec![format!(
+                    "{}: a run folder without {MANIFEST_FILE} (written by an earlier cactus): \
+                     {MODEL_FILE} and {HISTORY_FILE} were rewritten from {STATE_FILE} (epoch {}) \
+                     and committed",
+                    out.display(),
+                    trainer.epoch
+                )]
+            }
+        };
+        Ok(trainer)
     }
 
-    /// Write `model.safetensors`, the resumable state and the history, each atomically. The
-    /// state embeds its own copy of the model, so it never pairs weights and moments of
-    /// different epochs, whatever moment a crash happens.
-    pub fn save(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
+    /// Bring the folder back to the manifest `m` (what `resume` loaded, with the `saved`
+    /// settings): committed files that fail their check are rewritten when this state
+    /// reproduces them exactly (same size and hash), stable names are pointed at the committed
+    /// files again, and files of an epoch whose commit a crash cut short are removed.
+    fn repair(&self, m: &Manifest, saved: &TrainConfig) -> Result<Vec<String>> {
+        let mut repairs = Vec::new();
+        let mut regenerated = None;
+        for entry in &m.files {
+            let Err(damage) = run::read_committed(&self.out, m, &entry.name) else {
+                continue;
+            };
+            if regenerated.is_none() {
+                regenerated = Some(self.epoch_files(saved)?);
+            }
+            let same = regenerated.iter().flatten().find(|(name, bytes)| {
+                *name == entry.name
+                    && bytes.len() as u64 == entry.bytes
+                    && run::sha256_hex(bytes) == entry.sha256
+            });
+            let Some((_, bytes)) = same else {
+                return Err(damage);
+            };
+            crate::io::write_atomic(&self.out.join(&entry.file), bytes)?;
+            repairs.push(format!(
+                "{}: damaged or missing ({damage}); rewritten from the training state",
+                self.out.join(&entry.file).display()
+            ));
+        }
+        for name in run::publish(&self.out, m)? {
+            repairs.push(format!(
+                "{}: did not hold the committed epoch {} (a save was interrupted); restored",
+                self.out.join(name).display(),
+                m.epoch
+            ));
+        }
+        run::remove_uncommitted(&self.out, m)?;
+        Ok(repairs)
+    }
+
+    /// The files one epoch commits, by stable name: the resumable state, the checkpoint (with
+    /// `config`'s settings in its metadata) and the history. Same state, same bytes.
+    fn epoch_files(&self, config: &TrainConfig) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let (adam_step, m, v) = self.optimizer.state()?;
         let history = serde_json::to_string_pretty(&self.history).expect("history serialises");
-        save_train_state(
-            &self.out.join(STATE_FILE),
-            &TrainState {
-                model: self.model.clone(),
-                config: serde_json::to_string(&self.config).expect("config serialises"),
-                history: history.clone(),
-                epoch: self.epoch,
-                step: self.step,
-                rng: self.rng.state(),
-                adam_step,
-                adam_m: m,
-                adam_v: v,
-            },
-        )?;
-        save_checkpoint(
-            &self.out.join(MODEL_FILE),
-            &self.model,
-            &self.config.metadata(self.epoch),
-        )?;
-        crate::io::write_atomic(&self.out.join(HISTORY_FILE), history.as_bytes())
+        let state = train_state_bytes(&TrainState {
+            model: self.model.clone(),
+            config: serde_json::to_string(config).expect("config serialises"),
+            history: history.clone(),
+            epoch: self.epoch,
+            step: self.step,
+            rng: self.rng.state(),
+            adam_step,
+            adam_m: m,
+            adam_v: v,
+        })?;
+        let model = checkpoint_bytes(&self.model, &config.metadata(self.epoch))?;
+        Ok(vec![
+            (STATE_FILE, state),
+            (MODEL_FILE, model),
+            (HISTORY_FILE, history.into_bytes()),
+        ])
+    }
+
+    /// Commit this epoch: `model.safetensors`, the resumable state and the history go in one
+    /// commit (`io::run::commit`), so a crash at any moment leaves the folder at this epoch or
+    /// at the previous one, every file of it whole. The state embeds its own copy of the
+    /// model, so it never pairs weights and moments of different epochs.
+    pub fn save(&self) -> Result<()> {
+        let files = self.epoch_files(&self.config)?;
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+        run::commit(&self.out, self.epoch, &files)?;
+        Ok(())
     }
 
     /// Train one epoch on `data` and save. A non-finite loss or gradient stops with an error
@@ -519,7 +610,9 @@ pub fn collapse_warning(r: &EpochRecord, num_classes: usize) -> Option<String> {
     const SHARE: f64 = 0.9;
     (num_classes > 1 && r.majority_share >= SHARE).then(|| {
         format!(
-            "epoch {}: {:.0}% of the training predictions went to one class (train accuracy              {:.1}%, ε {}): the network has collapsed to a near-constant classifier. Try --init              ibp, a longer --warmup-batches/--ramp-batches, or a lower --lr",
+            "epoch {}: {:.0}% of the training predictions went to one class (train accuracy \
+             {:.1}%, ε {}): the network has collapsed to a near-constant classifier. Try \
+             --init ibp, a longer --warmup-batches/--ramp-batches, or a lower --lr",
             r.epoch,
             100.0 * r.majority_share,
             100.0 * r.train_accuracy,

@@ -12,8 +12,9 @@ use cactus::data::{self, DatasetKind, Split};
 use cactus::eval::{
     evaluate_grid, grid, parse_shard, EvalConfig, PointRecord, Recalibration, Report, Setting,
 };
-use cactus::io::{load_checkpoint, write_atomic};
+use cactus::io::{parse_checkpoint, run, write_atomic};
 use cactus::nn::Model;
+use cactus::train::trainer::MODEL_FILE;
 use cactus::verify::Certifier;
 use cactus::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,7 +22,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// A model.safetensors written by cactus.
+    /// A model.safetensors written by cactus, or a run folder (`cactus train --out`): its last
+    /// committed epoch's checkpoint.
     #[arg(long)]
     checkpoint: PathBuf,
     /// Test set [default: the dataset the checkpoint was trained on].
@@ -113,7 +115,9 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> Result<()> {
     args.device.check()?;
     check_exists(&args.checkpoint)?;
-    let ckpt = load_checkpoint(&args.checkpoint)?;
+    // A run folder's checkpoint, or one of its files, is read as its manifest commits it.
+    let (checkpoint, bytes) = run::read_checkpoint(&args.checkpoint, MODEL_FILE)?;
+    let ckpt = parse_checkpoint(&checkpoint, &bytes)?;
     let dataset = match (args.dataset, ckpt.extra.get("train.dataset")) {
         (Some(d), _) => d,
         (None, Some(name)) => {
@@ -207,7 +211,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         &settings,
         args.granularity,
         recalibration.as_ref(),
-        &args.checkpoint,
+        &checkpoint,
         args.quiet || args.json,
     )?;
     report.shard = args.shard.clone();
@@ -215,7 +219,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         write_points(path, &points)?;
     }
     let out = args.out.clone().unwrap_or_else(|| {
-        args.checkpoint
+        checkpoint
             .parent()
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
@@ -227,7 +231,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     } else {
         println!(
             "{} on {} test points of {}, ε = {}",
-            args.checkpoint.display(),
+            checkpoint.display(),
             report.n,
             report.dataset,
             eps

@@ -10,6 +10,7 @@ use cactus::compress::quant::{Format, Granularity};
 use cactus::compress::PruneMethod;
 use cactus::data::{self, DatasetKind, Split};
 use cactus::eval::{grid, EvalConfig};
+use cactus::io::{run, RunLock};
 use cactus::nn::{Arch, Init};
 use cactus::train::trainer::{MODEL_FILE, STATE_FILE};
 use cactus::train::{CactusConfig, CompressKind, Method, Strategy, TrainConfig, Trainer};
@@ -280,11 +281,22 @@ pub fn run(args: TrainArgs, given: &ArgMatches) -> Result<()> {
             wanted.dataset.name()
         ))
     });
+    // One writer per folder, and a folder known to be writable, before any work.
+    if args.resume && !out.is_dir() {
+        bail!(
+            "--resume: {} does not exist (no run was saved there); drop --resume to start one",
+            out.display()
+        );
+    }
+    let _lock = RunLock::acquire(&out)?;
     let trainer = if args.resume {
         let t = Trainer::resume(&out, |saved| {
             resumed_config(saved, &wanted, given)
                 .map_err(|e| cactus::Error::Invalid(format!("{e:#}")))
         })?;
+        for repair in &t.repairs {
+            eprintln!("repaired: {repair}");
+        }
         if !args.quiet {
             eprintln!(
                 "resuming {} after epoch {} of {} (step {})",
@@ -296,7 +308,7 @@ pub fn run(args: TrainArgs, given: &ArgMatches) -> Result<()> {
         }
         t
     } else {
-        if out.join(STATE_FILE).exists() {
+        if run::holds_run(&out, STATE_FILE) {
             bail!(
                 "{} already holds a run: pass --resume to continue it, or choose another --out",
                 out.display()
@@ -306,11 +318,23 @@ pub fn run(args: TrainArgs, given: &ArgMatches) -> Result<()> {
     };
     let mut trainer = trainer.on_device(args.device)?;
     let config = trainer.config.clone();
+    // The evaluation's data is loaded before training, so that a broken test split is found now
+    // rather than after the last epoch.
+    let test_set = if args.no_eval {
+        None
+    } else {
+        let mut test_set = data::load(config.dataset, args.data.as_deref(), Split::Test)?;
+        if let Some(n) = args.eval_limit {
+            test_set = test_set.limit(n);
+        }
+        Some(test_set)
+    };
     let mut train_set = data::load(config.dataset, args.data.as_deref(), Split::Train)?;
     if let Some(n) = config.limit_train {
         train_set = train_set.limit(n);
     }
-    if !args.quiet {
+    let complete = trainer.epoch >= config.epochs;
+    if !args.quiet && !complete {
         eprintln!(
             "training {} ({} parameters) with {} on {} ({} images), ε = {}, {} epochs of batch {}, into {}",
             config.model.name(),
@@ -335,24 +359,26 @@ pub fn run(args: TrainArgs, given: &ArgMatches) -> Result<()> {
             );
         }
     }
-    if trainer.epoch >= config.epochs {
+    let model_path = out.join(MODEL_FILE);
+    if complete {
+        // Resume verified the committed files and restored the stable names: the run is
+        // complete, and model.safetensors is its last epoch.
         eprintln!(
-            "the run in {} already has its {} epochs",
+            "the run in {} already has its {} epochs ({} holds epoch {})",
             out.display(),
-            config.epochs
+            config.epochs,
+            model_path.display(),
+            trainer.epoch
         );
+    } else {
+        trainer.run(&train_set, args.quiet)?;
+        if !args.quiet {
+            eprintln!("saved {} (epoch {})", model_path.display(), trainer.epoch);
+        }
     }
-    trainer.run(&train_set, args.quiet)?;
-    if !args.quiet {
-        eprintln!("saved {}", out.join(MODEL_FILE).display());
-    }
-    if args.no_eval {
+    let Some(test_set) = test_set else {
         return Ok(());
-    }
-    let mut test_set = data::load(config.dataset, args.data.as_deref(), Split::Test)?;
-    if let Some(n) = args.eval_limit {
-        test_set = test_set.limit(n);
-    }
+    };
     let (report, _) = evaluate(
         &trainer.model,
         &test_set,
@@ -361,7 +387,7 @@ pub fn run(args: TrainArgs, given: &ArgMatches) -> Result<()> {
         &settings,
         Granularity::PerTensor,
         None,
-        &out.join(MODEL_FILE),
+        &model_path,
         args.quiet,
     )?;
     write_reports(&report, &out)?;
