@@ -81,3 +81,32 @@ fn a_nan_gradient_is_an_error_and_changes_nothing() {
     assert_eq!(p.to_vec(), before);
     assert_eq!(opt.steps_taken(), 0);
 }
+
+#[test]
+fn a_restored_state_must_fit_the_parameters() {
+    let mut p = Tensor::from_vec(vec![1.0, 2.0, 3.0], &[3]).requires_grad();
+    let grads = p.mul(&p).sum().backward();
+    // Moments shorter or longer than the parameter, or of different lengths: an error, and
+    // the parameter is left alone.
+    for (m, v) in [(2, 2), (4, 4), (3, 2)] {
+        let mut opt = Adam::new(AdamConfig::default());
+        opt.restore(5, vec![vec![0.0; m]], vec![vec![0.0; v]])
+            .map(|_| {
+                let err = opt.step(&mut [&mut p], &grads).unwrap_err().to_string();
+                assert!(err.contains("moments hold"), "{err}");
+            })
+            .unwrap_or_else(|e| assert!(e.to_string().contains("do not match")));
+        assert_eq!(p.to_vec(), vec![1.0, 2.0, 3.0]);
+    }
+    // A step count at the end of the range does not wrap.
+    let mut opt = Adam::new(AdamConfig::default());
+    opt.restore(u64::MAX, vec![vec![0.0; 3]], vec![vec![0.0; 3]])
+        .unwrap();
+    assert!(opt.step(&mut [&mut p], &grads).is_err());
+    // Past i32's range the bias corrections are those of a long run (β^t = 0), not a wrap.
+    let mut long = Adam::new(AdamConfig::default());
+    long.restore(1 << 33, vec![vec![0.0; 3]], vec![vec![0.0; 3]])
+        .unwrap();
+    long.step(&mut [&mut p], &grads).unwrap();
+    assert!(p.to_vec().iter().all(|v| v.is_finite()));
+}

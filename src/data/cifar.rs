@@ -4,6 +4,7 @@
 //! pixels are copied as they are.
 
 use super::{Dataset, Split};
+use crate::runtime::memory;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -29,11 +30,11 @@ pub fn load_dir(dir: &Path, split: Split, name: &str) -> Result<Dataset> {
     let names = file_names(split);
     let base = [dir.join(SUBDIR), dir.to_path_buf()]
         .into_iter()
-        .find(|d| d.join(&names[0]).is_file())
+        .find(|d| d.join(&names[0]).exists())
         .unwrap_or_else(|| dir.to_path_buf());
     let missing: Vec<&str> = names
         .iter()
-        .filter(|n| !base.join(n).is_file())
+        .filter(|n| !base.join(n).exists())
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
@@ -45,11 +46,32 @@ pub fn load_dir(dir: &Path, split: Split, name: &str) -> Result<Dataset> {
             ),
         ));
     }
+    // The whole split, as its files' sizes say, before reading any of it: each byte becomes
+    // an f32 pixel, and one file at a time is held as read.
+    let sizes: Vec<u64> = names
+        .iter()
+        .map(|n| std::fs::metadata(base.join(n)).map_or(0, |m| m.len()))
+        .collect();
+    let total = sizes.iter().fold(0u64, |a, &b| a.saturating_add(b));
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    if let Some(why) = memory::exceeds(memory::f32_bytes(total).saturating_add(largest)) {
+        return Err(Error::bad_file(
+            &base,
+            format!(
+                "the CIFAR-10 {} batches hold {} bytes; loading them {why}",
+                match split {
+                    Split::Train => "training",
+                    Split::Test => "test",
+                },
+                total
+            ),
+        ));
+    }
     let mut dataset = empty(name);
     let mut first: Option<(PathBuf, usize)> = None;
     for n in &names {
         let path: PathBuf = base.join(n);
-        let data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let data = memory::read_file(&path)?;
         append(&mut dataset, &path, &data)?;
         // A file cut exactly at a record boundary is still well formed; the official training
         // batches all hold the same number of records, so a short one shows up here.
@@ -119,6 +141,14 @@ fn append(dataset: &mut Dataset, path: &Path, data: &[u8]) -> Result<()> {
         ));
     }
     let n = data.len() / RECORD;
+    let pixels = dataset.images.len().saturating_add(n * PIXELS) as u64;
+    if let Some(why) = memory::exceeds(memory::f32_bytes(pixels).saturating_add(data.len() as u64))
+    {
+        return Err(Error::bad_file(
+            path,
+            format!("{n} records as f32 pixels: loading them {why}"),
+        ));
+    }
     dataset.images.reserve(n * PIXELS);
     dataset.labels.reserve(n);
     for r in data.chunks_exact(RECORD) {

@@ -1,8 +1,9 @@
 //! MNIST and Fashion-MNIST in LeCun's IDX format (`train-images-idx3-ubyte` and friends,
 //! plain or `.gz`).
 //!
-//! Every header is checked against the real size of the data before anything is allocated,
-//! so a corrupt or hostile file gives an error naming the file and the problem, never a panic,
+//! Every header is checked against the real size of the data and the memory limit before
+//! anything is allocated (a gzipped file is inflated only as far as its header promises), so
+//! a corrupt or hostile file gives an error naming the file and the problem, never a panic,
 //! a huge allocation or a silently short dataset.
 //!
 //! Real Fashion-MNIST ships in Debian's package `dataset-fashion-mnist`
@@ -11,8 +12,10 @@
 //! `cactus train --dataset fashion-mnist --data /usr/share/datasets/fashion-mnist`.
 
 use super::{Dataset, Split};
+use crate::runtime::memory;
 use crate::{Error, Result};
 use flate2::read::MultiGzDecoder;
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -58,13 +61,17 @@ pub fn load_dir(dir: &Path, split: Split, name: &str) -> Result<Dataset> {
     let (image_names, label_names) = file_names(split);
     let images_path = find(dir, &image_names)?;
     let labels_path = find(dir, &label_names)?;
-    let images = read_file(&images_path)?;
-    let labels = read_file(&labels_path)?;
+    let images = memory::read_file(&images_path)?;
+    let labels = memory::read_file(&labels_path)?;
     from_bytes(name, &images_path, &images, &labels_path, &labels)
 }
 
 /// Builds a dataset from the contents of an images file and a labels file (gzipped when the
 /// name ends in `.gz`); the paths only name the files in errors.
+///
+/// What the data set will take in memory (the decompressed bytes and the f32 pixels) is
+/// checked against the memory limit from the headers alone, before any of it is allocated,
+/// and a gzipped file is decompressed only as far as its header promises.
 pub fn from_bytes(
     name: &str,
     images_path: &Path,
@@ -72,28 +79,44 @@ pub fn from_bytes(
     labels_path: &Path,
     labels: &[u8],
 ) -> Result<Dataset> {
-    let images = parse_images(images_path, &maybe_gunzip(images_path, images)?)?;
-    let labels = parse_labels(labels_path, &maybe_gunzip(labels_path, labels)?)?;
-    if images.count != labels.len() {
+    let image_bytes = decompressed(images_path, images, 16, |head| {
+        let (count, rows, cols) = images_header(images_path, head)?;
+        let body = body_len(images_path, count, rows * cols, "images")?;
+        check_memory(images_path, body, 4, "images")?;
+        Ok(body)
+    })?;
+    let (count, rows, cols, pixels) = split_images(images_path, &image_bytes)?;
+    check_memory(images_path, pixels.len() as u64, 4, "images")?;
+    let labels = parse_labels(
+        labels_path,
+        &decompressed(labels_path, labels, 8, |head| {
+            let count = labels_header(labels_path, head)?;
+            let body = body_len(labels_path, count, 1, "labels")?;
+            check_memory(
+                labels_path,
+                body,
+                std::mem::size_of::<usize>() as u64,
+                "labels",
+            )?;
+            Ok(body)
+        })?,
+    )?;
+    if count != labels.len() {
         return Err(Error::bad_file(
             labels_path,
             format!(
                 "holds {} labels but {} holds {} images; the two files must come from the same split",
                 labels.len(),
                 images_path.display(),
-                images.count
+                count
             ),
         ));
     }
     Ok(Dataset {
         name: name.to_string(),
-        images: images
-            .pixels
-            .iter()
-            .map(|&b| f32::from(b) / 255.0)
-            .collect(),
+        images: pixels.iter().map(|&b| f32::from(b) / 255.0).collect(),
         labels,
-        shape: [1, images.rows, images.cols],
+        shape: [1, rows, cols],
         num_classes: NUM_CLASSES,
     })
 }
@@ -104,7 +127,9 @@ fn find(dir: &Path, names: &[String]) -> Result<PathBuf> {
     for d in &dirs {
         for n in names {
             let p = d.join(n);
-            if p.is_file() {
+            if p.exists() {
+                // Not only regular files: a FIFO or device of the right name is refused by
+                // the reader with its own error rather than skipped.
                 return Ok(p);
             }
         }
@@ -118,24 +143,83 @@ fn find(dir: &Path, names: &[String]) -> Result<PathBuf> {
     ))
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+fn is_gzip(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
 }
 
-/// Decompresses `data` if `path` ends in `.gz` (all gzip members; trailing bytes are an error).
-pub fn maybe_gunzip(path: &Path, data: &[u8]) -> Result<Vec<u8>> {
-    if path.extension().is_none_or(|e| e != "gz") {
-        return Ok(data.to_vec());
+/// Refuses a data set whose `body` bytes (one per value, decompressed) and the `per_value`
+/// bytes each value takes once loaded would not fit in the memory limit.
+fn check_memory(path: &Path, body: u64, per_value: u64, what: &str) -> Result<()> {
+    match memory::exceeds(body.saturating_mul(1 + per_value)) {
+        None => Ok(()),
+        Some(why) => Err(Error::bad_file(
+            path,
+            format!("its header promises {body} bytes of {what}; loading them {why}"),
+        )),
     }
-    let mut out = Vec::new();
-    MultiGzDecoder::new(data)
-        .take(MAX_DECOMPRESSED + 1)
+}
+
+/// `data` itself, or for a `.gz` path its decompressed contents: the `header_len`-byte header
+/// first, then no more than `promised(header)` bytes (which checks the header), so that a
+/// small file cannot inflate beyond what its header declares. A header cut short comes back
+/// as it is, for the parser's own message.
+fn decompressed<'a>(
+    path: &Path,
+    data: &'a [u8],
+    header_len: usize,
+    promised: impl FnOnce(&[u8]) -> Result<u64>,
+) -> Result<Cow<'a, [u8]>> {
+    if !is_gzip(path) {
+        return Ok(Cow::Borrowed(data));
+    }
+    let corrupt = |e: std::io::Error| Error::bad_file(path, format!("corrupt gzip data: {e}"));
+    let mut decoder = MultiGzDecoder::new(data);
+    let mut out = Vec::with_capacity(header_len);
+    (&mut decoder)
+        .take(header_len as u64)
         .read_to_end(&mut out)
-        .map_err(|e| Error::bad_file(path, format!("corrupt gzip data: {e}")))?;
-    if out.len() as u64 > MAX_DECOMPRESSED {
+        .map_err(corrupt)?;
+    if out.len() < header_len {
+        return Ok(Cow::Owned(out));
+    }
+    let body = promised(&out)?;
+    out.reserve(body as usize);
+    // One byte more than promised tells trailing data from an exact fit.
+    (&mut decoder)
+        .take(body.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
+    if (out.len() - header_len) as u64 > body {
         return Err(Error::bad_file(
             path,
-            format!("decompresses to more than {MAX_DECOMPRESSED} bytes; refusing it"),
+            format!(
+                "corrupt gzip data or trailing garbage: it inflates beyond the {header_len}-byte \
+                 header and the {body} bytes of data it declares"
+            ),
+        ));
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Decompresses `data` if `path` ends in `.gz` (all gzip members; trailing bytes are an
+/// error), to at most `MAX_DECOMPRESSED` bytes and the memory limit.
+pub fn maybe_gunzip(path: &Path, data: &[u8]) -> Result<Vec<u8>> {
+    if !is_gzip(path) {
+        return Ok(data.to_vec());
+    }
+    let cap = MAX_DECOMPRESSED.min(memory::limit());
+    let mut out = Vec::new();
+    MultiGzDecoder::new(data)
+        .take(cap + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::bad_file(path, format!("corrupt gzip data: {e}")))?;
+    if out.len() as u64 > cap {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "decompresses to more than {}; refusing it",
+                memory::format_bytes(cap)
+            ),
         ));
     }
     Ok(out)
@@ -176,6 +260,45 @@ fn header(path: &Path, data: &[u8], magic: u32, dims: usize, what: &str) -> Resu
         .collect())
 }
 
+/// The images header's (count, rows, cols), none of them zero.
+fn images_header(path: &Path, data: &[u8]) -> Result<(usize, usize, usize)> {
+    let dims = header(path, data, IMAGES_MAGIC, 3, "images")?;
+    let (count, rows, cols) = (dims[0], dims[1], dims[2]);
+    if count == 0 || rows == 0 || cols == 0 {
+        return Err(Error::bad_file(
+            path,
+            format!("header claims {count} images of {rows}×{cols}; the file holds no images"),
+        ));
+    }
+    // Each is below 2^32, so the product fits in 64 bits.
+    Ok((count, rows, cols))
+}
+
+/// The labels header's count, not zero.
+fn labels_header(path: &Path, data: &[u8]) -> Result<usize> {
+    let count = header(path, data, LABELS_MAGIC, 1, "labels")?[0];
+    if count == 0 {
+        return Err(Error::bad_file(
+            path,
+            "header claims 0 labels; the file holds no labels",
+        ));
+    }
+    Ok(count)
+}
+
+/// `count × item` bytes of data, or an error for a product that no file could hold.
+fn body_len(path: &Path, count: usize, item: usize, what: &str) -> Result<u64> {
+    (count as u64)
+        .checked_mul(item as u64)
+        .filter(|&n| n <= isize::MAX as u64)
+        .ok_or_else(|| {
+            Error::bad_file(
+                path,
+                format!("header claims {count} {what} of {item} bytes, an impossible size"),
+            )
+        })
+}
+
 /// Checks that the body after a `header_len`-byte header is exactly `count × item` bytes.
 fn check_body(
     path: &Path,
@@ -185,13 +308,8 @@ fn check_body(
     item: usize,
     what: &str,
 ) -> Result<()> {
-    let body = data.len() - header_len;
-    let expected = count.checked_mul(item).ok_or_else(|| {
-        Error::bad_file(
-            path,
-            format!("header claims {count} {what} of {item} bytes, an impossible size"),
-        )
-    })?;
+    let body = (data.len() - header_len) as u64;
+    let expected = body_len(path, count, item, what)?;
     if body < expected {
         return Err(Error::bad_file(
             path,
@@ -213,16 +331,9 @@ fn check_body(
     Ok(())
 }
 
-/// Parses a decompressed IDX images file (magic 0x00000803: u8, 3-D).
-pub fn parse_images(path: &Path, data: &[u8]) -> Result<IdxImages> {
-    let dims = header(path, data, IMAGES_MAGIC, 3, "images")?;
-    let (count, rows, cols) = (dims[0], dims[1], dims[2]);
-    if count == 0 || rows == 0 || cols == 0 {
-        return Err(Error::bad_file(
-            path,
-            format!("header claims {count} images of {rows}×{cols}; the file holds no images"),
-        ));
-    }
+/// A decompressed images file's (count, rows, cols) and its pixels, checked.
+fn split_images<'a>(path: &Path, data: &'a [u8]) -> Result<(usize, usize, usize, &'a [u8])> {
+    let (count, rows, cols) = images_header(path, data)?;
     let item = rows.checked_mul(cols).ok_or_else(|| {
         Error::bad_file(
             path,
@@ -230,23 +341,23 @@ pub fn parse_images(path: &Path, data: &[u8]) -> Result<IdxImages> {
         )
     })?;
     check_body(path, data, 16, count, item, "images")?;
+    Ok((count, rows, cols, &data[16..]))
+}
+
+/// Parses a decompressed IDX images file (magic 0x00000803: u8, 3-D).
+pub fn parse_images(path: &Path, data: &[u8]) -> Result<IdxImages> {
+    let (count, rows, cols, pixels) = split_images(path, data)?;
     Ok(IdxImages {
         count,
         rows,
         cols,
-        pixels: data[16..].to_vec(),
+        pixels: pixels.to_vec(),
     })
 }
 
 /// Parses a decompressed IDX labels file (magic 0x00000801: u8, 1-D); labels must be < 10.
 pub fn parse_labels(path: &Path, data: &[u8]) -> Result<Vec<usize>> {
-    let count = header(path, data, LABELS_MAGIC, 1, "labels")?[0];
-    if count == 0 {
-        return Err(Error::bad_file(
-            path,
-            "header claims 0 labels; the file holds no labels",
-        ));
-    }
+    let count = labels_header(path, data)?;
     check_body(path, data, 8, count, 1, "labels")?;
     let labels = &data[8..];
     if let Some((i, &l)) = labels

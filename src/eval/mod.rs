@@ -169,6 +169,13 @@ pub fn evaluate(
     if cfg.batch_size == 0 {
         return Err(Error::Invalid("batch size must be positive".into()));
     }
+    if data.is_empty() {
+        // Accuracies of no points would print as 0%, an answer that is not one.
+        return Err(Error::Invalid(format!(
+            "dataset {} has no test points to evaluate",
+            data.name
+        )));
+    }
     check_cascade(&cfg.certifiers)?;
     if data.shape != model.spec.input_shape {
         return Err(Error::Shape(format!(
@@ -200,7 +207,10 @@ pub fn evaluate(
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(cfg.batch_size) {
         let (x, y) = data.batch(chunk);
-        let batch = evaluate_batch(model, &net, &x, &y, cfg, &mut rng)?;
+        let first = chunk[0] + cfg.index_offset;
+        let batch = evaluate_batch(model, &net, &x, &y, cfg, &mut rng).map_err(|e| {
+            Error::Invalid(format!("test points {first}..{}: {e}", first + chunk.len()))
+        })?;
         out.clean.extend(&batch.clean);
         out.pgd.extend(&batch.pgd);
         out.certified.extend(&batch.certified);
@@ -233,6 +243,9 @@ fn evaluate_batch(
 ) -> Result<Outcomes> {
     let n = y.len();
     let k = model.spec.num_classes;
+    // A NaN is no class: where the network's values are not finite the evaluation stops rather
+    // than count whatever argmax or a comparison with NaN happens to give.
+    autodiff::with_no_grad(|| model.forward_checked(x, crate::nn::Mode::Eval))?;
     let mut points = Vec::new();
     let mut record = |index: usize, c: Certifier, lower: Option<&[f32]>, verdict: &str, s: f64| {
         if cfg.per_point {
@@ -286,6 +299,23 @@ fn evaluate_batch(
                     lowers[t] = Some(m[t * k..(t + 1) * k].to_vec());
                     seconds_each[t] = share;
                 }
+            }
+        }
+        // Bounds that overflowed prove nothing; branch and bound leaves −∞ where it found none.
+        for (t, &i) in todo.iter().enumerate() {
+            let Some(l) = &lowers[t] else { continue };
+            if let Some(j) = (0..k).find(|&j| {
+                j != y[i]
+                    && (l[j].is_nan()
+                        || l[j] == f32::INFINITY
+                        || (certifier != Certifier::Bab && l[j].is_infinite()))
+            }) {
+                return Err(Error::Invalid(format!(
+                    "{} gives the bound {} for class {j} at point {i} of the batch: the \
+                     network's values are not finite in f32",
+                    certifier.name(),
+                    l[j]
+                )));
             }
         }
         for (t, &i) in todo.iter().enumerate() {

@@ -160,7 +160,11 @@ impl Report {
             parse_shard(s)
         };
         let (_, total) = parse(first)?;
-        let mut seen = vec![false; total];
+        for r in shards {
+            r.check()?;
+        }
+        // The K seen, as a set rather than N flags: N comes from the file and sizes nothing.
+        let mut seen = std::collections::BTreeSet::new();
         for r in shards {
             let (k, n) = parse(r)?;
             if n != total {
@@ -168,7 +172,7 @@ impl Report {
                     "shards of {total} and of {n} slices cannot be merged"
                 )));
             }
-            if std::mem::replace(&mut seen[k], true) {
+            if !seen.insert(k) {
                 return Err(Error::Invalid(format!("shard {k}/{n} is given twice")));
             }
             let key = |r: &Report| {
@@ -195,10 +199,15 @@ impl Report {
                 )));
             }
         }
-        if let Some(k) = seen.iter().position(|&s| !s) {
+        // Distinct K below N, as many as N: all of them. Otherwise one of 0..=len is missing.
+        if seen.len() != total {
+            let k = (0..).find(|k| !seen.contains(k)).unwrap_or(0);
             return Err(Error::Invalid(format!("shard {k}/{total} is missing")));
         }
-        let n: usize = shards.iter().map(|r| r.n).sum();
+        let n = shards
+            .iter()
+            .try_fold(0usize, |a, r| a.checked_add(r.n))
+            .ok_or_else(|| Error::Invalid("the shards' point counts overflow".into()))?;
         let weighted = |f: &dyn Fn(&Row) -> f64, row: usize| -> f64 {
             if n == 0 {
                 return 0.0;
@@ -224,6 +233,65 @@ impl Report {
             rows,
             ..first.clone()
         })
+    }
+
+    /// An error unless the report could have come from an evaluation: ε finite and ≥ 0, at
+    /// least one point, no control characters in its text, every row's ratio, sparsity and
+    /// accuracies fractions in [0, 1] with certified ≤ PGD ≤ clean, and its seconds finite and
+    /// ≥ 0 (a report read back from a file is checked before it is merged).
+    pub fn check(&self) -> crate::Result<()> {
+        let bad = |what: String| {
+            crate::Error::Invalid(format!(
+                "report of {}: {what}",
+                self.checkpoint.escape_debug()
+            ))
+        };
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
+            return Err(bad(format!("ε is {}, not a number ≥ 0", self.eps)));
+        }
+        if self.n == 0 {
+            return Err(bad("it covers no test points".into()));
+        }
+        // Its text is printed and written into the merged CSV and Markdown.
+        let texts = [&self.checkpoint, &self.dataset]
+            .into_iter()
+            .chain(self.shard.as_ref())
+            .chain(
+                self.rows
+                    .iter()
+                    .flat_map(|r| [&r.compression, &r.format, &r.certifier]),
+            );
+        for t in texts {
+            if t.chars().any(char::is_control) {
+                return Err(bad(format!(
+                    "the text '{}' holds control characters",
+                    t.escape_debug()
+                )));
+            }
+        }
+        let fraction = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
+        for (i, r) in self.rows.iter().enumerate() {
+            if ![r.ratio, r.sparsity, r.clean, r.pgd, r.certified]
+                .into_iter()
+                .all(fraction)
+            {
+                return Err(bad(format!(
+                    "row {i} has a ratio, sparsity or accuracy outside [0, 1]"
+                )));
+            }
+            // Accuracies are counts of points over n; allow their rounding.
+            let slack = 1e-9;
+            if r.certified > r.pgd + slack || r.pgd > r.clean + slack {
+                return Err(bad(format!(
+                    "row {i} has certified {} > PGD {} or PGD > clean {}",
+                    r.certified, r.pgd, r.clean
+                )));
+            }
+            if !(r.seconds.is_finite() && r.seconds >= 0.0) {
+                return Err(bad(format!("row {i} ran for {} seconds", r.seconds)));
+            }
+        }
+        Ok(())
     }
 
     /// Write `report.json`, `report.csv` and `report.md` into `dir` (created if missing).

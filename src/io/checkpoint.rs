@@ -9,12 +9,18 @@
 //! `<layer>.weight_zero_point` (`I32`, same length) beside it, so that `ŵ = scale·(q − zero_point)`
 //! along the first axis. The loader turns every form back into the f32 weights (exactly the fake
 //! quantizer's values).
+//!
+//! Loading trusts nothing in the file: it reads regular files only, within the memory limit;
+//! sizes the architecture from its description before building it; and refuses tensors of the
+//! wrong name, dtype or shape, NaN or infinite values, negative batch-norm variances and a
+//! normalisation that is not finite in f32 (docs/design.md, "File formats").
 
 use crate::compress::quant::{dequantize_int, quantize_int, round_fp16, Format, Granularity};
 use crate::io::atomic::write_atomic;
 use crate::io::canonical::serialize_sorted;
 use crate::nn::{Layer, Model, ModelSpec};
 use crate::rng::Rng;
+use crate::runtime::memory;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use safetensors::tensor::{Dtype, TensorView};
@@ -198,7 +204,7 @@ fn encode(
 
 /// Read a checkpoint written by `save_checkpoint` (or by anyone following its layout).
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = memory::read_file(path)?;
     parse_checkpoint(path, &bytes)
 }
 
@@ -349,7 +355,14 @@ fn fill_state(model: &mut Model, st: &SafeTensors<'_>) -> std::result::Result<()
         }
         if let Layer::BatchNorm(bn) = layer {
             bn.running_mean = read_f32(&format!("{i}.running_mean"), bn.running_mean.shape())?;
-            bn.running_var = read_f32(&format!("{i}.running_var"), bn.running_var.shape())?;
+            let name = format!("{i}.running_var");
+            bn.running_var = read_f32(&name, bn.running_var.shape())?;
+            // A negative variance makes 1/sqrt(var + eps) NaN for every input.
+            if let Some(v) = bn.running_var.data().iter().find(|&&v| v < 0.0) {
+                return Err(format!(
+                    "tensor '{name}' holds the negative variance {v}; running variances are ≥ 0"
+                ));
+            }
             let name = format!("{i}.num_batches_tracked");
             bn.num_batches_tracked = match st.tensor(&name) {
                 Ok(v) if v.dtype() == Dtype::I64 && v.data().len() == 8 => {

@@ -15,6 +15,7 @@
 //! ```
 
 use crate::io::atomic::{parent_of, step, sync_dir, temp_name, write_atomic};
+use crate::runtime::memory;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -115,12 +116,14 @@ fn is_plain_name(name: &str) -> bool {
 /// manifests); an error naming it when it is unreadable or malformed.
 pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
+    let bytes = match memory::read_file(&path) {
+        Ok(b) => b,
+        Err(Error::Io { cause, .. }) if cause.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     };
     let bad = |m: String| Error::bad_file(&path, m);
+    let text = String::from_utf8(bytes)
+        .map_err(|_| bad("not a readable run manifest: not UTF-8".into()))?;
     let m: Manifest = serde_json::from_str(&text)
         .map_err(|e| bad(format!("not a readable run manifest: {e}")))?;
     if m.format != FORMAT {
@@ -154,7 +157,7 @@ pub fn holds_run(dir: &Path, legacy_state: &str) -> bool {
 
 /// The bytes of `path`, checked against a manifest entry (size and hash).
 fn read_verified(path: &Path, entry: &RunFile, epoch: u64) -> Result<Vec<u8>> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = memory::read_file(path)?;
     if bytes.len() as u64 != entry.bytes || sha256_hex(&bytes) != entry.sha256 {
         return Err(Error::bad_file(
             path,
@@ -230,7 +233,7 @@ fn alias_is_current(dir: &Path, entry: &RunFile) -> bool {
         (Ok(a), Ok(f)) if a.is_file() => {
             (a.dev(), a.ino()) == (f.dev(), f.ino())
                 || (a.len() == entry.bytes
-                    && fs::read(&alias).is_ok_and(|b| sha256_hex(&b) == entry.sha256))
+                    && memory::read_file(&alias).is_ok_and(|b| sha256_hex(&b) == entry.sha256))
         }
         _ => false,
     }
@@ -338,12 +341,12 @@ fn read_checkpoint_once(path: &Path, name: &str) -> Result<(PathBuf, Vec<u8>)> {
                         format!("not a run folder: no {MANIFEST_FILE} and no {name}"),
                     ));
                 }
-                let bytes = fs::read(&alias).map_err(|e| Error::io(&alias, e))?;
+                let bytes = memory::read_file(&alias)?;
                 Ok((alias, bytes))
             }
         };
     }
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = memory::read_file(path)?;
     let dir = parent_of(path);
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let Ok(Some(m)) = read_manifest(dir) else {

@@ -7,6 +7,7 @@ use crate::io::atomic::write_atomic;
 use crate::io::canonical::serialize_sorted;
 use crate::io::checkpoint::{checkpoint_bytes, parse_checkpoint};
 use crate::nn::Model;
+use crate::runtime::memory;
 use crate::{Error, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -80,9 +81,19 @@ pub fn train_state_bytes(s: &TrainState) -> Result<Vec<u8>> {
     serialize_sorted(views, &meta).map_err(|e| Error::Invalid(format!("training state: {e}")))
 }
 
+/// Step counts beyond this are refused: far more batches than any run takes, and far from where
+/// the counters (and the schedule's and Adam's arithmetic on them) would wrap or lose precision.
+pub const MAX_STEPS: u64 = 1 << 40;
+
 /// Read a state written by `save_train_state`; every inconsistency is an error naming the file.
+///
+/// Everything the file says is checked against the model it holds before it is used: one pair
+/// of Adam moments per parameter, each as long as its parameter (or both empty: a parameter
+/// that has had no gradient yet), finite, second moments ≥ 0; no other tensors; counters in
+/// range (`epoch` and `step` = `adam.step` ≤ [`MAX_STEPS`]); and a generator state that is not
+/// all zeros (xoshiro's one fixed point: it would only ever return 0).
 pub fn load_train_state(path: &Path) -> Result<TrainState> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = memory::read_file(path)?;
     parse_train_state(path, &bytes)
 }
 
@@ -120,13 +131,33 @@ pub fn parse_train_state(path: &Path, bytes: &[u8]) -> Result<TrainState> {
     let rng: [u64; 4] = rng_words
         .try_into()
         .map_err(|_| bad("metadata 'rng' is not four whole numbers".into()))?;
-    let buffers = number("adam.buffers")? as usize;
-    if buffers > st.len() {
+    if rng == [0; 4] {
+        return Err(bad(
+            "metadata 'rng' is all zeros, a state the generator never leaves (it would draw \
+             only zeros)"
+                .into(),
+        ));
+    }
+    let (epoch, step, adam_step) = (number("epoch")?, number("step")?, number("adam.step")?);
+    if step > MAX_STEPS {
         return Err(bad(format!(
-            "{buffers} optimiser buffers listed, the file holds fewer"
+            "metadata 'step' is {step}, beyond the {MAX_STEPS} steps a run may take"
         )));
     }
-    let read = |name: &str, dtype: Dtype| -> Result<Vec<u8>> {
+    if adam_step != step {
+        return Err(bad(format!(
+            "metadata 'adam.step' is {adam_step} but 'step' is {step}: the optimiser takes one \
+             step per batch"
+        )));
+    }
+    if epoch > MAX_STEPS {
+        return Err(bad(format!(
+            "metadata 'epoch' is {epoch}, beyond the {MAX_STEPS} epochs a run may take"
+        )));
+    }
+    let history = get("history")?;
+
+    let read = |name: &str, dtype: Dtype| -> Result<&[u8]> {
         let view = st
             .tensor(name)
             .map_err(|_| bad(format!("missing tensor '{name}'")))?;
@@ -135,29 +166,87 @@ pub fn parse_train_state(path: &Path, bytes: &[u8]) -> Result<TrainState> {
                 "tensor '{name}' should be a 1-D {dtype:?} buffer"
             )));
         }
-        Ok(view.data().to_vec())
+        Ok(view.data())
     };
-    let model = parse_checkpoint(path, &read("model", Dtype::U8)?)?.model;
+    let model = parse_checkpoint(path, read("model", Dtype::U8)?)?.model;
+    let params: Vec<(String, usize)> = model
+        .net
+        .named_parameters()
+        .into_iter()
+        .map(|(name, t)| (name, t.numel()))
+        .collect();
+    let buffers = number("adam.buffers")?;
+    let expected_buffers = if step == 0 { 0 } else { params.len() as u64 };
+    if buffers != expected_buffers && !(step == 0 && buffers == params.len() as u64) {
+        return Err(bad(format!(
+            "metadata 'adam.buffers' is {buffers}, but after {step} steps the optimiser holds \
+             one pair of moments for each of the model's {} parameters",
+            params.len()
+        )));
+    }
+    let buffers = buffers as usize;
+    for name in st.names() {
+        let known = name == "model"
+            || ["adam.m.", "adam.v."].iter().any(|kind| {
+                name.strip_prefix(kind)
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| i < buffers && name == format!("{kind}{i}"))
+            });
+        if !known {
+            return Err(bad(format!("unexpected tensor '{name}'")));
+        }
+    }
     let moments = |kind: &str| -> Result<Vec<Vec<f32>>> {
         (0..buffers)
             .map(|i| {
-                let data = read(&format!("adam.{kind}.{i}"), Dtype::F32)?;
-                Ok(data
+                let name = format!("adam.{kind}.{i}");
+                let data = read(&name, Dtype::F32)?;
+                let values: Vec<f32> = data
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect())
+                    .collect();
+                let (param, len) = &params[i];
+                if !values.is_empty() && values.len() != *len {
+                    return Err(bad(format!(
+                        "tensor '{name}' holds {} values but parameter {i} ('{param}') has {len}",
+                        values.len()
+                    )));
+                }
+                if let Some(v) = values
+                    .iter()
+                    .find(|v| !v.is_finite() || (kind == "v" && **v < 0.0))
+                {
+                    return Err(bad(format!(
+                        "tensor '{name}' holds {v}; Adam's moments are finite{}",
+                        if kind == "v" {
+                            " and its second moments ≥ 0"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+                Ok(values)
             })
             .collect()
     };
+    let (adam_m, adam_v) = (moments("m")?, moments("v")?);
+    if let Some(i) = (0..buffers).find(|&i| adam_m[i].len() != adam_v[i].len()) {
+        return Err(bad(format!(
+            "tensors 'adam.m.{i}' and 'adam.v.{i}' hold {} and {} values: a parameter's two \
+             moments have its size",
+            adam_m[i].len(),
+            adam_v[i].len()
+        )));
+    }
     Ok(TrainState {
         model,
         config: get("config")?,
-        history: get("history")?,
-        epoch: number("epoch")?,
-        step: number("step")?,
+        history,
+        epoch,
+        step,
         rng,
-        adam_step: number("adam.step")?,
-        adam_m: moments("m")?,
-        adam_v: moments("v")?,
+        adam_step,
+        adam_m,
+        adam_v,
     })
 }

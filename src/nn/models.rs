@@ -9,6 +9,7 @@
 use crate::nn::{BatchNorm, Conv2d, Init, Layer, Linear, Mode, Sequential};
 use crate::ops::Conv2dParams;
 use crate::rng::Rng;
+use crate::runtime::memory;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -117,12 +118,19 @@ impl ModelSpec {
             )));
         }
         if let Some(n) = &self.normalization {
-            if n.mean.len() != c
-                || n.std.len() != c
-                || n.std.iter().any(|&s| s.is_nan() || s <= 0.0)
-            {
+            // The first layer computes x·(1/std) − mean/std in f32: both must be finite, or
+            // every activation after it is NaN or infinite.
+            let usable = |(&m, &s): (&f32, &f32)| {
+                m.is_finite()
+                    && s.is_finite()
+                    && s > 0.0
+                    && (1.0 / s).is_finite()
+                    && (m / s).is_finite()
+            };
+            if n.mean.len() != c || n.std.len() != c || !n.mean.iter().zip(&n.std).all(usable) {
                 return Err(Error::Invalid(format!(
-                    "normalisation needs {c} means and {c} positive stds, got {:?} / {:?}",
+                    "normalisation needs {c} finite means and {c} positive stds with 1/std and \
+                     mean/std finite in f32, got {:?} / {:?}",
                     n.mean, n.std
                 )));
             }
@@ -286,6 +294,60 @@ impl ModelSpec {
     pub fn state_len(&self) -> Result<usize> {
         Ok(self.plan()?.iter().map(LayerPlan::state_len).sum())
     }
+
+    /// Values per input of each activation of a forward pass: the input, its normalised copy
+    /// (with normalisation), then every layer's output.
+    pub fn activation_lens(&self) -> Result<Vec<u64>> {
+        let plan = self.plan()?;
+        let [c, h, w] = self.input_shape;
+        let (mut c, mut h, mut w) = (c as u64, h as u64, w as u64);
+        let mut lens = vec![c * h * w];
+        if self.normalization.is_some() {
+            lens.push(c * h * w);
+        }
+        for layer in plan {
+            match layer {
+                LayerPlan::Conv2d {
+                    out_channels,
+                    kernel,
+                    params,
+                    ..
+                } => {
+                    let (hh, ww) = params.output_hw(h as usize, w as usize, kernel, kernel);
+                    (c, h, w) = (out_channels as u64, hh as u64, ww as u64);
+                }
+                LayerPlan::Linear { out_features, .. } => (c, h, w) = (out_features as u64, 1, 1),
+                LayerPlan::BatchNorm { .. } | LayerPlan::ReLU | LayerPlan::Flatten => {}
+            }
+            lens.push(c.saturating_mul(h).saturating_mul(w));
+        }
+        Ok(lens)
+    }
+
+    /// Bytes of an inference pass (no gradients) over `batch` inputs: the input, held by the
+    /// caller throughout, and the largest input-and-output pair of one step (each step's input
+    /// is freed once the next is computed). Convolutions' scratch is a few bands, not counted.
+    pub fn inference_bytes(&self, batch: usize) -> Result<u64> {
+        let lens = self.activation_lens()?;
+        let pair = lens
+            .windows(2)
+            .map(|p| p[0].saturating_add(p[1]))
+            .max()
+            .unwrap_or(0);
+        Ok(memory::f32_bytes(
+            (batch as u64).saturating_mul(lens[0].saturating_add(pair)),
+        ))
+    }
+
+    /// A one-line name of the architecture for messages: `cnn7 (width 2) on 3x32x32 inputs`.
+    pub fn describe(&self) -> String {
+        let [c, h, w] = self.input_shape;
+        format!(
+            "{} (width {}) on {c}x{h}x{w} inputs",
+            self.arch.name(),
+            self.width
+        )
+    }
 }
 
 impl Model {
@@ -304,8 +366,19 @@ impl Model {
         Ok(moved)
     }
 
-    /// Build and initialise the architecture `spec` describes.
+    /// Build and initialise the architecture `spec` describes; refused, before any weight is
+    /// allocated, when its weights alone would not fit in the memory limit.
     pub fn new(spec: ModelSpec, rng: &mut Rng) -> Result<Model> {
+        let values = spec.state_len()?;
+        memory::check(
+            || {
+                format!(
+                    "model {} has {values} weights and statistics:",
+                    spec.describe()
+                )
+            },
+            memory::f32_bytes(values as u64),
+        )?;
         let layers = spec.plan()?.into_iter().map(|p| p.build(rng)).collect();
         let mut model = Model {
             spec,
@@ -375,6 +448,33 @@ impl Model {
     /// Logits for a batch of pixel inputs [N, C, H, W] in [0, 1].
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
         self.net.forward(&self.normalize(x), mode)
+    }
+
+    /// `forward`, or an error naming the first step (the input, its normalisation, a layer)
+    /// whose output holds a NaN or an infinity: checking the logits alone would miss a NaN that
+    /// a ReLU later turns into 0. On any device (0·x sums to 0 exactly when every x is finite).
+    pub fn forward_checked(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let finite = |t: &Tensor| t.mul_scalar(0.0).sum().item() == 0.0;
+        let fail = |what: String| {
+            Err(Error::Invalid(format!(
+                "{what} of model {} holds NaN or infinite values",
+                self.spec.describe()
+            )))
+        };
+        if !finite(x) {
+            return fail("the input".into());
+        }
+        let mut h = self.normalize(x);
+        if self.spec.normalization.is_some() && !finite(&h) {
+            return fail("the normalised input".into());
+        }
+        for (i, layer) in self.net.layers.iter().enumerate() {
+            h = layer.forward(&h, mode);
+            if !finite(&h) {
+                return fail(format!("the output of layer {i}, {},", layer.describe()));
+            }
+        }
+        Ok(h)
     }
 
     /// Training-mode forward pass that updates batch norm's running statistics.

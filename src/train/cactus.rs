@@ -133,6 +133,9 @@ impl Default for CactusConfig {
     }
 }
 
+/// Most pruned networks per batch, and most AWP steps, a run may ask for.
+pub const MAX_MEMBERS: usize = 1000;
+
 impl CactusConfig {
     /// An error naming the first setting out of range.
     pub fn validate(&self) -> Result<()> {
@@ -154,8 +157,22 @@ impl CactusConfig {
                 ));
             }
         }
-        if self.samples == 0 {
-            return bad("--samples must be at least 1".into());
+        // Upper bounds too: settings read back from a training state must not ask for an
+        // endless batch.
+        if !(1..=MAX_MEMBERS).contains(&self.samples) {
+            return bad(format!(
+                "--samples must be in 1..={MAX_MEMBERS}, got {}",
+                self.samples
+            ));
+        }
+        if self.awp.steps > MAX_MEMBERS {
+            return bad(format!(
+                "--awp-steps must be at most {MAX_MEMBERS}, got {}",
+                self.awp.steps
+            ));
+        }
+        if self.ratios.as_ref().is_some_and(|r| r.len() > MAX_MEMBERS) {
+            return bad(format!("--ratios lists more than {MAX_MEMBERS} ratios"));
         }
         if self.samples != 1 && self.strategy != Strategy::Sampling {
             return bad(format!(

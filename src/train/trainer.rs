@@ -342,6 +342,10 @@ impl Trainer {
             .map_err(|e| Error::bad_file(&path, format!("run settings are unreadable: {e}")))?;
         let history: Vec<EpochRecord> = serde_json::from_str(&state.history)
             .map_err(|e| Error::bad_file(&path, format!("run history is unreadable: {e}")))?;
+        // Settings read back from the file are the file's to answer for.
+        saved
+            .validate()
+            .map_err(|e| Error::bad_file(&path, format!("run settings: {e}")))?;
         let config = adjust(&saved)?;
         config.validate()?;
         if state.model.spec != config.model_spec() {

@@ -48,3 +48,32 @@ pub fn check_exists(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A memory size for `--max-memory` (4G, 512M, 1000000).
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    cactus::runtime::memory::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// A count of at least 1 (`--limit`, `--eval-limit`: zero points would report 0% of nothing).
+pub fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+/// Text from a file, safe to print: control characters (a terminal's escape sequences, line
+/// breaks that would forge output lines) and bidirectional overrides are shown escaped, as
+/// `\u{1b}` or `\n`; the rest of Unicode (ε, δ) as it is.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}

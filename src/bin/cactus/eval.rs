@@ -2,7 +2,8 @@
 //! and the evaluation with a progress bar that `train` also ends with.
 
 use crate::args::{
-    check_exists, check_ratios, formats_help, parse, parse_prune_choice, prune_methods_help,
+    check_exists, check_ratios, formats_help, parse, parse_positive, parse_prune_choice, printable,
+    prune_methods_help,
 };
 use crate::output::{print_table, write_reports};
 use anyhow::{bail, Context, Result};
@@ -36,7 +37,7 @@ pub struct EvalArgs {
     #[arg(long)]
     eps: Option<f32>,
     /// Evaluate only the first N test points.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     limit: Option<usize>,
     /// Directory for report.json/.csv/.md [default: the checkpoint's directory].
     #[arg(long)]
@@ -122,7 +123,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (Some(d), _) => d,
         (None, Some(name)) => {
             <DatasetKind as clap::ValueEnum>::from_str(name, false).map_err(|_| {
-                anyhow::anyhow!("the checkpoint names an unknown dataset '{name}'; pass --dataset")
+                anyhow::anyhow!(
+                    "the checkpoint names an unknown dataset '{}'; pass --dataset",
+                    printable(name)
+                )
             })?
         }
         (None, None) => {
@@ -131,16 +135,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let eps = match (args.eps, ckpt.extra.get("train.eps")) {
         (Some(e), _) => e,
-        (None, Some(e)) => e.parse().map_err(|_| {
-            anyhow::anyhow!("the checkpoint's training ε '{e}' is unreadable; pass --eps")
-        })?,
+        (None, Some(text)) => match text.parse::<f32>() {
+            Ok(e) if e.is_finite() && e >= 0.0 => e,
+            _ => bail!(
+                "{}: the training ε in its metadata ('train.eps' = '{}') is not a number ≥ 0; \
+                 pass --eps",
+                args.checkpoint.display(),
+                printable(text)
+            ),
+        },
         (None, None) => bail!("the checkpoint does not say which ε it was trained for: pass --eps"),
     };
     let mut test_set = data::load(dataset, args.data.as_deref(), Split::Test)?;
     if let Some(n) = args.limit {
-        if n == 0 {
-            bail!("--limit must be at least 1");
-        }
         test_set = test_set.limit(n);
     }
     cactus::eval::check_cascade(&args.certifier)?;

@@ -1,9 +1,11 @@
 //! `cactus inspect`: what a checkpoint holds, and optionally its logits on a constant input.
+//! Text from the file is printed with its control characters escaped.
 
-use crate::args::check_exists;
-use anyhow::Result;
+use crate::args::{check_exists, printable};
+use anyhow::{bail, Context, Result};
 use cactus::io::load_checkpoint;
 use cactus::nn::{Layer, Mode};
+use cactus::runtime::memory;
 use cactus::Tensor;
 use std::path::PathBuf;
 
@@ -22,7 +24,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
     check_exists(&checkpoint)?;
     let ckpt = load_checkpoint(&checkpoint)?;
     let spec = &ckpt.model.spec;
-    println!("checkpoint   {}", checkpoint.display());
+    println!(
+        "checkpoint   {}",
+        printable(&checkpoint.display().to_string())
+    );
     println!(
         "model        {} (width {}, init {:?})",
         spec.arch.name(),
@@ -45,13 +50,23 @@ pub fn run(args: InspectArgs) -> Result<()> {
         println!("  {i:>2}  {}{extra}", layer.describe());
     }
     for (k, v) in &ckpt.extra {
-        println!("meta         {k} = {v}");
+        println!("meta         {} = {}", printable(k), printable(v));
     }
     if let Some(value) = probe {
+        if !value.is_finite() {
+            bail!("--probe must be a finite number, got {value}");
+        }
+        // The probe's activations are sized by the checkpoint's input shape: known before any
+        // is allocated.
+        memory::check(
+            || format!("the probe through model {}", spec.describe()),
+            spec.inference_bytes(1)?,
+        )?;
         let mut shape = vec![1];
         shape.extend(spec.input_shape);
         let x = Tensor::full(&shape, value);
-        let logits = cactus::autodiff::with_no_grad(|| ckpt.model.forward(&x, Mode::Eval));
+        let logits = cactus::autodiff::with_no_grad(|| ckpt.model.forward_checked(&x, Mode::Eval))
+            .with_context(|| format!("probing {}", checkpoint.display()))?;
         let text: Vec<String> = logits.data().iter().map(|v| format!("{v:.6}")).collect();
         println!("logits {}", text.join(" "));
     }

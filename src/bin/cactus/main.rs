@@ -22,6 +22,11 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Memory limit, such as 4G or 512M: a data set, model or probe whose size, estimated
+    /// from the shapes a file or an option gives, exceeds it is refused before it is allocated
+    /// [default: 3/4 of the machine's memory].
+    #[arg(long, global = true, value_name = "SIZE", value_parser = args::parse_memory)]
+    max_memory: Option<u64>,
 }
 
 // The descriptions stay together here, as `cactus --help` lists them; each subcommand's options
@@ -61,6 +66,9 @@ fn main() {
 }
 
 fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
+    if let Some(bytes) = cli.max_memory {
+        cactus::runtime::memory::set_limit(bytes);
+    }
     match cli.command {
         Command::Train(args) => {
             let given = matches

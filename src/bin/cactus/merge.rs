@@ -25,10 +25,13 @@ pub fn run(args: MergeArgs) -> Result<()> {
             } else {
                 p.clone()
             };
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            serde_json::from_str::<Report>(&text)
-                .with_context(|| format!("{}: not a cactus report", file.display()))
+            let bytes = cactus::runtime::memory::read_file(&file)?;
+            let report = serde_json::from_slice::<Report>(&bytes)
+                .with_context(|| format!("{}: not a cactus report", file.display()))?;
+            report
+                .check()
+                .with_context(|| format!("{}: not a report cactus eval writes", file.display()))?;
+            Ok(report)
         })
         .collect::<Result<Vec<Report>>>()?;
     let merged = Report::merge(&reports)?;

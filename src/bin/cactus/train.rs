@@ -105,7 +105,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cpu", value_parser = parse::<Device>)]
     device: Device,
     /// Test points for the final evaluation [default: the whole test split].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::parse_positive)]
     eval_limit: Option<usize>,
     #[arg(long, value_delimiter = ',', default_value = "none,gul1,lul1,gsl2", value_parser = parse_prune_choice,
           help = prune_methods_help("Pruning methods of the final evaluation (`none` for no pruning)"))]

@@ -40,10 +40,11 @@ pub fn adam_step(
     check_len("adam_step gradient", grad.len(), len)?;
     check_len("adam_step first moment", m.len(), len)?;
     check_len("adam_step second moment", v.len(), len)?;
-    let t = i32::try_from(step)
-        .ok()
-        .filter(|&t| t >= 1)
-        .ok_or_else(|| Error::Invalid(format!("adam_step: step {step} is not in 1..2^31")))?;
+    if step == 0 {
+        return Err(Error::Invalid("adam_step: steps count from 1".into()));
+    }
+    // As on the CPU: β^t is 0 in f32 long before t leaves i32.
+    let t = step.min(i32::MAX as u64) as i32;
     if len == 0 {
         return Ok(());
     }

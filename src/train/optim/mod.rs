@@ -124,6 +124,23 @@ impl Adam {
                 params.len()
             )));
         }
+        // A restored state must fit the parameters it updates (both paths index by them).
+        for (i, p) in params.iter().enumerate() {
+            let (m, v) = (self.m[i].len(), self.v[i].len());
+            if m != v || (m != 0 && m != p.numel()) {
+                return Err(Error::Invalid(format!(
+                    "optimiser state: parameter {i} has {} values but its moments hold {m} and \
+                     {v}",
+                    p.numel()
+                )));
+            }
+        }
+        if self.step == u64::MAX {
+            return Err(Error::Invalid(format!(
+                "optimiser state: the step count {} cannot grow",
+                self.step
+            )));
+        }
         if params.iter().any(|p| p.is_cuda()) {
             return self.step_on_gpu(params, grads);
         }
@@ -149,7 +166,8 @@ impl Adam {
         };
         self.step += 1;
         let c = self.config;
-        let t = self.step as i32;
+        // β^t is 0 in f32 long before t leaves i32, so saturating changes nothing but the wrap.
+        let t = self.step.min(i32::MAX as u64) as i32;
         let step_size = c.lr / (1.0 - c.beta1.powi(t));
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let (l2, shrink) = match c.decay {
