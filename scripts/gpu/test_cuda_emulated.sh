@@ -37,7 +37,7 @@ run_dir="$(mktemp -d)"
 trap 'rm -rf "$run_dir"' EXIT
 ./target/release/cactus train --device cuda --method cactus --epochs 1 --limit-train 256 \
     --batch-size 64 --no-eval --out "$run_dir/run"
-grid=(--limit 64 --prune gul1,gsl2 --ratios 0.5,0.9 --quant fp32,int8)
+grid=(--limit 64 --prune gul1,gsl2,2:4 --ratios 0.5,0.9 --quant fp32,int8)
 ./target/release/cactus eval --device cuda --checkpoint "$run_dir/run/model.safetensors" \
     "${grid[@]}" --out "$run_dir/gpu"
 ./target/release/cactus eval --device cpu --checkpoint "$run_dir/run/model.safetensors" \
