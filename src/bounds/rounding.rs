@@ -24,8 +24,9 @@
 //! - the margins `S·c + d − |S|·r` of the last layer (S = W_y − W_j, d = b_y − b_j, both
 //!   rounded once): `slack = (1 + u)·|S|·E + γ_{n+4}·(|S|·(|c| + r) + |d|)`.
 //!
-//! Each bound is itself computed in f32 from non-negative terms, so it is inflated by
-//! `1 + 2·γ_n` per layer, which covers its own rounding. The linear-relaxation certifiers
+//! Each bound is itself computed in f32 from non-negative terms (an affine layer's as one
+//! product of `|W|` with `E + γ·(|c| + r)`), so it is inflated by `1 + 2·γ_n` per layer, which
+//! covers its own rounding. The linear-relaxation certifiers
 //! (CROWN, CROWN-IBP, α-CROWN) round in the same products plus their backward coefficient
 //! products, relaxation intercepts and concretisation, each bounded by the same magnitudes
 //! (relaxation slopes lie in [0, 1]; an intermediate bound off by e moves any ReLU relaxation by
@@ -66,24 +67,25 @@ fn radius_box(v: &Tensor) -> Tensor {
     Tensor::interval_stack(&zeros_like(v), v)
 }
 
-/// `|W|·v` for a linear layer's weight and a batch of non-negative vectors [N, in]: the radius
-/// half of an interval map of the box (0, v).
-fn abs_linear(v: &Tensor, weight: &Tensor) -> Tensor {
-    radius_box(v).interval_linear(weight, None).interval_part(1)
-}
-
-/// Slack and its layer-to-layer state: the box's magnitude `|c| + r` and the error bound E.
+/// A computed box and its error bound E, layer by layer.
 struct Tracked {
     boxes: Tensor,
     error: Tensor,
 }
 
 impl Tracked {
+    /// `|c| + r`: a bound on the magnitude of every value the box holds.
     fn magnitude(&self) -> Tensor {
         self.boxes
             .interval_part(0)
             .abs()
             .add(&self.boxes.interval_part(1))
+    }
+
+    /// `E + γ·(|c| + r)`: what an affine map of absolute weights carries to the next layer
+    /// (`|W|·E + γ·|W|·(|c| + r)` as one product).
+    fn carried(&self, g: f32) -> Tensor {
+        self.error.add(&self.magnitude().mul_scalar(g))
     }
 }
 
@@ -93,57 +95,48 @@ fn inflate(t: &Tensor, n: usize) -> Tensor {
     t.mul_scalar(1.0 + 2.0 * gamma(n.max(1)))
 }
 
-/// Upper bounds on how much f32 rounding can have raised each computed IBP margin lower bound
-/// `z_y − z_j` of the box [x − ε, x + ε] ∩ [0, 1] (row-major [N, classes], 0 at j = y), for the
-/// model in evaluation mode (running statistics). Subtract it (rounded down) from the IBP bound;
-/// for the linear-relaxation certifiers, subtract it times [`LINEAR_RELAXATION_FACTOR`].
-pub fn margin_slack(model: &Model, x: &Tensor, eps: f32, labels: &[usize]) -> Vec<f32> {
-    let layers = &model.net.layers;
-    let Some(Layer::Linear(last)) = layers.last() else {
-        panic!("last-layer elision needs a network that ends with a linear layer");
-    };
+/// `γ·|b|`, the bias's share of an affine layer's rounding.
+fn scaled_abs(b: Option<&Tensor>, g: f32) -> Option<Tensor> {
+    b.map(|b| b.abs().mul_scalar(g))
+}
+
+/// The boxes of the hidden layers (all but the last linear layer), as `bounds::propagate`
+/// computes them in evaluation mode, with the error bound E of each.
+fn propagate_tracked(model: &Model, x: &Tensor, eps: f32) -> Tracked {
     let boxes = input_box(x, eps);
     let mut t = Tracked {
-        error: zeros_like(&boxes.interval_part(0)),
+        error: zeros_like(&boxes.interval_part(1)),
         boxes,
     };
     if let Some(n) = &model.spec.normalization {
         let (scale, shift) = n.affine(x.device());
         t = channel_affine(t, &scale, &shift);
     }
+    let layers = &model.net.layers;
     for layer in &layers[..layers.len() - 1] {
         t = match layer {
             Layer::Linear(l) => {
                 let n = l.weight.dim(1);
-                let m = t.magnitude();
-                let mut local = abs_linear(&m, &l.weight);
-                if let Some(b) = &l.bias {
-                    local = local.add(&b.abs());
-                }
-                let carried = abs_linear(&t.error, &l.weight);
+                let g = gamma(n + 1);
+                let e = t
+                    .carried(g)
+                    .linear(&l.weight.abs(), scaled_abs(l.bias.as_ref(), g).as_ref());
                 Tracked {
-                    error: inflate(&carried.add(&local.mul_scalar(gamma(n + 1))), n + 1),
+                    error: inflate(&e, n + 2),
                     boxes: t.boxes.interval_linear(&l.weight, l.bias.as_ref()),
                 }
             }
             Layer::Conv2d(c) => {
                 let w = &c.weight;
                 let n = w.dim(1) * w.dim(2) * w.dim(3);
-                let abs_conv = |v: &Tensor| {
-                    radius_box(v)
-                        .interval_conv2d(w, None, c.params)
-                        .interval_part(1)
-                };
-                let m = t.magnitude();
-                let mut local = abs_conv(&m);
-                if let Some(b) = &c.bias {
-                    // |b| per output channel, broadcast over the batch and the pixels.
-                    let ch = b.abs().reshape(&[b.numel(), 1, 1]);
-                    local = local.add(&ch);
-                }
-                let carried = abs_conv(&t.error);
+                let g = gamma(n + 1);
+                let e = t.carried(g).conv2d(
+                    &w.abs(),
+                    scaled_abs(c.bias.as_ref(), g).as_ref(),
+                    c.params,
+                );
                 Tracked {
-                    error: inflate(&carried.add(&local.mul_scalar(gamma(n + 1))), n + 1),
+                    error: inflate(&e, n + 2),
                     boxes: t.boxes.interval_conv2d(w, c.bias.as_ref(), c.params),
                 }
             }
@@ -151,13 +144,10 @@ pub fn margin_slack(model: &Model, x: &Tensor, eps: f32, labels: &[usize]) -> Ve
                 let (scale, shift) = b.affine(&b.running_mean, &b.running_var);
                 channel_affine(t, &scale, &shift)
             }
-            Layer::ReLU => {
-                let m = t.magnitude();
-                Tracked {
-                    error: inflate(&t.error.add(&m.mul_scalar(gamma(6))), 2),
-                    boxes: t.boxes.interval_relu(),
-                }
-            }
+            Layer::ReLU => Tracked {
+                error: inflate(&t.carried(gamma(6)), 2),
+                boxes: t.boxes.interval_relu(),
+            },
             Layer::Flatten => {
                 let n = t.error.dim(0);
                 Tracked {
@@ -167,8 +157,50 @@ pub fn margin_slack(model: &Model, x: &Tensor, eps: f32, labels: &[usize]) -> Ve
             }
         };
     }
-    // The margins: |S|·((1 + u)·E + γ·(|c| + r)) through the elided last layer (the radius
-    // half of the margins of the box (0, ·) is −|S|·(·)), plus γ·|d| per class.
+    t
+}
+
+/// The final linear layer of a model (last-layer elision needs one).
+fn last_linear(model: &Model) -> &crate::nn::Linear {
+    match model.net.layers.last() {
+        Some(Layer::Linear(last)) => last,
+        _ => panic!("last-layer elision needs a network that ends with a linear layer"),
+    }
+}
+
+/// Upper bounds on how much f32 rounding can have raised each computed IBP margin lower bound
+/// `z_y − z_j` of the box [x − ε, x + ε] ∩ [0, 1] (row-major [N, classes], 0 at j = y), for the
+/// model in evaluation mode (running statistics). Subtract it (rounded down) from the IBP bound;
+/// for the linear-relaxation certifiers, subtract it times [`LINEAR_RELAXATION_FACTOR`].
+pub fn margin_slack(model: &Model, x: &Tensor, eps: f32, labels: &[usize]) -> Vec<f32> {
+    slack_of(
+        &propagate_tracked(model, x, eps),
+        last_linear(model),
+        labels,
+    )
+}
+
+/// The IBP margin lower bounds (`bounds::margin_lower_bounds` in evaluation mode, bit for bit)
+/// and their [`margin_slack`], from one propagation.
+pub fn ibp_margins_with_slack(
+    model: &Model,
+    x: &Tensor,
+    eps: f32,
+    labels: &[usize],
+) -> (Vec<f32>, Vec<f32>) {
+    let hidden = propagate_tracked(model, x, eps);
+    let last = last_linear(model);
+    let lower = hidden
+        .boxes
+        .interval_elided_margins(&last.weight, last.bias.as_ref(), labels)
+        .to_vec();
+    (lower, slack_of(&hidden, last, labels))
+}
+
+/// The margins' slack from the last hidden layer's box and error bound.
+fn slack_of(t: &Tracked, last: &crate::nn::Linear, labels: &[usize]) -> Vec<f32> {
+    // |S|·((1 + u)·E + γ·(|c| + r)) through the elided last layer (the radius half of the
+    // margins of the box (0, ·) is −|S|·(·)), plus γ·|d| per class.
     let n = last.weight.dim(1);
     let g = gamma(n + 4);
     let spread = t
@@ -200,19 +232,15 @@ pub fn margin_slack(model: &Model, x: &Tensor, eps: f32, labels: &[usize]) -> Ve
     slack
 }
 
-/// The per-channel affine map `scale·x + shift` (normalisation, batch norm in evaluation).
+/// The per-channel affine map `scale·x + shift` (normalisation, batch norm in evaluation):
+/// `E' = |scale|·(E + γ·(|c| + r)) + γ·|shift|`.
 fn channel_affine(t: Tracked, scale: &Tensor, shift: &Tensor) -> Tracked {
-    let m = t.magnitude();
-    let zero = zeros_like(scale);
-    // |scale|·(|c| + r) + |shift|, the shift broadcast per channel as the map does.
-    let local = Tensor::interval_stack(&m, &zeros_like(&m))
-        .interval_channel_affine(&scale.abs(), &shift.abs())
-        .interval_part(0);
-    let carried = radius_box(&t.error)
-        .interval_channel_affine(scale, &zero)
-        .interval_part(1);
+    let g = gamma(3);
+    let e = t
+        .carried(g)
+        .channel_affine(&scale.abs(), &shift.abs().mul_scalar(g));
     Tracked {
-        error: inflate(&carried.add(&local.mul_scalar(gamma(3))), 2),
+        error: inflate(&e, 3),
         boxes: t.boxes.interval_channel_affine(scale, shift),
     }
 }

@@ -134,6 +134,12 @@ pub fn margin_bounds(
     let corners = || input_corners(x, eps, net.device);
     let lower = match certifier {
         // The propagation training uses, on the host box (ops follow the model's device).
+        Certifier::Ibp if cfg.sound => {
+            // One propagation gives the bounds and their rounding slack.
+            let (lower, slack) =
+                with_no_grad(|| rounding::ibp_margins_with_slack(model, x, eps, labels));
+            return Ok(rounding::sound_lower_bounds(&lower, &slack, 1.0));
+        }
         Certifier::Ibp => with_no_grad(|| {
             margin_lower_bounds(model, &input_box(x, eps), labels, BnSource::Running).to_vec()
         }),
@@ -159,12 +165,13 @@ pub fn margin_bounds(
     if !cfg.sound {
         return Ok(lower);
     }
+    // A linear-relaxation certifier's bounds (sound IBP returned above).
     let slack = with_no_grad(|| rounding::margin_slack(model, x, eps, labels));
-    let factor = match certifier {
-        Certifier::Ibp => 1.0,
-        _ => rounding::LINEAR_RELAXATION_FACTOR,
-    };
-    Ok(rounding::sound_lower_bounds(&lower, &slack, factor))
+    Ok(rounding::sound_lower_bounds(
+        &lower,
+        &slack,
+        rounding::LINEAR_RELAXATION_FACTOR,
+    ))
 }
 
 /// Refuse sound certificates (the default) with a certifier whose bounds do not account for
