@@ -10,6 +10,30 @@
 //!   [`PRUNE_RULES`] and its tests (docs/extending.md).
 //! - **Quantization** (`quant/`): fake quantization of weights to fp16 or intN.
 
+/// Serialise a type as its `Display` name and read it back through `FromStr`, so that files
+/// hold the names the command line takes (and an unknown name in a file gets the same error).
+macro_rules! serde_as_name {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod nm;
 pub mod prune;
 pub mod quant;
@@ -200,18 +224,7 @@ impl FromStr for PruneMethod {
     }
 }
 
-impl serde::Serialize for PruneMethod {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PruneMethod {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_name!(PruneMethod);
 
 /// Structured pruning's unit counts (over the prunable layers, the classifier excluded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

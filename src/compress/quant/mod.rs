@@ -119,18 +119,7 @@ impl FromStr for Format {
     }
 }
 
-impl serde::Serialize for Format {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Format {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Format, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_name!(Format);
 
 /// Over what the integer range (min, max) is taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -166,20 +155,7 @@ impl FromStr for Granularity {
     }
 }
 
-impl serde::Serialize for Granularity {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Granularity {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> std::result::Result<Granularity, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_name!(Granularity);
 
 /// `[qmin, qmax]` of signed N-bit integers. Panics unless `bits` is in 2..=8.
 pub fn int_range(bits: u8) -> (i32, i32) {
