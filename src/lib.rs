@@ -21,12 +21,14 @@ pub mod error;
 pub mod eval;
 pub mod io;
 pub mod nn;
+pub mod onnx;
 pub mod ops;
 pub mod rng;
 pub mod runtime;
 pub mod tensor;
 pub mod train;
 pub mod verify;
+pub mod vnnlib;
 
 pub use error::{Error, Result};
 pub use tensor::{Device, Tensor};

@@ -102,14 +102,14 @@ fn scaled_abs(b: Option<&Tensor>, g: f32) -> Option<Tensor> {
 
 /// The boxes of the hidden layers (all but the last linear layer), as `bounds::propagate`
 /// computes them in evaluation mode, with the error bound E of each.
-fn propagate_tracked(model: &Model, x: &Tensor, eps: f32) -> Tracked {
-    let boxes = input_box(x, eps);
+fn propagate_tracked(model: &Model, boxes: Tensor) -> Tracked {
+    let device = boxes.device();
     let mut t = Tracked {
         error: zeros_like(&boxes.interval_part(1)),
         boxes,
     };
     if let Some(n) = &model.spec.normalization {
-        let (scale, shift) = n.affine(x.device());
+        let (scale, shift) = n.affine(device);
         t = channel_affine(t, &scale, &shift);
     }
     let layers = &model.net.layers;
@@ -173,11 +173,13 @@ fn last_linear(model: &Model) -> &crate::nn::Linear {
 /// model in evaluation mode (running statistics). Subtract it (rounded down) from the IBP bound;
 /// for the linear-relaxation certifiers, subtract it times [`LINEAR_RELAXATION_FACTOR`].
 pub fn margin_slack(model: &Model, x: &Tensor, eps: f32, labels: &[usize]) -> Vec<f32> {
-    slack_of(
-        &propagate_tracked(model, x, eps),
-        last_linear(model),
-        labels,
-    )
+    margin_slack_of_boxes(model, input_box(x, eps), labels)
+}
+
+/// [`margin_slack`] for any input boxes (an interval tensor [2, N, ...], as
+/// `bounds::enclosing_box` makes).
+pub fn margin_slack_of_boxes(model: &Model, boxes: Tensor, labels: &[usize]) -> Vec<f32> {
+    slack_of(&propagate_tracked(model, boxes), last_linear(model), labels)
 }
 
 /// The IBP margin lower bounds (`bounds::margin_lower_bounds` in evaluation mode, bit for bit)
@@ -188,7 +190,16 @@ pub fn ibp_margins_with_slack(
     eps: f32,
     labels: &[usize],
 ) -> (Vec<f32>, Vec<f32>) {
-    let hidden = propagate_tracked(model, x, eps);
+    ibp_margins_with_slack_of_boxes(model, input_box(x, eps), labels)
+}
+
+/// [`ibp_margins_with_slack`] for any input boxes.
+pub fn ibp_margins_with_slack_of_boxes(
+    model: &Model,
+    boxes: Tensor,
+    labels: &[usize],
+) -> (Vec<f32>, Vec<f32>) {
+    let hidden = propagate_tracked(model, boxes);
     let last = last_linear(model);
     let lower = hidden
         .boxes

@@ -36,6 +36,24 @@ pub struct Checkpoint {
     pub model: Model,
     /// Extra metadata the writer recorded (training settings, for instance).
     pub extra: BTreeMap<String, String>,
+    /// The conv and linear weights stored in a compressed form, by state-dict name, as the
+    /// file holds them (the model has their f32 values): what an export that keeps the
+    /// integers (ONNX with QuantizeLinear/DequantizeLinear) needs.
+    pub stored_weights: BTreeMap<String, StoredWeight>,
+}
+
+/// A weight as a compressed checkpoint stores it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoredWeight {
+    /// Half-precision bit patterns.
+    F16(Vec<u16>),
+    /// Integer codes with one scale and zero point per tensor or per output channel:
+    /// `ŵ = scale·(q − zero_point)`.
+    Int {
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+        zero_points: Vec<i32>,
+    },
 }
 
 /// One entry of the state dict.
@@ -257,16 +275,25 @@ pub fn parse_checkpoint(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
             )));
         }
     }
-    fill_state(&mut model, &st).map_err(bad)?;
+    let stored_weights = fill_state(&mut model, &st).map_err(bad)?;
     let extra = meta
         .into_iter()
         .filter(|(k, _)| !k.starts_with("cactus.") && k != "format")
         .collect();
-    Ok(Checkpoint { model, extra })
+    Ok(Checkpoint {
+        model,
+        extra,
+        stored_weights,
+    })
 }
 
-/// Copy every state-dict tensor from the file into `model`, checking names, dtypes and shapes.
-fn fill_state(model: &mut Model, st: &SafeTensors<'_>) -> std::result::Result<(), String> {
+/// Copy every state-dict tensor from the file into `model`, checking names, dtypes and shapes;
+/// returns the weights stored in a compressed form as the file holds them.
+fn fill_state(
+    model: &mut Model,
+    st: &SafeTensors<'_>,
+) -> std::result::Result<BTreeMap<String, StoredWeight>, String> {
+    let stored = std::cell::RefCell::new(BTreeMap::new());
     let mut expected: Vec<String> = state_dict(model).into_iter().map(|(n, _)| n).collect();
     let weights: Vec<String> = expected
         .iter()
@@ -300,10 +327,20 @@ fn fill_state(model: &mut Model, st: &SafeTensors<'_>) -> std::result::Result<()
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
-            Dtype::F16 if is_weight(name) => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-                .collect(),
+            Dtype::F16 if is_weight(name) => {
+                let bits: Vec<u16> = data
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                let values = bits
+                    .iter()
+                    .map(|&b| half::f16::from_bits(b).to_f32())
+                    .collect();
+                stored
+                    .borrow_mut()
+                    .insert(name.to_string(), StoredWeight::F16(bits));
+                values
+            }
             Dtype::I8 if is_weight(name) => {
                 let q: Vec<i8> = data.iter().map(|&b| b as i8).collect();
                 let scale = st
@@ -331,6 +368,14 @@ fn fill_state(model: &mut Model, st: &SafeTensors<'_>) -> std::result::Result<()
                     .collect();
                 let w = dequantize_int(&q, &scales, &zeros, shape)
                     .map_err(|e| format!("int weight '{name}': {e}"))?;
+                stored.borrow_mut().insert(
+                    name.to_string(),
+                    StoredWeight::Int {
+                        codes: q,
+                        scales,
+                        zero_points: zeros,
+                    },
+                );
                 w.into_vec()
             }
             other => {
@@ -380,7 +425,7 @@ fn fill_state(model: &mut Model, st: &SafeTensors<'_>) -> std::result::Result<()
             };
         }
     }
-    Ok(())
+    Ok(stored.into_inner())
 }
 
 /// Load a checkpoint that must hold the architecture `expected` describes (resuming a run,

@@ -11,7 +11,7 @@ pub mod train_state;
 pub use atomic::write_atomic;
 pub use checkpoint::{
     checkpoint_bytes, load_checkpoint, load_checkpoint_for, parse_checkpoint, save_checkpoint,
-    save_compressed_checkpoint, Checkpoint,
+    save_compressed_checkpoint, Checkpoint, StoredWeight,
 };
 pub use lock::RunLock;
 pub use train_state::{

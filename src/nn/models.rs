@@ -20,6 +20,10 @@ pub enum Arch {
     Mlp,
     Small,
     Cnn7,
+    /// A network read from another format (`onnx::import`): its layers are given, not planned
+    /// from a name, so it cannot be rebuilt from a checkpoint's description.
+    #[value(skip)]
+    Custom,
 }
 
 impl Arch {
@@ -28,6 +32,7 @@ impl Arch {
             Arch::Mlp => "mlp",
             Arch::Small => "small",
             Arch::Cnn7 => "cnn7",
+            Arch::Custom => "custom",
         }
     }
 }
@@ -107,7 +112,7 @@ impl ModelSpec {
             )));
         }
         let min_side = match self.arch {
-            Arch::Mlp => 1,
+            Arch::Mlp | Arch::Custom => 1,
             Arch::Small => 4,
             Arch::Cnn7 => 2,
         };
@@ -231,6 +236,13 @@ impl ModelSpec {
             params,
         };
         match self.arch {
+            Arch::Custom => {
+                return Err(Error::Invalid(
+                    "a custom network (one read from ONNX) has no layer plan: it cannot be \
+                     rebuilt from its description"
+                        .into(),
+                ))
+            }
             Arch::Mlp => {
                 let hidden = scaled(256, self.width);
                 layers.extend([
@@ -386,6 +398,28 @@ impl Model {
         };
         if model.spec.init == Init::Ibp {
             model.apply_ibp_init(rng);
+        }
+        Ok(model)
+    }
+
+    /// A custom network (`Arch::Custom`) from its layers, which the caller has checked to chain
+    /// on `spec.input_shape`; a forward pass of one input checks that they end in
+    /// `spec.num_classes` logits.
+    pub fn from_layers(spec: ModelSpec, layers: Vec<Layer>) -> Result<Model> {
+        spec.validate()?;
+        let model = Model {
+            spec,
+            net: Sequential::new(layers),
+        };
+        let [c, h, w] = model.spec.input_shape;
+        let probe = Tensor::zeros(&[1, c, h, w]);
+        let logits = crate::autodiff::with_no_grad(|| model.forward(&probe, Mode::Eval));
+        if logits.shape() != [1, model.spec.num_classes] {
+            return Err(Error::Shape(format!(
+                "the network gives outputs {:?} per input, expected [1, {}]",
+                logits.shape(),
+                model.spec.num_classes
+            )));
         }
         Ok(model)
     }

@@ -11,6 +11,7 @@ pub mod bab;
 pub mod crown;
 pub mod lp;
 pub mod net;
+pub mod property;
 
 pub use alpha::{alpha_crown_margins, AlphaConfig};
 pub use bab::{BabConfig, BabOutcome, Verdict};
@@ -18,7 +19,7 @@ pub use crown::{crown_margins, Intermediate, LayerBounds};
 pub use net::BoundNet;
 
 use crate::autodiff::with_no_grad;
-use crate::bounds::{box_corners, input_box, margin_lower_bounds, rounding, BnSource};
+use crate::bounds::{box_corners, enclosing_box, margin_lower_bounds, rounding, BnSource};
 use crate::nn::Model;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -128,21 +129,47 @@ pub fn margin_bounds(
     certifier: Certifier,
     cfg: &VerifyConfig,
 ) -> Result<Vec<f32>> {
+    let (lo, hi) = box_corners(x, eps);
+    margin_bounds_of_box(model, net, &lo, &hi, x.shape(), labels, certifier, cfg)
+}
+
+/// [`margin_bounds`] over any boxes: corners `lo ≤ hi` (host values, row-major, `shape` =
+/// [points, ...]), which need not lie in [0, 1].
+#[allow(clippy::too_many_arguments)]
+pub fn margin_bounds_of_box(
+    model: &Model,
+    net: &BoundNet,
+    lo: &[f32],
+    hi: &[f32],
+    shape: &[usize],
+    labels: &[usize],
+    certifier: Certifier,
+    cfg: &VerifyConfig,
+) -> Result<Vec<f32>> {
     if labels.is_empty() {
         return Ok(Vec::new());
     }
-    let corners = || input_corners(x, eps, net.device);
+    let device = net.device;
+    let boxes = || enclosing_box(lo, hi, shape).to_device(device);
+    let corners = || -> Result<(Tensor, Tensor)> {
+        Ok((
+            Tensor::from_vec(lo.to_vec(), shape).to_device(device)?,
+            Tensor::from_vec(hi.to_vec(), shape).to_device(device)?,
+        ))
+    };
     let lower = match certifier {
         // The propagation training uses, on the host box (ops follow the model's device).
         Certifier::Ibp if cfg.sound => {
             // One propagation gives the bounds and their rounding slack.
+            let boxes = boxes()?;
             let (lower, slack) =
-                with_no_grad(|| rounding::ibp_margins_with_slack(model, x, eps, labels));
+                with_no_grad(|| rounding::ibp_margins_with_slack_of_boxes(model, boxes, labels));
             return Ok(rounding::sound_lower_bounds(&lower, &slack, 1.0));
         }
-        Certifier::Ibp => with_no_grad(|| {
-            margin_lower_bounds(model, &input_box(x, eps), labels, BnSource::Running).to_vec()
-        }),
+        Certifier::Ibp => {
+            let boxes = boxes()?;
+            with_no_grad(|| margin_lower_bounds(model, &boxes, labels, BnSource::Running).to_vec())
+        }
         Certifier::CrownIbp | Certifier::Crown => {
             let mode = if certifier == Certifier::Crown {
                 Intermediate::Crown
@@ -166,7 +193,8 @@ pub fn margin_bounds(
         return Ok(lower);
     }
     // A linear-relaxation certifier's bounds (sound IBP returned above).
-    let slack = with_no_grad(|| rounding::margin_slack(model, x, eps, labels));
+    let boxes = boxes()?;
+    let slack = with_no_grad(|| rounding::margin_slack_of_boxes(model, boxes, labels));
     Ok(rounding::sound_lower_bounds(
         &lower,
         &slack,

@@ -77,3 +77,44 @@ pub fn printable(text: &str) -> String {
         })
         .collect()
 }
+
+/// The dataset to evaluate on: `given`, else the one the checkpoint's metadata names.
+pub fn dataset_of(
+    given: Option<cactus::data::DatasetKind>,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> Result<cactus::data::DatasetKind> {
+    match (given, extra.get("train.dataset")) {
+        (Some(d), _) => Ok(d),
+        (None, Some(name)) => <cactus::data::DatasetKind as clap::ValueEnum>::from_str(name, false)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the checkpoint names an unknown dataset '{}'; pass --dataset",
+                    printable(name)
+                )
+            }),
+        (None, None) => {
+            bail!("the checkpoint does not say which dataset it was trained on: pass --dataset")
+        }
+    }
+}
+
+/// The L-inf radius: `given`, else the ε the checkpoint's metadata says it was trained for.
+pub fn eps_of(
+    given: Option<f32>,
+    extra: &std::collections::BTreeMap<String, String>,
+    checkpoint: &Path,
+) -> Result<f32> {
+    match (given, extra.get("train.eps")) {
+        (Some(e), _) => Ok(e),
+        (None, Some(text)) => match text.parse::<f32>() {
+            Ok(e) if e.is_finite() && e >= 0.0 => Ok(e),
+            _ => bail!(
+                "{}: the training ε in its metadata ('train.eps' = '{}') is not a number ≥ 0; \
+                 pass --eps",
+                checkpoint.display(),
+                printable(text)
+            ),
+        },
+        (None, None) => bail!("the checkpoint does not say which ε it was trained for: pass --eps"),
+    }
+}

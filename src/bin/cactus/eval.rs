@@ -2,8 +2,8 @@
 //! and the evaluation with a progress bar that `train` also ends with.
 
 use crate::args::{
-    check_exists, check_ratios, formats_help, parse, parse_positive, parse_prune_choice, printable,
-    prune_methods_help,
+    check_exists, check_ratios, dataset_of, eps_of, formats_help, parse, parse_positive,
+    parse_prune_choice, prune_methods_help,
 };
 use crate::output::{print_table, write_reports};
 use anyhow::{bail, Context, Result};
@@ -119,33 +119,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     // A run folder's checkpoint, or one of its files, is read as its manifest commits it.
     let (checkpoint, bytes) = run::read_checkpoint(&args.checkpoint, MODEL_FILE)?;
     let ckpt = parse_checkpoint(&checkpoint, &bytes)?;
-    let dataset = match (args.dataset, ckpt.extra.get("train.dataset")) {
-        (Some(d), _) => d,
-        (None, Some(name)) => {
-            <DatasetKind as clap::ValueEnum>::from_str(name, false).map_err(|_| {
-                anyhow::anyhow!(
-                    "the checkpoint names an unknown dataset '{}'; pass --dataset",
-                    printable(name)
-                )
-            })?
-        }
-        (None, None) => {
-            bail!("the checkpoint does not say which dataset it was trained on: pass --dataset")
-        }
-    };
-    let eps = match (args.eps, ckpt.extra.get("train.eps")) {
-        (Some(e), _) => e,
-        (None, Some(text)) => match text.parse::<f32>() {
-            Ok(e) if e.is_finite() && e >= 0.0 => e,
-            _ => bail!(
-                "{}: the training ε in its metadata ('train.eps' = '{}') is not a number ≥ 0; \
-                 pass --eps",
-                args.checkpoint.display(),
-                printable(text)
-            ),
-        },
-        (None, None) => bail!("the checkpoint does not say which ε it was trained for: pass --eps"),
-    };
+    let dataset = dataset_of(args.dataset, &ckpt.extra)?;
+    let eps = eps_of(args.eps, &ckpt.extra, &args.checkpoint)?;
     let mut test_set = data::load(dataset, args.data.as_deref(), Split::Test)?;
     if let Some(n) = args.limit {
         test_set = test_set.limit(n);

@@ -4,11 +4,13 @@
 mod args;
 mod compress;
 mod eval;
+mod export;
 mod init;
 mod inspect;
 mod merge;
 mod output;
 mod train;
+mod verify;
 
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -52,6 +54,12 @@ enum Command {
     Init(init::InitArgs),
     /// Describe a checkpoint: architecture, layers, parameter counts, metadata.
     Inspect(inspect::InspectArgs),
+    /// Write a checkpoint as an ONNX network for other verifiers and runtimes, and optionally
+    /// test points' robustness properties as VNN-LIB files with a VNN-COMP instances.csv.
+    Export(export::ExportArgs),
+    /// Decide VNN-LIB properties of ONNX networks (one, or a VNN-COMP benchmark's
+    /// instances.csv): sat with a checked counterexample, unsat, or unknown/timeout.
+    Verify(verify::VerifyArgs),
 }
 
 fn main() {
@@ -81,5 +89,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Compress(args) => compress::run(args),
         Command::Init(args) => init::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Verify(args) => verify::run(args),
     }
 }
