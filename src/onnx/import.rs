@@ -7,7 +7,8 @@
 //! `MatMul` (activation × constant), `Add`/`Sub`/`Mul`/`Div` by constants, `Relu`, `Flatten`,
 //! `Reshape`, `Transpose` before a flatten, `BatchNormalization`, `Identity`, `Dropout`
 //! (inference: the identity), and the shape arithmetic (`Shape`, `Gather`, `Unsqueeze`,
-//! `Concat`, `Cast`) exporters emit to compute a reshape's target.
+//! `Concat`, `Cast`) exporters emit to compute a reshape's target; `DequantizeLinear` of
+//! constant weights (a QDQ network's) is computed as a runtime does, in f32.
 //!
 //! Every mapping is exact: the imported model computes, in real arithmetic, the function the
 //! graph computes with its f32 constants. A constant added after a biasless `MatMul`/`Conv`
@@ -297,10 +298,6 @@ impl<'a> Importer<'a> {
         if shape.len() == 2 {
             return Ok(());
         }
-        if self.at_input {
-            // The input read flat: the model takes [features, 1, 1] inputs.
-            return self.reinterpret_input(vec![1, features]);
-        }
         let perm = self.act.perm.take();
         self.push(Layer::Flatten, vec![1, features])?;
         self.act.perm = perm;
@@ -431,6 +428,11 @@ impl<'a> Importer<'a> {
                 })
             }
             "Identity" | "Cast" => Ok(one(0)?.clone()),
+            "DequantizeLinear" => self.dequantize(
+                one(0)?,
+                one(1)?,
+                consts.get(2).and_then(|n| self.consts.get(*n)),
+            ),
             "Unsqueeze" | "Squeeze" => {
                 // Only the rank changes; the values stay. 1-D results suffice for reshape targets.
                 let c = one(0)?;
@@ -479,6 +481,47 @@ impl<'a> Importer<'a> {
             }
             _ => Err(self.err("operator not supported on constants")),
         }
+    }
+
+    /// `(x − zero_point)·scale` in f32, per tensor or along `axis`: the weights a runtime
+    /// computes from stored integers (a QDQ export's).
+    fn dequantize(&self, x: &Const, scale: &Const, zero: Option<&Const>) -> Result<Const> {
+        let scales = exact_f32(self.node, "the scale", scale)?;
+        let zeros = zero
+            .map(|z| z.values.clone())
+            .unwrap_or(vec![0.0; scales.len()]);
+        if zeros.len() != scales.len() {
+            return Err(self.err("scale and zero point differ in length"));
+        }
+        let (axis_len, inner) = if scales.len() == 1 {
+            (1, x.values.len())
+        } else {
+            let rank = x.dims.len() as i64;
+            let axis = attr_int(self.node, "axis", 1);
+            let axis = if axis < 0 { axis + rank } else { axis };
+            if !(0..rank).contains(&axis) || x.dims[axis as usize] != scales.len() {
+                return Err(self.err(format!(
+                    "{} scales for axis {axis} of a tensor {:?}",
+                    scales.len(),
+                    x.dims
+                )));
+            }
+            let inner: usize = x.dims[axis as usize + 1..].iter().product();
+            (scales.len(), inner)
+        };
+        let values = x
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| {
+                let ch = (i / inner) % axis_len;
+                (((q - zeros[ch]) as f32) * scales[ch]) as f64
+            })
+            .collect();
+        Ok(Const {
+            dims: x.dims.clone(),
+            values,
+        })
     }
 
     fn reshape(&mut self, consts: &[&str]) -> Result<()> {
