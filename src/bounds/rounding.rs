@@ -5,9 +5,10 @@
 //! The bounds are computed in f32 with round-to-nearest, so a computed lower bound of
 //! `z_y − z_j` can exceed the exact one by the accumulated rounding error, and a margin that is
 //! positive only by that much would be certified falsely. The network whose margins are bounded
-//! is the real-arithmetic function of the model's f32 parameters, with the normalisation and
-//! batch-norm maps as the f32 per-channel `scale` and `shift` both the forward pass and the
-//! bounds use.
+//! is the real-arithmetic function of the model's stored f32 parameters: weights and biases,
+//! the normalisation's mean and std, batch norm's weight, bias, running statistics and ε — the
+//! function PyTorch's twin or an exported ONNX graph defines, of which cactus's f32 forward
+//! pass is one rounding.
 //!
 //! The error is tracked layer by layer along the interval bound propagation of the box, as in
 //! the floating-point-sound analyses of DeepPoly/ERAN. For a computed box (c, r) at some layer
@@ -18,7 +19,10 @@
 //! - affine (linear or conv, fan-in n): `E' = |W|·E + γ_{n+1}·(|W|·(|c| + r) + |b|)` — the
 //!   centre `W·c + b` is off by at most the second term, the radius `|W|·r` is short by at most
 //!   `γ_n·|W|·r`;
-//! - per-channel affine (normalisation, batch norm): the same with n = 2;
+//! - per-channel affine (normalisation, batch norm): the same with n = 2, plus the distance
+//!   between the f32 scale and shift computed from the stored parameters and the exact ones
+//!   (`δs·(|c| + r + E) + δt`), so that the certified network is the one its parameters
+//!   define — what an exported ONNX graph computes;
 //! - ReLU (1-Lipschitz, its box formed as `(relu(c − r), relu(c + r))` in centre/radius form):
 //!   `E' = E + γ_6·(|c| + r)`;
 //! - the margins `S·c + d − |S|·r` of the last layer (S = W_y − W_j, d = b_y − b_j, both
@@ -110,7 +114,8 @@ fn propagate_tracked(model: &Model, boxes: Tensor) -> Tracked {
     };
     if let Some(n) = &model.spec.normalization {
         let (scale, shift) = n.affine(device);
-        t = channel_affine(t, &scale, &shift);
+        let exact = normalization_exact(&n.mean, &n.std);
+        t = channel_affine(t, &scale, &shift, exact);
     }
     let layers = &model.net.layers;
     for layer in &layers[..layers.len() - 1] {
@@ -142,7 +147,8 @@ fn propagate_tracked(model: &Model, boxes: Tensor) -> Tracked {
             }
             Layer::BatchNorm(b) => {
                 let (scale, shift) = b.affine(&b.running_mean, &b.running_var);
-                channel_affine(t, &scale, &shift)
+                let exact = batch_norm_exact(b);
+                channel_affine(t, &scale, &shift, exact)
             }
             Layer::ReLU => Tracked {
                 error: inflate(&t.carried(gamma(6)), 2),
@@ -243,15 +249,92 @@ fn slack_of(t: &Tracked, last: &crate::nn::Linear, labels: &[usize]) -> Vec<f32>
     slack
 }
 
+/// A per-channel map's exact scale and shift (from the stored parameters, in f64) with a bound
+/// on the f64 error of each, per channel.
+struct ExactAffine {
+    scale: Vec<f64>,
+    shift: Vec<f64>,
+    scale_err: Vec<f64>,
+    shift_err: Vec<f64>,
+}
+
+/// Relative error of a few f64 operations, generously: 2⁻⁵⁰.
+const F64_REL: f64 = 1.0 / (1u64 << 50) as f64;
+
+/// The normalisation `(x − mean) / std` as the exact `x·(1/std) + (−mean/std)`.
+fn normalization_exact(mean: &[f32], std: &[f32]) -> ExactAffine {
+    let scale: Vec<f64> = std.iter().map(|&s| 1.0 / s as f64).collect();
+    let shift: Vec<f64> = mean
+        .iter()
+        .zip(std)
+        .map(|(&m, &s)| -(m as f64) / s as f64)
+        .collect();
+    ExactAffine {
+        scale_err: scale.iter().map(|v| v.abs() * F64_REL).collect(),
+        shift_err: shift.iter().map(|v| v.abs() * F64_REL).collect(),
+        scale,
+        shift,
+    }
+}
+
+/// Batch norm in evaluation, `(x − μ)·w / √(σ² + ε) + b`, as the exact `x·s + (b − μ·s)`.
+fn batch_norm_exact(b: &crate::nn::BatchNorm) -> ExactAffine {
+    let (w, bias) = (b.weight.to_vec(), b.bias.to_vec());
+    let (mean, var) = (b.running_mean.to_vec(), b.running_var.to_vec());
+    let mut e = ExactAffine {
+        scale: Vec::new(),
+        shift: Vec::new(),
+        scale_err: Vec::new(),
+        shift_err: Vec::new(),
+    };
+    for c in 0..w.len() {
+        let s = w[c] as f64 / (var[c] as f64 + b.eps as f64).sqrt();
+        let ms = mean[c] as f64 * s;
+        e.scale.push(s);
+        e.scale_err.push(s.abs() * F64_REL);
+        e.shift.push(bias[c] as f64 - ms);
+        e.shift_err
+            .push((bias[c].abs() as f64 + 2.0 * ms.abs()) * F64_REL);
+    }
+    e
+}
+
+/// `|computed − exact| + err` per channel, rounded up to f32.
+fn distance(computed: &[f32], exact: &[f64], err: &[f64]) -> Vec<f32> {
+    computed
+        .iter()
+        .zip(exact.iter().zip(err))
+        .map(|(&v, (&x, &e))| {
+            let d = ((v as f64 - x).abs() + e) * (1.0 + 4.0 * U);
+            (d as f32).next_up()
+        })
+        .collect()
+}
+
 /// The per-channel affine map `scale·x + shift` (normalisation, batch norm in evaluation):
-/// `E' = |scale|·(E + γ·(|c| + r)) + γ·|shift|`.
-fn channel_affine(t: Tracked, scale: &Tensor, shift: &Tensor) -> Tracked {
+/// `E' = |scale|·(E + γ·(|c| + r)) + γ·|shift| + δs·(|c| + r + E) + δt`. The last two terms
+/// bound the distance between the f32 `scale` and `shift` the model computes from its stored
+/// parameters (mean and std, or batch norm's weight, bias and running statistics) and the
+/// exact ones (δs, δt): the network certified is the one the parameters define in real
+/// arithmetic, as another runtime or verifier reading them computes it (an exported ONNX
+/// graph's `Sub`/`Div` and `BatchNormalization`), not only cactus's f32 rounding of it.
+fn channel_affine(t: Tracked, scale: &Tensor, shift: &Tensor, exact: ExactAffine) -> Tracked {
     let g = gamma(3);
+    let device = scale.device();
+    let n = exact.scale.len();
+    let delta = |v: Vec<f32>| {
+        Tensor::from_vec(v, &[n])
+            .to_device(device)
+            .expect("device copy")
+    };
+    let ds = delta(distance(&scale.to_vec(), &exact.scale, &exact.scale_err));
+    let dt = delta(distance(&shift.to_vec(), &exact.shift, &exact.shift_err));
     let e = t
         .carried(g)
         .channel_affine(&scale.abs(), &shift.abs().mul_scalar(g));
+    let represent = t.magnitude().add(&t.error).channel_affine(&ds, &dt);
     Tracked {
-        error: inflate(&e, 3),
+        error: inflate(&e.add(&represent), 5),
         boxes: t.boxes.interval_channel_affine(scale, shift),
     }
 }

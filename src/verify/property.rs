@@ -59,6 +59,8 @@ pub struct PropertyConfig {
     /// Points per attack (random starts, the first at the box's centre) and steps.
     pub restarts: usize,
     pub steps: usize,
+    /// Rounds of a 4× longer attack on a property no certifier proved, time permitting.
+    pub attack_rounds: usize,
     pub seed: u64,
 }
 
@@ -70,6 +72,7 @@ impl Default for PropertyConfig {
             verify: VerifyConfig::default(),
             restarts: 8,
             steps: 40,
+            attack_rounds: 8,
             seed: 0,
         }
     }
@@ -154,7 +157,7 @@ pub fn check_property(model: &Model, property: &Property, cfg: &PropertyConfig) 
     }
     // Unproved: attack harder with what time is left.
     let mut rounds = 0;
-    while !out_of_time() && rounds < 8 {
+    while !out_of_time() && rounds < cfg.attack_rounds {
         for case in &property.cases {
             if let Some(ans) = attack_case(
                 model,
