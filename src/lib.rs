@@ -7,8 +7,8 @@
 //! - `ops`: the operations, one folder per family with its CPU path, GPU path and kernels;
 //! - `autodiff`: backward over the recorded graph;
 //! - `nn` (layers and models), `data`, `bounds` (interval bound propagation);
-//! - `io` (checkpoints PyTorch can load), `attack` (PGD, AWP), `compress` (pruning and
-//!   quantization);
+//! - `io` (checkpoints PyTorch can load), `vnnlib` (VNN-LIB properties, read and written),
+//!   `attack` (PGD, AWP), `compress` (pruning and quantization);
 //! - `train` (IBP, SABR and CACTUS training), `verify` (CROWN, α-CROWN, branch and bound);
 //! - `eval` (the evaluation grid and its reports).
 
@@ -27,6 +27,7 @@ pub mod runtime;
 pub mod tensor;
 pub mod train;
 pub mod verify;
+pub mod vnnlib;
 
 pub use error::{Error, Result};
 pub use tensor::{Device, Tensor};

@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["ops"],
     &["autodiff"],
     &["nn", "data", "bounds"],
-    &["io", "attack", "compress"],
+    &["io", "vnnlib", "attack", "compress"],
     &["train", "verify"],
     &["eval"],
     &["bin"],
