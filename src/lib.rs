@@ -7,8 +7,9 @@
 //! - `ops`: the operations, one folder per family with its CPU path, GPU path and kernels;
 //! - `autodiff`: backward over the recorded graph;
 //! - `nn` (layers and models), `data`, `bounds` (interval bound propagation);
-//! - `io` (checkpoints PyTorch can load), `attack` (PGD, AWP), `compress` (pruning and
-//!   quantization);
+//! - `io` (checkpoints PyTorch can load), `onnx` (networks for other verifiers and runtimes,
+//!   written and read), `vnnlib` (VNN-LIB properties, read and written),
+//!   `attack` (PGD, AWP), `compress` (pruning and quantization);
 //! - `train` (IBP, SABR and CACTUS training), `verify` (CROWN, α-CROWN, branch and bound);
 //! - `eval` (the evaluation grid and its reports).
 

@@ -161,6 +161,46 @@ impl Decimal {
         }
     }
 
+    /// The order of `self` against `x` in 128-bit integers when both fit (most decimals in
+    /// property files: up to 19 digits, exponents near zero); `None` otherwise.
+    fn cmp_small(&self, x: f64) -> Option<Ordering> {
+        if self.digits.is_empty() || x == 0.0 || self.negative != (x < 0.0) {
+            return None;
+        }
+        if self.digits.len() > 19 {
+            return None;
+        }
+        // self = D × 10^q with D the digits as an integer.
+        let d = self
+            .digits
+            .iter()
+            .fold(0u128, |acc, &digit| acc * 10 + u128::from(digit));
+        let q = self.exponent.checked_sub(self.digits.len() as i64)?;
+        // |x| = m × 2^e.
+        let bits = x.abs().to_bits();
+        let biased = (bits >> 52) as i64;
+        let fraction = u128::from(bits & ((1u64 << 52) - 1));
+        let (m, e) = if biased == 0 {
+            (fraction, -1074)
+        } else {
+            (fraction | (1u128 << 52), biased - 1075)
+        };
+        // Both sides times 10^−q and 2^−e where those are negative, so both are integers.
+        let scale = |v: u128, ten: i64, two: i64| -> Option<u128> {
+            let v = v.checked_mul(10u128.checked_pow(u32::try_from(ten.max(0)).ok()?)?)?;
+            let shift = u32::try_from(two.max(0)).ok()?;
+            (shift < v.leading_zeros()).then(|| v << shift)
+        };
+        let lhs = scale(d, q, -e)?;
+        let rhs = scale(m, -q, e)?;
+        let magnitude = lhs.cmp(&rhs);
+        Some(if self.negative {
+            magnitude.reverse()
+        } else {
+            magnitude
+        })
+    }
+
     /// Positional notation, no exponent: "0", "12", "-0.0625".
     fn to_plain(&self) -> String {
         if self.digits.is_empty() {
@@ -207,7 +247,10 @@ pub(crate) fn enclose(d: &Decimal, text: &str) -> Option<(f64, f64, f64)> {
     if !near.is_finite() {
         return None;
     }
-    let (lo, hi) = match d.cmp_value(&Decimal::of_f64(near)) {
+    let order = d
+        .cmp_small(near)
+        .unwrap_or_else(|| d.cmp_value(&Decimal::of_f64(near)));
+    let (lo, hi) = match order {
         Ordering::Equal => (near, near),
         Ordering::Greater => (near, near.next_up()),
         Ordering::Less => (near.next_down(), near),
@@ -281,15 +324,20 @@ impl Big {
     }
 
     fn digits(&self) -> Vec<u8> {
-        let mut text = String::new();
-        for (i, limb) in self.0.iter().rev().enumerate() {
-            if i == 0 {
-                text.push_str(&limb.to_string());
-            } else {
-                text.push_str(&format!("{limb:09}"));
+        let mut out = Vec::with_capacity(9 * self.0.len());
+        for limb in self.0.iter().rev() {
+            let mut group = [0u8; 9];
+            let mut v = *limb;
+            for d in group.iter_mut().rev() {
+                *d = (v % 10) as u8;
+                v /= 10;
             }
+            out.extend_from_slice(&group);
         }
-        text.bytes().map(|b| b - b'0').collect()
+        // The top limb's leading zeros; `normalised` drops them anyway.
+        let leading = out.iter().take_while(|&&d| d == 0).count();
+        out.drain(..leading);
+        out
     }
 }
 
@@ -351,6 +399,38 @@ mod tests {
         let (_, lo, hi) = enclose(&Decimal::parse("1e-400").unwrap(), "1e-400").unwrap();
         assert_eq!((lo, hi), (0.0, f64::from_bits(1)));
         assert!(enclose(&Decimal::parse("1e400").unwrap(), "1e400").is_none());
+    }
+
+    #[test]
+    fn small_comparison_agrees_with_the_exact_one() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut fast = 0;
+        for _ in 0..20_000 {
+            let r = next();
+            let text = format!(
+                "{}{}e{}",
+                if r & 1 == 1 { "-" } else { "" },
+                (r >> 1) % 10u64.pow(1 + (r >> 60) as u32 % 19),
+                (next() % 60) as i64 - 40
+            );
+            let d = Decimal::parse(&text).unwrap();
+            let Ok(near) = text.parse::<f64>() else {
+                continue;
+            };
+            for x in [near, near.next_up(), near.next_down(), -near] {
+                if let Some(order) = d.cmp_small(x) {
+                    fast += 1;
+                    assert_eq!(order, d.cmp_value(&Decimal::of_f64(x)), "{text} vs {x:e}");
+                }
+            }
+        }
+        assert!(fast > 20_000, "{fast}");
     }
 
     #[test]

@@ -11,9 +11,10 @@ use std::fmt;
 
 /// More disjuncts than this in the normal form are refused (counted before any is built).
 pub(crate) const MAX_DISJUNCTS: u64 = 1_000_000;
-/// Nor may the disjuncts hold more atoms than this in all (an output constraint copied into
-/// each of its disjuncts takes some 70 bytes).
-const MAX_EXPANDED_ATOMS: u64 = 10_000_000;
+/// Nor may the disjuncts' output constraints hold more than this many terms in all, each
+/// constraint counting one more (an output constraint copied into a disjunct takes some 40
+/// bytes and 16 a term).
+const MAX_EXPANDED_TERMS: u64 = 10_000_000;
 /// Nor may the distinct boxes hold more bounds than this in all (8 bytes each).
 const MAX_BOX_VALUES: usize = 1 << 26;
 
@@ -313,88 +314,72 @@ impl Reader {
         Ok(indices.len())
     }
 
+    // `formula` and `linear` recurse once per nesting level: what each level does beyond
+    // dispatching lives in functions kept out of line, so that their frames stay small.
     fn formula(&mut self, e: &SExpr) -> Result<Formula> {
-        let line = e.line();
-        let not_formula = || error(line, format!("expected a formula, found '{}'", e.show()));
-        let items = match e {
-            SExpr::Atom { text, .. } => {
-                return match *text {
-                    "true" => Ok(Formula::True),
-                    "false" => Ok(Formula::False),
-                    _ => Err(not_formula()),
-                }
-            }
-            SExpr::List { items, .. } => items,
+        let (op, args) = match e {
+            SExpr::Atom { text: "true", .. } => return Ok(Formula::True),
+            SExpr::Atom { text: "false", .. } => return Ok(Formula::False),
+            SExpr::Atom { .. } => return Err(form_error(e, "expected a formula")),
+            SExpr::List { items, .. } => match items.split_first() {
+                Some((SExpr::Atom { text, .. }, args)) => (*text, args),
+                _ => return Err(form_error(e, "expected a formula")),
+            },
         };
-        let Some(op) = items.first().and_then(SExpr::atom) else {
-            return Err(not_formula());
-        };
-        let args = &items[1..];
         match op {
             "and" | "or" => {
-                let children = args
-                    .iter()
-                    .map(|a| self.formula(a))
-                    .collect::<Result<Vec<_>>>()?;
+                let mut children = Vec::with_capacity(args.len());
+                for a in args {
+                    children.push(self.formula(a)?);
+                }
                 Ok(if op == "and" {
                     and(children)
                 } else {
                     or(children)
                 })
             }
-            "not" => Err(error(
-                line,
-                format!("negation is not supported: '{}'", e.show()),
-            )),
-            "<=" | ">=" | "<" | ">" | "=" => {
-                if args.len() < 2 {
-                    return Err(error(
-                        line,
-                        format!("'{op}' needs two arguments: '{}'", e.show()),
-                    ));
-                }
-                let terms = args
-                    .iter()
-                    .map(|a| self.linear(a))
-                    .collect::<Result<Vec<_>>>()?;
-                // A chain (<= a b c) is the conjunction of its neighbouring pairs.
-                let mut parts = Vec::new();
-                for pair in terms.windows(2) {
-                    let (a, b) = (pair[0].clone(), pair[1].clone());
-                    let diff = |p: Linear, q: Linear| {
-                        p.add(q.neg()).ok_or_else(|| {
-                            error(line, format!("arithmetic overflows in '{}'", e.show()))
-                        })
-                    };
-                    // Each atom as `d ≥ 0` or `d > 0`.
-                    let atoms = match op {
-                        ">=" => vec![(diff(a, b)?, false)],
-                        "<=" => vec![(diff(b, a)?, false)],
-                        ">" => vec![(diff(a, b)?, true)],
-                        "<" => vec![(diff(b, a)?, true)],
-                        _ => vec![(diff(a.clone(), b.clone())?, false), (diff(b, a)?, false)],
-                    };
-                    for (d, strict) in atoms {
-                        parts.push(self.atom(d, strict, e)?);
-                    }
-                }
-                Ok(and(parts))
-            }
-            _ => Err(error(
-                line,
-                format!(
-                    "unsupported operator '{}' in '{}'",
-                    shorten(op, 40),
-                    e.show()
-                ),
-            )),
+            "<=" | ">=" | "<" | ">" | "=" => self.comparison(op, args, e),
+            "not" => Err(form_error(e, "negation is not supported")),
+            _ => Err(unsupported(op, e)),
         }
+    }
+
+    /// `(op a b …)`: a chain is the conjunction of its neighbouring pairs.
+    #[inline(never)]
+    fn comparison(&mut self, op: &str, args: &[SExpr], e: &SExpr) -> Result<Formula> {
+        if args.len() < 2 {
+            return Err(form_error(e, &format!("'{op}' needs two arguments")));
+        }
+        let terms = args
+            .iter()
+            .map(|a| self.linear(a))
+            .collect::<Result<Vec<_>>>()?;
+        let diff = |p: &Linear, q: &Linear| {
+            p.clone()
+                .add(q.clone().neg())
+                .ok_or_else(|| form_error(e, "arithmetic overflows"))
+        };
+        let mut parts = Vec::new();
+        for pair in terms.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            // Each atom as `d ≥ 0` or `d > 0`.
+            let atoms = match op {
+                ">=" => vec![(diff(a, b)?, false)],
+                "<=" => vec![(diff(b, a)?, false)],
+                ">" => vec![(diff(a, b)?, true)],
+                "<" => vec![(diff(b, a)?, true)],
+                _ => vec![(diff(a, b)?, false), (diff(b, a)?, false)],
+            };
+            for (d, strict) in atoms {
+                parts.push(self.atom(d, strict, e)?);
+            }
+        }
+        Ok(and(parts))
     }
 
     /// Classifies `d ≥ 0` (`d > 0` when strict), written as `e`: an input bound, an output
     /// constraint, or a constant truth value.
     fn atom(&mut self, d: Linear, strict: bool, e: &SExpr) -> Result<Formula> {
-        let line = e.line();
         let mut inputs = Vec::new();
         let mut outputs = Vec::new();
         for (v, c) in &d.terms {
@@ -408,40 +393,34 @@ impl Reader {
         }
         if inputs.len() > 1 {
             let names: Vec<String> = inputs.iter().map(|(i, _)| format!("X_{i}")).collect();
-            return Err(error(
-                line,
-                format!(
-                    "a constraint over several inputs ({}) is not supported: '{}'",
-                    shorten(&names.join(", "), 40),
-                    e.show()
+            return Err(form_error(
+                e,
+                &format!(
+                    "a constraint over several inputs ({}) is not supported",
+                    shorten(&names.join(", "), 40)
                 ),
             ));
         }
         if !inputs.is_empty() && !outputs.is_empty() {
-            return Err(error(
-                line,
-                format!(
-                    "mixed input/output constraint is not supported: '{}'",
-                    e.show()
-                ),
+            return Err(form_error(
+                e,
+                "mixed input/output constraint is not supported",
             ));
         }
         let atom = if let Some(&(i, a)) = inputs.first() {
             // a·X_i + c ≥ 0 is X_i ≥ −c/a when a > 0 and X_i ≤ −c/a when a < 0; the interval
             // of −c/a gives the outward end.
             let Some(positive) = a.sign() else {
-                return Err(error(
-                    line,
-                    format!(
-                        "the coefficient of X_{i} cannot be told from zero in '{}'",
-                        e.show()
-                    ),
+                return Err(form_error(
+                    e,
+                    &format!("the coefficient of X_{i} cannot be told from zero"),
                 ));
             };
-            let bound =
-                d.constant.neg().div(a).ok_or_else(|| {
-                    error(line, format!("arithmetic overflows in '{}'", e.show()))
-                })?;
+            let bound = d
+                .constant
+                .neg()
+                .div(a)
+                .ok_or_else(|| form_error(e, "arithmetic overflows"))?;
             if positive {
                 Atom::Lower(i, bound.lo)
             } else {
@@ -465,89 +444,26 @@ impl Reader {
     }
 
     fn linear(&self, e: &SExpr) -> Result<Linear> {
-        let line = e.line();
-        let items = match e {
-            SExpr::Atom { text, .. } => return self.leaf(text, line),
-            SExpr::List { items, .. } => items,
+        let (op, args) = match e {
+            SExpr::Atom { text, line } => return self.leaf(text, *line),
+            SExpr::List { items, .. } => match items.split_first() {
+                Some((SExpr::Atom { text, .. }, args)) => (*text, args),
+                _ => return Err(form_error(e, "expected a term")),
+            },
         };
-        let Some(op) = items.first().and_then(SExpr::atom) else {
-            return Err(error(
-                line,
-                format!("expected a term, found '{}'", e.show()),
-            ));
-        };
-        let args = &items[1..];
-        let arity_ok = match op {
-            "+" | "*" => !args.is_empty(),
-            "-" => !args.is_empty(),
+        let enough = match op {
+            "+" | "-" | "*" => !args.is_empty(),
             "/" => args.len() >= 2,
-            _ => {
-                return Err(error(
-                    line,
-                    format!(
-                        "unsupported operator '{}' in term '{}'",
-                        shorten(op, 40),
-                        e.show()
-                    ),
-                ))
-            }
+            _ => return Err(unsupported(op, e)),
         };
-        if !arity_ok {
-            return Err(error(
-                line,
-                format!("too few arguments for '{op}': '{}'", e.show()),
-            ));
+        if !enough {
+            return Err(form_error(e, &format!("too few arguments for '{op}'")));
         }
-        let overflow = || error(line, format!("arithmetic overflows in '{}'", e.show()));
-        let mut terms = args
-            .iter()
-            .map(|a| self.linear(a))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter();
-        let first = terms.next().ok_or_else(overflow)?;
-        match op {
-            "+" => terms.try_fold(first, |acc, t| acc.add(t).ok_or_else(overflow)),
-            "-" if args.len() == 1 => Ok(first.neg()),
-            "-" => terms.try_fold(first, |acc, t| acc.add(t.neg()).ok_or_else(overflow)),
-            "*" => {
-                // Linear only: every factor but (at most) one must be a constant.
-                let mut factor = Num::exact(1.0);
-                let mut variable: Option<Linear> = None;
-                for t in std::iter::once(first).chain(terms) {
-                    if t.terms.is_empty() {
-                        factor = factor.mul(t.constant).ok_or_else(overflow)?;
-                    } else if variable.is_none() {
-                        variable = Some(t);
-                    } else {
-                        return Err(error(
-                            line,
-                            format!("nonlinear product is not supported: '{}'", e.show()),
-                        ));
-                    }
-                }
-                match variable {
-                    Some(v) => v.scale(factor, Num::mul).ok_or_else(overflow),
-                    None => Ok(Linear::constant(factor)),
-                }
-            }
-            _ => terms.try_fold(first, |acc, t| {
-                if !t.terms.is_empty() {
-                    return Err(error(
-                        line,
-                        format!(
-                            "division by a non-constant term is not supported: '{}'",
-                            e.show()
-                        ),
-                    ));
-                }
-                acc.scale(t.constant, Num::div).ok_or_else(|| {
-                    error(
-                        line,
-                        format!("division by zero or overflow in '{}'", e.show()),
-                    )
-                })
-            }),
+        let mut terms = Vec::with_capacity(args.len());
+        for a in args {
+            terms.push(self.linear(a)?);
         }
+        combine(op, terms, e)
     }
 
     /// A number or a declared variable.
@@ -574,19 +490,83 @@ impl Reader {
     }
 }
 
-/// The number of disjuncts of `f`'s normal form and the atoms they hold in all, saturating.
-fn size(f: &Formula) -> (u64, u64) {
+/// `(op t₁ t₂ …)` for the arithmetic operators, `terms` non-empty (`/`: at least two).
+#[inline(never)]
+fn combine(op: &str, terms: Vec<Linear>, e: &SExpr) -> Result<Linear> {
+    let overflow = || form_error(e, "arithmetic overflows");
+    let single = terms.len() == 1;
+    let mut terms = terms.into_iter();
+    let first = terms.next().ok_or_else(overflow)?;
+    match op {
+        "+" => terms.try_fold(first, |acc, t| acc.add(t).ok_or_else(overflow)),
+        "-" if single => Ok(first.neg()),
+        "-" => terms.try_fold(first, |acc, t| acc.add(t.neg()).ok_or_else(overflow)),
+        "*" => {
+            // Linear only: every factor but (at most) one must be a constant.
+            let mut factor = Num::exact(1.0);
+            let mut variable: Option<Linear> = None;
+            for t in std::iter::once(first).chain(terms) {
+                if t.terms.is_empty() {
+                    factor = factor.mul(t.constant).ok_or_else(overflow)?;
+                } else if variable.is_none() {
+                    variable = Some(t);
+                } else {
+                    return Err(form_error(e, "nonlinear product is not supported"));
+                }
+            }
+            match variable {
+                Some(v) => v.scale(factor, Num::mul).ok_or_else(overflow),
+                None => Ok(Linear::constant(factor)),
+            }
+        }
+        _ => terms.try_fold(first, |acc, t| {
+            if !t.terms.is_empty() {
+                return Err(form_error(
+                    e,
+                    "division by a non-constant term is not supported",
+                ));
+            }
+            acc.scale(t.constant, Num::div)
+                .ok_or_else(|| form_error(e, "division by zero or overflow"))
+        }),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn unsupported(op: &str, e: &SExpr) -> Error {
+    form_error(e, &format!("unsupported operator '{}'", shorten(op, 40)))
+}
+
+/// "line N: {what}: '(the form)'", for errors about a whole form.
+#[cold]
+#[inline(never)]
+fn form_error(e: &SExpr, what: &str) -> Error {
+    error(e.line(), format!("{what}: '{}'", e.show()))
+}
+
+/// The weight of an atom in a disjunct: what copying it costs, in terms.
+fn weight(atom: &Atom) -> u64 {
+    match atom {
+        Atom::Output(c) => 1 + c.terms.len() as u64,
+        Atom::Lower(..) | Atom::Upper(..) => 1,
+    }
+}
+
+/// The number of disjuncts of `f`'s normal form and the weight of the atoms they hold in all,
+/// saturating.
+fn size(f: &Formula, atoms: &[Atom]) -> (u64, u64) {
     match f {
-        Formula::Atom(_) => (1, 1),
+        Formula::Atom(i) => (1, weight(&atoms[*i])),
         Formula::True => (1, 0),
         Formula::False => (0, 0),
         Formula::Or(children) => children.iter().fold((0, 0), |(c, t), x| {
-            let (c2, t2) = size(x);
+            let (c2, t2) = size(x, atoms);
             (c.saturating_add(c2), t.saturating_add(t2))
         }),
         Formula::And(children) => children
             .iter()
-            .fold((1, 0), |acc, x| and_size(acc, size(x))),
+            .fold((1, 0), |acc, x| and_size(acc, size(x, atoms))),
     }
 }
 
@@ -645,7 +625,7 @@ fn expand(atoms: &[Atom], conjuncts: Vec<Formula>, num_inputs: usize) -> Result<
     let mut base_outputs = Vec::new();
     let mut choices = Vec::new();
     for c in conjuncts {
-        match size(&c) {
+        match size(&c, atoms) {
             (0, _) => return Ok(Vec::new()),
             (1, _) => {
                 for id in dnf(&c).into_iter().flatten() {
@@ -658,7 +638,12 @@ fn expand(atoms: &[Atom], conjuncts: Vec<Formula>, num_inputs: usize) -> Result<
             _ => choices.push(c),
         }
     }
-    let (count, expanded) = choices.iter().fold((1, 0), |acc, c| and_size(acc, size(c)));
+    let (count, choice_weight) = choices
+        .iter()
+        .fold((1, 0), |acc, c| and_size(acc, size(c, atoms)));
+    // Every disjunct also gets a copy of the output constraints common to all.
+    let base_weight: u64 = base_outputs.iter().map(|c| 1 + c.terms.len() as u64).sum();
+    let expanded = choice_weight.saturating_add(count.saturating_mul(base_weight));
     if count > MAX_DISJUNCTS {
         return Err(Error::Invalid(format!(
             "the formula expands to {} disjuncts in disjunctive normal form, more than the \
@@ -670,9 +655,10 @@ fn expand(atoms: &[Atom], conjuncts: Vec<Formula>, num_inputs: usize) -> Result<
             }
         )));
     }
-    if expanded > MAX_EXPANDED_ATOMS {
+    if expanded > MAX_EXPANDED_TERMS {
         return Err(Error::Invalid(format!(
-            "the formula's disjunctive normal form holds more than {MAX_EXPANDED_ATOMS} atoms"
+            "the formula's disjunctive normal form holds more than {MAX_EXPANDED_TERMS} \
+             output terms"
         )));
     }
     let tables: Vec<Vec<Vec<usize>>> = choices.iter().map(dnf).collect();
@@ -861,19 +847,41 @@ mod tests {
     }
 
     #[test]
-    fn deepest_nesting_fits_a_test_thread_stack() {
-        let depth = sexpr::MAX_DEPTH - 4;
-        let term = format!("{}X_0{}", "(- ".repeat(depth), ")".repeat(depth));
-        let formula = format!(
-            "{}(<= {term} 1){}",
-            "(and ".repeat(depth),
-            ")".repeat(depth)
-        );
-        // An even number of negations: X_0 ≤ 1.
-        let p = one_input(&format!("(assert (>= X_0 0))\n(assert {formula})")).unwrap();
-        assert_eq!(p.cases[0].upper[0], 1.0);
-        let too_deep = format!("(assert {}true{})", "(and ".repeat(300), ")".repeat(300));
-        assert!(message(&too_deep).contains("nested deeper"));
+    fn deepest_nesting_fits_a_small_stack() {
+        // The walk is recursive: at the reader's depth limit it must fit a stack eight times
+        // smaller than a test thread's (debug builds take more per frame).
+        let run = || {
+            let d = sexpr::MAX_DEPTH - 2;
+            // assert, and × d, and the atom itself.
+            let ands = format!("{}(<= X_0 1){}", "(and ".repeat(d - 1), ")".repeat(d - 1));
+            // assert, <=, − × d (d even: X_0 ≤ 1).
+            let negations = format!("{}X_0{}", "(- ".repeat(d), ")".repeat(d));
+            for formula in [ands, format!("(<= {negations} 1)")] {
+                let p = one_input(&format!("(assert (>= X_0 0))\n(assert {formula})")).unwrap();
+                assert_eq!(p.cases[0].upper[0], 1.0);
+            }
+            let too_deep = format!("(assert {}true{})", "(and ".repeat(300), ")".repeat(300));
+            assert!(message(&too_deep).contains("nested deeper"));
+        };
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(run)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn copies_of_common_constraints_count_toward_the_cap() {
+        // 2^14 disjuncts, each holding the 400 common constraints: refused before expansion.
+        let mut text = String::from("(assert (<= 0 X_0 1))\n");
+        for _ in 0..400 {
+            text.push_str("(assert (>= Y_0 Y_1))\n");
+        }
+        for _ in 0..14 {
+            text.push_str("(assert (or (>= Y_0 0) (>= Y_1 0)))\n");
+        }
+        assert!(message(&text).contains("output terms"));
     }
 
     #[test]
