@@ -1017,15 +1017,25 @@ pub fn import_model(proto: &ModelProto) -> Result<Imported> {
         )));
     };
     let declared = input_dims(graph, input_name)?;
+    // An image [1, C, H, W]; anything else is read as its flat values ([784], [1, 784],
+    // [1, 784, 1]): the chain's next Flatten or Reshape keeps their order.
     let shape = match declared[..] {
-        [f] => vec![1, f],
-        [1, f] => vec![1, f],
         [1, c, h, w] => vec![1, c, h, w],
-        _ => {
+        [] => {
             return Err(Error::Invalid(format!(
-                "ONNX input '{input_name}' has shape {declared:?}; supported are [1, C, H, W], \
-                 [1, F] and [F]"
+                "ONNX input '{input_name}' is a scalar; a tensor input is supported"
             )))
+        }
+        _ => {
+            let values: usize = declared.iter().product();
+            if declared.len() > 1 && declared[0] != 1 {
+                return Err(Error::Invalid(format!(
+                    "ONNX input '{input_name}' has shape {declared:?}: a batch of {} inputs; \
+                     one input (batch 1) is supported",
+                    declared[0]
+                )));
+            }
+            vec![1, values]
         }
     };
     let placeholder = NodeProto::default();

@@ -123,10 +123,23 @@ pub fn verify_point(
     known: Option<&[f32]>,
     cfg: &super::VerifyConfig,
 ) -> Result<BabOutcome> {
+    let (lo, hi) = super::input_corners(x, eps, net.device)?;
+    verify_box(model, net, lo, hi, label, known, cfg)
+}
+
+/// [`verify_point`] over any box: its corners `lo ≤ hi` ([1, C, H, W] on the network's device).
+pub fn verify_box(
+    model: &Model,
+    net: &BoundNet,
+    lo: Tensor,
+    hi: Tensor,
+    label: usize,
+    known: Option<&[f32]>,
+    cfg: &super::VerifyConfig,
+) -> Result<BabOutcome> {
     let budget = cfg.memory_budget;
     let cfg = &cfg.bab;
     let start = Instant::now();
-    let (lo, hi) = super::input_corners(x, eps, net.device)?;
     let root = with_no_grad(|| {
         Bounder {
             net,

@@ -14,12 +14,14 @@
 //!    cheapest (IBP, CROWN, α-CROWN), each with its f32 rounding accounted for;
 //! 3. if neither, a longer attack while time remains; then `unknown`, or `timeout`.
 //!
-//! Branch and bound is not used: its bounds do not account for f32 rounding yet.
+//! Branch and bound (β-CROWN) runs only when asked for with unsound bounds
+//! (`VerifyConfig::sound = false`): its bounds do not account for f32 rounding yet.
 
 use crate::autodiff::{self, with_no_grad};
 use crate::nn::{Layer, Linear, Mode, Model};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
+use crate::verify::bab::{verify_box, Verdict};
 use crate::verify::{margin_bounds_of_box, BoundNet, Certifier, VerifyConfig};
 use crate::vnnlib::{Case, Constraint, Property};
 use crate::{Error, Result};
@@ -133,6 +135,9 @@ pub fn check_property(model: &Model, property: &Property, cfg: &PropertyConfig) 
             property.num_inputs, property.num_outputs, model.spec.num_classes
         )));
     }
+    if cfg.verify.sound {
+        crate::verify::check_sound(&cfg.certifiers)?;
+    }
     let mut rng = Rng::seed(cfg.seed);
     let out_of_time = || start.elapsed() >= cfg.timeout;
     // Cheap attacks on every case first: a counterexample ends the search.
@@ -148,8 +153,10 @@ pub fn check_property(model: &Model, property: &Property, cfg: &PropertyConfig) 
         if out_of_time() {
             return Ok(Answer::Timeout);
         }
-        if !prove_case(model, &net, case, cfg, &out_of_time)? {
-            all_proved = false;
+        match prove_case(model, &net, case, cfg, start)? {
+            Proof::Proved => {}
+            Proof::Open => all_proved = false,
+            Proof::Counterexample(answer) => return Ok(answer),
         }
     }
     if all_proved {
@@ -281,14 +288,24 @@ fn as_margin(k: &Constraint) -> Option<(usize, usize)> {
     }
 }
 
+/// What the certifiers found for one case.
+enum Proof {
+    /// Every conjunction is impossible over the box.
+    Proved,
+    Open,
+    /// Branch and bound's search met a counterexample (checked).
+    Counterexample(Answer),
+}
+
 /// Whether every conjunction of the case is shown impossible over its box.
 fn prove_case(
     model: &Model,
     net: &BoundNet,
     case: &Case,
     cfg: &PropertyConfig,
-    out_of_time: &dyn Fn() -> bool,
-) -> Result<bool> {
+    start: Instant,
+) -> Result<Proof> {
+    let out_of_time = || start.elapsed() >= cfg.timeout;
     let [c, h, w] = model.spec.input_shape;
     let shape = [1, c, h, w];
     let classes = model.spec.num_classes;
@@ -298,7 +315,13 @@ fn prove_case(
             break;
         }
         if out_of_time() {
-            return Ok(false);
+            return Ok(Proof::Open);
+        }
+        if certifier == Certifier::Bab {
+            match branch_and_bound(model, net, case, &mut open, cfg, start)? {
+                Some(answer) => return Ok(Proof::Counterexample(answer)),
+                None => continue,
+            }
         }
         // Margin rows for every label q some open constraint compares against.
         let mut labels: Vec<usize> = open
@@ -379,7 +402,61 @@ fn prove_case(
         };
         open.retain(|conj| !conj.iter().any(&refuted));
     }
-    Ok(open.is_empty())
+    Ok(if open.is_empty() {
+        Proof::Proved
+    } else {
+        Proof::Open
+    })
+}
+
+/// β-CROWN branch and bound (unsound mode only) on the open conjunctions that are robustness
+/// margins `y_p − y_q ≥ 0`, one search per label q over every other class: a verified label
+/// closes all of its conjunctions. A counterexample met by the search, once checked, is
+/// returned.
+fn branch_and_bound(
+    model: &Model,
+    net: &BoundNet,
+    case: &Case,
+    open: &mut Vec<&Vec<Constraint>>,
+    cfg: &PropertyConfig,
+    start: Instant,
+) -> Result<Option<Answer>> {
+    let robust_label = |conj: &Vec<Constraint>| match conj[..] {
+        [ref k] if k.constant == 0.0 && !k.strict => as_margin(k).map(|(_, q)| q),
+        _ => None,
+    };
+    let mut labels: Vec<usize> = open.iter().filter_map(|c| robust_label(c)).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    let [c, h, w] = model.spec.input_shape;
+    for q in labels {
+        let left = cfg.timeout.saturating_sub(start.elapsed()).as_secs_f64();
+        if left <= 0.0 {
+            break;
+        }
+        let mut verify = cfg.verify.clone();
+        verify.bab.timeout = left;
+        let corner = |v: &[f32]| Tensor::from_vec(v.to_vec(), &[1, c, h, w]).to_device(net.device);
+        let outcome = verify_box(
+            model,
+            net,
+            corner(&case.lower)?,
+            corner(&case.upper)?,
+            q,
+            None,
+            &verify,
+        )?;
+        match outcome.verdict {
+            Verdict::Verified => open.retain(|conj| robust_label(conj) != Some(q)),
+            Verdict::Falsified(x) => {
+                if let Some(y) = is_counterexample(model, case, &x) {
+                    return Ok(Some(Answer::Sat { x, y }));
+                }
+            }
+            Verdict::Unknown => {}
+        }
+    }
+    Ok(None)
 }
 
 /// Sound lower and upper bounds of every output over the box: margins against an added zero

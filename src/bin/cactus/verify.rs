@@ -45,10 +45,15 @@ pub struct VerifyArgs {
     /// With --instances: multiply every instance's time limit by this.
     #[arg(long, default_value_t = 1.0)]
     timeout_scale: f64,
-    /// Certifiers tried in order to prove a property (ibp, crown-ibp, crown, alpha-crown; bab
-    /// is not sound under f32 rounding and is refused).
+    /// Certifiers tried in order to prove a property (ibp, crown-ibp, crown, alpha-crown, and
+    /// bab with --unsound).
     #[arg(long, value_delimiter = ',', default_value = "ibp,crown,alpha-crown", value_parser = parse::<Certifier>)]
     certifier: Vec<Certifier>,
+    /// Bounds as computed in f32, not lowered by their rounding error: needed for bab
+    /// (β-CROWN branch and bound), whose bounds do not account for rounding yet; an `unsat`
+    /// is then as trustworthy as other verifiers' float bounds, not more.
+    #[arg(long)]
+    unsound: bool,
     /// Seed of the attack's random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -81,19 +86,37 @@ fn config(args: &VerifyArgs, timeout: f64) -> Result<PropertyConfig> {
     if !(timeout.is_finite() && timeout > 0.0) {
         bail!("the time limit must be a positive number of seconds, got {timeout}");
     }
-    cactus::verify::check_sound(&args.certifier)?;
+    if !args.unsound {
+        cactus::verify::check_sound(&args.certifier)?;
+    }
     if args.certifier.is_empty() {
         bail!("--certifier needs at least one certifier");
     }
-    Ok(PropertyConfig {
+    let mut cfg = PropertyConfig {
         timeout: Duration::from_secs_f64(timeout),
         certifiers: args.certifier.clone(),
         seed: args.seed,
         ..Default::default()
-    })
+    };
+    cfg.verify.sound = !args.unsound;
+    Ok(cfg)
+}
+
+/// `path`, or `path.gz` when only that exists (VNN-COMP repositories store their files
+/// gzipped under the names instances.csv gives without `.gz`).
+fn existing(path: &Path) -> PathBuf {
+    let mut gz = path.as_os_str().to_owned();
+    gz.push(".gz");
+    let gz = PathBuf::from(gz);
+    if !path.exists() && gz.exists() {
+        gz
+    } else {
+        path.to_path_buf()
+    }
 }
 
 fn load_network(path: &Path) -> Result<Model> {
+    let path = &existing(path);
     check_exists(path)?;
     let proto = onnx::read_model(path)?;
     let imported = onnx::import_model(&proto).with_context(|| path.display().to_string())?;
@@ -101,6 +124,7 @@ fn load_network(path: &Path) -> Result<Model> {
 }
 
 fn load_property(path: &Path) -> Result<Property> {
+    let path = &existing(path);
     check_exists(path)?;
     Ok(Property::read(path)?)
 }
