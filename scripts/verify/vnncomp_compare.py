@@ -310,6 +310,8 @@ def main():
     ap.add_argument("--out", help="cactus output folder (default out/vnncomp/<benchmark name>)")
     ap.add_argument("--cactus", default=None, help="cactus binary (default target/release/cactus)")
     ap.add_argument("--timeout-scale", type=float, default=None, help="passed to cactus verify")
+    ap.add_argument("--verify-args", default="",
+                    help="more options for cactus verify, e.g. '--unsound --certifier ibp,crown,alpha-crown,bab'")
     ap.add_argument("--cex-tol", type=float, default=1e-4, help="tolerance of the counterexample check")
     ap.add_argument("--no-cex-check", action="store_true", help="do not check counterexamples")
     args = ap.parse_args()
@@ -349,6 +351,7 @@ def main():
         cmd = [cactus, "verify", "--instances", os.path.abspath(inst_path), "--out", out_dir]
         if args.timeout_scale is not None:
             cmd += ["--timeout-scale", str(args.timeout_scale)]
+        cmd += shlex.split(args.verify_args)
         print(f"running: {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr)
         rc = subprocess.call(cmd)
         res_path = os.path.join(out_dir, "results.csv")
@@ -365,6 +368,8 @@ def main():
     lines.append(f"- cactus results: `{res_path}`")
     if args.timeout_scale is not None:
         lines.append(f"- timeout scale: {args.timeout_scale}")
+    if args.verify_args:
+        lines.append(f"- cactus verify options: `{args.verify_args}`")
     lines.append("")
 
     contradictions, invalid, unmatched, name_mismatch = [], [], [], []

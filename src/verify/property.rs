@@ -74,7 +74,7 @@ impl Default for PropertyConfig {
             verify: VerifyConfig::default(),
             restarts: 8,
             steps: 40,
-            attack_rounds: 8,
+            attack_rounds: 2,
             seed: 0,
         }
     }
