@@ -912,3 +912,198 @@ fn n_m_sparsity_trains_evaluates_and_compresses() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn export_and_verify_round_trip_through_onnx_and_vnnlib() {
+    let dir = scratch("export");
+    let run = dir.join("run");
+    let run_s = run.to_str().unwrap();
+    ok(&train_args(
+        run_s,
+        &[
+            "--method",
+            "ibp",
+            "--epochs",
+            "1",
+            "--no-eval",
+            "--model",
+            "mlp",
+        ],
+    ));
+    let bench = dir.join("bench");
+    let onnx = bench.join("net.onnx");
+    let (bench_s, onnx_s) = (bench.to_str().unwrap(), onnx.to_str().unwrap());
+    let out = ok(&[
+        "export",
+        "--checkpoint",
+        run_s,
+        "--onnx",
+        onnx_s,
+        "--vnnlib",
+        bench_s,
+        "--limit",
+        "6",
+        "--eps",
+        "0.02",
+        "--test-data",
+        "2",
+    ]);
+    assert!(out.contains("6 VNN-LIB properties"), "{out}");
+    for f in [
+        "instances.csv",
+        "abcrown.yaml",
+        "test_data_set_1/output_0.pb",
+    ] {
+        assert!(bench.join(f).exists(), "{f} written");
+    }
+    let csv = std::fs::read_to_string(bench.join("instances.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 6);
+    assert!(csv.starts_with("net.onnx,vnnlib/"), "{csv}");
+    let results = dir.join("results");
+    let out = ok(&[
+        "verify",
+        "--instances",
+        bench.join("instances.csv").to_str().unwrap(),
+        "--out",
+        results.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(out.contains("6 instances"), "{out}");
+    let table = std::fs::read_to_string(results.join("results.csv")).unwrap();
+    assert_eq!(table.lines().next(), Some("onnx,vnnlib,result,time_s"));
+    // The same answers as `cactus eval` gives the checkpoint: certified points are unsat, and
+    // every sat has its counterexample file.
+    let report: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--checkpoint",
+        run_s,
+        "--limit",
+        "6",
+        "--eps",
+        "0.02",
+        "--json",
+        "--quiet",
+        "--out",
+        dir.join("eval").to_str().unwrap(),
+    ]))
+    .unwrap();
+    let certified = report["rows"][0]["certified"].as_f64().unwrap();
+    let unsat = table.lines().filter(|l| l.contains(",unsat,")).count();
+    assert!(
+        unsat as f64 >= certified * 6.0 - 1e-9,
+        "unsat {unsat} < certified {certified}"
+    );
+    for (row, line) in table.lines().skip(1).enumerate() {
+        if line.contains(",sat,") {
+            let cex = std::fs::read_to_string(results.join(format!("counterexamples/{row}.txt")))
+                .unwrap();
+            assert!(cex.starts_with("sat\n((X_0 "), "{cex}");
+        }
+    }
+    // One instance by hand, with the result file.
+    let prop = bench
+        .join("vnnlib")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let result = dir.join("one.txt");
+    ok(&[
+        "verify",
+        "--onnx",
+        onnx_s,
+        "--vnnlib",
+        prop.to_str().unwrap(),
+        "--timeout",
+        "10",
+        "--result",
+        result.to_str().unwrap(),
+    ]);
+    let first = std::fs::read_to_string(&result).unwrap();
+    assert!(["sat", "unsat", "unknown", "timeout"].contains(&first.lines().next().unwrap()));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn export_and_verify_refuse_bad_input_clearly() {
+    let dir = scratch("export-bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ckpt = dir.join("m.safetensors");
+    let ckpt_s = ckpt.to_str().unwrap();
+    ok(&[
+        "init", "--model", "mlp", "--input", "1x4x4", "--out", ckpt_s,
+    ]);
+    let onnx = dir.join("m.onnx");
+    let onnx_s = onnx.to_str().unwrap();
+    fails(
+        &["export", "--checkpoint", ckpt_s, "--onnx", onnx_s, "--qdq"],
+        "stores no compressed weights",
+    );
+    ok(&["export", "--checkpoint", ckpt_s, "--onnx", onnx_s]);
+    let prop = dir.join("p.vnnlib");
+    let prop_s = prop.to_str().unwrap();
+    std::fs::write(&prop, "(declare-const X_0 Real)\n(assert (<= X_0 1)\n").unwrap();
+    fails(
+        &["verify", "--onnx", onnx_s, "--vnnlib", prop_s],
+        "p.vnnlib",
+    );
+    // 16 inputs declared, one bounded.
+    let mut text = String::new();
+    for i in 0..16 {
+        text.push_str(&format!("(declare-const X_{i} Real)\n"));
+    }
+    for j in 0..10 {
+        text.push_str(&format!("(declare-const Y_{j} Real)\n"));
+    }
+    text.push_str("(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (>= Y_1 Y_0))\n");
+    std::fs::write(&prop, &text).unwrap();
+    fails(&["verify", "--onnx", onnx_s, "--vnnlib", prop_s], "X_1");
+    fails(
+        &[
+            "verify",
+            "--onnx",
+            dir.join("none.onnx").to_str().unwrap(),
+            "--vnnlib",
+            prop_s,
+        ],
+        "none.onnx",
+    );
+    std::fs::write(dir.join("junk.onnx"), b"junk").unwrap();
+    fails(
+        &[
+            "verify",
+            "--onnx",
+            dir.join("junk.onnx").to_str().unwrap(),
+            "--vnnlib",
+            prop_s,
+        ],
+        "not a readable ONNX model",
+    );
+    fails(
+        &[
+            "verify",
+            "--onnx",
+            onnx_s,
+            "--vnnlib",
+            prop_s,
+            "--certifier",
+            "bab",
+        ],
+        "--unsound",
+    );
+    let csv = dir.join("instances.csv");
+    std::fs::write(&csv, "m.onnx,p.vnnlib\n").unwrap();
+    fails(
+        &["verify", "--instances", csv.to_str().unwrap()],
+        "expected onnx,vnnlib,timeout",
+    );
+    let out = cactus(&["verify", "--onnx", onnx_s]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap refuses --onnx without --vnnlib"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -9,6 +9,17 @@ normalisation, beside this file, or the identity). Needs only torch (the safeten
 read here directly; `safetensors.torch.load_file` gives the same state dict).
 The layer list is read from the checkpoint's metadata ("cactus.layers"), so any architecture
 cactus writes is rebuilt exactly; the state dict loads with strict=True.
+
+Verifying a cactus network with α,β-CROWN (the reference verifier): export the network this
+twin rebuilds as ONNX, with the test points' robustness properties, then run α,β-CROWN on the
+folder (the export writes the config, keys `general.root_path`, `general.csv_name`,
+`model.input_shape`, `bab.timeout`):
+
+    cactus export --checkpoint out/model.safetensors --onnx abc/net.onnx --vnnlib abc --limit 100
+    python alpha-beta-CROWN/complete_verifier/abcrown.py --config abc/abcrown.yaml
+
+The ONNX graph computes this twin's function, normalisation included, on pixels in [0, 1]
+(`scripts/verify/check_onnx.sh` checks it against onnxruntime).
 """
 import argparse
 import json

@@ -158,6 +158,21 @@ fn relative_to(path: &Path, dir: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// An α,β-CROWN configuration that verifies every instance of `dir`'s instances.csv.
+fn abcrown_config(model: &cactus::nn::Model, dir: &Path, timeout: f64) -> Result<String> {
+    let root = std::fs::canonicalize(dir).with_context(|| dir.display().to_string())?;
+    let [c, h, w] = model.spec.input_shape;
+    Ok(format!(
+        "# α,β-CROWN on the instances of this folder (written by cactus export):\n\
+         #   python alpha-beta-CROWN/complete_verifier/abcrown.py --config {config}\n\
+         general:\n  root_path: {root}\n  csv_name: instances.csv\n  device: cpu  # or cuda\n\
+         model:\n  input_shape: [-1, {c}, {h}, {w}]\n\
+         bab:\n  timeout: {timeout}\n",
+        config = root.join("abcrown.yaml").display(),
+        root = root.display(),
+    ))
+}
+
 fn write_properties(
     args: &ExportArgs,
     extra: &BTreeMap<String, String>,
@@ -197,8 +212,12 @@ fn write_properties(
         csv.push_str(&format!("{onnx_ref},vnnlib/{name},{}\n", args.timeout));
     }
     write_atomic(&dir.join("instances.csv"), csv.as_bytes())?;
+    write_atomic(
+        &dir.join("abcrown.yaml"),
+        abcrown_config(model, dir, args.timeout)?.as_bytes(),
+    )?;
     println!(
-        "wrote {} VNN-LIB properties (ε = {eps}, {}) and instances.csv in {}",
+        "wrote {} VNN-LIB properties (ε = {eps}, {}), instances.csv and abcrown.yaml in {}",
         test.len(),
         test.name,
         dir.display()
