@@ -171,18 +171,21 @@ impl<'a> Importer<'a> {
     }
 
     fn constant(&self, name: &str) -> Result<&Const> {
-        self.consts.get(name).ok_or_else(|| {
-            if name == self.act.name {
-                self.err(format!(
-                    "expects a constant where it gets the activation '{name}'"
-                ))
-            } else {
-                self.err(format!(
-                    "input '{name}' is neither a constant nor the chain's activation: only \
-                     feed-forward chains are supported"
-                ))
-            }
-        })
+        self.consts.get(name).ok_or_else(|| self.not_constant(name))
+    }
+
+    /// Why `name` is not a constant operand.
+    fn not_constant(&self, name: &str) -> Error {
+        if name == self.act.name {
+            self.err(format!(
+                "expects a constant where it gets the activation '{name}'"
+            ))
+        } else {
+            self.err(format!(
+                "input '{name}' is neither a constant nor the chain's activation: only \
+                 feed-forward chains are supported"
+            ))
+        }
     }
 
     /// The `i`-th constant operand.
@@ -210,7 +213,7 @@ impl<'a> Importer<'a> {
             } else if self.consts.contains_key(name) {
                 consts.push(name.as_str());
             } else {
-                return Err(self.constant(name).err().expect("unknown input"));
+                return Err(self.not_constant(name));
             }
         }
         Ok((act, consts))
@@ -547,7 +550,7 @@ impl<'a> Importer<'a> {
         }
         if let Some(i) = infer {
             let known: usize = shape.iter().product();
-            if known == 0 || numel % known != 0 {
+            if known == 0 || !numel.is_multiple_of(known) {
                 return Err(self.err("cannot infer the target shape"));
             }
             shape[i] = numel / known;
