@@ -503,3 +503,85 @@ fn unreadable_files_are_clear_errors() {
     assert!(e.contains("missing.onnx"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Random structural damage to exported graphs (dimensions, attributes, operators, operands)
+/// and random bytes damage: the importer returns a model or an error, never panics.
+#[test]
+fn damaged_graphs_never_panic_the_importer() {
+    let mut rng = Rng::seed(21);
+    let originals: Vec<ModelProto> = [(Arch::Mlp, [1, 5, 5]), (Arch::Small, [1, 8, 8]), (Arch::Cnn7, [2, 6, 6])]
+        .iter()
+        .map(|&(arch, input)| {
+            export_model(&model(arch, input, 9), &BTreeMap::new(), &BTreeMap::new(), ExportOptions::default())
+                .unwrap()
+        })
+        .collect();
+    let small_int = |rng: &mut Rng| rng.below(7) as i64 - 2;
+    let mut outcomes = [0usize; 2];
+    for case in 0..600 {
+        let mut p = originals[case % originals.len()].clone();
+        let g = p.graph.as_mut().unwrap();
+        for _ in 0..1 + rng.below(3) {
+            match rng.below(6) {
+                0 if !g.initializer.is_empty() => {
+                    let i = rng.below(g.initializer.len());
+                    let t = &mut g.initializer[i];
+                    if !t.dims.is_empty() {
+                        let d = rng.below(t.dims.len());
+                        t.dims[d] = small_int(&mut rng).max(0) * (1 + rng.below(3) as i64);
+                    } else {
+                        t.dims.push(small_int(&mut rng));
+                    }
+                }
+                1 => {
+                    let i = rng.below(g.node.len());
+                    let n = &mut g.node[i];
+                    if let Some(a) = n.attribute.first_mut() {
+                        for v in a.ints.iter_mut() {
+                            *v = small_int(&mut rng);
+                        }
+                        a.i = a.i.map(|_| small_int(&mut rng));
+                    }
+                }
+                2 => {
+                    let i = rng.below(g.node.len());
+                    let ops = ["Relu", "Flatten", "Add", "Mul", "Div", "Conv", "Gemm", "MatMul", "Reshape", "Transpose", "BatchNormalization", "Identity"];
+                    g.node[i].op_type = ops[rng.below(ops.len())].into();
+                }
+                3 => {
+                    let i = rng.below(g.node.len());
+                    let j = rng.below(g.node.len());
+                    if let Some(input) = g.node[j].input.first().cloned() {
+                        g.node[i].input.push(input);
+                    }
+                }
+                4 if g.node.len() > 1 => {
+                    let i = rng.below(g.node.len());
+                    g.node.remove(i);
+                }
+                _ => {
+                    let i = rng.below(g.initializer.len().max(1));
+                    if let Some(t) = g.initializer.get_mut(i) {
+                        let n = t.raw_data.len();
+                        t.raw_data.truncate(rng.below(n + 1));
+                    }
+                }
+            }
+        }
+        let result = std::panic::catch_unwind(|| import_model(&p).map(|_| ()));
+        match result {
+            Ok(r) => outcomes[r.is_ok() as usize] += 1,
+            Err(_) => panic!("case {case}: the importer panicked on {:?}", p.graph.as_ref().unwrap().node.iter().map(|n| &n.op_type).collect::<Vec<_>>()),
+        }
+        // Bytes damage: decoding fails or gives some graph; either way no panic.
+        let mut bytes = originals[case % originals.len()].encode_to_vec();
+        let k = rng.below(bytes.len());
+        bytes[k] ^= 1 << rng.below(8);
+        bytes.truncate(bytes.len() - rng.below(8));
+        if let Ok(decoded) = ModelProto::decode(bytes.as_slice()) {
+            let result = std::panic::catch_unwind(|| import_model(&decoded).map(|_| ()));
+            assert!(result.is_ok(), "case {case}: the importer panicked on damaged bytes");
+        }
+    }
+    assert!(outcomes[0] > 0, "some damage is refused: {outcomes:?}");
+}

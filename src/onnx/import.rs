@@ -643,6 +643,9 @@ impl<'a> Importer<'a> {
         if ci != c {
             return Err(self.err(format!("weight has {ci} input channels, the input {c}")));
         }
+        if o == 0 || kh == 0 || kw == 0 {
+            return Err(self.err(format!("empty weight {:?}", w.dims)));
+        }
         if attr_int(node, "group", 1) != 1 {
             return Err(self.err("grouped convolutions are not supported"));
         }
@@ -700,6 +703,9 @@ impl<'a> Importer<'a> {
                 return Err(self.err(format!("input {s:?} is not one flat [1, features] vector")))
             }
         };
+        if out == 0 || features == 0 {
+            return Err(self.err("a linear layer with no inputs or no outputs"));
+        }
         if weight.len() != out * features {
             return Err(self.err(format!(
                 "weight holds {} values for {out} outputs of {features} features",
