@@ -509,13 +509,22 @@ fn unreadable_files_are_clear_errors() {
 #[test]
 fn damaged_graphs_never_panic_the_importer() {
     let mut rng = Rng::seed(21);
-    let originals: Vec<ModelProto> = [(Arch::Mlp, [1, 5, 5]), (Arch::Small, [1, 8, 8]), (Arch::Cnn7, [2, 6, 6])]
-        .iter()
-        .map(|&(arch, input)| {
-            export_model(&model(arch, input, 9), &BTreeMap::new(), &BTreeMap::new(), ExportOptions::default())
-                .unwrap()
-        })
-        .collect();
+    let originals: Vec<ModelProto> = [
+        (Arch::Mlp, [1, 5, 5]),
+        (Arch::Small, [1, 8, 8]),
+        (Arch::Cnn7, [2, 6, 6]),
+    ]
+    .iter()
+    .map(|&(arch, input)| {
+        export_model(
+            &model(arch, input, 9),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            ExportOptions::default(),
+        )
+        .unwrap()
+    })
+    .collect();
     let small_int = |rng: &mut Rng| rng.below(7) as i64 - 2;
     let mut outcomes = [0usize; 2];
     for case in 0..600 {
@@ -545,7 +554,20 @@ fn damaged_graphs_never_panic_the_importer() {
                 }
                 2 => {
                     let i = rng.below(g.node.len());
-                    let ops = ["Relu", "Flatten", "Add", "Mul", "Div", "Conv", "Gemm", "MatMul", "Reshape", "Transpose", "BatchNormalization", "Identity"];
+                    let ops = [
+                        "Relu",
+                        "Flatten",
+                        "Add",
+                        "Mul",
+                        "Div",
+                        "Conv",
+                        "Gemm",
+                        "MatMul",
+                        "Reshape",
+                        "Transpose",
+                        "BatchNormalization",
+                        "Identity",
+                    ];
                     g.node[i].op_type = ops[rng.below(ops.len())].into();
                 }
                 3 => {
@@ -571,7 +593,16 @@ fn damaged_graphs_never_panic_the_importer() {
         let result = std::panic::catch_unwind(|| import_model(&p).map(|_| ()));
         match result {
             Ok(r) => outcomes[r.is_ok() as usize] += 1,
-            Err(_) => panic!("case {case}: the importer panicked on {:?}", p.graph.as_ref().unwrap().node.iter().map(|n| &n.op_type).collect::<Vec<_>>()),
+            Err(_) => panic!(
+                "case {case}: the importer panicked on {:?}",
+                p.graph
+                    .as_ref()
+                    .unwrap()
+                    .node
+                    .iter()
+                    .map(|n| &n.op_type)
+                    .collect::<Vec<_>>()
+            ),
         }
         // Bytes damage: decoding fails or gives some graph; either way no panic.
         let mut bytes = originals[case % originals.len()].encode_to_vec();
@@ -580,7 +611,10 @@ fn damaged_graphs_never_panic_the_importer() {
         bytes.truncate(bytes.len() - rng.below(8));
         if let Ok(decoded) = ModelProto::decode(bytes.as_slice()) {
             let result = std::panic::catch_unwind(|| import_model(&decoded).map(|_| ()));
-            assert!(result.is_ok(), "case {case}: the importer panicked on damaged bytes");
+            assert!(
+                result.is_ok(),
+                "case {case}: the importer panicked on damaged bytes"
+            );
         }
     }
     assert!(outcomes[0] > 0, "some damage is refused: {outcomes:?}");
