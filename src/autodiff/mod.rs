@@ -35,6 +35,16 @@ impl Gradients {
     pub fn is_empty(&self) -> bool {
         self.grads.is_empty()
     }
+
+    /// The sum of two sets of gradients (of two losses over the same leaves): what the
+    /// gradient of the losses' sum would be, up to rounding.
+    pub fn merge(mut self, other: Gradients) -> Gradients {
+        let _guard = no_grad();
+        for (id, g) in other.grads {
+            accumulate(&mut self.grads, id, g);
+        }
+        self
+    }
 }
 
 /// The nodes reachable from `root`, inputs before the values computed from them.

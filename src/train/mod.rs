@@ -5,6 +5,7 @@ pub mod cactus;
 pub mod losses;
 pub mod optim;
 pub mod schedule;
+pub mod split;
 pub mod step;
 pub mod trainer;
 

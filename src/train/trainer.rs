@@ -15,6 +15,7 @@ use crate::tensor::Tensor;
 use crate::train::cactus::{cactus_loss, CactusConfig, Progress};
 use crate::train::losses::{batch_loss, BatchLoss, Method};
 use crate::train::schedule::{Phase, Schedule};
+use crate::train::split::{batch_split_applies, batch_split_step, Parallelism};
 use crate::train::{Adam, AdamConfig, WeightDecay};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -57,6 +58,9 @@ pub struct TrainConfig {
     /// CACTUS's compression set (used by `Method::Cactus`).
     #[serde(default)]
     pub cactus: CactusConfig,
+    /// Where a step's parallelism lives (`train::split`).
+    #[serde(default)]
+    pub parallel: Parallelism,
 }
 
 impl Default for TrainConfig {
@@ -82,6 +86,7 @@ impl Default for TrainConfig {
             cert_weight: 0.75,
             sabr_lambda: 0.4,
             cactus: CactusConfig::default(),
+            parallel: Parallelism::Ops,
         }
     }
 }
@@ -137,6 +142,16 @@ impl TrainConfig {
         }
         if self.limit_train == Some(0) {
             return bad("--limit-train must be at least 1".into());
+        }
+        if self.parallel == Parallelism::Batch
+            && (self.model == Arch::Cnn7 || self.method == Method::Cactus)
+        {
+            return bad(format!(
+                "--parallel batch splits the batch across threads, which changes batch norm's \
+                 statistics (cnn7) and CACTUS's compression set; {} with {} needs --parallel ops",
+                self.model.name(),
+                self.method.name()
+            ));
         }
         self.cactus.validate()
     }
@@ -492,8 +507,32 @@ impl Trainer {
                 total_steps: cfg.epochs * total as u64,
                 ramp_end: schedule.length(),
             };
-            let out = cfg.batch_loss(&mut self.model, &x, &y, phase, progress, &mut self.rng)?;
-            let loss = out.total.item();
+            let split = cfg.parallel == Parallelism::Batch
+                && batch_split_applies(&self.model, cfg.method, self.device, y.len());
+            // The loss, its gradients (computed by the split step, or pending on the loss
+            // tensor), and what the epoch reports.
+            let (loss, pending, clean_ce, cert, logits) = if split {
+                let s = batch_split_step(
+                    &self.model,
+                    cfg.method,
+                    &x,
+                    &y,
+                    phase,
+                    cfg.sabr_lambda,
+                    &mut self.rng,
+                );
+                (s.loss, Err(s.grads), s.clean_ce, s.cert, s.logits)
+            } else {
+                let out =
+                    cfg.batch_loss(&mut self.model, &x, &y, phase, progress, &mut self.rng)?;
+                (
+                    out.total.item(),
+                    Ok(out.total),
+                    out.clean_ce,
+                    out.cert,
+                    out.logits,
+                )
+            };
             if !loss.is_finite() {
                 return Err(Error::Invalid(format!(
                     "training loss is {loss} at epoch {} batch {} (step {}, ε {}): stopped; {} \
@@ -506,8 +545,10 @@ impl Trainer {
                     self.epoch
                 )));
             }
-            let grads = out.total.backward();
-            drop(out.total);
+            let grads = match pending {
+                Ok(total) => total.backward(),
+                Err(grads) => grads,
+            };
             self.optimizer
                 .step(&mut self.model.net.parameters_mut(), &grads)
                 .map_err(|e| {
@@ -521,13 +562,13 @@ impl Trainer {
                 })?;
             self.step += 1;
             loss_sum += loss as f64;
-            ce_sum += out.clean_ce as f64;
-            if let Some(c) = out.cert {
+            ce_sum += clean_ce as f64;
+            if let Some(c) = cert {
                 cert_sum += c as f64;
                 cert_n += 1;
             }
             seen += y.len();
-            let predictions = out.logits.argmax_rows();
+            let predictions = logits.argmax_rows();
             correct += predictions.iter().zip(&y).filter(|(p, t)| p == t).count();
             for p in predictions {
                 if let Some(c) = predicted.get_mut(p) {

@@ -12,6 +12,7 @@ use cactus::data::{self, DatasetKind, Split};
 use cactus::eval::{grid, EvalConfig};
 use cactus::io::{run, RunLock};
 use cactus::nn::{Arch, Init};
+use cactus::train::split::Parallelism;
 use cactus::train::trainer::{MODEL_FILE, STATE_FILE};
 use cactus::train::{CactusConfig, CompressKind, Method, Strategy, TrainConfig, Trainer};
 use cactus::Device;
@@ -104,6 +105,11 @@ pub struct TrainArgs {
     /// libnvrtc.so.13 on LD_LIBRARY_PATH).
     #[arg(long, default_value = "cpu", value_parser = parse::<Device>)]
     device: Device,
+    /// CPU parallelism of a step: `ops` (each op splits its work over the threads) or `batch`
+    /// (each thread takes a slice of the batch through the whole step; mlp and small with std,
+    /// IBP or SABR: batch norm and CACTUS's set need the whole batch).
+    #[arg(long, value_enum, default_value = "ops")]
+    parallel: Parallelism,
     /// Test points for the final evaluation [default: the whole test split].
     #[arg(long, value_parser = crate::args::parse_positive)]
     eval_limit: Option<usize>,
@@ -160,6 +166,7 @@ impl TrainArgs {
                     steps: self.awp_steps,
                 },
             },
+            parallel: self.parallel,
         }
     }
 }
@@ -219,6 +226,7 @@ fn resumed_config(
         ("cactus.samples", "samples"),
         ("cactus.awp.eta", "awp_eta"),
         ("cactus.awp.steps", "awp_steps"),
+        ("parallel", "parallel"),
     ] {
         let at = |v: &serde_json::Value| {
             field
