@@ -14,9 +14,15 @@
 //!
 //! Every member runs its own clean pass (its own batch statistics, used for its bounds) and its
 //! own SABR attack.
+//!
+//! With `refresh_every` K > 1 the set's *selection* (the ratios and their masks, and AWP's
+//! `Δ*`) is cached in a [`SetCache`] and rebuilt only at batches 0, K, 2K, … of each epoch;
+//! in between, the pruned members are the current weights times the cached masks and the AWP
+//! member the current weights plus the cached `Δ*`. The cache starts empty every epoch, so a
+//! run resumed at an epoch boundary needs nothing of it saved.
 
-use crate::attack::{awp_perturbation, perturbed, AwpConfig};
-use crate::compress::{apply_masks, prune_masks, PruneMethod};
+use crate::attack::{awp_perturbation, perturbed, AwpConfig, Perturbation};
+use crate::compress::{apply_masks, prune_masks, Masks, PruneMethod};
 use crate::nn::{Layer, Model};
 use crate::ops::cross_entropy;
 use crate::rng::Rng;
@@ -118,6 +124,15 @@ pub struct CactusConfig {
     /// Pruned members drawn per batch by `sampling`.
     pub samples: usize,
     pub awp: AwpConfig,
+    /// Rebuild the set's masks and AWP perturbation every this many batches of an epoch (and
+    /// at each epoch's first), reusing them in between; 1 rebuilds every batch. Runs saved
+    /// before the option read as 1.
+    #[serde(default = "every_batch")]
+    pub refresh_every: u64,
+}
+
+fn every_batch() -> u64 {
+    1
 }
 
 impl Default for CactusConfig {
@@ -129,6 +144,7 @@ impl Default for CactusConfig {
             ratios: None,
             samples: 1,
             awp: AwpConfig::default(),
+            refresh_every: every_batch(),
         }
     }
 }
@@ -198,6 +214,13 @@ impl CactusConfig {
                     self.prune_method
                 ));
             }
+        }
+        if self.refresh_every == 0 {
+            return bad(
+                "--refresh-every must be at least 1 (1 rebuilds the compression set \
+                        every batch, K every K batches)"
+                    .into(),
+            );
         }
         if !(self.awp.eta.is_finite() && self.awp.eta >= 0.0) {
             return bad(format!("--awp-eta must be ≥ 0, got {}", self.awp.eta));
@@ -304,9 +327,56 @@ pub fn mass_ratio(model: &Model, mass: f64) -> f64 {
     1.0
 }
 
+/// The selection of a compression set: the pruning masks (each with the ratio that produced
+/// it, `Masks::ratio`) and AWP's `Δ*`, either of them absent when the set has no such member.
+/// Members are built from it and the current weights.
+#[derive(Clone, Default)]
+pub struct CompressionSet {
+    pub masks: Vec<Masks>,
+    pub deltas: Option<Perturbation>,
+}
+
+/// The compression set of the current epoch, rebuilt when [`SetCache::refresh_due`]: at the
+/// epoch's batch 0 and every `refresh_every` batches after. Make a new one at each epoch start
+/// (the trainer does), so that nothing of it outlives an epoch's commit.
+#[derive(Clone)]
+pub struct SetCache {
+    refresh_every: u64,
+    set: Option<CompressionSet>,
+    refreshed_at: Vec<u64>,
+}
+
+impl SetCache {
+    /// An empty cache rebuilding every `refresh_every` batches (0 is taken as 1).
+    pub fn new(refresh_every: u64) -> SetCache {
+        SetCache {
+            refresh_every: refresh_every.max(1),
+            set: None,
+            refreshed_at: Vec::new(),
+        }
+    }
+
+    /// Whether the set is rebuilt at this 0-based batch of the epoch: at multiples of
+    /// `refresh_every`, and whenever nothing is cached yet.
+    pub fn refresh_due(&self, batch: u64) -> bool {
+        self.set.is_none() || batch % self.refresh_every == 0
+    }
+
+    /// The batches at which the set was rebuilt, in order (for tests and diagnostics).
+    pub fn refreshed_at(&self) -> &[u64] {
+        &self.refreshed_at
+    }
+
+    /// The cached selection, if any.
+    pub fn set(&self) -> Option<&CompressionSet> {
+        self.set.as_ref()
+    }
+}
+
 /// The CACTUS loss of one batch: the mean over the compression set of each member's
 /// `(1 − w)·CE + w·L_SABR`. The logits and clean CE reported are the full network's; the
-/// certified loss reported is the members' mean.
+/// certified loss reported is the members' mean. The set is rebuilt from the current weights
+/// (the same as [`cactus_loss_cached`] with a fresh cache).
 #[allow(clippy::too_many_arguments)]
 pub fn cactus_loss(
     model: &mut Model,
@@ -318,14 +388,54 @@ pub fn cactus_loss(
     progress: Progress,
     rng: &mut Rng,
 ) -> Result<BatchLoss> {
+    let mut fresh = SetCache::new(1);
+    cactus_loss_cached(
+        model,
+        x,
+        y,
+        phase,
+        sabr_lambda,
+        cfg,
+        progress,
+        rng,
+        &mut fresh,
+        0,
+    )
+}
+
+/// [`cactus_loss`] at the 0-based `batch` of an epoch, taking the set's masks and `Δ*` from
+/// `cache` unless a rebuild is due there. A rebuild draws the ratios (and consumes `rng`) exactly
+/// as `cactus_loss` does; a reuse draws nothing for them.
+#[allow(clippy::too_many_arguments)]
+pub fn cactus_loss_cached(
+    model: &mut Model,
+    x: &Tensor,
+    y: &[usize],
+    phase: Phase,
+    sabr_lambda: f32,
+    cfg: &CactusConfig,
+    progress: Progress,
+    rng: &mut Rng,
+    cache: &mut SetCache,
+    batch: u64,
+) -> Result<BatchLoss> {
     let full = network_loss(model, Method::Cactus, x, y, phase, sabr_lambda, true, rng);
+    if cache.refresh_due(batch) {
+        cache.set = None;
+        cache.refreshed_at.push(batch);
+    }
+    let refreshing = cache.set.is_none();
+    let set = cache.set.get_or_insert_with(CompressionSet::default);
     let mut members = Vec::new();
     if cfg.compress.prunes() {
-        for ratio in set_ratios(cfg, model, progress, rng) {
-            let timed = crate::runtime::cuda::profile::scope("step: pruning masks");
-            let masks = prune_masks(model, cfg.prune_method, ratio)?;
-            drop(timed);
-            let mut pruned = apply_masks(model, &masks);
+        if refreshing {
+            for ratio in set_ratios(cfg, model, progress, rng) {
+                let _timed = crate::runtime::cuda::profile::scope("step: pruning masks");
+                set.masks.push(prune_masks(model, cfg.prune_method, ratio)?);
+            }
+        }
+        for masks in &set.masks {
+            let mut pruned = apply_masks(model, masks);
             members.push(network_loss(
                 &mut pruned,
                 Method::Cactus,
@@ -339,24 +449,30 @@ pub fn cactus_loss(
         }
     }
     if cfg.compress.quantizes() {
-        let centre = full.sabr_centre.as_ref();
-        let deltas = awp_perturbation(model, &cfg.awp, |net| {
-            let (logits, stats) = net.forward_batch_stats(x, false);
-            let ce = cross_entropy(&logits, y);
-            match centre {
-                Some(c) if phase.cert_weight > 0.0 => ce.add(&sabr_cert_loss_at(
-                    net,
-                    x,
-                    c,
-                    y,
-                    phase.eps,
-                    sabr_lambda,
-                    &stats,
-                )),
-                _ => ce,
-            }
-        });
-        let mut shifted = perturbed(model, &deltas);
+        if refreshing {
+            let centre = full.sabr_centre.as_ref();
+            set.deltas = Some(awp_perturbation(model, &cfg.awp, |net| {
+                let (logits, stats) = net.forward_batch_stats(x, false);
+                let ce = cross_entropy(&logits, y);
+                match centre {
+                    Some(c) if phase.cert_weight > 0.0 => ce.add(&sabr_cert_loss_at(
+                        net,
+                        x,
+                        c,
+                        y,
+                        phase.eps,
+                        sabr_lambda,
+                        &stats,
+                    )),
+                    _ => ce,
+                }
+            }));
+        }
+        let deltas = set
+            .deltas
+            .as_ref()
+            .expect("AWP's Δ* was computed with the set");
+        let mut shifted = perturbed(model, deltas);
         members.push(network_loss(
             &mut shifted,
             Method::Cactus,

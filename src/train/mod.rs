@@ -9,7 +9,10 @@ pub mod split;
 pub mod step;
 pub mod trainer;
 
-pub use cactus::{cactus_loss, CactusConfig, CompressKind, Progress, Strategy};
+pub use cactus::{
+    cactus_loss, cactus_loss_cached, CactusConfig, CompressKind, CompressionSet, Progress,
+    SetCache, Strategy,
+};
 pub use losses::{
     batch_loss, ibp_cert_loss, network_loss, sabr_box, sabr_centre, sabr_cert_loss,
     sabr_cert_loss_at, BatchLoss, Method,

@@ -12,7 +12,7 @@ use crate::nn::{Arch, Init, Model, ModelSpec};
 use crate::rng::Rng;
 use crate::tensor::Device;
 use crate::tensor::Tensor;
-use crate::train::cactus::{cactus_loss, CactusConfig, Progress};
+use crate::train::cactus::{cactus_loss_cached, CactusConfig, Progress, SetCache};
 use crate::train::losses::{batch_loss, BatchLoss, Method};
 use crate::train::schedule::{Phase, Schedule};
 use crate::train::split::{batch_split_applies, batch_split_step, Parallelism};
@@ -188,7 +188,8 @@ impl TrainConfig {
     }
 
     /// The loss of one training batch for this run's method: `batch_loss` of one network, or
-    /// CACTUS's set loss (whose strategies may depend on `progress`).
+    /// CACTUS's set loss (whose strategies may depend on `progress`) with a set built for this
+    /// batch alone.
     pub fn batch_loss(
         &self,
         model: &mut Model,
@@ -198,8 +199,26 @@ impl TrainConfig {
         progress: Progress,
         rng: &mut Rng,
     ) -> Result<BatchLoss> {
+        let mut fresh = SetCache::new(1);
+        self.batch_loss_cached(model, x, y, phase, progress, rng, &mut fresh, 0)
+    }
+
+    /// [`TrainConfig::batch_loss`] at the 0-based `batch` of an epoch, CACTUS reusing the
+    /// compression set in `cache` until a rebuild is due (`--refresh-every`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_loss_cached(
+        &self,
+        model: &mut Model,
+        x: &Tensor,
+        y: &[usize],
+        phase: Phase,
+        progress: Progress,
+        rng: &mut Rng,
+        cache: &mut SetCache,
+        batch: u64,
+    ) -> Result<BatchLoss> {
         match self.method {
-            Method::Cactus => cactus_loss(
+            Method::Cactus => cactus_loss_cached(
                 model,
                 x,
                 y,
@@ -208,6 +227,8 @@ impl TrainConfig {
                 &self.cactus,
                 progress,
                 rng,
+                cache,
+                batch,
             ),
             method => Ok(batch_loss(
                 model,
@@ -282,6 +303,9 @@ pub struct Trainer {
     pub device: Device,
     /// What `resume` found amiss in the folder and repaired, one line each (for the user).
     pub repairs: Vec<String>,
+    /// CACTUS's compression set of the current (or last) epoch: made anew at each epoch's start,
+    /// so it is never saved (`--refresh-every`).
+    pub set_cache: SetCache,
 }
 
 impl Trainer {
@@ -292,6 +316,7 @@ impl Trainer {
         let model = Model::new(config.model_spec(), &mut rng)?;
         Ok(Trainer {
             optimizer: Adam::new(config.adam()),
+            set_cache: SetCache::new(config.cactus.refresh_every),
             config,
             model,
             rng,
@@ -372,6 +397,7 @@ impl Trainer {
         let mut optimizer = Adam::new(config.adam());
         optimizer.restore(state.adam_step, state.adam_m, state.adam_v)?;
         let mut trainer = Trainer {
+            set_cache: SetCache::new(config.cactus.refresh_every),
             config,
             model: state.model,
             optimizer,
@@ -490,6 +516,9 @@ impl Trainer {
         bar.set_length(total as u64);
         bar.set_position(0);
         bar.set_prefix(format!("epoch {}/{}", self.epoch + 1, cfg.epochs));
+        // The set's cache lives one epoch: rebuilt at its batch 0, so a resume (always at an
+        // epoch boundary) continues exactly.
+        self.set_cache = SetCache::new(cfg.cactus.refresh_every);
         let start = Instant::now();
         let (mut loss_sum, mut ce_sum, mut cert_sum, mut cert_n) = (0.0, 0.0, 0.0, 0usize);
         let (mut correct, mut seen) = (0usize, 0usize);
@@ -523,8 +552,16 @@ impl Trainer {
                 );
                 (s.loss, Err(s.grads), s.clean_ce, s.cert, s.logits)
             } else {
-                let out =
-                    cfg.batch_loss(&mut self.model, &x, &y, phase, progress, &mut self.rng)?;
+                let out = cfg.batch_loss_cached(
+                    &mut self.model,
+                    &x,
+                    &y,
+                    phase,
+                    progress,
+                    &mut self.rng,
+                    &mut self.set_cache,
+                    b as u64,
+                )?;
                 (
                     out.total.item(),
                     Ok(out.total),

@@ -62,6 +62,12 @@ pub struct TrainArgs {
     /// CACTUS: AWP's signed-gradient ascent steps.
     #[arg(long, default_value_t = 1)]
     awp_steps: usize,
+    /// CACTUS: rebuild the compression set (the pruning ratios and masks, AWP's perturbation)
+    /// every K batches of an epoch and at each epoch's first, and in between apply the cached
+    /// masks and perturbation to the current weights; 1 rebuilds every batch. Larger K saves
+    /// the mask and AWP computations at the cost of a staler selection.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    refresh_every: u64,
     /// L-inf radius in pixel space ([0, 1]).
     #[arg(long, default_value_t = 0.1)]
     eps: f32,
@@ -165,6 +171,7 @@ impl TrainArgs {
                     eta: self.awp_eta,
                     steps: self.awp_steps,
                 },
+                refresh_every: self.refresh_every,
             },
             parallel: self.parallel,
         }
@@ -172,7 +179,7 @@ impl TrainArgs {
 }
 
 /// CACTUS options given on the command line, for a method that is not CACTUS.
-const CACTUS_OPTIONS: [&str; 7] = [
+const CACTUS_OPTIONS: [&str; 8] = [
     "compress",
     "prune_method",
     "strategy",
@@ -180,6 +187,7 @@ const CACTUS_OPTIONS: [&str; 7] = [
     "samples",
     "awp_eta",
     "awp_steps",
+    "refresh_every",
 ];
 
 /// Whether the option with this id was given on the command line (not left to its default).
@@ -227,6 +235,7 @@ fn resumed_config(
         ("cactus.awp.eta", "awp_eta"),
         ("cactus.awp.steps", "awp_steps"),
         ("parallel", "parallel"),
+        ("cactus.refresh_every", "refresh_every"),
     ] {
         let at = |v: &serde_json::Value| {
             field
