@@ -5,6 +5,7 @@
 use cactus::data::DatasetKind;
 use cactus::nn::{Arch, Init, Model, ModelSpec};
 use cactus::rng::Rng;
+use cactus::train::split::batch_split_step;
 use cactus::train::{standard_step, Adam, AdamConfig, Method, Phase, Progress, TrainConfig};
 use cactus::Tensor;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
@@ -35,6 +36,8 @@ fn step_bench(c: &mut Criterion, name: &str, arch: Arch, input: [usize; 3], batc
 /// one pruned by GUL1 at a ratio drawn from U(0.25, 0.75), masks recomputed each step),
 /// backward, Adam (lr 5e-4, L2 decay 1e-5, clipping at norm 10).
 /// Full-width models with the IBP initialisation and the dataset's normalisation.
+/// With `split`, the step of `cactus train --parallel batch`: one slice of the batch per
+/// thread through the whole step (`train::split`), for the models and methods it applies to.
 fn certified_bench(
     c: &mut Criterion,
     name: &str,
@@ -42,6 +45,7 @@ fn certified_bench(
     dataset: DatasetKind,
     method: Method,
     batch: usize,
+    split: bool,
 ) {
     let cfg = TrainConfig {
         model: arch,
@@ -86,11 +90,14 @@ fn certified_bench(
     g.throughput(Throughput::Elements(batch as u64));
     g.bench_function(name, |b| {
         b.iter(|| {
-            let out = cfg
-                .batch_loss(&mut model, &x, &y, phase, progress, &mut rng)
-                .unwrap();
-            let grads = out.total.backward();
-            drop(out);
+            let grads = if split {
+                batch_split_step(&model, method, &x, &y, phase, cfg.sabr_lambda, &mut rng).grads
+            } else {
+                let out = cfg
+                    .batch_loss(&mut model, &x, &y, phase, progress, &mut rng)
+                    .unwrap();
+                out.total.backward()
+            };
             opt.step(&mut model.net.parameters_mut(), &grads).unwrap()
         })
     });
@@ -120,7 +127,19 @@ fn steps(c: &mut Criterion) {
         ("cnn7_cifar_cactus_b128", Cnn7, Cifar10, Cactus, 128),
     ];
     for (name, arch, dataset, method, batch) in certified {
-        certified_bench(c, name, arch, dataset, method, batch);
+        certified_bench(c, name, arch, dataset, method, batch, false);
+    }
+    // `--parallel batch` on `small`: the same workloads, the batch split across the threads.
+    let split = [
+        ("small_mnist_std_b32_split", Std, 32),
+        ("small_mnist_std_b128_split", Std, 128),
+        ("small_mnist_ibp_b32_split", Ibp, 32),
+        ("small_mnist_ibp_b128_split", Ibp, 128),
+        ("small_mnist_sabr_b32_split", Sabr, 32),
+        ("small_mnist_sabr_b128_split", Sabr, 128),
+    ];
+    for (name, method, batch) in split {
+        certified_bench(c, name, Small, Mnist, method, batch, true);
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+pub mod fold;
 pub mod init;
 pub mod layer;
 pub mod linear;
