@@ -359,7 +359,7 @@ impl SetCache {
     /// Whether the set is rebuilt at this 0-based batch of the epoch: at multiples of
     /// `refresh_every`, and whenever nothing is cached yet.
     pub fn refresh_due(&self, batch: u64) -> bool {
-        self.set.is_none() || batch % self.refresh_every == 0
+        self.set.is_none() || batch.is_multiple_of(self.refresh_every)
     }
 
     /// The batches at which the set was rebuilt, in order (for tests and diagnostics).
