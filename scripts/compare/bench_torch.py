@@ -9,6 +9,15 @@ benches `benches/kernels.rs` (group "kernels") and `benches/steps.rs`
 Usage:
     .venv-bench/bin/python scripts/compare/bench_torch.py [--threads 2] [--quick]
         [--only matmul_1024,cnn7_mnist_std_b32] [--out target/compare/torch.json]
+        [--sync-dir DIR --sync-procs N]
+
+Concurrent processes (data parallel across cores, compare_pytorch.sh's PyTorch "N x 1 thread"
+configuration for the small network): N copies started together with `--threads 1`, the
+same `--only` and the same `--sync-dir DIR --sync-procs N` wait for one another before each
+workload's warm-up (a barrier of files in DIR, after the model and batch are built), so that
+they time the same workload at the same time; their samples/s are then summed by
+compare_report.py. Each row records `t_start`/`t_end` (epoch seconds around its warm-up
+and reps) so that the report can check how much the processes overlapped.
 
 Workloads (random data, seed 0, NCHW, float32):
   kernels
@@ -87,6 +96,13 @@ def parse_args():
     p.add_argument("--quick", action="store_true", help="fewer reps (smoke test, noisier)")
     p.add_argument("--out", default="", help="write the JSON results here ('-' = stdout)")
     p.add_argument("--list", action="store_true", help="list workload names and exit")
+    p.add_argument("--sync-dir", default="",
+                   help="barrier directory shared by --sync-procs concurrent processes: each "
+                        "waits for all of them before every workload (default: no barrier)")
+    p.add_argument("--sync-procs", type=int, default=1,
+                   help="number of concurrent processes meeting at --sync-dir (default 1)")
+    p.add_argument("--sync-timeout", type=float, default=600.0,
+                   help="seconds to wait at the barrier before going on alone (default 600)")
     return p.parse_args()
 
 
@@ -259,6 +275,27 @@ def measure(rep, quick):
     return times
 
 
+# --------------------------------------------------------------------------- barrier
+
+def barrier(tag):
+    """Wait until --sync-procs processes have reached the barrier `tag` in --sync-dir (each
+    creates the file <tag>.<pid> there); True if all arrived, False on a timeout."""
+    if not ARGS.sync_dir or ARGS.sync_procs <= 1:
+        return True
+    os.makedirs(ARGS.sync_dir, exist_ok=True)
+    Path(ARGS.sync_dir, f"{tag}.{os.getpid()}").touch()
+    deadline = time.monotonic() + ARGS.sync_timeout
+    while True:
+        n = sum(1 for f in os.listdir(ARGS.sync_dir) if f.startswith(tag + "."))
+        if n >= ARGS.sync_procs:
+            return True
+        if time.monotonic() > deadline:
+            print(f"# WARNING: barrier {tag}: {n} of {ARGS.sync_procs} processes after "
+                  f"{ARGS.sync_timeout:.0f} s; going on alone", file=sys.stderr)
+            return False
+        time.sleep(0.002)
+
+
 # --------------------------------------------------------------------------- environment
 
 def cpu_info():
@@ -306,6 +343,7 @@ def environment():
         "threads": ARGS.threads,
         "torch_num_threads": torch.get_num_threads(),
         "quick": ARGS.quick,
+        "sync_procs": ARGS.sync_procs if ARGS.sync_dir else 1,
         "loadavg_1m_before": round(os.getloadavg()[0], 2),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -333,9 +371,12 @@ def main():
           file=sys.stderr)
 
     rows = []
-    for name, group, factory in selected:
+    for i, (name, group, factory) in enumerate(selected):
         batch, flops, rep = factory()
+        synced = barrier(f"{i:02d}_{name}")
+        t_start = time.time()
         times = measure(rep, ARGS.quick)
+        t_end = time.time()
         med = statistics.median(times)
         row = {
             "name": name,
@@ -345,7 +386,11 @@ def main():
             "min_ms": min(times) * 1e3,
             "reps": len(times),
             "samples_per_s": batch / med,
+            "t_start": round(t_start, 3),
+            "t_end": round(t_end, 3),
         }
+        if ARGS.sync_dir and ARGS.sync_procs > 1:
+            row["synced"] = synced
         if flops is not None:
             row["flops"] = flops
             row["gflops"] = flops / med / 1e9
