@@ -3,7 +3,10 @@
 //! Names match the PyTorch comparison (`scripts/compare/compare_pytorch.sh`).
 
 use cactus::autodiff::with_no_grad;
-use cactus::ops::conv::cpu::{conv2d_backward, conv2d_forward, ConvGeometry};
+use cactus::ops::conv::cpu::{
+    abs_weight, conv2d_backward, conv2d_forward, interval_conv2d_backward, interval_conv2d_forward,
+    ConvGeometry,
+};
 use cactus::ops::Conv2dParams;
 use cactus::rng::Rng;
 use cactus::Tensor;
@@ -83,6 +86,60 @@ fn interval_conv(c: &mut Criterion) {
     g.finish();
 }
 
+/// The `small` network's convolutions on MNIST at batch 32 and 128: `c1` is 1→16 channels,
+/// k4 s2 p1 on 28×28 (per-sample GEMM 16×16×196), `c2` 16→32, k4 s1 p1 on 14×14 (32×256×169).
+/// Per-sample GEMMs this small spend much of their time packing, so these check the batching
+/// of several samples into one GEMM. Plain and interval (centre and radius) passes, forward
+/// with bias; the backward asks for the gradients training needs (the first layer's input
+/// needs none).
+fn conv_small(c: &mut Criterion) {
+    let mut rng = Rng::seed(0);
+    let mut g = c.benchmark_group("kernels");
+    g.sample_size(20);
+    for n in [32, 128] {
+        for (name, c_in, hw, c_out, stride, need_input) in
+            [("c1", 1, 28, 16, 2, false), ("c2", 16, 14, 32, 1, true)]
+        {
+            let geo = ConvGeometry {
+                n,
+                c_in,
+                h: hw,
+                w: hw,
+                c_out,
+                kh: 4,
+                kw: 4,
+                stride: (stride, stride),
+                padding: (1, 1),
+            };
+            let x = Tensor::rand_uniform(&[2 * geo.input_len()], 0.0, 1.0, &mut rng);
+            let w = Tensor::randn(&[geo.weight_len()], 0.0, 0.05, &mut rng);
+            let b = Tensor::randn(&[geo.c_out], 0.0, 0.05, &mut rng);
+            let gout = Tensor::randn(&[2 * geo.output_len()], 0.0, 1.0, &mut rng);
+            let (x, w, b, gout) = (x.data(), w.data(), b.data(), gout.data());
+            let (x1, gout1) = (&x[..geo.input_len()], &gout[..geo.output_len()]);
+            let aw = abs_weight(w);
+            g.bench_function(format!("conv_small_fwd_{name}_b{n}"), |bench| {
+                bench.iter(|| black_box(conv2d_forward(x1, w, Some(b), &geo)))
+            });
+            g.bench_function(format!("conv_small_bwd_{name}_b{n}"), |bench| {
+                bench
+                    .iter(|| black_box(conv2d_backward(x1, w, gout1, &geo, need_input, true, true)))
+            });
+            g.bench_function(format!("iconv_small_fwd_{name}_b{n}"), |bench| {
+                bench.iter(|| black_box(interval_conv2d_forward(x, w, &aw, Some(b), &geo)))
+            });
+            g.bench_function(format!("iconv_small_bwd_{name}_b{n}"), |bench| {
+                bench.iter(|| {
+                    black_box(interval_conv2d_backward(
+                        x, w, &aw, gout, &geo, need_input, true, true,
+                    ))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 /// The compression kernels on full-width cnn7's conv and linear weights for MNIST inputs
 /// (13.3 M weights): the GUL1 mask at δ = 0.5 (one global selection, no sort), and int8 fake
 /// quantization of every weight tensor (min/max per tensor, then rounding).
@@ -125,6 +182,6 @@ fn configured() -> Criterion {
 criterion_group! {
     name = benches;
     config = configured();
-    targets = matmul, conv, interval_conv, compression
+    targets = matmul, conv, interval_conv, conv_small, compression
 }
 criterion_main!(benches);
