@@ -4,8 +4,9 @@
 
 use cactus::autodiff::with_no_grad;
 use cactus::ops::conv::cpu::{
-    abs_weight, conv2d_backward, conv2d_forward, interval_conv2d_backward, interval_conv2d_forward,
-    ConvGeometry,
+    abs_weight, conv2d_backward, conv2d_backward_grouped, conv2d_forward, conv2d_forward_grouped,
+    interval_conv2d_backward, interval_conv2d_backward_grouped, interval_conv2d_forward,
+    interval_conv2d_forward_grouped, ConvGeometry,
 };
 use cactus::ops::Conv2dParams;
 use cactus::rng::Rng;
@@ -86,12 +87,18 @@ fn interval_conv(c: &mut Criterion) {
     g.finish();
 }
 
+/// A pass of [`conv_small`]: its name and its run, by the group-size rule (`true`) or with
+/// one GEMM per sample.
+type Pass<'a> = (&'a str, &'a dyn Fn(bool) -> Vec<f32>);
+
 /// The `small` network's convolutions on MNIST at batch 32 and 128: `c1` is 1→16 channels,
 /// k4 s2 p1 on 28×28 (per-sample GEMM 16×16×196), `c2` 16→32, k4 s1 p1 on 14×14 (32×256×169).
 /// Per-sample GEMMs this small spend much of their time packing, so these check the batching
 /// of several samples into one GEMM. Plain and interval (centre and radius) passes, forward
 /// with bias; the backward asks for the gradients training needs (the first layer's input
-/// needs none).
+/// needs none). Each pass runs twice, as the public op does it (the group-size rule) and
+/// with one GEMM per sample (`_g1`, the `*_grouped` entry points with G = 1), side by side
+/// so that the ratio comes from one run.
 fn conv_small(c: &mut Criterion) {
     let mut rng = Rng::seed(0);
     let mut g = c.benchmark_group("kernels");
@@ -118,23 +125,47 @@ fn conv_small(c: &mut Criterion) {
             let (x, w, b, gout) = (x.data(), w.data(), b.data(), gout.data());
             let (x1, gout1) = (&x[..geo.input_len()], &gout[..geo.output_len()]);
             let aw = abs_weight(w);
-            g.bench_function(format!("conv_small_fwd_{name}_b{n}"), |bench| {
-                bench.iter(|| black_box(conv2d_forward(x1, w, Some(b), &geo)))
-            });
-            g.bench_function(format!("conv_small_bwd_{name}_b{n}"), |bench| {
-                bench
-                    .iter(|| black_box(conv2d_backward(x1, w, gout1, &geo, need_input, true, true)))
-            });
-            g.bench_function(format!("iconv_small_fwd_{name}_b{n}"), |bench| {
-                bench.iter(|| black_box(interval_conv2d_forward(x, w, &aw, Some(b), &geo)))
-            });
-            g.bench_function(format!("iconv_small_bwd_{name}_b{n}"), |bench| {
-                bench.iter(|| {
-                    black_box(interval_conv2d_backward(
-                        x, w, &aw, gout, &geo, need_input, true, true,
-                    ))
-                })
-            });
+            let need = [need_input, true, true];
+            // Each pass by the rule, then with G = 1 right after it.
+            let passes: [Pass<'_>; 4] = [
+                ("conv_small_fwd", &|rule| {
+                    if rule {
+                        conv2d_forward(x1, w, Some(b), &geo)
+                    } else {
+                        conv2d_forward_grouped(x1, w, Some(b), &geo, 1)
+                    }
+                }),
+                ("conv_small_bwd", &|rule| {
+                    let grads = if rule {
+                        conv2d_backward(x1, w, gout1, &geo, need_input, true, true)
+                    } else {
+                        conv2d_backward_grouped(x1, w, gout1, &geo, need, 1)
+                    };
+                    grads.weight.unwrap_or_default()
+                }),
+                ("iconv_small_fwd", &|rule| {
+                    if rule {
+                        interval_conv2d_forward(x, w, &aw, Some(b), &geo)
+                    } else {
+                        interval_conv2d_forward_grouped(x, w, &aw, Some(b), &geo, 1)
+                    }
+                }),
+                ("iconv_small_bwd", &|rule| {
+                    let grads = if rule {
+                        interval_conv2d_backward(x, w, &aw, gout, &geo, need_input, true, true)
+                    } else {
+                        interval_conv2d_backward_grouped(x, w, &aw, gout, &geo, need, 1)
+                    };
+                    grads.weight.unwrap_or_default()
+                }),
+            ];
+            for (pass, run) in passes {
+                for (suffix, rule) in [("", true), ("_g1", false)] {
+                    g.bench_function(format!("{pass}_{name}_b{n}{suffix}"), |bench| {
+                        bench.iter(|| black_box(run(rule)))
+                    });
+                }
+            }
         }
     }
     g.finish();

@@ -613,10 +613,10 @@ fn conv2d() {
     }
 }
 
-/// conv2d, its adjoint and interval_conv2d on batches of small images, which the CPU kernels
-/// fold several samples into one GEMM for (the group size depends on the batch and the thread
-/// count, so under pools of 1 thread, one run of samples, and 3, runs per worker with groups
-/// cut at their ends and, in the interval stack, a run across the centre/radius split).
+/// conv2d, its adjoint and interval_conv2d on batches of small images, whose forwards the CPU
+/// kernels fold several samples into one GEMM for (the group size depends on the batch and the
+/// thread count, so under pools of 1 thread, one run of samples, and 3, runs per worker with
+/// groups cut at their ends and, in the interval stack, a run across the centre/radius split).
 #[test]
 fn conv2d_batched_samples() {
     let mut rng = rng_for("conv2d_batched_samples");

@@ -285,18 +285,34 @@ fn col_buffer_len(g: &ConvGeometry) -> usize {
 // in groups of G: their im2col matrices side by side form one `[kdim, G·ohw]`
 // matrix, and each pass is one GEMM over the group; outputs and output
 // gradients change layout between the tensors' `[G, c_out, ohw]` and the
-// GEMM's `[c_out, G·ohw]` by one copy.
+// GEMM's `[c_out, G·ohw]` by one copy. Every pass can run grouped (the
+// `*_grouped` entry points); by default only the forwards do, see
+// [`GROUP_COLS`] and [`BACKWARD_GROUP`].
 
 /// GEMM width (columns, i.e. output pixels) that a group of small samples is
-/// sized to reach; see [`group_size`].
+/// sized to reach in the forward passes; see [`group_size`]. Measured on the
+/// `small` network's layers (docs/performance.md, "Batched small
+/// convolutions"): 1024 (6-7 samples of 13x13 or 14x14) and 2048 were among
+/// the best settings, the first layer's interval forward 1.2-1.4x faster than
+/// one GEMM per sample and the other forwards within 10%; wider groups gained
+/// nothing.
 const GROUP_COLS: usize = 1024;
 
-/// How many samples the plain entry points ([`conv2d_forward`],
-/// [`conv2d_backward`], the interval versions) fold into one GEMM, given
-/// `items` samples of geometry `g`: enough for `GROUP_COLS` columns, but no
-/// more than one worker's run of samples, and evened out so that the groups in
-/// a run have (nearly) equal sizes. 1 (one GEMM per sample, banded) for samples
-/// wide enough on their own.
+/// Samples per GEMM in the backward passes ([`conv2d_backward`],
+/// [`conv2d_backward_input`], [`interval_conv2d_backward`]): one. On the
+/// `small` network's layers no group size beat one GEMM per sample beyond the
+/// noise, most were a few percent slower, and some wide groups of the second
+/// layer (a group's im2col matrix several MB) 3-4x slower, so the backward
+/// keeps one banded GEMM per sample; [`conv2d_backward_grouped`] and
+/// [`interval_conv2d_backward_grouped`] take a group size explicitly.
+const BACKWARD_GROUP: usize = 1;
+
+/// How many samples the forward entry points ([`conv2d_forward`],
+/// [`interval_conv2d_forward`]) fold into one GEMM, given `items` samples of
+/// geometry `g`: enough for `GROUP_COLS` columns, but no more than one
+/// worker's run of samples, and evened out so that the groups in a run have
+/// (nearly) equal sizes. 1 (one GEMM per sample, banded) for samples wide
+/// enough on their own.
 pub fn group_size(g: &ConvGeometry, items: usize) -> usize {
     let ohw = g.out_h() * g.out_w();
     let target = GROUP_COLS.div_ceil(ohw.max(1));
@@ -806,7 +822,7 @@ pub fn conv2d_backward(
     need_weight: bool,
     need_bias: bool,
 ) -> ConvGrads {
-    let group = group_size(g, g.n);
+    let group = BACKWARD_GROUP;
     conv2d_backward_grouped(
         x,
         weight,
@@ -851,7 +867,7 @@ pub fn conv2d_backward_input(weight: &[f32], grad_out: &[f32], g: &ConvGeometry)
         weight: false,
         bias: false,
     };
-    let grads = backward_with(None, weight, grad_out, g, need, group_size(g, g.n));
+    let grads = backward_with(None, weight, grad_out, g, need, BACKWARD_GROUP);
     grads.input.expect("the input gradient was asked for")
 }
 
@@ -981,7 +997,7 @@ pub fn interval_conv2d_backward(
     need_bias: bool,
 ) -> ConvGrads {
     let need = [need_input, need_weight, need_bias];
-    let group = group_size(g, 2 * g.n);
+    let group = BACKWARD_GROUP;
     interval_conv2d_backward_grouped(x, weight, abs_weight, grad_out, g, need, group)
 }
 
