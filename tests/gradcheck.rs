@@ -613,6 +613,56 @@ fn conv2d() {
     }
 }
 
+/// conv2d, its adjoint and interval_conv2d on batches of small images, whose forwards the CPU
+/// kernels fold several samples into one GEMM for (the group size depends on the batch and the
+/// thread count, so under pools of 1 thread, one run of samples, and 3, runs per worker with
+/// groups cut at their ends and, in the interval stack, a run across the centre/radius split).
+#[test]
+fn conv2d_batched_samples() {
+    let mut rng = rng_for("conv2d_batched_samples");
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for (stride, pad) in [(1, 1), (2, 0)] {
+                let p = Conv2dParams::new(stride, pad);
+                let x = uni(&[5, 2, 5, 4], -1.0, 1.0, &mut rng);
+                let wt = uni(&[3, 2, 3, 3], -0.5, 0.5, &mut rng);
+                let b = uni(&[3], -0.5, 0.5, &mut rng);
+                assert_grad(
+                    &format!("conv2d n=5 stride {stride} pad {pad}, {threads} threads"),
+                    &[x, wt.clone(), b],
+                    |v| v[0].conv2d(&v[1], Some(&v[2]), p),
+                    SMOOTH,
+                );
+                let (h, w) = (5, 4);
+                let (oh, ow) = (
+                    (h + 2 * pad - 3) / stride + 1,
+                    (w + 2 * pad - 3) / stride + 1,
+                );
+                let a = uni(&[5, 3, oh, ow], -1.0, 1.0, &mut rng);
+                assert_grad(
+                    &format!("conv2d_transpose n=5 stride {stride} pad {pad}, {threads} threads"),
+                    &[a, wt],
+                    |v| v[0].conv2d_transpose(&v[1], p, (h, w)),
+                    SMOOTH,
+                );
+                let s = boxes(&[5, 2, 5, 4], 0.0, &mut rng);
+                let w = away(&[3, 2, 3, 3], -0.5, 0.5, &[0.0], 0.05, &mut rng);
+                let b = uni(&[3], -0.5, 0.5, &mut rng);
+                assert_grad(
+                    &format!("interval_conv2d n=5 stride {stride} pad {pad}, {threads} threads"),
+                    &[s, w, b],
+                    |v| v[0].interval_conv2d(&v[1], Some(&v[2]), p),
+                    SMOOTH,
+                );
+            }
+        });
+    }
+}
+
 /// conv2d_transpose (the convolution's adjoint, which linear bounds go back through) w.r.t. the
 /// coefficients and the weight, and its adjoint identity ⟨conv(x), a⟩ = ⟨x, convᵀ(a)⟩, over
 /// strides (including sizes a strided convolution does not cover exactly) and paddings.
