@@ -153,3 +153,35 @@ fn the_batch_split_is_refused_where_it_would_change_the_step() {
         );
     });
 }
+
+#[test]
+fn runs_saved_before_the_setting_resume_with_the_op_split() {
+    use cactus::train::split::Parallelism;
+    use cactus::train::TrainConfig;
+    let mut saved = serde_json::to_value(TrainConfig::default()).unwrap();
+    assert_eq!(saved["parallel"], "auto", "new runs choose per step");
+    saved.as_object_mut().unwrap().remove("parallel");
+    let old: TrainConfig = serde_json::from_value(saved).unwrap();
+    assert_eq!(old.parallel, Parallelism::Ops);
+}
+
+#[test]
+fn an_explicit_batch_split_is_refused_where_it_cannot_apply() {
+    use cactus::train::split::Parallelism;
+    use cactus::train::TrainConfig;
+    for (model, method) in [(Arch::Cnn7, Method::Sabr), (Arch::Small, Method::Cactus)] {
+        let cfg = TrainConfig {
+            model,
+            method,
+            parallel: Parallelism::Batch,
+            ..TrainConfig::default()
+        };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("--parallel"), "{err}");
+        let auto = TrainConfig {
+            parallel: Parallelism::Auto,
+            ..cfg
+        };
+        assert!(auto.validate().is_ok(), "auto falls back to the op split");
+    }
+}

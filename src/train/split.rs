@@ -26,11 +26,26 @@ use std::sync::{Arc, Mutex, OnceLock};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Parallelism {
-    /// Inside each op.
+    /// Across the batch where that computes the same step (mlp and small with std, IBP or
+    /// SABR, on the CPU, with more than one thread), inside each op elsewhere.
     #[default]
+    Auto,
+    /// Inside each op.
     Ops,
     /// Across the batch: one slice per thread through the whole step.
     Batch,
+}
+
+impl Parallelism {
+    /// What runs saved before the setting existed used.
+    pub fn saved_default() -> Parallelism {
+        Parallelism::Ops
+    }
+
+    /// Whether this batch's step is split across the threads.
+    pub fn splits(self, model: &Model, method: Method, device: Device, batch: usize) -> bool {
+        self != Parallelism::Ops && batch_split_applies(model, method, device, batch)
+    }
 }
 
 /// Whether a batch split computes the op split's step: CPU, a method of per-slice

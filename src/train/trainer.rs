@@ -15,7 +15,7 @@ use crate::tensor::Tensor;
 use crate::train::cactus::{cactus_loss_cached, CactusConfig, Progress, SetCache};
 use crate::train::losses::{batch_loss, BatchLoss, Method};
 use crate::train::schedule::{Phase, Schedule};
-use crate::train::split::{batch_split_applies, batch_split_step, Parallelism};
+use crate::train::split::{batch_split_step, Parallelism};
 use crate::train::{Adam, AdamConfig, WeightDecay};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -59,7 +59,7 @@ pub struct TrainConfig {
     #[serde(default)]
     pub cactus: CactusConfig,
     /// Where a step's parallelism lives (`train::split`).
-    #[serde(default)]
+    #[serde(default = "Parallelism::saved_default")]
     pub parallel: Parallelism,
 }
 
@@ -86,7 +86,7 @@ impl Default for TrainConfig {
             cert_weight: 0.75,
             sabr_lambda: 0.4,
             cactus: CactusConfig::default(),
-            parallel: Parallelism::Ops,
+            parallel: Parallelism::Auto,
         }
     }
 }
@@ -536,8 +536,9 @@ impl Trainer {
                 total_steps: cfg.epochs * total as u64,
                 ramp_end: schedule.length(),
             };
-            let split = cfg.parallel == Parallelism::Batch
-                && batch_split_applies(&self.model, cfg.method, self.device, y.len());
+            let split = cfg
+                .parallel
+                .splits(&self.model, cfg.method, self.device, y.len());
             // The loss, its gradients (computed by the split step, or pending on the loss
             // tensor), and what the epoch reports.
             let (loss, pending, clean_ce, cert, logits) = if split {

@@ -111,10 +111,11 @@ pub struct TrainArgs {
     /// libnvrtc.so.13 on LD_LIBRARY_PATH).
     #[arg(long, default_value = "cpu", value_parser = parse::<Device>)]
     device: Device,
-    /// CPU parallelism of a step: `ops` (each op splits its work over the threads) or `batch`
-    /// (each thread takes a slice of the batch through the whole step; mlp and small with std,
-    /// IBP or SABR: batch norm and CACTUS's set need the whole batch).
-    #[arg(long, value_enum, default_value = "ops")]
+    /// CPU parallelism of a step: `batch` (each thread takes a slice of the batch through the
+    /// whole step; mlp and small with std, IBP or SABR: batch norm and CACTUS's set need the
+    /// whole batch), `ops` (each op splits its work over the threads), or `auto` (batch where
+    /// it applies, else ops).
+    #[arg(long, value_enum, default_value = "auto")]
     parallel: Parallelism,
     /// Test points for the final evaluation [default: the whole test split].
     #[arg(long, value_parser = crate::args::parse_positive)]
