@@ -5,7 +5,8 @@
 use cactus::data::DatasetKind;
 use cactus::nn::{Arch, Init, Model, ModelSpec};
 use cactus::rng::Rng;
-use cactus::train::split::batch_split_step;
+use cactus::train::cactus::SetCache;
+use cactus::train::split::{batch_split_step, cactus_batch_split_step};
 use cactus::train::{standard_step, Adam, AdamConfig, Method, Phase, Progress, TrainConfig};
 use cactus::Tensor;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
@@ -90,7 +91,14 @@ fn certified_bench(
     g.throughput(Throughput::Elements(batch as u64));
     g.bench_function(name, |b| {
         b.iter(|| {
-            let grads = if split {
+            let grads = if split && method == Method::Cactus {
+                // The set selected for the batch (K = 1), then the slices.
+                let mut cache = SetCache::new(1);
+                let set = cache
+                    .pruning_set(&model, &cfg.cactus, progress, &mut rng, 0)
+                    .unwrap();
+                cactus_batch_split_step(&model, &x, &y, phase, cfg.sabr_lambda, set, &mut rng).grads
+            } else if split {
                 batch_split_step(&model, method, &x, &y, phase, cfg.sabr_lambda, &mut rng).grads
             } else {
                 let out = cfg
@@ -137,6 +145,7 @@ fn steps(c: &mut Criterion) {
         ("small_mnist_ibp_b128_split", Ibp, 128),
         ("small_mnist_sabr_b32_split", Sabr, 32),
         ("small_mnist_sabr_b128_split", Sabr, 128),
+        ("small_mnist_cactus_b128_split", Cactus, 128),
     ];
     for (name, method, batch) in split {
         certified_bench(c, name, Small, Mnist, method, batch, true);

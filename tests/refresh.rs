@@ -29,9 +29,11 @@ fn digits(n: usize) -> Dataset {
     mnist_mini::load(Split::Train).unwrap().limit(n)
 }
 
-/// A small, fast CACTUS run on real digits: the quarter-width MLP, batches of 16, a short ramp.
+/// A small, fast CACTUS run on real digits: the quarter-width MLP, batches of 16, a short ramp;
+/// the op split, whose step is `TrainConfig::batch_loss`'s (what these tests compare with).
 fn config(compress: CompressKind, refresh_every: u64) -> TrainConfig {
     TrainConfig {
+        parallel: cactus::train::split::Parallelism::Ops,
         model: Arch::Mlp,
         width: 0.25,
         epochs: 2,
@@ -131,17 +133,33 @@ fn k4_rebuilds_at_batches_0_4_8_of_every_epoch() {
         (16, vec![0]),
         (1, (0..10).collect::<Vec<u64>>()),
     ] {
-        let out = scratch(&format!("rebuilds-{k}"));
-        let mut t = Trainer::new(config(CompressKind::PruneQuant, k), &out).unwrap();
-        for epoch in 1..=2 {
-            t.run_epoch(&data, &ProgressBar::hidden()).unwrap();
-            assert_eq!(
-                t.set_cache.refreshed_at(),
-                expected,
-                "K = {k}, epoch {epoch}"
-            );
+        // The op split, and the batch split of a pruning-only set (selected once per batch,
+        // for every slice, on the same schedule).
+        let split = TrainConfig {
+            parallel: cactus::train::split::Parallelism::Batch,
+            ..config(CompressKind::Prune, k)
+        };
+        for (what, cfg) in [
+            ("op split", config(CompressKind::PruneQuant, k)),
+            ("batch split", split),
+        ] {
+            let out = scratch(&format!("rebuilds-{k}"));
+            let mut t = Trainer::new(cfg, &out).unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            for epoch in 1..=2 {
+                pool.install(|| t.run_epoch(&data, &ProgressBar::hidden()))
+                    .unwrap();
+                assert_eq!(
+                    t.set_cache.refreshed_at(),
+                    expected,
+                    "{what}, K = {k}, epoch {epoch}"
+                );
+            }
+            let _ = fs::remove_dir_all(&out);
         }
-        let _ = fs::remove_dir_all(&out);
     }
     let cache = SetCache::new(4);
     assert!(cache.refresh_due(3), "an empty cache is always rebuilt");

@@ -64,6 +64,7 @@ Workloads: matmul_1024 conv_fwd_32x64x28x28 conv_bwd_32x64x28x28 iconv_fwd_32x64
            batch split (cactus `--parallel batch`; PyTorch twin: the name without _split):
            small_mnist_std_b32_split small_mnist_std_b128_split small_mnist_ibp_b32_split
            small_mnist_ibp_b128_split small_mnist_sabr_b32_split small_mnist_sabr_b128_split
+           small_mnist_cactus_b128_split
            certified steps (IBP, SABR; PyTorch side as scripts/twin/torch_certified.py):
            small_mnist_ibp_b32 small_mnist_ibp_b128 small_mnist_sabr_b32 small_mnist_sabr_b128
            cnn7_mnist_ibp_b128 cnn7_mnist_sabr_b128 cnn7_cifar_ibp_b128 cnn7_cifar_sabr_b128

@@ -18,7 +18,7 @@ larger samples/s of (a) the T-thread process and (b) the K concurrent 1-thread p
 summed (when given); the steps table then names the winner ("2 threads" or "2×1 thread")
 and shows both figures. For (b), "PyTorch ms" is batch ÷ the summed samples/s (the time per
 batch at that throughput), not one process's step time. cactus's batch-split steps
-(`small_mnist_{std,ibp,sabr}_b{32,128}_split`, `cactus train --parallel batch`) have as
+(`small_mnist_{std,ibp,sabr}_b{32,128}_split`, `small_mnist_cactus_b128_split`, `cactus train --parallel batch`) have as
 PyTorch twin the workload without `_split`; they are listed under their twin (the op-split
 row), both against the same PyTorch figure, and get their own geometric mean.
 
@@ -80,6 +80,7 @@ SPLIT_SUFFIX = "_split"
 for _m in ("std", "ibp", "sabr"):
     for _b in (32, 128):
         WORKLOADS[f"small_mnist_{_m}_b{_b}{SPLIT_SUFFIX}"] = ("steps", _b, None)
+WORKLOADS[f"small_mnist_cactus_b128{SPLIT_SUFFIX}"] = ("steps", 128, None)
 # Workloads whose PyTorch figure is the best of the T-thread process and the K x 1-thread ones.
 PROCS_PREFIX = "small_"
 OVERLAP_MIN = 0.9  # concurrent processes overlapping less than this: the sum overstates

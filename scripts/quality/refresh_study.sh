@@ -6,11 +6,12 @@
 #
 # Usage: bash scripts/quality/refresh_study.sh [--out out/refresh] [--ks 1,4,16] [--seeds 0,1,2]
 #            [--datasets mnist-mini,fashion-mnist] [--threads 2] [--bin PATH] [--eval-limit N]
+#            [--compress prune|quant|prune+quant]
 # mnist-mini: 8 epochs, the whole test split; fashion-mnist: the first 20,000 training images,
 # 3 epochs, the first 5,000 test images (as docs/results.md's CACTUS-against-SABR tables).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT=out/refresh KS=1,4,16 SEEDS=0,1,2 DATASETS=mnist-mini THREADS=2 BIN="" EVAL_LIMIT=""
+OUT=out/refresh KS=1,4,16 SEEDS=0,1,2 DATASETS=mnist-mini THREADS=2 BIN="" EVAL_LIMIT="" COMPRESS=prune
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT="$2"; shift 2 ;;
@@ -20,6 +21,7 @@ while [[ $# -gt 0 ]]; do
         --threads) THREADS="$2"; shift 2 ;;
         --bin) BIN="$2"; shift 2 ;;
         --eval-limit) EVAL_LIMIT="$2"; shift 2 ;;
+        --compress) COMPRESS="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -47,7 +49,7 @@ for dataset in ${DATASETS//,/ }; do
             rm -rf "$dir"
             echo "== $dir"
             start=$(date +%s.%N)
-            "$BIN" train "${extra[@]}" --seed "$seed" --refresh-every "$k" --out "$dir" \
+            "$BIN" train "${extra[@]}" --compress "$COMPRESS" --seed "$seed" --refresh-every "$k" --out "$dir" \
                 2> "$dir.log"
             end=$(date +%s.%N)
             echo "$end - $start" | bc > "$dir/wall_seconds"

@@ -371,6 +371,33 @@ impl SetCache {
     pub fn set(&self) -> Option<&CompressionSet> {
         self.set.as_ref()
     }
+
+    /// The selection of a pruning-only set at this 0-based batch of the epoch, rebuilt from the
+    /// current weights when due (the ratios drawn from `rng`). The masks depend on the weights
+    /// alone, so a set selected here serves every slice of a batch split.
+    pub fn pruning_set(
+        &mut self,
+        model: &Model,
+        cfg: &CactusConfig,
+        progress: Progress,
+        rng: &mut Rng,
+        batch: u64,
+    ) -> Result<&CompressionSet> {
+        assert!(
+            !cfg.compress.quantizes(),
+            "AWP's perturbation is selected with the batch's loss"
+        );
+        if self.refresh_due(batch) {
+            let mut set = CompressionSet::default();
+            for ratio in set_ratios(cfg, model, progress, rng) {
+                let _timed = crate::runtime::cuda::profile::scope("step: pruning masks");
+                set.masks.push(prune_masks(model, cfg.prune_method, ratio)?);
+            }
+            self.set = Some(set);
+            self.refreshed_at.push(batch);
+        }
+        Ok(self.set.as_ref().expect("selected above"))
+    }
 }
 
 /// The CACTUS loss of one batch: the mean over the compression set of each member's
@@ -484,6 +511,11 @@ pub fn cactus_loss_cached(
             rng,
         ));
     }
+    Ok(set_mean(full, members))
+}
+
+/// The CACTUS loss from the full network's loss and the members': their mean.
+fn set_mean(full: BatchLoss, members: Vec<BatchLoss>) -> BatchLoss {
     let size = (members.len() + 1) as f32;
     let total = members
         .iter()
@@ -492,11 +524,44 @@ pub fn cactus_loss_cached(
     let cert = full
         .cert
         .map(|c| (c + members.iter().map(|m| m.cert.unwrap_or(0.0)).sum::<f32>()) / size);
-    Ok(BatchLoss {
+    BatchLoss {
         total,
         logits: full.logits,
         clean_ce: full.clean_ce,
         cert,
         sabr_centre: full.sabr_centre,
-    })
+    }
+}
+
+/// The CACTUS loss of a batch (or a slice of one) for a set already selected: the full network
+/// and one member per cached mask. Pruning-only sets: AWP's `Δ*` is selected with the batch.
+#[allow(clippy::too_many_arguments)]
+pub fn pruned_set_loss(
+    model: &mut Model,
+    x: &Tensor,
+    y: &[usize],
+    phase: Phase,
+    sabr_lambda: f32,
+    set: &CompressionSet,
+    rng: &mut Rng,
+) -> BatchLoss {
+    let full = network_loss(model, Method::Cactus, x, y, phase, sabr_lambda, true, rng);
+    let members = set
+        .masks
+        .iter()
+        .map(|masks| {
+            let mut pruned = apply_masks(model, masks);
+            network_loss(
+                &mut pruned,
+                Method::Cactus,
+                x,
+                y,
+                phase,
+                sabr_lambda,
+                false,
+                rng,
+            )
+        })
+        .collect();
+    set_mean(full, members)
 }

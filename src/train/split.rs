@@ -9,14 +9,18 @@
 //! means weighted by their share, so losses and gradients agree with the op split within
 //! rounding — for networks without batch norm (whose batch statistics would become the
 //! slices') and methods whose randomness is per batch or none (std, IBP; SABR's attack draws
-//! its random starts per slice, from one stream per slice).
+//! its random starts per slice, from one stream per slice). CACTUS splits when its set is
+//! pruned networks only: the set is selected once for the batch (the masks depend on the
+//! weights alone), then every slice takes the full network's and the members' losses.
 
 use crate::autodiff::Gradients;
 use crate::nn::{Layer, Model};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::losses::{batch_loss, Method};
+use crate::train::cactus::{pruned_set_loss, CompressionSet};
+use crate::train::losses::{batch_loss, BatchLoss, Method};
 use crate::train::Phase;
+use crate::train::TrainConfig;
 use crate::Device;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -26,8 +30,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Parallelism {
-    /// Across the batch where that computes the same step (mlp and small with std, IBP or
-    /// SABR, on the CPU, with more than one thread), inside each op elsewhere.
+    /// Across the batch where that computes the same step (mlp and small with std, IBP, SABR
+    /// or CACTUS with pruning only, on the CPU, with more than one thread), inside each op
+    /// elsewhere.
     #[default]
     Auto,
     /// Inside each op.
@@ -43,17 +48,23 @@ impl Parallelism {
     }
 
     /// Whether this batch's step is split across the threads.
-    pub fn splits(self, model: &Model, method: Method, device: Device, batch: usize) -> bool {
-        self != Parallelism::Ops && batch_split_applies(model, method, device, batch)
+    pub fn splits(self, cfg: &TrainConfig, model: &Model, device: Device, batch: usize) -> bool {
+        self != Parallelism::Ops && batch_split_applies(cfg, model, device, batch)
     }
 }
 
-/// Whether a batch split computes the op split's step: CPU, a method of per-slice
-/// independent samples, no batch norm, more than one thread, at least two samples per slice.
-pub fn batch_split_applies(model: &Model, method: Method, device: Device, batch: usize) -> bool {
+/// Whether a batch split computes the op split's step for this run: CPU, no batch norm, more
+/// than one thread, at least two samples per slice, and a loss that is a mean of per-sample
+/// terms once its randomness is drawn — std, IBP, SABR, and CACTUS with a pruning-only set
+/// (AWP's perturbation is an ascent step on the whole batch's loss).
+pub fn batch_split_applies(cfg: &TrainConfig, model: &Model, device: Device, batch: usize) -> bool {
     let threads = rayon::current_num_threads();
+    let per_sample = match cfg.method {
+        Method::Std | Method::Ibp | Method::Sabr => true,
+        Method::Cactus => !cfg.cactus.compress.quantizes(),
+    };
     device == Device::Cpu
-        && matches!(method, Method::Std | Method::Ibp | Method::Sabr)
+        && per_sample
         && !model
             .net
             .layers
@@ -95,8 +106,8 @@ pub struct SplitStep {
     pub logits: Tensor,
 }
 
-/// The batch's loss and gradients, one slice per thread. `rng` seeds one stream per slice.
-#[allow(clippy::too_many_arguments)]
+/// The batch's loss and gradients for `method` (std, IBP or SABR), one slice per thread.
+/// `rng` seeds one stream per slice.
 pub fn batch_split_step(
     model: &Model,
     method: Method,
@@ -105,6 +116,41 @@ pub fn batch_split_step(
     phase: Phase,
     sabr_lambda: f32,
     rng: &mut Rng,
+) -> SplitStep {
+    assert!(
+        method != Method::Cactus,
+        "CACTUS splits with its set: cactus_batch_split_step"
+    );
+    split_step(model, x, y, rng, |m, xs, ys, r| {
+        batch_loss(m, method, xs, ys, phase, sabr_lambda, r)
+    })
+}
+
+/// CACTUS's loss and gradients for a pruning-only set selected for the whole batch (the
+/// masks depend on the weights alone), one slice per thread: each slice takes the full
+/// network's and every member's loss on its samples.
+pub fn cactus_batch_split_step(
+    model: &Model,
+    x: &Tensor,
+    y: &[usize],
+    phase: Phase,
+    sabr_lambda: f32,
+    set: &CompressionSet,
+    rng: &mut Rng,
+) -> SplitStep {
+    split_step(model, x, y, rng, |m, xs, ys, r| {
+        pruned_set_loss(m, xs, ys, phase, sabr_lambda, set, r)
+    })
+}
+
+/// The batch split: `slice_loss` (a loss whose value is the mean over its samples) on each
+/// thread's slice, its gradients scaled by the slice's share and summed.
+fn split_step(
+    model: &Model,
+    x: &Tensor,
+    y: &[usize],
+    rng: &mut Rng,
+    slice_loss: impl Fn(&mut Model, &Tensor, &[usize], &mut Rng) -> BatchLoss + Sync,
 ) -> SplitStep {
     let n = y.len();
     let parts = rayon::current_num_threads().min(n).max(1);
@@ -136,15 +182,7 @@ pub fn batch_split_step(
                 };
                 // Shares the weights; no batch norm, so nothing in it changes.
                 let mut m = model.clone();
-                let out = batch_loss(
-                    &mut m,
-                    method,
-                    &xs,
-                    &y[a..b],
-                    phase,
-                    sabr_lambda,
-                    &mut Rng::seed(seed),
-                );
+                let out = slice_loss(&mut m, &xs, &y[a..b], &mut Rng::seed(seed));
                 let share = (b - a) as f32 / n as f32;
                 let loss = out.total.item();
                 let grads = out.total.mul_scalar(share).backward();

@@ -15,7 +15,7 @@ use crate::tensor::Tensor;
 use crate::train::cactus::{cactus_loss_cached, CactusConfig, Progress, SetCache};
 use crate::train::losses::{batch_loss, BatchLoss, Method};
 use crate::train::schedule::{Phase, Schedule};
-use crate::train::split::{batch_split_step, Parallelism};
+use crate::train::split::{batch_split_step, cactus_batch_split_step, Parallelism};
 use crate::train::{Adam, AdamConfig, WeightDecay};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -143,12 +143,12 @@ impl TrainConfig {
         if self.limit_train == Some(0) {
             return bad("--limit-train must be at least 1".into());
         }
-        if self.parallel == Parallelism::Batch
-            && (self.model == Arch::Cnn7 || self.method == Method::Cactus)
-        {
+        let quantizing_set = self.method == Method::Cactus && self.cactus.compress.quantizes();
+        if self.parallel == Parallelism::Batch && (self.model == Arch::Cnn7 || quantizing_set) {
             return bad(format!(
                 "--parallel batch splits the batch across threads, which changes batch norm's \
-                 statistics (cnn7) and CACTUS's compression set; {} with {} needs --parallel ops",
+                 statistics (cnn7) and AWP's perturbation (CACTUS with --compress quant or \
+                 prune+quant); {} with {} needs --parallel ops or auto",
                 self.model.name(),
                 self.method.name()
             ));
@@ -536,21 +536,38 @@ impl Trainer {
                 total_steps: cfg.epochs * total as u64,
                 ramp_end: schedule.length(),
             };
-            let split = cfg
-                .parallel
-                .splits(&self.model, cfg.method, self.device, y.len());
+            let split = cfg.parallel.splits(&cfg, &self.model, self.device, y.len());
             // The loss, its gradients (computed by the split step, or pending on the loss
             // tensor), and what the epoch reports.
             let (loss, pending, clean_ce, cert, logits) = if split {
-                let s = batch_split_step(
-                    &self.model,
-                    cfg.method,
-                    &x,
-                    &y,
-                    phase,
-                    cfg.sabr_lambda,
-                    &mut self.rng,
-                );
+                let s = if cfg.method == Method::Cactus {
+                    let set = self.set_cache.pruning_set(
+                        &self.model,
+                        &cfg.cactus,
+                        progress,
+                        &mut self.rng,
+                        b as u64,
+                    )?;
+                    cactus_batch_split_step(
+                        &self.model,
+                        &x,
+                        &y,
+                        phase,
+                        cfg.sabr_lambda,
+                        set,
+                        &mut self.rng,
+                    )
+                } else {
+                    batch_split_step(
+                        &self.model,
+                        cfg.method,
+                        &x,
+                        &y,
+                        phase,
+                        cfg.sabr_lambda,
+                        &mut self.rng,
+                    )
+                };
                 (s.loss, Err(s.grads), s.clean_ce, s.cert, s.logits)
             } else {
                 let out = cfg.batch_loss_cached(

@@ -112,9 +112,9 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cpu", value_parser = parse::<Device>)]
     device: Device,
     /// CPU parallelism of a step: `batch` (each thread takes a slice of the batch through the
-    /// whole step; mlp and small with std, IBP or SABR: batch norm and CACTUS's set need the
-    /// whole batch), `ops` (each op splits its work over the threads), or `auto` (batch where
-    /// it applies, else ops).
+    /// whole step; mlp and small with std, IBP, SABR or CACTUS with --compress prune: batch
+    /// norm and AWP's perturbation need the whole batch), `ops` (each op splits its work over
+    /// the threads), or `auto` (batch where it applies, else ops).
     #[arg(long, value_enum, default_value = "auto")]
     parallel: Parallelism,
     /// Test points for the final evaluation [default: the whole test split].
