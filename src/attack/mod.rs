@@ -12,5 +12,5 @@ pub mod robust;
 
 pub use awp::{awp_perturbation, awp_radii, perturbed, AwpConfig, Perturbation};
 pub use loss::{margin_loss, per_sample_cross_entropy, AttackLoss};
-pub use pgd::{pgd, pgd_outcome, PgdConfig, PgdOutcome, Region, StepDecay};
+pub use pgd::{pgd, pgd_outcome, pgd_search, PgdConfig, PgdOutcome, Region, StepDecay};
 pub use robust::{pgd_robust_flags, RobustFlags};

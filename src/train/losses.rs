@@ -4,7 +4,7 @@
 //! Every certified loss takes the statistics of the clean batch's pass, so that batch norm maps
 //! boxes with the same affine map as the clean inputs (Shi et al. 2021).
 
-use crate::attack::{pgd, PgdConfig, Region};
+use crate::attack::{pgd_search, PgdConfig, Region};
 use crate::bounds::{ibp_loss, input_box, margin_lower_bounds, BnSource};
 use crate::nn::{BatchStats, Mode, Model};
 use crate::ops::cross_entropy;
@@ -96,24 +96,7 @@ pub fn sabr_centre(
     attack: &PgdConfig,
     rng: &mut Rng,
 ) -> Tensor {
-    // The attack's passes are all eval-mode on fixed weights: on the CPU, batch norm is folded
-    // into the layer before it (one memory pass fewer per layer and step; the centre can move
-    // by rounding only, and the certified loss is taken on the network itself). On the GPU the
-    // fold would cost a round trip of the weights per step, more than it saves.
-    let folded;
-    let on_cpu = !x.is_cuda()
-        && model
-            .net
-            .named_parameters()
-            .iter()
-            .all(|(_, p)| !p.is_cuda());
-    let model = if on_cpu {
-        folded = model.with_batchnorm_folded();
-        &folded
-    } else {
-        model
-    };
-    pgd(
+    pgd_search(
         model,
         x,
         y,

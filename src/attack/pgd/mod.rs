@@ -236,6 +236,33 @@ pub fn pgd(
     pgd_outcome(model, x, y, region, cfg, mode, rng).x_adv
 }
 
+/// `pgd` for a search whose returned point alone matters (SABR's centre), not its flags: in
+/// eval mode on the CPU it runs on the network with batch norm folded into the layer before it
+/// (`Model::with_batchnorm_folded`: one memory pass fewer per batch-norm layer and step; the
+/// point can move by rounding only). On the GPU the fold would copy the weights at every call,
+/// more than it saves, so the network runs as it is.
+pub fn pgd_search(
+    model: &Model,
+    x: &Tensor,
+    y: &[usize],
+    region: &Region,
+    cfg: &PgdConfig,
+    mode: Mode,
+    rng: &mut Rng,
+) -> Tensor {
+    let on_cpu = !x.is_cuda()
+        && model
+            .net
+            .named_parameters()
+            .iter()
+            .all(|(_, p)| !p.is_cuda());
+    if mode == Mode::Eval && on_cpu {
+        pgd(&model.with_batchnorm_folded(), x, y, region, cfg, mode, rng)
+    } else {
+        pgd(model, x, y, region, cfg, mode, rng)
+    }
+}
+
 /// `pgd`, with each sample's loss and whether the attack misclassified it.
 pub fn pgd_outcome(
     model: &Model,
