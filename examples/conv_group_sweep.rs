@@ -8,30 +8,13 @@
 //! `cargo run --release --example conv_group_sweep -- 25`
 
 use cactus::ops::conv::cpu::{
-    abs_weight, conv2d_backward_grouped, conv2d_forward_grouped, interval_conv2d_backward_grouped,
-    interval_conv2d_forward_grouped, ConvGeometry,
+    abs_weight, conv2d_backward_grouped, conv2d_forward_grouped, group_size_for_columns,
+    interval_conv2d_backward_grouped, interval_conv2d_forward_grouped, ConvGeometry,
 };
 use cactus::rng::Rng;
 use cactus::Tensor;
 use std::hint::black_box;
 use std::time::Instant;
-
-/// The forward's rule with `cols` columns per GEMM (as `group_size` computes it for
-/// `GROUP_COLS = cols`), for `items` samples of `ohw` output pixels each.
-fn rule(items: usize, ohw: usize, cols: usize) -> usize {
-    let threads = rayon::current_num_threads();
-    let per_run = if threads > 1 && items >= threads {
-        items.div_ceil(threads)
-    } else {
-        items
-    };
-    let target = cols.div_ceil(ohw);
-    if target <= 1 || per_run <= 1 {
-        1
-    } else {
-        per_run.div_ceil(per_run.div_ceil(target))
-    }
-}
 
 fn main() {
     let rounds: usize = std::env::args()
@@ -62,11 +45,12 @@ fn main() {
             let (x1, gout1) = (&x[..geo.input_len()], &gout[..geo.output_len()]);
             let aw = abs_weight(w);
             let need = [need_input, true, true];
-            let ohw = geo.out_h() * geo.out_w();
             // (label, G for the plain passes, G for the interval stack of 2n samples)
             let fixed = [1, 2, 4, 8, 16, 64].map(|g| (format!("G{g}"), g, g));
-            let by_cols = [256, 512, 1024, 2048, 4096]
-                .map(|c| (format!("C{c}"), rule(n, ohw, c), rule(2 * n, ohw, c)));
+            let by_cols = [256, 512, 1024, 2048, 4096].map(|c| {
+                let rule = |items| group_size_for_columns(&geo, items, c);
+                (format!("C{c}"), rule(n), rule(2 * n))
+            });
             let settings: Vec<_> = fixed.into_iter().chain(by_cols).collect();
             for pass in ["fwd", "bwd", "ifwd", "ibwd"] {
                 let mut best = vec![f64::INFINITY; settings.len()];

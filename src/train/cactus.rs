@@ -388,12 +388,10 @@ impl SetCache {
             "AWP's perturbation is selected with the batch's loss"
         );
         if self.refresh_due(batch) {
-            let mut set = CompressionSet::default();
-            for ratio in set_ratios(cfg, model, progress, rng) {
-                let _timed = crate::runtime::cuda::profile::scope("step: pruning masks");
-                set.masks.push(prune_masks(model, cfg.prune_method, ratio)?);
-            }
-            self.set = Some(set);
+            self.set = Some(CompressionSet {
+                masks: select_masks(model, cfg, progress, rng)?,
+                deltas: None,
+            });
             self.refreshed_at.push(batch);
         }
         Ok(self.set.as_ref().expect("selected above"))
@@ -456,24 +454,9 @@ pub fn cactus_loss_cached(
     let mut members = Vec::new();
     if cfg.compress.prunes() {
         if refreshing {
-            for ratio in set_ratios(cfg, model, progress, rng) {
-                let _timed = crate::runtime::cuda::profile::scope("step: pruning masks");
-                set.masks.push(prune_masks(model, cfg.prune_method, ratio)?);
-            }
+            set.masks = select_masks(model, cfg, progress, rng)?;
         }
-        for masks in &set.masks {
-            let mut pruned = apply_masks(model, masks);
-            members.push(network_loss(
-                &mut pruned,
-                Method::Cactus,
-                x,
-                y,
-                phase,
-                sabr_lambda,
-                false,
-                rng,
-            ));
-        }
+        members = pruned_members(model, &set.masks, x, y, phase, sabr_lambda, rng);
     }
     if cfg.compress.quantizes() {
         if refreshing {
@@ -499,15 +482,12 @@ pub fn cactus_loss_cached(
             .deltas
             .as_ref()
             .expect("AWP's Δ* was computed with the set");
-        let mut shifted = perturbed(model, deltas);
-        members.push(network_loss(
-            &mut shifted,
-            Method::Cactus,
+        members.push(member_loss(
+            &mut perturbed(model, deltas),
             x,
             y,
             phase,
             sabr_lambda,
-            false,
             rng,
         ));
     }
@@ -546,22 +526,52 @@ pub fn pruned_set_loss(
     rng: &mut Rng,
 ) -> BatchLoss {
     let full = network_loss(model, Method::Cactus, x, y, phase, sabr_lambda, true, rng);
-    let members = set
-        .masks
-        .iter()
-        .map(|masks| {
-            let mut pruned = apply_masks(model, masks);
-            network_loss(
-                &mut pruned,
-                Method::Cactus,
-                x,
-                y,
-                phase,
-                sabr_lambda,
-                false,
-                rng,
-            )
-        })
-        .collect();
+    let members = pruned_members(model, &set.masks, x, y, phase, sabr_lambda, rng);
     set_mean(full, members)
+}
+
+/// One pruning mask set per ratio of the set, from the current weights (the ratios drawn from
+/// `rng` where the strategy draws).
+fn select_masks(
+    model: &Model,
+    cfg: &CactusConfig,
+    progress: Progress,
+    rng: &mut Rng,
+) -> Result<Vec<Masks>> {
+    set_ratios(cfg, model, progress, rng)
+        .into_iter()
+        .map(|ratio| {
+            let _timed = crate::runtime::cuda::profile::scope("step: pruning masks");
+            prune_masks(model, cfg.prune_method, ratio)
+        })
+        .collect()
+}
+
+/// The loss of each pruned member: the current weights under each mask set.
+fn pruned_members(
+    model: &Model,
+    masks: &[Masks],
+    x: &Tensor,
+    y: &[usize],
+    phase: Phase,
+    sabr_lambda: f32,
+    rng: &mut Rng,
+) -> Vec<BatchLoss> {
+    masks
+        .iter()
+        .map(|m| member_loss(&mut apply_masks(model, m), x, y, phase, sabr_lambda, rng))
+        .collect()
+}
+
+/// A member's loss: its own clean pass and attack; batch norm's running statistics are the
+/// full network's alone.
+fn member_loss(
+    net: &mut Model,
+    x: &Tensor,
+    y: &[usize],
+    phase: Phase,
+    sabr_lambda: f32,
+    rng: &mut Rng,
+) -> BatchLoss {
+    network_loss(net, Method::Cactus, x, y, phase, sabr_lambda, false, rng)
 }

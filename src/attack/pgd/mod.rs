@@ -250,17 +250,22 @@ pub fn pgd_search(
     mode: Mode,
     rng: &mut Rng,
 ) -> Tensor {
-    let on_cpu = !x.is_cuda()
-        && model
-            .net
-            .named_parameters()
-            .iter()
-            .all(|(_, p)| !p.is_cuda());
-    if mode == Mode::Eval && on_cpu {
+    if mode == Mode::Eval && !runs_on_gpu(x, model) {
         pgd(&model.with_batchnorm_folded(), x, y, region, cfg, mode, rng)
     } else {
         pgd(model, x, y, region, cfg, mode, rng)
     }
+}
+
+/// Whether an attack on `x` against `model` runs on the GPU: when the batch or any weight is
+/// there.
+fn runs_on_gpu(x: &Tensor, model: &Model) -> bool {
+    x.is_cuda()
+        || model
+            .net
+            .named_parameters()
+            .iter()
+            .any(|(_, p)| p.is_cuda())
 }
 
 /// `pgd`, with each sample's loss and whether the attack misclassified it.
@@ -359,13 +364,7 @@ enum Iterates {
 
 impl Iterates {
     fn new(x: &Tensor, model: &Model, region: &Region) -> Iterates {
-        let on_gpu = x.is_cuda()
-            || model
-                .net
-                .named_parameters()
-                .iter()
-                .any(|(_, p)| p.is_cuda());
-        if !on_gpu {
+        if !runs_on_gpu(x, model) {
             return Iterates::Host;
         }
         let up = |t: &Tensor| {

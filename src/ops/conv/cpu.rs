@@ -314,8 +314,14 @@ const BACKWARD_GROUP: usize = 1;
 /// (nearly) equal sizes. 1 (one GEMM per sample, banded) for samples wide
 /// enough on their own.
 pub fn group_size(g: &ConvGeometry, items: usize) -> usize {
+    group_size_for_columns(g, items, GROUP_COLS)
+}
+
+/// [`group_size`]'s rule for a GEMM width of `cols` columns instead of
+/// `GROUP_COLS` (the sweep that chose `GROUP_COLS` times several).
+pub fn group_size_for_columns(g: &ConvGeometry, items: usize, cols: usize) -> usize {
     let ohw = g.out_h() * g.out_w();
-    let target = GROUP_COLS.div_ceil(ohw.max(1));
+    let target = cols.div_ceil(ohw.max(1));
     let per_run = SampleRuns::per_run(items);
     if target <= 1 || per_run <= 1 {
         return 1;
